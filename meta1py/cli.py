@@ -1,0 +1,53 @@
+"""The ``meta1`` command: one entry point, one module per subcommand.
+
+Each subcommand lives next to the code it drives and exposes ``main(argv: list[str]) -> int``;
+this module only dispatches, so that ``meta1 check-config`` never imports trio and
+``meta1 run`` never imports the queue tools.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from meta1py import __version__
+
+# subcommand -> (module, one-line help)
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("meta1py.mcp.main", "start mcp and the workers in the foreground"),
+    "check-config": ("meta1py.conf.checkcmd", "check meta1.conf; -n prints non-default settings"),
+    "queue": ("meta1py.queuecli", "list, show, flush, delete, bounce, hold, release queued mail"),
+    "sendmail": ("meta1py.sendmail", "sendmail-compatible submission from the command line"),
+    "passwd": ("meta1py.passwd", "create a password file entry for AUTH"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: meta1 COMMAND [ARGS...]", "", "commands:"]
+    for name, (_module, text) in SUBCOMMANDS.items():
+        lines.append(f"  {name:<14}{text}")
+    lines.append(f"  {'version':<14}print the version")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Dispatch ``meta1 COMMAND ...`` to the module that implements COMMAND."""
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0 if args else 64
+    command, rest = args[0], args[1:]
+    if command in ("version", "--version"):
+        print(f"meta1py {__version__}")
+        return 0
+    entry = SUBCOMMANDS.get(command)
+    if entry is None:
+        print(f"meta1: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
+        return 64
+    module = importlib.import_module(entry[0])
+    result: int = module.main(rest)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())
