@@ -1,0 +1,48 @@
+"""sendmail's command line and header handling, as cron and PHP's mail() use them."""
+
+import io
+
+import pytest
+
+from meta1py.sendmail import UsageError, parse_args, prepare, read_message
+
+
+def test_flags_with_attached_and_separate_values() -> None:
+    args = parse_args(["-t", "-i", "-fbob@example.org", "-F", "Bob B", "-oem", "x@example.net"])
+    assert args.extract and args.ignore_dots
+    assert args.sender == "bob@example.org" and args.full_name == "Bob B"
+    assert args.recipients == ["x@example.net"]
+    assert parse_args(["-f", "a@b", "-oi", "c@d"]).sender == "a@b"
+
+
+def test_unknown_flag_and_missing_value() -> None:
+    with pytest.raises(UsageError):
+        parse_args(["-Z"])
+    with pytest.raises(UsageError):
+        parse_args(["-f"])
+
+
+def test_single_dot_ends_input_unless_i() -> None:
+    raw = b"Subject: x\n\nline\n.\nafter\n"
+    assert read_message(io.BytesIO(raw), ignore_dots=False) == b"Subject: x\r\n\r\nline\r\n"
+    assert read_message(io.BytesIO(raw), ignore_dots=True).endswith(b".\r\nafter\r\n")
+
+
+def test_extract_recipients_strips_bcc_and_adds_headers() -> None:
+    msg = (
+        b"To: a@example.net\r\nCc: B <b@example.net>\r\nBcc: c@example.net,\r\n d@example.net\r\n"
+        b"Subject: s\r\n\r\nhi\r\n"
+    )
+    args = parse_args(["-t"])
+    sender, rcpts, out = prepare(args, msg, "host.example", "root")
+    assert sender == "root@host.example"
+    assert rcpts == ["a@example.net", "b@example.net", "c@example.net", "d@example.net"]
+    head = out.split(b"\r\n\r\n")[0]
+    assert b"Bcc" not in head and b"d@example.net" not in head
+    assert b"From: root@host.example" in head and b"Date: " in head and b"Message-ID: " in head
+    assert out.endswith(b"\r\n\r\nhi\r\n")
+
+
+def test_no_recipients_is_a_usage_error() -> None:
+    with pytest.raises(UsageError):
+        prepare(parse_args([]), b"Subject: x\r\n\r\n", "h", "u")
