@@ -1,1 +1,45 @@
-"""TODO."""
+"""meta1.conf: grammar, schema, parser, model and errors.
+
+Every process reads its settings through this package and never sees parse trees or raw
+strings: `load_config` / `parse_config` return a frozen `Config`, `dump_config` writes one back,
+and `ConfigErrors` carries every problem found in a file. This package imports neither trio
+nor socket at module level.
+"""
+
+from meta1py.conf.accounts import check_accounts, check_files
+from meta1py.conf.dump import defaults_text, dump_config
+from meta1py.conf.errors import ConfigError, ConfigErrors
+from meta1py.conf.model import (
+    SMTPS_DEFAULT_FLAGS,
+    SMTPS_FLAGS,
+    Config,
+    ListenSocket,
+    ProcessConfig,
+    QmgrConfig,
+    Relayhost,
+    SmarConfig,
+    SmtpcConfig,
+    SmtpsConfig,
+)
+from meta1py.conf.parser import load_config, parse_config
+
+__all__ = [
+    "SMTPS_DEFAULT_FLAGS",
+    "SMTPS_FLAGS",
+    "Config",
+    "ConfigError",
+    "ConfigErrors",
+    "ListenSocket",
+    "ProcessConfig",
+    "QmgrConfig",
+    "Relayhost",
+    "SmarConfig",
+    "SmtpcConfig",
+    "SmtpsConfig",
+    "check_accounts",
+    "check_files",
+    "defaults_text",
+    "dump_config",
+    "load_config",
+    "parse_config",
+]

@@ -1,0 +1,119 @@
+"""meta1 check-config, the sample file, the generated docs and the import rules."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conf_testdata import ROOT
+
+from meta1py.conf import check_accounts, check_files, load_config, parse_config
+from meta1py.conf.checkcmd import main
+from meta1py.conf.docgen import render
+
+SAMPLE = ROOT / "etc" / "meta1.conf"
+
+
+def test_docs_are_not_stale() -> None:
+    current = (ROOT / "docs" / "meta1.conf.md").read_text()
+    assert current == render(), "regenerate: python -m meta1py.conf.docgen > docs/meta1.conf.md"
+
+
+def test_docs_mention_every_option() -> None:
+    text = render()
+    for name in ("max_recipients", "IO_timeout", "DNS_timeout", "relayhost", "flags", "retry_max"):
+        assert f"`{name}`" in text
+
+
+def test_sample_parses_and_is_the_default_config(in_tmp: Path) -> None:
+    cfg = load_config(SAMPLE)
+    assert check_files(cfg) == []
+    # The sample spells out the defaults (hostname aside): -n of it is at most the hostname.
+    assert cfg.smtps[0].listen_socket[0].port == 2525
+    assert cfg.queue_directory == in_tmp / "var" / "queue"
+
+
+def test_check_config_valid_file_is_silent(in_tmp: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    conf = in_tmp / "ok.conf"
+    conf.write_text("smtps { max_recipients = 5; }\n")
+    rc = main(["-f", str(conf)])
+    out, err = capsys.readouterr()
+    if os.geteuid() == 0:  # root: the default users must exist; here they usually do not
+        assert rc in (0, 1) and (rc == 0 or "useradd --system" in err)
+        return
+    assert (rc, out, err) == (0, "", "")
+
+
+def test_check_config_n_prints_changes(
+    in_tmp: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)  # accounts are only checked as root
+    conf = in_tmp / "ok.conf"
+    conf.write_text("smtps { max_recipients = 5; }\nqmgr { retry_min = 60; }\n")
+    assert main(["-f", str(conf), "-n"]) == 0
+    out = capsys.readouterr().out
+    assert "max_recipients = 5;" in out and "retry_min = 1m;" in out
+    assert parse_config(out) == load_config(conf)
+
+
+def test_check_config_reports_all_errors(in_tmp: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    conf = in_tmp / "bad.conf"
+    conf.write_text("hostnme = x;\nsmtps { max_recipients = 0; }\n")
+    assert main(["-f", str(conf)]) == 1
+    err = capsys.readouterr().err
+    assert f"{conf}:1:1: unknown option 'hostnme'" in err
+    assert f"{conf}:2:26: max_recipients: 0 is out of range" in err
+    assert "hint: did you mean 'hostname'?" in err
+
+
+def test_check_config_honours_meta1_conf(
+    in_tmp: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    conf = in_tmp / "env.conf"
+    conf.write_text("log_level = loud;\n")
+    monkeypatch.setenv("META1_CONF", str(conf))
+    assert main([]) == 1
+    assert "env.conf:1:13" in capsys.readouterr().err
+
+
+def test_defaults_output_parses_to_defaults(in_tmp: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--defaults"]) == 0
+    out = capsys.readouterr().out
+    assert "max_message_size = 10M;" in out
+    assert parse_config(out) == parse_config("")
+
+
+def test_missing_map_file_is_reported(in_tmp: Path) -> None:
+    cfg = parse_config("smar {\n  aliases = nothere;\n}\n", str(in_tmp / "m.conf"))
+    (err,) = check_files(cfg)
+    assert (err.line, err.column) == (2, 3)
+    assert "does not exist" in err.message and "queue_directory" in err.hint
+
+
+def test_accounts_checked_only_as_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = parse_config("qmgr {\n  user = no_such_user_meta1x;\n}\n", "u.conf")
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert check_accounts(cfg) == []
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    errors = check_accounts(cfg)
+    mine = [e for e in errors if "no_such_user_meta1x" in e.message]
+    assert len(mine) == 1 and (mine[0].line, mine[0].column) == (2, 3)
+    assert mine[0].hint.endswith(
+        "useradd --system --no-create-home --shell /usr/sbin/nologin no_such_user_meta1x"
+    )
+
+
+def test_console_script_and_import_rules() -> None:
+    code = (
+        "import sys, meta1py.conf, meta1py.conf.checkcmd, meta1py.conf.docgen;"
+        "bad = [m for m in ('trio', 'socket') if m in sys.modules]; print(bad)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    rc = subprocess.run(
+        [sys.executable, "-m", "meta1py.cli", "check-config", "--defaults"], capture_output=True, text=True
+    )
+    assert rc.returncode == 0 and "listen_socket {" in rc.stdout
