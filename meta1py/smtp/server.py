@@ -1,0 +1,663 @@
+"""The server side of the SMTP core: bytes in, events out; replies in, bytes out.
+
+Usage by an adapter (smtps)::
+
+    conn = ServerConnection("mx.example.org", extensions=Extensions.all())
+    out = conn.send(replies.greeting("mx.example.org"))
+    while True:
+        event = conn.next_event()
+        if event is NEED_DATA:
+            write(out); out = b""          # flush pipelined replies (RFC 2920)
+            conn.receive_data(read())      # b"" on EOF
+            continue
+        if isinstance(event, ConnectionClosed):
+            break
+        out += conn.send(answer(event))    # exactly one reply per command event
+
+Rules the adapter follows:
+
+* Each command event owes one reply (LMTP end of data: one per accepted
+  recipient); :class:`~meta1py.smtp.events.DataChunk` and
+  :class:`~meta1py.smtp.events.Bdat` owe none. Calling :meth:`next_event`
+  while a reply is owed raises :class:`SmtpUsageError`.
+* The state moves only with the replies sent: a MAIL answered 250 opens the
+  transaction, a MAIL answered 550 does not.
+* A 421 reply may be sent at any time; it closes the session.
+* STARTTLS: after sending 220, the adapter does the TLS handshake and calls
+  :meth:`starttls_done`. Input received before the 220 and not yet parsed
+  (pipelined after STARTTLS: the plaintext injection attack, CVE-2011-0411)
+  is discarded when the 220 is sent; :attr:`discarded_after_starttls` says
+  how many octets, so the adapter can log it and close if it wants to.
+* AUTH: answer :class:`Auth` with a 334 (``replies.auth_challenge``) to get an
+  :class:`AuthResponse`; on success call :meth:`auth_done` and send 235.
+
+No input makes this class raise anything: peer errors come out as
+:class:`~meta1py.smtp.events.InvalidCommand` events carrying the reply.
+"""
+
+from __future__ import annotations
+
+import re
+
+from meta1py.smtp import replies
+from meta1py.smtp.address import Address, match_path, parse_path
+from meta1py.smtp.dotstuff import BareNewline, BdatDecoder, ContentChecker, DotDecoder
+from meta1py.smtp.errors import SmtpProtocolError, SmtpUsageError
+from meta1py.smtp.events import (
+    NEED_DATA,
+    Auth,
+    AuthResponse,
+    Bdat,
+    BdatChunkEnd,
+    ConnectionClosed,
+    DataChunk,
+    DataStart,
+    Ehlo,
+    EndOfData,
+    Event,
+    Expn,
+    Helo,
+    Help,
+    InvalidCommand,
+    Lhlo,
+    MailFrom,
+    MailParams,
+    NeedData,
+    Noop,
+    Quit,
+    RcptParams,
+    RcptTo,
+    Rset,
+    StartTls,
+    Vrfy,
+)
+from meta1py.smtp.extensions import Extensions
+from meta1py.smtp.replies import Reply
+from meta1py.smtp.state import LEGAL, State, next_state
+
+__all__ = ["ServerConnection"]
+
+MiB = 1024 * 1024
+# RFC 4954 §4: an AUTH command or response line may be up to 12288 octets.
+AUTH_LINE_BYTES = 12288
+
+_KEYWORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*\Z")
+_VALUE = re.compile(r"[\x21-\x3c\x3e-\x7e\u0080-\U0010ffff]+\Z")
+_XTEXT = re.compile(r"(?:[\x21-\x2a\x2c-\x3c\x3e-\x7e]|\+[0-9A-F]{2})*\Z")
+_BDAT = re.compile(r"(\d{1,15})(?: +(LAST))? *\Z", re.IGNORECASE)
+_NOTIFY = frozenset({"SUCCESS", "FAILURE", "DELAY"})
+
+
+def _xtext_decode(value: str) -> str:
+    """Decode RFC 3461 §4 xtext (``+XX`` hex escapes).
+
+    Raises:
+        SmtpProtocolError: On malformed xtext.
+    """
+    if not _XTEXT.match(value):
+        raise SmtpProtocolError("bad xtext", replies.syntax_params("Bad xtext value"))
+    if "+" not in value:
+        return value
+    return re.sub(r"\+([0-9A-F]{2})", lambda m: chr(int(m.group(1), 16)), value)
+
+
+class ServerConnection:
+    """Sans-IO SMTP/LMTP server session (see the module docstring).
+
+    Args:
+        hostname: Our name, used in EHLO replies.
+        extensions: What EHLO advertises and therefore what the core accepts
+            (default: nothing, i.e. plain RFC 5321). Its ``size`` field is
+            advertised as is; ``max_message_bytes`` is what is enforced.
+        max_command_bytes: Longest command line including CRLF (512, RFC 5321
+            §4.5.3.1.4). AUTH lines may be 12288 (RFC 4954).
+        max_line_bytes: Longest content line including CRLF (1000, RFC 5321
+            §4.5.3.1.6); longer lines reject the message with 552 5.3.4.
+        max_recipients: Accepted recipients per transaction (1000); more get
+            452 4.5.3.
+        max_bad_commands: Bad commands per session before 421 (20).
+        max_message_bytes: Largest message (10 MiB); larger get 552 5.3.4.
+        bare_newline: "reject" (550 5.6.0, default) or "normalize" bare CR/LF
+            in content; also applies to command lines ended by a bare LF.
+        lmtp: Speak LMTP (RFC 2033): LHLO instead of HELO/EHLO, one reply per
+            accepted recipient after the content.
+    """
+
+    def __init__(
+        self,
+        hostname: str,
+        *,
+        extensions: Extensions | None = None,
+        max_command_bytes: int = 512,
+        max_line_bytes: int = 1000,
+        max_recipients: int = 1000,
+        max_bad_commands: int = 20,
+        max_message_bytes: int = 10 * MiB,
+        bare_newline: BareNewline = "reject",
+        lmtp: bool = False,
+    ) -> None:
+        if bare_newline not in ("reject", "normalize"):
+            raise ValueError(f"bare_newline must be 'reject' or 'normalize', not {bare_newline!r}")
+        self.hostname = hostname
+        self.extensions = extensions if extensions is not None else Extensions()
+        self.max_command_bytes = max_command_bytes
+        self.max_line_bytes = max_line_bytes
+        self.max_recipients = max_recipients
+        self.max_bad_commands = max_bad_commands
+        self.max_message_bytes = max_message_bytes
+        self.bare_newline: BareNewline = bare_newline
+        self.lmtp = lmtp
+
+        self._state = State.START
+        self._buf = b""
+        self._pos = 0
+        self._eof = False
+        self._skipping = False  # discarding the rest of an overlong command line
+        self._owed: str | None = None  # what the owed reply answers (state.py names)
+        self._owed_count = 0
+        self._owed_event: Event | None = None
+        self._closed_reported = False
+        self.bad_commands = 0
+        self.discarded_after_starttls = 0
+
+        # Session facts, set by replies sent.
+        self.esmtp = False
+        self.helo_domain: str | None = None
+        self.tls_active = False
+        self.authenticated: str | None = None
+
+        # The mail transaction.
+        self.mail_params: MailParams | None = None
+        self.recipients_accepted = 0
+        self._dot: DotDecoder | None = None
+        self._bdat: BdatDecoder | None = None
+        self._chunk_active = False  # inside the octets of a BDAT chunk
+        self._chunk_last = False
+        self._chunk_refusal: Reply | None = None
+        self._chunk_skip = 0
+
+    # --- public API ---------------------------------------------------------
+
+    @property
+    def state(self) -> State:
+        """The current state (see :mod:`meta1py.smtp.state`)."""
+        return self._state
+
+    @property
+    def pending_input(self) -> int:
+        """Octets received and not yet turned into events."""
+        return len(self._buf) - self._pos
+
+    @property
+    def reply_owed(self) -> bool:
+        """True while the last event still waits for its reply."""
+        return self._owed is not None
+
+    def receive_data(self, data: bytes) -> None:
+        """Add received bytes; ``b""`` means the peer closed its side."""
+        if not data:
+            self._eof = True
+            return
+        if self._state is State.CLOSED:
+            return
+        if self._pos:
+            self._buf = self._buf[self._pos :] + data
+            self._pos = 0
+        else:
+            self._buf += data
+
+    def next_event(self) -> Event | NeedData:
+        """Return the next event, or NEED_DATA.
+
+        Raises:
+            SmtpUsageError: If a reply is owed, the greeting was not sent yet
+                or the TLS handshake is pending.
+        """
+        if self._owed is not None:
+            raise SmtpUsageError(f"a reply to {self._owed} is owed")
+        st = self._state
+        if st is State.CLOSED:
+            return ConnectionClosed()
+        if st is State.START:
+            raise SmtpUsageError("send the greeting first")
+        if st is State.TLS:
+            raise SmtpUsageError("call starttls_done() after the TLS handshake")
+        if self._chunk_active:
+            return self._next_chunk()
+        if st is State.DATA:
+            return self._next_data()
+        return self._next_command()
+
+    def send(self, reply: Reply) -> bytes:
+        """Record a reply and return its bytes.
+
+        Raises:
+            SmtpUsageError: If no reply is owed (except the greeting and 421).
+        """
+        if self._owed is None:
+            if self._state is State.START:
+                self._transition("GREETING", reply)
+            elif reply.code == 421:
+                self._transition("UNSOLICITED", reply)
+            else:
+                raise SmtpUsageError("no reply is owed")
+            return reply.to_bytes()
+        answered = self._owed
+        if self._owed_count > 1 and reply.code != 421:
+            self._owed_count -= 1
+            return reply.to_bytes()
+        self._owed = None
+        self._owed_count = 0
+        self._transition(answered, reply)
+        return reply.to_bytes()
+
+    def starttls_done(self) -> None:
+        """The TLS handshake succeeded: reset the session (RFC 3207 §4.2).
+
+        The client must greet again; EHLO then no longer offers STARTTLS.
+
+        Raises:
+            SmtpUsageError: If no STARTTLS was answered with 220.
+        """
+        if self._state is not State.TLS:
+            raise SmtpUsageError("no STARTTLS in progress")
+        self.tls_active = True
+        self.esmtp = False
+        self.helo_domain = None
+        self.authenticated = None
+        self._reset_transaction()
+        self._state = State.INIT
+
+    def auth_done(self, identity: str) -> None:
+        """Mark the session authenticated as ``identity`` (send 235 too)."""
+        self.authenticated = identity
+
+    def ehlo_reply(self) -> Reply:
+        """The 250 reply to EHLO/LHLO advertising this session's extensions."""
+        lines = self.extensions.ehlo_lines(
+            tls_active=self.tls_active, authenticated=self.authenticated is not None
+        )
+        return replies.ehlo(self.hostname, lines)
+
+    # --- state --------------------------------------------------------------
+
+    def _transition(self, answered: str, reply: Reply) -> None:
+        """The only place where the state changes."""
+        old = self._state
+        new = next_state(old, answered, reply.code)
+        event = self._owed_event
+        self._owed_event = None
+        positive = reply.code < 400
+        if answered == "HELLO" and positive:
+            self.esmtp = not isinstance(event, Helo)
+            self.helo_domain = getattr(event, "domain", None)
+            self._reset_transaction()
+        elif answered == "MAIL" and positive and isinstance(event, MailFrom):
+            self.mail_params = event.params
+            self.recipients_accepted = 0
+        elif answered == "RCPT" and new is State.RCPT and positive:
+            self.recipients_accepted += 1
+        elif answered == "DATA" and new is State.DATA:
+            params = self.mail_params or MailParams()
+            self._dot = DotDecoder(self._checker(params))
+        elif answered == "STARTTLS" and new is State.TLS:
+            # No plaintext may cross into the TLS session (RFC 3207 §5).
+            self.discarded_after_starttls = len(self._buf) - self._pos
+            self._buf = b""
+            self._pos = 0
+        if new is State.READY and old is not State.READY:
+            self._reset_transaction()
+        if new is State.CLOSED:
+            self._buf = b""
+            self._pos = 0
+        self._state = new
+
+    def _reset_transaction(self) -> None:
+        self.mail_params = None
+        self.recipients_accepted = 0
+        self._dot = None
+        self._bdat = None
+
+    def _checker(self, params: MailParams) -> ContentChecker:
+        return ContentChecker(
+            self.max_line_bytes,
+            self.max_message_bytes,
+            self.bare_newline,
+            check_newlines=params.body != "BINARYMIME",
+        )
+
+    def _owe(self, answered: str, event: Event, count: int = 1) -> Event:
+        self._owed = answered
+        self._owed_event = event
+        self._owed_count = count
+        return event
+
+    def _invalid(self, reply: Reply, reason: str, line: str = "", count: bool = True) -> Event:
+        if count:
+            self.bad_commands += 1
+            if self.bad_commands > self.max_bad_commands:
+                reply = replies.too_many_errors()
+        return self._owe("INVALID", InvalidCommand(reply, reason, line[:100]))
+
+    def _closed(self) -> Event:
+        self._state = State.CLOSED
+        self._buf = b""
+        self._pos = 0
+        return ConnectionClosed()
+
+    # --- input: command lines ----------------------------------------------
+
+    def _next_command(self) -> Event | NeedData:
+        buf, pos = self._buf, self._pos
+        nl = buf.find(b"\n", pos)
+        if self._skipping:
+            if nl < 0:
+                self._buf, self._pos = b"", 0
+                return self._closed() if self._eof else NEED_DATA
+            self._pos = nl + 1
+            self._skipping = False
+            return self._invalid(replies.line_too_long(), "command line too long")
+        limit = self.max_command_bytes
+        if self._state is State.AUTH or (self.extensions.auth and buf[pos : pos + 5].upper() == b"AUTH "):
+            limit = max(limit, AUTH_LINE_BYTES)
+        if nl < 0:
+            if len(buf) - pos >= limit:
+                # Never buffer an endless line: drop it and answer at its end.
+                self._skipping = True
+                self._buf, self._pos = b"", 0
+            if self._eof:
+                return self._closed()
+            return NEED_DATA
+        self._pos = nl + 1
+        if nl + 1 - pos > limit:
+            return self._invalid(replies.line_too_long(), "command line too long")
+        if nl > pos and buf[nl - 1] == 13:
+            raw = buf[pos : nl - 1]
+        else:
+            raw = buf[pos:nl]
+            if self.bare_newline == "reject":
+                return self._invalid(replies.bare_newline_in_command(), "bare LF in command", repr(raw))
+        if b"\r" in raw or b"\0" in raw:
+            return self._invalid(replies.syntax_error(), "CR or NUL in command", repr(raw))
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return self._invalid(replies.syntax_error("Syntax error, invalid UTF-8"), "bad UTF-8", repr(raw))
+        if self._state is State.AUTH:
+            return self._owe("AUTH", AuthResponse(line))
+        return self._dispatch(line)
+
+    def _dispatch(self, line: str) -> Event | NeedData:
+        verb, _, arg = line.partition(" ")
+        verb = verb.upper()
+        handler = _HANDLERS.get(verb)
+        if handler is None or ((verb == "LHLO") != self.lmtp and verb in ("LHLO", "EHLO", "HELO")):
+            return self._invalid(replies.syntax_error(), "unknown command", line)
+        if verb == "BDAT":
+            return self._cmd_bdat(arg, line)
+        if self._state not in LEGAL[verb]:
+            if self._state is State.REJECTED:
+                return self._invalid(
+                    replies.bad_sequence("Error: access denied, send QUIT"), "rejected", line, False
+                )
+            return self._invalid(replies.bad_sequence(), f"{verb} out of sequence", line)
+        try:
+            return handler(self, arg, line)
+        except SmtpProtocolError as e:
+            hint = e.reply_hint or replies.syntax_params()
+            return self._invalid(hint, str(e), line)
+
+    def _cmd_hello(self, arg: str, line: str) -> Event:
+        domain = arg.strip()
+        if not domain:
+            return self._invalid(replies.syntax_params("Syntax: EHLO hostname"), "no domain", line)
+        verb = line[:4].upper()
+        ev: Event = Ehlo(domain) if verb == "EHLO" else Lhlo(domain) if verb == "LHLO" else Helo(domain)
+        return self._owe("HELLO", ev)
+
+    def _esmtp_params(self, text: str) -> dict[str, str | None]:
+        params: dict[str, str | None] = {}
+        if text and not text.startswith(" "):
+            raise SmtpProtocolError("junk after path", replies.bad_address_syntax())
+        words = text.split(" ")
+        for word in words:
+            if not word:
+                continue
+            key, eq, value = word.partition("=")
+            if not _KEYWORD.match(key) or (eq and not _VALUE.match(value)):
+                raise SmtpProtocolError("bad parameter syntax", replies.syntax_params())
+            key = key.upper()
+            if key in params:
+                raise SmtpProtocolError("duplicate parameter", replies.syntax_params())
+            params[key] = value if eq else None
+        if params and not self.esmtp:
+            raise SmtpProtocolError("parameters after HELO", replies.param_not_implemented())
+        return params
+
+    def _split_path(self, arg: str, keyword: str) -> tuple[str, str]:
+        if arg[: len(keyword)].upper() != keyword:
+            raise SmtpProtocolError("bad syntax", replies.syntax_params(f"Syntax: {keyword}<address>"))
+        rest = arg[len(keyword) :].lstrip(" ")
+        n = match_path(rest)
+        if not n:
+            raise SmtpProtocolError("bad path", replies.bad_address_syntax())
+        return rest[:n], rest[n:]
+
+    def _cmd_mail(self, arg: str, line: str) -> Event:
+        path, rest = self._split_path(arg, "FROM:")
+        params = self._esmtp_params(rest)
+        ext = self.extensions
+        size: int | None = None
+        body = "7BIT"
+        smtputf8 = False
+        ret: str | None = None
+        envid: str | None = None
+        auth: str | None = None
+        for key, value in params.items():
+            if key == "SIZE" and ext.size is not None:
+                if value is None or not value.isdigit() or len(value) > 20:
+                    raise SmtpProtocolError("bad SIZE", replies.syntax_params("Bad SIZE value"))
+                size = int(value)
+            elif key == "BODY":
+                body = (value or "").upper()
+                allowed = {"7BIT"}
+                if ext.eightbitmime:
+                    allowed.add("8BITMIME")
+                if ext.binarymime and ext.chunking:
+                    allowed.add("BINARYMIME")
+                if body not in allowed:
+                    raise SmtpProtocolError(
+                        "bad BODY", replies.param_not_implemented_504("Unsupported BODY type")
+                    )
+            elif key == "SMTPUTF8" and ext.smtputf8 and value is None:
+                smtputf8 = True
+            elif key == "RET" and ext.dsn:
+                ret = (value or "").upper()
+                if ret not in ("FULL", "HDRS"):
+                    raise SmtpProtocolError("bad RET", replies.syntax_params("Bad RET value"))
+            elif key == "ENVID" and ext.dsn and value is not None:
+                envid = _xtext_decode(value)
+                if len(envid) > 100:
+                    raise SmtpProtocolError("ENVID too long", replies.syntax_params())
+            elif key == "AUTH" and ext.auth and value is not None:
+                auth = _xtext_decode(value)
+            else:
+                raise SmtpProtocolError(f"unknown parameter {key}", replies.param_not_implemented())
+        if size is not None and size > self.max_message_bytes:
+            raise SmtpProtocolError("declared size too big", replies.message_too_big_declared())
+        address = parse_path(path, smtputf8)
+        mp = MailParams(size, body, smtputf8, ret, envid, auth)  # type: ignore[arg-type]
+        return self._owe("MAIL", MailFrom(address, mp))
+
+    def _cmd_rcpt(self, arg: str, line: str) -> Event:
+        path, rest = self._split_path(arg, "TO:")
+        params = self._esmtp_params(rest)
+        notify: frozenset[str] | None = None
+        orcpt: tuple[str, str] | None = None
+        for key, value in params.items():
+            if key == "NOTIFY" and self.extensions.dsn and value is not None:
+                notify = frozenset(value.upper().split(","))
+                if not (notify == {"NEVER"} or notify <= _NOTIFY):
+                    raise SmtpProtocolError("bad NOTIFY", replies.syntax_params("Bad NOTIFY"))
+            elif key == "ORCPT" and self.extensions.dsn and value is not None:
+                kind, semi, addr = value.partition(";")
+                if not semi or not _KEYWORD.match(kind):
+                    raise SmtpProtocolError("bad ORCPT", replies.syntax_params("Bad ORCPT"))
+                orcpt = (kind.lower(), _xtext_decode(addr))
+            else:
+                raise SmtpProtocolError(f"unknown parameter {key}", replies.param_not_implemented())
+        smtputf8 = self.mail_params is not None and self.mail_params.smtputf8
+        address = parse_path(path, smtputf8, allow_null=False, allow_postmaster=True)
+        assert isinstance(address, Address)
+        if self.recipients_accepted >= self.max_recipients:
+            return self._invalid(replies.too_many_recipients(), "too many recipients", line, False)
+        return self._owe("RCPT", RcptTo(address, RcptParams(notify, orcpt)))
+
+    def _cmd_data(self, arg: str, line: str) -> Event:
+        if arg.strip():
+            return self._invalid(replies.syntax_params("Syntax: DATA"), "DATA argument", line)
+        if self.mail_params is not None and self.mail_params.body == "BINARYMIME":
+            return self._invalid(
+                replies.bad_sequence("BINARYMIME requires BDAT"), "DATA with BINARYMIME", line
+            )
+        if self._state is State.MAIL:
+            return self._invalid(replies.no_valid_recipients(), "no recipients", line, False)
+        return self._owe("DATA", DataStart())
+
+    def _cmd_bdat(self, arg: str, line: str) -> Event | NeedData:
+        if not (self.extensions.chunking and self.esmtp):
+            return self._invalid(replies.not_implemented(), "BDAT not offered", line)
+        m = _BDAT.match(arg)
+        if m is None:
+            return self._invalid(replies.syntax_params("Syntax: BDAT size [LAST]"), "bad BDAT", line)
+        size, last = int(m.group(1)), m.group(2) is not None
+        self._chunk_active = True
+        self._chunk_last = last
+        st = self._state
+        refusal: Reply | None = None
+        if st is State.MAIL:
+            refusal = replies.no_valid_recipients()
+        elif st not in (State.RCPT, State.BDAT):
+            refusal = replies.bad_sequence()
+        if refusal is not None:
+            # RFC 3030 §2: the chunk's octets are read and discarded.
+            self._chunk_refusal = refusal
+            self._chunk_skip = size
+            return self._next_chunk()
+        if self._bdat is None:
+            self._bdat = BdatDecoder(self._checker(self.mail_params or MailParams()))
+        self._chunk_refusal = None
+        self._bdat.remaining = size
+        return Bdat(size, last)
+
+    def _cmd_rset(self, arg: str, line: str) -> Event:
+        if arg.strip():
+            return self._invalid(replies.syntax_params("Syntax: RSET"), "RSET argument", line)
+        return self._owe("RSET", Rset())
+
+    def _cmd_noop(self, arg: str, line: str) -> Event:
+        return self._owe("NOOP", Noop())
+
+    def _cmd_quit(self, arg: str, line: str) -> Event:
+        if arg.strip():
+            return self._invalid(replies.syntax_params("Syntax: QUIT"), "QUIT argument", line)
+        return self._owe("QUIT", Quit())
+
+    def _cmd_help(self, arg: str, line: str) -> Event:
+        return self._owe("HELP", Help(arg.strip()))
+
+    def _cmd_vrfy(self, arg: str, line: str) -> Event:
+        if not arg.strip():
+            return self._invalid(replies.syntax_params("Syntax: VRFY address"), "VRFY", line)
+        return self._owe("VRFY", Vrfy(arg.strip()))
+
+    def _cmd_expn(self, arg: str, line: str) -> Event:
+        if not arg.strip():
+            return self._invalid(replies.syntax_params("Syntax: EXPN list"), "EXPN", line)
+        return self._owe("EXPN", Expn(arg.strip()))
+
+    def _cmd_starttls(self, arg: str, line: str) -> Event:
+        if not self.extensions.starttls or not self.esmtp:
+            return self._invalid(replies.not_implemented(), "STARTTLS not offered", line)
+        if self.tls_active:
+            return self._invalid(replies.bad_sequence("TLS already active"), "STARTTLS", line)
+        if arg.strip():
+            return self._invalid(replies.syntax_params("Syntax: STARTTLS"), "STARTTLS arg", line)
+        return self._owe("STARTTLS", StartTls())
+
+    def _cmd_auth(self, arg: str, line: str) -> Event:
+        if not self.extensions.auth or not self.esmtp:
+            return self._invalid(replies.not_implemented(), "AUTH not offered", line)
+        if self.authenticated is not None:
+            return self._invalid(replies.bad_sequence("Already authenticated"), "AUTH", "AUTH")
+        parts = arg.split()
+        if not 1 <= len(parts) <= 2:
+            return self._invalid(replies.syntax_params("Syntax: AUTH mechanism"), "AUTH", "AUTH")
+        mech = parts[0].upper()
+        if mech not in self.extensions.auth:
+            return self._invalid(replies.auth_mechanism_unknown(), "AUTH mechanism", "AUTH")
+        initial = None if len(parts) == 1 else ("" if parts[1] == "=" else parts[1])
+        return self._owe("AUTH", Auth(mech, initial))
+
+    # --- input: content -----------------------------------------------------
+
+    def _next_data(self) -> Event | NeedData:
+        dot = self._dot
+        assert dot is not None
+        while True:
+            if dot.finished:
+                count = self.recipients_accepted if self.lmtp else 1
+                return self._owe("END", EndOfData(dot.checker.error), max(count, 1))
+            content, self._pos = dot.feed(self._buf, self._pos)
+            if content:
+                return DataChunk(content)
+            if dot.finished:
+                continue
+            if self._eof:
+                return self._closed()
+            return NEED_DATA
+
+    def _next_chunk(self) -> Event | NeedData:
+        if self._chunk_refusal is not None:
+            take = min(self._chunk_skip, len(self._buf) - self._pos)
+            self._pos += take
+            self._chunk_skip -= take
+            if self._chunk_skip:
+                return self._closed() if self._eof else NEED_DATA
+            self._chunk_active = False
+            refusal, self._chunk_refusal = self._chunk_refusal, None
+            return self._invalid(refusal, "BDAT refused", "BDAT", count=False)
+        bdat = self._bdat
+        assert bdat is not None
+        while bdat.remaining:
+            content, self._pos = bdat.feed(self._buf, self._pos, self._chunk_last)
+            if content:
+                return DataChunk(content)
+            if bdat.remaining and self._pos >= len(self._buf):
+                return self._closed() if self._eof else NEED_DATA
+        self._chunk_active = False
+        last = self._chunk_last
+        error = bdat.checker.error
+        if last:
+            count = self.recipients_accepted if self.lmtp else 1
+            return self._owe("BDAT_LAST", BdatChunkEnd(True, error), max(count, 1))
+        return self._owe("BDAT", BdatChunkEnd(False, error))
+
+
+_HANDLERS = {
+    "EHLO": ServerConnection._cmd_hello,
+    "HELO": ServerConnection._cmd_hello,
+    "LHLO": ServerConnection._cmd_hello,
+    "MAIL": ServerConnection._cmd_mail,
+    "RCPT": ServerConnection._cmd_rcpt,
+    "DATA": ServerConnection._cmd_data,
+    "BDAT": ServerConnection._cmd_bdat,
+    "RSET": ServerConnection._cmd_rset,
+    "NOOP": ServerConnection._cmd_noop,
+    "QUIT": ServerConnection._cmd_quit,
+    "HELP": ServerConnection._cmd_help,
+    "VRFY": ServerConnection._cmd_vrfy,
+    "EXPN": ServerConnection._cmd_expn,
+    "STARTTLS": ServerConnection._cmd_starttls,
+    "AUTH": ServerConnection._cmd_auth,
+}
