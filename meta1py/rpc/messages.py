@@ -1,0 +1,312 @@
+"""The RPC messages exchanged between meta1py processes.
+
+Every message is a frozen dataclass registered with `@rpc_message`; nested value types use
+`@rpc_struct`. To add one:
+
+1. name it ``<Area><Noun><Verb>`` (``SmarResolveRequest``, ``QueueEnvelopeCommit``);
+2. write a docstring with ``Sender:`` and ``Receiver:`` lines;
+3. for a request, declare its reply in the base class: ``RpcRequest[TheReply]`` (the reply is
+   declared first, above the request);
+4. give strings and lists explicit caps:
+   ``field(metadata=caps(max_len=..., max_items=...))`` (defaults: 64 KiB strings, 10,000 items);
+5. run ``python -m meta1py.rpc.doc docs/rpc.md`` to refresh the table in the docs (a test fails
+   while it is stale).
+
+Allowed field types: str, int, float, bool, None, ``X | None``, bytes, ``tuple[X, ...]``,
+``list[X]``, ``Literal[...]``, and `rpc_struct` dataclasses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from meta1py.rpc.schema import RpcMessage, RpcRequest, caps, rpc_message, rpc_struct
+
+# --- RPC layer ----------------------------------------------------------------------------------
+
+
+@rpc_message
+@dataclass(frozen=True, slots=True)
+class RpcErrorReply(RpcMessage):
+    """The answer to a call whose handler raised `RpcRemoteError` (frame kind ``error``).
+
+    Sender: the worker that received the call.
+    Receiver: the caller, which raises `RpcRemoteError(code, message)`.
+    """
+
+    code: str = field(metadata=caps(max_len=64))
+    message: str = field(metadata=caps(max_len=1024))
+
+
+@rpc_message
+@dataclass(frozen=True, slots=True)
+class RpcPingReply(RpcMessage):
+    """The answer to `RpcPingRequest`: the peer's event loop is alive.
+
+    Sender: any worker.
+    Receiver: any worker or mcp (health check).
+    """
+
+    nonce: int
+    pid: int
+    payload: str = field(metadata=caps(max_len=4096))
+    process: str = field(metadata=caps(max_len=64))
+
+
+@rpc_message
+@dataclass(frozen=True, slots=True)
+class RpcPingRequest(RpcRequest[RpcPingReply]):
+    """Health check: answer at once with the same nonce and payload.
+
+    Sender: any worker or mcp.
+    Receiver: any worker.
+    """
+
+    nonce: int
+    payload: str = field(metadata=caps(max_len=4096))
+
+
+# --- The mail path ------------------------------------------------------------------------------
+
+DeliveryStatus = Literal["ok", "temp", "perm"]
+BodyType = Literal["7BIT", "8BITMIME", "BINARYMIME"]
+
+
+@rpc_struct
+@dataclass(frozen=True, slots=True)
+class SmtpReplyValue(RpcMessage):
+    """An SMTP reply carried as data (code, enhanced status code, one line of text).
+
+    Sender: smar, qmgr, smtpc.
+    Receiver: smtps, qmgr.
+    """
+
+    code: int
+    enhanced: str = field(metadata=caps(max_len=16))
+    text: str = field(metadata=caps(max_len=1024))
+
+
+@rpc_message
+@dataclass(frozen=True, slots=True)
+class SmarRecipientCheckReply(RpcMessage):
+    """The verdict on one RCPT TO, with the recipients it expands to (aliases).
+
+    Sender: smar.
+    Receiver: smtps (and qmgr, to expand the recipient of a bounce).
+    """
+
+    action: Literal["accept", "reject", "tempfail"]
+    reply: SmtpReplyValue
+    expanded: tuple[str, ...] = field(metadata=caps(max_items=1000))
+
+
+@rpc_message
+@dataclass(frozen=True, slots=True)
+class SmarRecipientCheckRequest(RpcRequest[SmarRecipientCheckReply]):
+    """May this client send to this recipient?  Relay policy and local recipient existence.
+
+    Sender: smtps (at RCPT TO), qmgr (expanding bounce recipients).
+    Receiver: smar.
+    """
+
+    client_address: str = field(metadata=caps(max_len=64))
+    service: str = field(metadata=caps(max_len=64))
+    authenticated: str | None = field(metadata=caps(max_len=256))
+    sender: str = field(metadata=caps(max_len=1024))
+    recipient: str = field(metadata=caps(max_len=1024))
+
+
+@rpc_struct
+@dataclass(frozen=True, slots=True)
+class QueueRecipientValue(RpcMessage):
+    """One envelope recipient with its DSN parameters (RFC 3461).
+
+    Sender: smtps.
+    Receiver: qmgr.
+    """
+
+    address: str = field(metadata=caps(max_len=1024))
+    orcpt: str | None = field(metadata=caps(max_len=1024))
+    notify: tuple[str, ...] | None = field(metadata=caps(max_items=4))
+
+
+@rpc_message
+@dataclass(frozen=True, slots=True)
+class QueueEnvelopeCommitReply(RpcMessage):
+    """The envelope is durable (ok) or was refused (reply says why, 4xx).
+
+    Sender: qmgr.
+    Receiver: smtps, which only then answers 250 to the client.
+    """
+
+    ok: bool
+    reply: SmtpReplyValue
+
+
+@rpc_message
+@dataclass(frozen=True, slots=True)
+class QueueEnvelopeCommitRequest(RpcRequest[QueueEnvelopeCommitReply]):
+    """A message whose content file is complete and fsync'd: make its envelope durable.
+
+    Sender: smtps (end of DATA/BDAT).
+    Receiver: qmgr, which answers after the group commit that covers this envelope.
+    """
+
+    qid: str = field(metadata=caps(max_len=32))
+    sender: str = field(metadata=caps(max_len=1024))
+    recipients: tuple[QueueRecipientValue, ...] = field(metadata=caps(max_items=100_000))
+    size: int
+    envid: str | None = field(metadata=caps(max_len=100))
+    ret: Literal["FULL", "HDRS"] | None
+    body: BodyType
+    smtputf8: bool
+    client_address: str = field(metadata=caps(max_len=64))
+    client_helo: str = field(metadata=caps(max_len=256))
+    arrival_time: float
+
+
+@rpc_struct
+@dataclass(frozen=True, slots=True)
+class SmarHostValue(RpcMessage):
+    """One host to try, in order: name (for TLS and logs), address, port.
+
+    Sender: smar.
+    Receiver: qmgr, smtpc.
+    """
+
+    name: str = field(metadata=caps(max_len=256))
+    address: str = field(metadata=caps(max_len=64))
+    port: int
+
+
+@rpc_struct
+@dataclass(frozen=True, slots=True)
+class SmarRouteValue(RpcMessage):
+    """Where one recipient goes: a transport and its next hops, or an error.
+
+    Sender: smar.
+    Receiver: qmgr (which passes it on to smtpc).
+    """
+
+    status: DeliveryStatus
+    transport: Literal["smtp", "lmtp", "maildir", "error"]
+    destination: str = field(metadata=caps(max_len=512))
+    hosts: tuple[SmarHostValue, ...] = field(metadata=caps(max_items=64))
+    path: str | None = field(metadata=caps(max_len=4096))
+    reply: SmtpReplyValue | None
+
+
+@rpc_message
+@dataclass(frozen=True, slots=True)
+class SmarRouteReply(RpcMessage):
+    """One route per address asked, in the same order.
+
+    Sender: smar.
+    Receiver: qmgr.
+    """
+
+    routes: tuple[SmarRouteValue, ...] = field(metadata=caps(max_items=100_000))
+
+
+@rpc_message
+@dataclass(frozen=True, slots=True)
+class SmarRouteRequest(RpcRequest[SmarRouteReply]):
+    """Where do these recipients go?  (routes map, relayhost, MX, local Maildir.)
+
+    Sender: qmgr.
+    Receiver: smar.
+    """
+
+    addresses: tuple[str, ...] = field(metadata=caps(max_items=100_000))
+
+
+@rpc_struct
+@dataclass(frozen=True, slots=True)
+class SmtpcRecipientValue(RpcMessage):
+    """A recipient to deliver (idx is its index in the envelope).
+
+    Sender: qmgr.
+    Receiver: smtpc.
+    """
+
+    idx: int
+    address: str = field(metadata=caps(max_len=1024))
+    orcpt: str | None = field(metadata=caps(max_len=1024))
+    notify: tuple[str, ...] | None = field(metadata=caps(max_items=4))
+
+
+@rpc_struct
+@dataclass(frozen=True, slots=True)
+class SmtpcRecipientResult(RpcMessage):
+    """What happened to one recipient: delivered (ok), temporary or permanent failure.
+
+    Sender: smtpc.
+    Receiver: qmgr.
+    """
+
+    idx: int
+    status: DeliveryStatus
+    reply: SmtpReplyValue
+    remote_mta: str | None = field(metadata=caps(max_len=256))
+
+
+@rpc_message
+@dataclass(frozen=True, slots=True)
+class SmtpcDeliveryReply(RpcMessage):
+    """Per-recipient results of one delivery; session_failed when no host could be used at all.
+
+    Sender: smtpc.
+    Receiver: qmgr.
+    """
+
+    results: tuple[SmtpcRecipientResult, ...] = field(metadata=caps(max_items=100_000))
+    session_failed: bool
+
+
+@rpc_message
+@dataclass(frozen=True, slots=True)
+class SmtpcDeliveryRequest(RpcRequest[SmtpcDeliveryReply]):
+    """Deliver the content of queue id ``qid`` to these recipients over this route.
+
+    Sender: qmgr.
+    Receiver: smtpc.
+    """
+
+    qid: str = field(metadata=caps(max_len=32))
+    sender: str = field(metadata=caps(max_len=1024))
+    envid: str | None = field(metadata=caps(max_len=100))
+    ret: Literal["FULL", "HDRS"] | None
+    body: BodyType
+    smtputf8: bool
+    size: int
+    recipients: tuple[SmtpcRecipientValue, ...] = field(metadata=caps(max_items=100_000))
+    route: SmarRouteValue
+
+
+@rpc_message
+@dataclass(frozen=True, slots=True)
+class QueueControlReply(RpcMessage):
+    """How many messages an operator command touched, and which ids were not found.
+
+    Sender: qmgr.
+    Receiver: meta1 queue (the CLI).
+    """
+
+    count: int
+    missing: tuple[str, ...] = field(metadata=caps(max_items=100_000))
+
+
+@rpc_message
+@dataclass(frozen=True, slots=True)
+class QueueControlRequest(RpcRequest[QueueControlReply]):
+    """An operator command: flush, delete, bounce, hold or release messages.
+
+    Sender: meta1 queue (the CLI, run as root or the queue owner).
+    Receiver: qmgr.
+    """
+
+    action: Literal["flush", "delete", "bounce", "hold", "release"]
+    qids: tuple[str, ...] = field(metadata=caps(max_items=100_000))
+    to_domain: str | None = field(metadata=caps(max_len=256))
+    all_deferred: bool
