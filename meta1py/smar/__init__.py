@@ -1,1 +1,22 @@
-"""TODO."""
+"""smar: the meta1py address resolver.
+
+NAME
+    smar -- answers policy and routing questions: maps, aliases, DNS (MX, A/AAAA, DNSBL).
+
+DESCRIPTION
+    smar decides whether a client, sender or recipient may pass and whether relaying is allowed
+    (for smtps), and where a recipient goes -- Maildir, LMTP, or SMTP hosts in MX order -- (for
+    qmgr). It reads the ``aliases`` and ``routes`` maps and queries DNS (``nameserver``,
+    ``DNS_timeout``), caching answers.
+
+SECURITY
+    Runs as the ``smar`` section's user (``meta1r``) when mcp is root. It reads maps and talks
+    DNS; it never touches the queue. It treats DNS answers as untrusted input.
+
+PEERS
+    Serves ``smar.sock`` (clients: smtps, qmgr). Message names are in docs/rpc.md.
+
+DIAGNOSTICS
+    Log lines ``meta1py/smar[PID]: ...``. Exit statuses as every worker: 0, 1 crash (mcp restarts
+    it), 64, 77, 78.
+"""

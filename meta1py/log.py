@@ -1,0 +1,134 @@
+"""Logging setup shared by every process, and maillog events.
+
+Every line carries the process name and pid (``meta1py/smtps[1234]: info: message``) so that the
+interleaved stderr of mcp and its workers stays readable in journald or a test's log file.
+``maillog`` writes one ``key=value`` line per message state change under the logger
+``meta1py.maillog``, so that operators can grep and parse them.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import os
+import re
+import sys
+
+MAILLOG_LOGGER = "meta1py.maillog"
+# Maillog events named in design.md §7; others are allowed but these are the ones tools expect.
+MAILLOG_EVENTS = frozenset({"queued", "delivered", "deferred", "bounced", "rejected"})
+
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+    "critical": logging.CRITICAL,
+}
+# A value that needs no quoting: no spaces, quotes, '=' or control characters.
+_BARE_VALUE = re.compile(r"[A-Za-z0-9_.,:;@<>+\-/\[\]()!#$%&*?^{}|~]*\Z")
+_DEFAULT_VALUE_LIMIT = 200
+
+log = logging.getLogger(__name__)
+
+
+class _ProcessFormatter(logging.Formatter):
+    """``meta1py/<name>[<pid>]: <level>: <message>``; the pid is read per record (fork-safe)."""
+
+    def __init__(self, process_name: str, with_prefix: bool = True) -> None:
+        super().__init__()
+        self._process_name = process_name
+        self._with_prefix = with_prefix
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = record.getMessage()
+        if record.exc_info:
+            text = f"{text}\n{self.formatException(record.exc_info)}"
+        if record.stack_info:
+            text = f"{text}\n{self.formatStack(record.stack_info)}"
+        level = record.levelname.lower()
+        if self._with_prefix:
+            return f"meta1py/{self._process_name}[{os.getpid()}]: {level}: {text}"
+        return f"{level}: {text}"
+
+
+def parse_level(level: str) -> int:
+    """Map a ``log_level`` config value to a ``logging`` level (unknown values mean info)."""
+    return _LEVELS.get(level.lower(), logging.INFO)
+
+
+def setup_logging(process_name: str, level: str, syslog: bool = False) -> None:
+    """Send this process's log records to stderr (default) or syslog.
+
+    Replaces any handlers on the root logger, so calling it again (after a config reload)
+    just changes the level.
+
+    Args:
+        process_name: ``mcp``, ``qmgr``, ``smar``, ``smtpc`` or ``smtps``.
+        level: ``debug``, ``info``, ``warning`` or ``error``.
+        syslog: log to the local syslog socket (facility mail) instead of stderr.
+    """
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+        old.close()
+    handler: logging.Handler
+    if syslog:
+        handler = logging.handlers.SysLogHandler(
+            address="/dev/log", facility=logging.handlers.SysLogHandler.LOG_MAIL
+        )
+        # syslog adds its own timestamp and host; the ident carries name and pid.
+        handler.ident = f"meta1py/{process_name}[{os.getpid()}]: "
+        handler.setFormatter(_ProcessFormatter(process_name, with_prefix=False))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_ProcessFormatter(process_name))
+    root.addHandler(handler)
+    root.setLevel(parse_level(level))
+
+
+def truncate_peer(data: bytes | str, limit: int = 200) -> str:
+    """Render bytes or text received from a peer for a log line: ``repr()``'d and cut to ``limit``.
+
+    ``repr`` escapes control characters and CR/LF, so a peer cannot forge log lines; the cut keeps a
+    hostile peer from filling the log.
+    """
+    text = repr(data)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}...({len(data)} {'bytes' if isinstance(data, bytes) else 'chars'})"
+
+
+def format_value(value: object) -> str:
+    """Render one maillog field value: bare when safe, otherwise double-quoted with escapes."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, bytes):
+        # Bytes are peer data by definition here: repr()'d (already escaped, one line) and
+        # truncated; only the quote character needs escaping.
+        return '"' + truncate_peer(value).replace('"', '\\"') + '"'
+    text = str(value)
+    if len(text) > _DEFAULT_VALUE_LIMIT:
+        text = f"{text[:_DEFAULT_VALUE_LIMIT]}..."
+    if text and _BARE_VALUE.match(text):
+        return text
+    escaped = text.encode("unicode_escape").decode("ascii").replace('"', '\\"')
+    return f'"{escaped}"'
+
+
+def maillog(event: str, qid: str | None, **fields: object) -> None:
+    """Write one maillog line: ``<event> qid=<qid> key=value ...``.
+
+    Args:
+        event: ``queued``, ``delivered``, ``deferred``, ``bounced`` or ``rejected``.
+        qid: the queue id, or None before one exists (logged as ``qid=-``).
+        **fields: further fields in the given order; ``bytes`` values are treated as peer data
+            (repr()'d and truncated), strings with spaces or quotes are quoted. Never pass AUTH data.
+    """
+    parts = [event, f"qid={format_value(qid)}"]
+    parts.extend(f"{key}={format_value(value)}" for key, value in fields.items())
+    logging.getLogger(MAILLOG_LOGGER).info("%s", " ".join(parts))

@@ -1,0 +1,137 @@
+"""``meta1 run [-f FILE]``: validate the config, prepare directories and sockets, supervise.
+
+Everything that can fail for a reason the operator must fix happens before any worker starts:
+config errors (exit 78, printed to stderr), then directories and sockets (exit 71). Only then does
+``trio.run`` start the supervisor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+import sys
+from pathlib import Path
+
+import trio
+
+from meta1py.log import setup_logging
+from meta1py.mcp.privs import (
+    is_root,
+    prepare_directories,
+    resolve_accounts,
+    shared_gid,
+    write_pid_file,
+)
+from meta1py.mcp.spawn import StartupError, bind_listener, bind_rpc_socket
+from meta1py.mcp.supervise import Supervisor
+from meta1py.worker import EX_CONFIG, EX_USAGE, listen_sockets
+
+log = logging.getLogger("meta1py.mcp")
+
+EX_OSERR = 71
+DEFAULT_CONFIG = Path("/etc/meta1/meta1.conf")
+# Workers that serve an RPC socket; smtps is only a client.
+RPC_SERVERS = ("qmgr", "smar", "smtpc")
+
+
+def config_path(option: str | None) -> Path | None:
+    """The file to load: ``-f``, else ``$META1_CONF``, else /etc/meta1/meta1.conf if it exists.
+
+    None means the built-in defaults (a working unprivileged MTA on 127.0.0.1:2525).
+    """
+    if option:
+        return Path(option)
+    env = os.environ.get("META1_CONF")
+    if env:
+        return Path(env)
+    if DEFAULT_CONFIG.exists():
+        return DEFAULT_CONFIG
+    return None
+
+
+def _parse_args(argv: list[str]) -> argparse.Namespace | None:
+    parser = argparse.ArgumentParser(
+        prog="meta1 run",
+        description="Start mcp and the meta1py workers in the foreground (systemd Type=notify).",
+    )
+    parser.add_argument("-f", dest="config", metavar="FILE", help="configuration file")
+    parser.add_argument("--syslog", action="store_true", help="log to syslog instead of stderr")
+    try:
+        return parser.parse_args(argv)
+    except SystemExit as exc:
+        return None if exc.code else argparse.Namespace(help=True)
+
+
+def main(argv: list[str]) -> int:
+    """Run mcp; returns its exit status (0, 1 hard failure, 64, 71, 77, 78)."""
+    args = _parse_args(argv)
+    if args is None:
+        return EX_USAGE
+    if getattr(args, "help", False):
+        return 0
+    from meta1py.conf import ConfigErrors, check_accounts, dump_config, load_config
+
+    path = config_path(args.config)
+    root = is_root()
+    try:
+        cfg = load_config(path)
+        if root:
+            account_errors = check_accounts(cfg)
+            if account_errors:
+                raise ConfigErrors(account_errors)
+    except ConfigErrors as exc:
+        print(str(exc), file=sys.stderr)
+        return EX_CONFIG
+    except OSError as exc:
+        print(f"meta1 run: cannot read {path}: {exc.strerror or exc}", file=sys.stderr)
+        return EX_CONFIG
+    setup_logging("mcp", cfg.log_level, syslog=args.syslog)
+    log.info("starting with %s%s", path or "the built-in defaults", " as root" if root else "")
+
+    listeners: dict[tuple[str, int], socket.socket] = {}
+    rpc_sockets: dict[str, socket.socket] = {}
+    pid_file = cfg.run_directory / "mcp.pid"
+    try:
+        accounts = resolve_accounts(cfg) if root else None
+        prepare_directories(cfg, accounts)
+        for _section, ls in listen_sockets(cfg):
+            key = (ls.address, ls.port)
+            if key not in listeners:
+                listeners[key] = bind_listener(ls.address, ls.port)
+                log.info("listening on %s:%d", *key)
+        for name in RPC_SERVERS:
+            rpc_sockets[name] = bind_rpc_socket(cfg.run_directory / f"{name}.sock", shared_gid(accounts))
+        write_pid_file(pid_file)
+    except StartupError as exc:
+        log.critical("%s", exc)
+        _close_all(listeners, rpc_sockets, cfg.run_directory)
+        return EX_OSERR
+
+    supervisor = Supervisor(
+        cfg,
+        path,
+        dump_config(cfg, only_changed=False),
+        listeners,
+        rpc_sockets,
+        accounts,
+        syslog=args.syslog,
+    )
+    try:
+        return trio.run(supervisor.run)
+    finally:
+        _close_all(supervisor.listeners, rpc_sockets, cfg.run_directory)
+        pid_file.unlink(missing_ok=True)
+
+
+def _close_all(
+    listeners: dict[tuple[str, int], socket.socket],
+    rpc_sockets: dict[str, socket.socket],
+    run_directory: Path,
+) -> None:
+    for sock in listeners.values():
+        sock.close()
+    for name, sock in rpc_sockets.items():
+        sock.close()
+        (run_directory / f"{name}.sock").unlink(missing_ok=True)

@@ -1,0 +1,411 @@
+"""Supervision: start the workers, restart them with backoff, reload on SIGHUP, stop on SIGTERM.
+
+One task per worker runs the spawn -> wait -> decide loop; the main task waits for a shutdown
+request (a signal or a hard failure) and then stops the workers in reverse start order.
+
+Restart policy (documented for operators in docs/mcp.md):
+
+- A worker that exits or is killed is restarted after a backoff that starts at
+  ``BACKOFF_INITIAL_S`` and doubles up to ``BACKOFF_MAX_S``; a worker that ran for
+  ``STABLE_S`` before dying starts again from the initial backoff.
+- Exit status 64 (usage), 77 (privileges) or 78 (configuration) is a hard failure: restarting
+  cannot help. So is dying ``RESTART_LIMIT`` times within ``RESTART_WINDOW_S`` (a crash loop).
+  On a hard failure mcp stops every worker and exits with the worker's status (64/77/78) or 1.
+- ``restart_dependencies`` of a worker that died are restarted with it (their exit is planned,
+  so it is neither backed off nor counted).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import trio
+
+from meta1py.log import setup_logging
+from meta1py.mcp.notify import notify
+from meta1py.mcp.privs import Account, prepare_directories, resolve_accounts
+from meta1py.mcp.spawn import (
+    Child,
+    StartupError,
+    bind_listener,
+    describe_status,
+    spawn_worker,
+)
+from meta1py.worker import (
+    EX_CONFIG,
+    EX_CRASH,
+    EX_NOPERM,
+    EX_USAGE,
+    WORKER_NAMES,
+    listen_sockets,
+    process_config,
+)
+
+if TYPE_CHECKING:
+    from meta1py.conf import Config
+
+log = logging.getLogger(__name__)
+
+BACKOFF_INITIAL_S = 0.1
+BACKOFF_MAX_S = 10.0
+STABLE_S = 30.0
+RESTART_LIMIT = 10
+RESTART_WINDOW_S = 60.0
+READY_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 10.0
+HARD_FAILURE_STATUSES = frozenset({EX_USAGE, EX_NOPERM, EX_CONFIG})
+
+
+def restart_limit_from_env() -> tuple[int, float]:
+    """``(deaths, window_s)`` for the crash-loop rule; ``META1_RESTART_LIMIT=N/SECONDS`` overrides.
+
+    The override exists for tests and for operators who want a different tolerance; malformed
+    values are ignored with a warning.
+    """
+    text = os.environ.get("META1_RESTART_LIMIT")
+    if text:
+        count, _, window = text.partition("/")
+        try:
+            deaths, window_s = int(count), float(window)
+            if deaths >= 1 and window_s > 0:
+                return deaths, window_s
+        except ValueError:
+            pass
+        log.warning("ignoring malformed META1_RESTART_LIMIT=%r (want N/SECONDS)", text)
+    return RESTART_LIMIT, RESTART_WINDOW_S
+
+
+@dataclass
+class WorkerState:
+    """mcp's bookkeeping for one worker name across restarts."""
+
+    name: str
+    child: Child | None = None
+    generation: int = 0
+    deaths: deque[float] = field(default_factory=deque)
+    changed: trio.Event = field(default_factory=trio.Event)
+
+    def set_child(self, child: Child) -> None:
+        self.child = child
+        self.generation += 1
+        self.changed.set()
+        self.changed = trio.Event()
+
+
+class Supervisor:
+    """Runs the workers for one mcp lifetime.
+
+    Args:
+        cfg: the validated configuration.
+        conf_path: the file to re-read on SIGHUP (None: built-in defaults).
+        config_text: ``dump_config(cfg, only_changed=False)``, sent to each worker.
+        listeners: bound SMTP listening sockets by ``(address, port)``.
+        rpc_sockets: bound RPC listening sockets by worker name.
+        accounts: worker accounts when mcp is root, else None.
+        syslog: workers log to syslog.
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        conf_path: Path | None,
+        config_text: str,
+        listeners: dict[tuple[str, int], socket.socket],
+        rpc_sockets: dict[str, socket.socket],
+        accounts: dict[str, Account] | None,
+        syslog: bool = False,
+    ) -> None:
+        self.cfg = cfg
+        self.conf_path = conf_path
+        self.config_text = config_text
+        self.listeners = listeners
+        self.rpc_sockets = rpc_sockets
+        self.accounts = accounts
+        self.syslog = syslog
+        self.states = {name: WorkerState(name) for name in WORKER_NAMES}
+        self.stopping = False
+        self.failure: tuple[int, str] | None = None
+        self.shutdown_requested = trio.Event()
+        self.announced_ready = False
+        self.restart_limit, self.restart_window_s = restart_limit_from_env()
+        self._reload_lock = trio.Lock()
+        # The lifeline: workers hold the read end; when mcp dies for any reason the kernel closes
+        # the write end and every worker sees EOF. Nobody ever writes to it.
+        self._lifeline_r, self._lifeline_w = os.pipe()
+        self._nursery: trio.Nursery | None = None
+
+    # -- running -------------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        """Start the workers, supervise until told to stop, stop them; return mcp's exit status."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            await nursery.start(self._watch_signals)
+            for name in WORKER_NAMES:
+                nursery.start_soon(self._supervise, self.states[name])
+            await self.shutdown_requested.wait()
+            await self._stop_all()
+            nursery.cancel_scope.cancel()
+        os.close(self._lifeline_r)
+        os.close(self._lifeline_w)
+        if self.failure is not None:
+            code, reason = self.failure
+            log.critical("stopped after a hard failure: %s", reason)
+            notify(f"STATUS=failed: {reason}")
+            return code
+        log.info("stopped")
+        return 0
+
+    def _spawn(self, name: str) -> Child:
+        fds: dict[str, int] = {}
+        if name in self.rpc_sockets:
+            fds["rpc"] = self.rpc_sockets[name].fileno()
+        if name == "smtps":
+            for index, (_section, ls) in enumerate(listen_sockets(self.cfg)):
+                fds[f"listen{index}"] = self.listeners[(ls.address, ls.port)].fileno()
+        account = self.accounts.get(name) if self.accounts else None
+        return spawn_worker(
+            name,
+            self.config_text,
+            fds,
+            self._lifeline_r,
+            user=account.user if account else None,
+            group=account.group if account else None,
+            syslog=self.syslog,
+        )
+
+    async def _supervise(self, state: WorkerState) -> None:
+        backoff = BACKOFF_INITIAL_S
+        name = state.name
+        while not self.stopping:
+            try:
+                child = self._spawn(name)
+            except OSError as exc:
+                self._hard_fail(EX_CRASH, f"cannot start {name}: {exc}")
+                return
+            state.set_child(child)
+            log.info("started %s (pid %d)", name, child.pid)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._await_ready, child)
+                await child.wait()
+                nursery.cancel_scope.cancel()
+            child.close()
+            if self.stopping:
+                return
+            status = child.returncode
+            what = describe_status(status)
+            if child.planned:
+                log.info("%s (pid %d) %s; restarting as planned", name, child.pid, what)
+                continue
+            now = trio.current_time()
+            ran_s = now - child.started_at
+            if status in HARD_FAILURE_STATUSES:
+                assert status is not None
+                self._hard_fail(status, f"{name} (pid {child.pid}) {what}: not restarting it")
+                return
+            state.deaths.append(now)
+            while state.deaths and state.deaths[0] < now - self.restart_window_s:
+                state.deaths.popleft()
+            if len(state.deaths) >= self.restart_limit:
+                self._hard_fail(
+                    EX_CRASH,
+                    f"{name} died {len(state.deaths)} times within "
+                    f"{self.restart_window_s:g}s (last: pid {child.pid} {what})",
+                )
+                return
+            if ran_s >= STABLE_S:
+                backoff = BACKOFF_INITIAL_S
+            log.error(
+                "%s (pid %d) %s after %.1fs; restarting in %.2fs", name, child.pid, what, ran_s, backoff
+            )
+            notify(f"STATUS={name} {what}; restarting")
+            section = process_config(self.cfg, name)
+            for dependent in getattr(section, "restart_dependencies", ()):
+                self._restart_soon(dependent, reason=f"it depends on {name}")
+            await trio.sleep(backoff)
+            backoff = min(backoff * 2, BACKOFF_MAX_S)
+
+    async def _await_ready(self, child: Child) -> None:
+        with trio.move_on_after(READY_TIMEOUT_S):
+            if await child.read_ready():
+                log.info("%s (pid %d) is ready", child.name, child.pid)
+                self._maybe_announce_ready()
+            return
+        log.error("%s (pid %d) not ready after %gs: killing it", child.name, child.pid, READY_TIMEOUT_S)
+        child.send_signal(signal.SIGKILL)
+
+    def _all_ready(self) -> bool:
+        return all(
+            s.child is not None and s.child.ready.is_set() and not s.child.exited.is_set()
+            for s in self.states.values()
+        )
+
+    def _maybe_announce_ready(self) -> None:
+        if self.stopping or not self._all_ready():
+            return
+        pids = " ".join(f"{s.name}={s.child.pid}" for s in self.states.values() if s.child)
+        if not self.announced_ready:
+            self.announced_ready = True
+            log.info("all workers ready: %s", pids)
+            notify("READY=1", f"STATUS=running: {pids}", f"MAINPID={os.getpid()}")
+        else:
+            notify(f"STATUS=running: {pids}")
+
+    def _hard_fail(self, code: int, reason: str) -> None:
+        if self.failure is None:
+            self.failure = (code, reason)
+            log.critical("hard failure: %s; stopping", reason)
+        self.shutdown_requested.set()
+
+    # -- stopping and restarting ---------------------------------------------------------------
+
+    async def _terminate(self, child: Child) -> None:
+        """SIGTERM ``child``, SIGKILL it after ``STOP_TIMEOUT_S``, and wait until it is reaped."""
+        if child.exited.is_set():
+            return
+        child.send_signal(signal.SIGTERM)
+        with trio.move_on_after(STOP_TIMEOUT_S):
+            await child.exited.wait()
+            return
+        log.warning("%s (pid %d) ignored SIGTERM for %gs: killing it", child.name, child.pid, STOP_TIMEOUT_S)
+        child.send_signal(signal.SIGKILL)
+        await child.exited.wait()
+
+    def _restart_soon(self, name: str, reason: str) -> None:
+        state = self.states.get(name)
+        child = state.child if state else None
+        if child is None or child.exited.is_set() or self._nursery is None:
+            return
+        log.info("restarting %s (pid %d): %s", name, child.pid, reason)
+        child.planned = True
+        self._nursery.start_soon(self._terminate, child)
+
+    async def _stop_all(self) -> None:
+        self.stopping = True
+        notify("STOPPING=1", "STATUS=stopping")
+        log.info("stopping workers")
+        for name in reversed(WORKER_NAMES):
+            child = self.states[name].child
+            if child is not None and not child.exited.is_set():
+                child.planned = True
+                await self._terminate(child)
+                log.info("%s (pid %d) %s", name, child.pid, describe_status(child.returncode))
+
+    async def _restart_and_wait(self, name: str) -> None:
+        """Restart one worker (planned) and wait until its successor is ready or gone."""
+        state = self.states[name]
+        old = state.child
+        if old is None or old.exited.is_set():
+            return  # waiting in backoff: the next start uses the new config anyway
+        old.planned = True
+        await self._terminate(old)
+        with trio.move_on_after(READY_TIMEOUT_S + STOP_TIMEOUT_S):
+            while (state.child is old or state.child is None) and not self.stopping:
+                await state.changed.wait()
+            new = state.child
+            if new is None or new is old:
+                return
+            async with trio.open_nursery() as nursery:
+
+                async def cancel_when_exited() -> None:
+                    await new.exited.wait()
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(cancel_when_exited)
+                await new.ready.wait()
+                nursery.cancel_scope.cancel()
+
+    # -- signals and reload --------------------------------------------------------------------
+
+    async def _watch_signals(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            task_status.started()
+            async for signum in signals:
+                name = signal.Signals(signum).name
+                if signum == signal.SIGHUP:
+                    if self._nursery is not None and not self.stopping:
+                        self._nursery.start_soon(self._reload)
+                    continue
+                if self.shutdown_requested.is_set():
+                    log.info("%s: already stopping", name)
+                    continue
+                log.info("%s: shutting down", name)
+                self.shutdown_requested.set()
+
+    async def _reload(self) -> None:
+        async with self._reload_lock:
+            if self.stopping:
+                return
+            await self._reload_locked()
+
+    async def _reload_locked(self) -> None:
+        from meta1py.conf import ConfigErrors, check_accounts, dump_config, load_config
+
+        source = self.conf_path or "the built-in defaults"
+        log.info("SIGHUP: reloading %s", source)
+        notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}", "STATUS=reloading")
+        try:
+            new = load_config(self.conf_path)
+            account_errors = check_accounts(new) if self.accounts is not None else []
+            if account_errors:
+                raise ConfigErrors(account_errors)
+        except ConfigErrors as exc:
+            log.error("reload failed, keeping the running configuration:\n%s", exc)
+            notify("READY=1", "STATUS=reload failed; running the previous configuration")
+            return
+        except OSError as exc:
+            log.error("reload failed, keeping the running configuration: %s", exc)
+            notify("READY=1", "STATUS=reload failed; running the previous configuration")
+            return
+        if (new.queue_directory, new.run_directory) != (self.cfg.queue_directory, self.cfg.run_directory):
+            log.error("reload failed: changing queue_directory or run_directory needs a restart of mcp")
+            notify("READY=1", "STATUS=reload refused; running the previous configuration")
+            return
+        try:
+            accounts = resolve_accounts(new) if self.accounts is not None else None
+            prepare_directories(new, accounts)
+            added = self._bind_new_listeners(new)
+        except StartupError as exc:
+            log.error("reload failed, keeping the running configuration: %s", exc)
+            notify("READY=1", "STATUS=reload failed; running the previous configuration")
+            return
+        wanted = {(ls.address, ls.port) for _section, ls in listen_sockets(new)}
+        removed = {key: sock for key, sock in self.listeners.items() if key not in wanted}
+        self.listeners.update(added)
+        self.cfg = new
+        self.accounts = accounts
+        self.config_text = dump_config(new, only_changed=False)
+        setup_logging("mcp", new.log_level, syslog=self.syslog)
+        for name in WORKER_NAMES:
+            if self.stopping:
+                return
+            await self._restart_and_wait(name)
+        # The new smtps no longer has the removed sockets; now close mcp's copies.
+        for key, sock in removed.items():
+            log.info("closed listener %s:%d", *key)
+            del self.listeners[key]
+            sock.close()
+        log.info("reload done")
+        notify("READY=1", "STATUS=running (reloaded)")
+
+    def _bind_new_listeners(self, new: Config) -> dict[tuple[str, int], socket.socket]:
+        added: dict[tuple[str, int], socket.socket] = {}
+        try:
+            for _section, ls in listen_sockets(new):
+                key = (ls.address, ls.port)
+                if key not in self.listeners and key not in added:
+                    added[key] = bind_listener(ls.address, ls.port)
+                    log.info("listening on %s:%d", *key)
+        except StartupError:
+            for sock in added.values():
+                sock.close()
+            raise
+        return added

@@ -1,0 +1,366 @@
+"""The shared worker skeleton: what every worker does between ``exec`` and serving.
+
+mcp starts each worker as ``python -m meta1py.<name>`` (docs/internals.md, "Processes, sockets and
+readiness"). The worker's ``__main__`` calls ``sys.exit(run_worker(name, serve))``, which:
+
+1. parses ``META1_FDS`` (``rpc``, ``listen0..N``, ``ready``, ``lifeline``; exit 64 if malformed);
+2. reads the effective config text on stdin and parses it (exit 78 on errors);
+3. when ``META1_USER`` is set, drops privileges in a fixed order (setgroups, setresgid, setresuid),
+   then proves that root cannot be regained; a worker never runs as root (exit 77 otherwise);
+4. asks the kernel for SIGTERM when mcp dies (``PR_SET_PDEATHSIG``, set after the drop because a
+   credential change clears it) and also watches the lifeline pipe, whose EOF means mcp is gone;
+5. sets up logging, installs SIGTERM/SIGINT handling, and runs ``serve`` under ``trio.run``;
+6. writes ``READY`` on the ready pipe when ``serve`` calls ``task_status.started()``.
+
+On SIGTERM the skeleton sets ``WorkerFds.shutdown``; ``serve`` should then stop accepting, finish
+or end its sessions (smtps answers 421 4.3.2) and return. After ``SHUTDOWN_GRACE_S`` the skeleton
+cancels ``serve``. Exit statuses: 0 clean, 1 crash (mcp restarts), 64 usage, 77 privileges,
+78 configuration.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import encodings.idna  # noqa: F401  -- imported before the privilege drop (see _preload)
+import grp
+import logging
+import os
+import pwd
+import signal
+import socket
+import sys
+import traceback  # noqa: F401  -- needed to log a crash after the drop
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import trio
+
+from meta1py.conf import (
+    Config,
+    ConfigErrors,
+    ListenSocket,
+    ProcessConfig,
+    SmtpsConfig,
+    parse_config,
+)
+from meta1py.log import setup_logging
+
+log = logging.getLogger(__name__)
+
+EX_OK = 0
+EX_CRASH = 1
+EX_USAGE = 64
+EX_NOPERM = 77
+EX_CONFIG = 78
+
+WORKER_NAMES = ("qmgr", "smar", "smtpc", "smtps")
+# How long serve() may take to wind down after SIGTERM before it is cancelled; mcp waits longer
+# (its SIGKILL deadline) so that a worker normally exits on its own.
+SHUTDOWN_GRACE_S = 5.0
+# After the lifeline breaks nobody can restart us or receive our results: wind down fast.
+ORPHAN_GRACE_S = 1.0
+
+_PR_SET_PDEATHSIG = 1
+
+
+class PrivilegeError(Exception):
+    """The privilege drop failed or could be undone; the worker must not run."""
+
+
+@dataclass
+class WorkerFds:
+    """What a worker inherited from mcp, as trio objects, plus the shutdown signal.
+
+    Attributes:
+        name: the worker's name (``qmgr``, ``smar``, ``smtpc``, ``smtps``).
+        rpc: the worker's RPC listening socket (``<run_directory>/<name>.sock``), or None.
+        listeners: the SMTP listening sockets, ``listen0..N``, in ``listen_sockets(cfg)`` order.
+        shutdown: set when mcp asked this worker to stop (SIGTERM) or mcp went away.
+        raw: the ``META1_FDS`` mapping as received (name -> descriptor).
+    """
+
+    name: str
+    rpc: trio.SocketListener | None
+    listeners: list[trio.SocketListener]
+    shutdown: trio.Event = field(default_factory=trio.Event)
+    raw: dict[str, int] = field(default_factory=dict)
+
+
+class TaskStatus(Protocol):
+    """The part of ``trio.TaskStatus`` that ``serve`` uses."""
+
+    def started(self, value: Any = None) -> None: ...
+
+
+Serve = Callable[["Config", WorkerFds, Any], Awaitable[None]]
+
+
+def process_config(cfg: Config, name: str) -> ProcessConfig | None:
+    """The ``ProcessConfig`` section of worker ``name`` (smtps: the first ``smtps`` section)."""
+    if name == "smtps":
+        return cfg.smtps[0] if cfg.smtps else None
+    section: ProcessConfig = getattr(cfg, name)
+    return section
+
+
+def process_log_level(cfg: Config, name: str) -> str:
+    """A worker's effective ``log_level``: its section's, else the global one."""
+    section = process_config(cfg, name)
+    level = getattr(section, "log_level", None) if section is not None else None
+    return str(level or cfg.log_level)
+
+
+def listen_sockets(cfg: Config) -> list[tuple[SmtpsConfig, ListenSocket]]:
+    """Every SMTP listening socket as ``(SmtpsConfig, ListenSocket)``, in ``listenN`` order.
+
+    mcp binds them and passes them to the single smtps process as ``listen0``, ``listen1``, ...
+    in exactly this order (sections in file order, then ``listen_socket`` entries in order), so
+    smtps knows which section's policy applies to each descriptor.
+    """
+    return [(section, sock) for section in cfg.smtps for sock in section.listen_socket]
+
+
+def format_fds(fds: dict[str, int]) -> str:
+    """Encode a descriptor map as ``META1_FDS`` (``name=fd,name=fd``)."""
+    return ",".join(f"{name}={fd}" for name, fd in fds.items())
+
+
+def parse_fds(text: str) -> dict[str, int]:
+    """Decode ``META1_FDS``.
+
+    Raises:
+        ValueError: malformed text, duplicate names or negative descriptors.
+    """
+    fds: dict[str, int] = {}
+    if not text.strip():
+        return fds
+    for item in text.split(","):
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not sep or not name or not value.strip().isdigit():
+            raise ValueError(f"malformed META1_FDS entry {item!r}")
+        if name in fds:
+            raise ValueError(f"duplicate META1_FDS entry {name!r}")
+        fds[name] = int(value)
+    return fds
+
+
+def drop_privileges(user: str, group: str | None = None) -> None:
+    """Become ``user``:``group`` for good, then prove it.
+
+    The order is fixed (OpenSMTPD's): supplementary groups first (they need root), then all three
+    gids, then all three uids. Afterwards ``setuid(0)`` and ``seteuid(0)`` must fail and no real,
+    effective or saved id may be 0.
+
+    Raises:
+        PrivilegeError: unknown account, target is root, a call failed, or root is regainable.
+    """
+    try:
+        pw = pwd.getpwnam(user)
+    except KeyError:
+        raise PrivilegeError(f"unknown user {user!r}") from None
+    if group:
+        try:
+            gid = grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise PrivilegeError(f"unknown group {group!r}") from None
+    else:
+        gid = pw.pw_gid
+    uid = pw.pw_uid
+    if uid == 0 or gid == 0:
+        raise PrivilegeError(f"refusing to run as {user}:{group or gid} (uid or gid 0)")
+    try:
+        os.setgroups([gid])
+        os.setresgid(gid, gid, gid)
+        os.setresuid(uid, uid, uid)
+    except OSError as exc:
+        raise PrivilegeError(f"cannot become {user}:{group or gid}: {exc}") from exc
+    for regain in (os.setuid, os.seteuid, os.setgid, os.setegid):
+        try:
+            regain(0)
+        except PermissionError:
+            continue
+        raise PrivilegeError(f"{regain.__name__}(0) succeeded after dropping privileges")
+    if 0 in os.getresuid() or 0 in os.getresgid() or 0 in os.getgroups():
+        raise PrivilegeError("an id is still 0 after dropping privileges")
+    os.environ["HOME"] = pw.pw_dir
+    os.environ["USER"] = os.environ["LOGNAME"] = pw.pw_name
+
+
+def set_parent_death_signal(sig: int = signal.SIGTERM) -> bool:
+    """Ask the kernel to send ``sig`` when our parent (mcp) exits; False if unsupported."""
+    libc_name = ctypes.util.find_library("c")
+    if libc_name is None:
+        return False
+    try:
+        libc = ctypes.CDLL(libc_name, use_errno=True)
+        return int(libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _test_exit_status(name: str) -> int | None:
+    """Test hook: ``META1_TEST_EXIT=smar=78,qmgr=1`` makes those workers exit at once.
+
+    End-to-end tests use it to exercise mcp's hard-failure path with a config that mcp itself
+    accepted (a worker never sees an invalid config otherwise).
+    """
+    for item in os.environ.get("META1_TEST_EXIT", "").split(","):
+        worker, _, status = item.partition("=")
+        if worker.strip() == name and status.strip().isdigit():
+            return int(status)
+    return None
+
+
+def _read_config_text() -> str:
+    text = sys.stdin.buffer.read().decode("utf-8")
+    # stdin was only the config channel; keep fd 0 valid but empty.
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    return text
+
+
+async def _watch_signals(fds: WorkerFds, serve_scope: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            if fds.shutdown.is_set():
+                log.warning("second %s: stopping now", signal.Signals(signum).name)
+                serve_scope.cancel()
+                return
+            log.info("%s: shutting down", signal.Signals(signum).name)
+            fds.shutdown.set()
+            serve_scope.deadline = min(serve_scope.deadline, trio.current_time() + SHUTDOWN_GRACE_S)
+
+
+async def _watch_lifeline(fd: int, fds: WorkerFds, serve_scope: trio.CancelScope) -> None:
+    os.set_blocking(fd, False)
+    while True:
+        await trio.lowlevel.wait_readable(fd)
+        try:
+            data = os.read(fd, 64)
+        except BlockingIOError:
+            continue
+        if not data:
+            break
+    log.warning("mcp went away (lifeline closed): exiting")
+    fds.shutdown.set()
+    serve_scope.deadline = min(serve_scope.deadline, trio.current_time() + ORPHAN_GRACE_S)
+
+
+def _report_ready(fd: int | None) -> None:
+    if fd is None:
+        return
+    try:
+        os.write(fd, b"READY\n")
+    except OSError as exc:  # mcp gone: the lifeline watcher handles it
+        log.warning("cannot report readiness: %s", exc)
+    finally:
+        os.close(fd)
+
+
+def _listener(fd: int) -> trio.SocketListener:
+    return trio.SocketListener(trio.socket.from_stdlib_socket(socket.socket(fileno=fd)))
+
+
+async def _run(name: str, serve: Serve, cfg: Config, raw: dict[str, int]) -> int:
+    listen_fds = sorted(
+        (int(key[len("listen") :]), fd)
+        for key, fd in raw.items()
+        if key.startswith("listen") and key[len("listen") :].isdigit()
+    )
+    fds = WorkerFds(
+        name=name,
+        rpc=_listener(raw["rpc"]) if "rpc" in raw else None,
+        listeners=[_listener(fd) for _index, fd in listen_fds],
+        raw=dict(raw),
+    )
+    serve_scope = trio.CancelScope()
+    finished_cleanly = False
+
+    async def serve_task(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        nonlocal finished_cleanly
+        with serve_scope:
+            await serve(cfg, fds, task_status)
+            finished_cleanly = True
+        nursery.cancel_scope.cancel()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_watch_signals, fds, serve_scope)
+        if "lifeline" in raw:
+            nursery.start_soon(_watch_lifeline, raw["lifeline"], fds, serve_scope)
+        try:
+            await nursery.start(serve_task)
+        except RuntimeError:
+            # serve was cancelled by an early SIGTERM before it reported ready.
+            if not fds.shutdown.is_set():
+                raise
+        else:
+            _report_ready(raw.get("ready"))
+            log.info("ready")
+    if fds.shutdown.is_set():
+        if not finished_cleanly:
+            log.warning("shutdown grace period over: sessions were cancelled")
+        log.info("stopped")
+        return EX_OK
+    log.error("serve() returned without a shutdown request")
+    return EX_CRASH
+
+
+def run_worker(name: str, serve: Serve) -> int:
+    """Start worker ``name``: fds, config, privilege drop, logging, signals, then ``serve``.
+
+    Args:
+        name: ``qmgr``, ``smar``, ``smtpc`` or ``smtps``.
+        serve: ``async def serve(cfg, fds, task_status)``; calls ``task_status.started()`` once it
+            serves, then runs until ``fds.shutdown`` is set and returns after winding down.
+
+    Returns:
+        The exit status for ``sys.exit``: 0, 1 (crash), 64, 77 or 78.
+    """
+    syslog = os.environ.get("META1_SYSLOG") == "1"
+    setup_logging(name, "info", syslog=syslog)
+    try:
+        raw = parse_fds(os.environ.get("META1_FDS", ""))
+    except ValueError as exc:
+        log.critical("%s", exc)
+        return EX_USAGE
+    try:
+        cfg = parse_config(_read_config_text(), path="<config from mcp>")
+    except ConfigErrors as exc:
+        log.critical("configuration errors:\n%s", exc)
+        return EX_CONFIG
+    except (UnicodeDecodeError, OSError) as exc:
+        log.critical("cannot read the configuration on stdin: %s", exc)
+        return EX_CONFIG
+    setup_logging(name, process_log_level(cfg, name), syslog=syslog)
+    forced = _test_exit_status(name)
+    if forced is not None:
+        log.critical("exiting with status %d as META1_TEST_EXIT asks", forced)
+        return forced
+
+    user = os.environ.get("META1_USER")
+    if user:
+        try:
+            drop_privileges(user, os.environ.get("META1_GROUP") or None)
+        except PrivilegeError as exc:
+            log.critical("privilege drop failed: %s", exc)
+            return EX_NOPERM
+        log.debug("running as uid %d gid %d", os.getuid(), os.getgid())
+    elif os.geteuid() == 0 or os.getuid() == 0:
+        log.critical("refusing to run as root: mcp must set META1_USER")
+        return EX_NOPERM
+    # Set after the drop: a credential change clears the parent-death signal.
+    if not set_parent_death_signal():
+        log.warning("PR_SET_PDEATHSIG unavailable; relying on the lifeline pipe")
+    try:
+        os.chdir(cfg.queue_directory)
+    except OSError:
+        os.chdir("/")
+    try:
+        return trio.run(_run, name, serve, cfg, raw)
+    except Exception:
+        log.critical("%s crashed", name, exc_info=True)
+        return EX_CRASH

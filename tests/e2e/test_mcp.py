@@ -1,0 +1,217 @@
+"""End-to-end supervision tests: the real ``meta1 run`` with its real (placeholder) workers.
+
+Each test starts mcp through ``Meta1Daemon`` on a free loopback port. As root the workers run as
+a throw-away account the ``worker_account`` fixture creates; otherwise everything runs as the
+invoking user (the unprivileged mode).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+from collections.abc import Callable
+
+import pytest
+
+from meta1py.testing.daemon import (
+    WORKER_NAMES,
+    Meta1Daemon,
+    free_port,
+    pid_alive,
+    poll,
+    proc_ids,
+)
+
+pytestmark = pytest.mark.e2e
+
+MakeDaemon = Callable[..., Meta1Daemon]
+
+
+def _all_gone(pids: list[int]) -> bool:
+    return not any(pid_alive(pid) for pid in pids)
+
+
+def test_start_reports_ready_and_serves(make_daemon: MakeDaemon) -> None:
+    with make_daemon() as daemon:
+        workers = daemon.workers()
+        assert sorted(workers) == sorted(WORKER_NAMES)
+        assert daemon.banner().startswith(b"220 localhost ESMTP")
+        assert (daemon.run_directory / "mcp.pid").read_text().strip() == str(daemon.pid)
+        for name in ("qmgr", "smar", "smtpc"):
+            path = daemon.run_directory / f"{name}.sock"
+            assert oct(path.stat().st_mode & 0o777) == oct(0o660)
+            with socket.socket(socket.AF_UNIX) as sock:
+                sock.connect(str(path))
+        assert any(m.startswith("READY=1") for m in daemon.notifications)
+
+
+def test_each_worker_killed_comes_back_and_serves(make_daemon: MakeDaemon) -> None:
+    with make_daemon() as daemon:
+        for name in WORKER_NAMES:
+            old = daemon.worker_pid(name)
+            mark = daemon.log_size()
+            os.kill(old, signal.SIGKILL)
+            new = daemon.restarted_worker_pid(name, old)
+            daemon.wait_for_log(rf"{name} \(pid {old}\) was killed by SIGKILL", start=mark)
+            daemon.wait_for_log(rf"{name} \(pid {new}\) is ready", start=mark)
+            assert daemon.banner().startswith(b"220 ")
+        assert daemon.running()
+
+
+def test_worker_killed_in_a_loop_is_a_hard_failure(make_daemon: MakeDaemon) -> None:
+    daemon = make_daemon(env={"META1_RESTART_LIMIT": "3/300"})
+    daemon.start()
+    others = [pid for name, pid in daemon.workers().items() if name != "smar"]
+    pid = daemon.worker_pid("smar")
+    for round_ in range(3):
+        os.kill(pid, signal.SIGKILL)
+        if round_ < 2:
+            pid = daemon.restarted_worker_pid("smar", pid)
+    assert daemon.wait() == 1
+    daemon.wait_for_log(r"hard failure: smar died 3 times within 300s")
+    poll(lambda: _all_gone(others), 30, "the other workers to stop")
+
+
+def test_worker_exiting_78_is_a_hard_failure(make_daemon: MakeDaemon) -> None:
+    daemon = make_daemon(env={"META1_TEST_EXIT": "smtpc=78"})
+    daemon.start(wait_ready=False)
+    assert daemon.wait() == 78
+    daemon.wait_for_log(r"hard failure: smtpc \(pid \d+\) exited with status 78")
+    assert not any(m.startswith("READY=1") for m in daemon.notifications)
+    assert "started smtpc" in daemon.log_text()
+    # Only one start: a configuration failure is never retried.
+    assert daemon.log_text().count("started smtpc") == 1
+
+
+def test_sighup_good_config_restarts_workers_without_refusing(make_daemon: MakeDaemon) -> None:
+    with make_daemon() as daemon:
+        before = daemon.workers()
+        port2 = free_port()
+        text = daemon.conf_path.read_text().replace(
+            "listen_socket {",
+            f"listen_socket {{ address = 127.0.0.1; port = {port2}; }} listen_socket {{",
+        )
+        daemon.write_config(text.replace("log_level", "log_level") + "log_level = debug;\n")
+
+        results: list[bytes | OSError] = []
+        stop = threading.Event()
+
+        def hammer() -> None:
+            while not stop.is_set():
+                try:
+                    with daemon.connect() as sock:
+                        results.append(daemon.read_line(sock))
+                except OSError as exc:
+                    results.append(exc)
+
+        thread = threading.Thread(target=hammer)
+        thread.start()
+        try:
+            poll(lambda: len(results) >= 3, 30, "connections before the reload")
+            mark = daemon.log_size()
+            daemon.send_signal(signal.SIGHUP)
+            daemon.wait_for_log(r"mcp\[\d+\]: info: reload done", timeout=90, start=mark)
+            count = len(results)
+            poll(lambda: len(results) >= count + 3, 30, "connections after the reload")
+        finally:
+            stop.set()
+            thread.join(60)
+        errors = [r for r in results if isinstance(r, OSError)]
+        assert not errors
+        # A session caught by the old smtps's shutdown gets 421; every other one the greeting.
+        assert all(isinstance(r, bytes) and r[:4] in (b"220 ", b"421 ") for r in results)
+        after = daemon.workers()
+        assert all(after[name] != before[name] for name in WORKER_NAMES)
+        with socket.create_connection(("127.0.0.1", port2), timeout=30) as sock:
+            assert daemon.read_line(sock).startswith(b"220 ")
+        assert daemon.wait_notify("READY=1", start=1)
+
+
+def test_sighup_bad_config_keeps_running(make_daemon: MakeDaemon) -> None:
+    with make_daemon() as daemon:
+        before = daemon.workers()
+        good = daemon.conf_path.read_text()
+        daemon.write_config(good + "max_rcpt = 5;\nsmtps { IO_timeout = soon; }\n")
+        mark = daemon.log_size()
+        daemon.send_signal(signal.SIGHUP)
+        daemon.wait_for_log(r"reload failed, keeping the running configuration", start=mark)
+        logged = daemon.log_text()[mark:]
+        assert "max_rcpt" in logged
+        assert "IO_timeout" in logged or "soon" in logged
+        assert daemon.workers() == before
+        assert daemon.banner().startswith(b"220 ")
+
+
+def test_sigterm_with_open_session_sends_421_and_exits_0(make_daemon: MakeDaemon) -> None:
+    daemon = make_daemon()
+    daemon.start()
+    workers = list(daemon.workers().values())
+    with daemon.connect() as sock:
+        assert daemon.read_line(sock).startswith(b"220 ")
+        sock.sendall(b"EHLO client.example\r\n")
+        assert daemon.read_line(sock).startswith(b"502 5.5.1")
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.read_line(sock).startswith(b"421 4.3.2")
+        assert daemon.read_line(sock) == b""
+    assert daemon.wait() == 0
+    assert _all_gone(workers)
+    assert daemon.wait_notify("STOPPING=1")
+    assert not (daemon.run_directory / "mcp.pid").exists()
+
+
+def test_kill_9_mcp_takes_every_worker_down(make_daemon: MakeDaemon) -> None:
+    daemon = make_daemon()
+    daemon.start()
+    workers = list(daemon.workers().values())
+    assert len(workers) == 4
+    os.kill(daemon.pid, signal.SIGKILL)
+    daemon.wait()
+    poll(lambda: _all_gone(workers), 30, "every worker to exit after mcp died")
+
+
+def test_config_error_exits_78_before_listening(make_daemon: MakeDaemon) -> None:
+    daemon = make_daemon("max_rcpt = 5;\n")
+    daemon.start(wait_ready=False)
+    assert daemon.wait() == 78
+    log = daemon.log_text()
+    assert "meta1.conf:" in log and "max_rcpt" in log
+    assert not daemon.queue_directory.exists()
+    with pytest.raises(ConnectionRefusedError), daemon.connect():
+        pass
+
+
+def test_port_in_use_is_a_clear_error(make_daemon: MakeDaemon) -> None:
+    with socket.socket() as blocker:
+        blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        port = blocker.getsockname()[1]
+        daemon = make_daemon(port=port)
+        daemon.start(wait_ready=False)
+        assert daemon.wait() == 71
+    assert f"cannot listen on 127.0.0.1:{port}: address already in use" in daemon.log_text()
+    assert "started qmgr" not in daemon.log_text()
+
+
+@pytest.mark.root
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+def test_as_root_only_mcp_keeps_uid_0(make_daemon: MakeDaemon, worker_account: str) -> None:
+    import grp
+    import pwd
+
+    uid = pwd.getpwnam(worker_account).pw_uid
+    gid = grp.getgrnam(worker_account).gr_gid
+    with make_daemon() as daemon:
+        assert proc_ids(daemon.pid)["Uid"][0] == 0
+        for name, pid in daemon.workers().items():
+            ids = proc_ids(pid)
+            assert ids["Uid"] == (uid,) * 4, name
+            assert ids["Gid"] == (gid,) * 4, name
+            assert ids["Groups"] == (gid,), name
+        queue = daemon.queue_directory.stat()
+        assert (queue.st_uid, queue.st_gid, queue.st_mode & 0o777) == (uid, gid, 0o770)
+        sock = (daemon.run_directory / "qmgr.sock").stat()
+        assert (sock.st_uid, sock.st_gid) == (0, gid)
+        assert daemon.banner().startswith(b"220 ")
