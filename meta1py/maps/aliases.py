@@ -1,0 +1,305 @@
+"""The aliases map: local names expanded to other recipients.
+
+File format (a subset of Postfix aliases(5))::
+
+    # comment lines start with '#' (after optional whitespace)
+    postmaster: root
+    root:       alice, bob@example.org
+    team:       alice,
+                carol
+    alice:      alice, archive@example.org
+
+* A logical line starts with non-whitespace text; a line starting with
+  whitespace continues the previous logical line. Empty lines and lines whose
+  first non-blank character is ``#`` are ignored anywhere. As in Postfix, a
+  ``#`` later in a line is *not* a comment (``#`` is legal in local parts).
+* ``name`` is a local part, matched case-insensitively. Targets are separated
+  by commas and are either local names (qualified with the domain of the
+  address being expanded) or full addresses ``local@domain``.
+* Not supported, rejected when parsing: ``|command``, ``/file``,
+  ``:include:/file`` targets. meta1py never runs programs or writes files on
+  behalf of an alias; deliver to a program through LMTP instead.
+
+Lookup of ``local+ext`` tries ``local+ext`` first, then ``local`` (the
+recipient delimiter is ``+``).
+
+Expansion follows chains. A name whose targets include itself is delivered to
+itself (sendmail/Postfix behaviour, e.g. ``alice: alice, archive``); any
+longer cycle (``a: b`` / ``b: a``) is an error, as are chains deeper than
+``max_depth`` and expansions larger than ``max_recipients``. The result has
+duplicates removed, first occurrence kept.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass
+
+from meta1py.maps import MapError, MapErrors, read_map_file
+
+RECIPIENT_DELIMITER = "+"
+DEFAULT_MAX_DEPTH = 20
+DEFAULT_MAX_RECIPIENTS = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Expansion:
+    """The final recipients of an address (at least one)."""
+
+    recipients: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ExpansionFailure:
+    """Expansion failed for a configuration reason (loop, depth, size).
+
+    Attributes:
+        reason: ``"loop"``, ``"depth"`` or ``"size"``.
+        text: a human-readable explanation naming the aliases involved.
+    """
+
+    reason: str
+    text: str
+
+
+ExpansionResult = Expansion | ExpansionFailure
+
+
+def split_address(address: str) -> tuple[str, str | None]:
+    """Split ``local@domain`` at the last ``@``; ``(address, None)`` when there is none."""
+    local, at, domain = address.rpartition("@")
+    if not at:
+        return address, None
+    return local, domain
+
+
+def base_local_part(local: str) -> str:
+    """``local+ext`` -> ``local`` (unchanged when there is no extension)."""
+    base, sep, _ext = local.partition(RECIPIENT_DELIMITER)
+    return base if sep and base else local
+
+
+def _check_target(target: str) -> str | None:
+    """Return an error message for a target we refuse, else None."""
+    bare = target[1:-1] if len(target) >= 2 and target[0] == target[-1] == '"' else target
+    if bare.startswith("|"):
+        return f"program targets are not supported: {target!r}"
+    if bare.startswith("/"):
+        return f"file targets are not supported: {target!r}"
+    if bare.lower().startswith(":include:"):
+        return f":include: targets are not supported: {target!r}"
+    if any(c.isspace() for c in target):
+        return f"target contains whitespace (missing comma?): {target!r}"
+    local, domain = split_address(target)
+    if not local:
+        return f"target has an empty local part: {target!r}"
+    if domain is not None and not domain:
+        return f"target has an empty domain: {target!r}"
+    return None
+
+
+class Aliases:
+    """A parsed aliases map. Build it with :func:`parse_aliases` or :func:`load_aliases`.
+
+    Args:
+        entries: lower-cased name -> targets (as written).
+        max_depth: longest chain followed.
+        max_recipients: largest expansion allowed.
+    """
+
+    def __init__(
+        self,
+        entries: dict[str, tuple[str, ...]],
+        *,
+        max_depth: int = DEFAULT_MAX_DEPTH,
+        max_recipients: int = DEFAULT_MAX_RECIPIENTS,
+    ) -> None:
+        self._entries = entries
+        self.max_depth = max_depth
+        self.max_recipients = max_recipients
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def lookup_key(self, local: str) -> str | None:
+        """The entry name that ``local`` matches (exact, then without ``+ext``), or None."""
+        key = local.lower()
+        if key in self._entries:
+            return key
+        base = base_local_part(key)
+        if base != key and base in self._entries:
+            return base
+        return None
+
+    def lookup(self, local: str) -> tuple[str, ...] | None:
+        """The targets of ``local`` as written in the file, or None."""
+        key = self.lookup_key(local)
+        return None if key is None else self._entries[key]
+
+    def expand(self, address: str, local_domains: Collection[str] = ()) -> ExpansionResult:
+        """Expand ``address`` into its final recipients.
+
+        An address is subject to aliasing when it has no domain or its domain
+        (case-insensitively) is in ``local_domains``. Local recipients in the
+        result have their local part and domain lower-cased; other addresses
+        are returned as written. An address with no entry expands to itself.
+
+        Args:
+            address: ``local`` or ``local@domain``.
+            local_domains: lower-case domains whose addresses are aliased.
+
+        Returns:
+            :class:`Expansion` or :class:`ExpansionFailure`.
+        """
+        out: dict[str, None] = {}  # ordered set of final recipients
+        try:
+            self._expand(address, local_domains, (), out)
+        except _Failure as f:
+            return ExpansionFailure(f.reason, f.text)
+        return Expansion(tuple(out))
+
+    def _node(self, address: str, local_domains: Collection[str]) -> tuple[str | None, str]:
+        """``(entry key or None, canonical address)`` for one address."""
+        local, domain = split_address(address)
+        if domain is not None:
+            domain = domain.lower()
+            if domain not in local_domains:
+                return None, address
+        canonical = local.lower() if domain is None else f"{local.lower()}@{domain}"
+        return self.lookup_key(local), canonical
+
+    def _expand(
+        self,
+        address: str,
+        local_domains: Collection[str],
+        path: tuple[tuple[str, str | None], ...],
+        out: dict[str, None],
+    ) -> None:
+        key, canonical = self._node(address, local_domains)
+        if key is None:
+            self._add(canonical, out)
+            return
+        _local, domain = split_address(canonical)
+        node = (key, domain)
+        if node in path:
+            chain = " -> ".join(n for n, _ in (*path, node))
+            raise _Failure("loop", f"alias loop: {chain}")
+        if len(path) >= self.max_depth:
+            raise _Failure("depth", f"alias chain deeper than {self.max_depth} at {key!r}")
+        inner = (*path, node)
+        for target in self._entries[key]:
+            qualified = target if domain is None or "@" in target else f"{target}@{domain}"
+            tkey, tcanonical = self._node(qualified, local_domains)
+            if tkey is not None and (tkey, split_address(tcanonical)[1]) == node:
+                # The name lists itself: deliver to its own mailbox (sendmail/Postfix).
+                self._add(tcanonical, out)
+            else:
+                self._expand(qualified, local_domains, inner, out)
+
+    def _add(self, recipient: str, out: dict[str, None]) -> None:
+        if recipient in out:
+            return
+        if len(out) >= self.max_recipients:
+            raise _Failure("size", f"alias expansion exceeds {self.max_recipients} recipients")
+        out[recipient] = None
+
+
+class _Failure(Exception):
+    def __init__(self, reason: str, text: str) -> None:
+        super().__init__(text)
+        self.reason = reason
+        self.text = text
+
+
+def _logical_lines(text: str) -> Iterable[tuple[int, list[tuple[int, str]]]]:
+    """Yield ``(first line number, [(line number, text), ...])`` per logical line."""
+    current: list[tuple[int, str]] | None = None
+    orphans: list[tuple[int, str]] = []
+    for lineno, raw in enumerate(text.splitlines(), start=1):
+        stripped = raw.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        if raw[0].isspace():
+            if current is None:
+                orphans.append((lineno, stripped))
+            else:
+                current.append((lineno, stripped))
+            continue
+        if current is not None:
+            yield current[0][0], current
+        current = [(lineno, stripped)]
+    if current is not None:
+        yield current[0][0], current
+    for lineno, _stripped in orphans:
+        yield lineno, [(lineno, "")]  # marker: continuation with nothing to continue
+
+
+def parse_aliases(text: str, path: str = "<string>", **limits: int) -> Aliases:
+    """Parse the text of an aliases file.
+
+    Args:
+        text: file contents.
+        path: file name used in error messages.
+        **limits: ``max_depth`` / ``max_recipients`` passed to :class:`Aliases`.
+
+    Raises:
+        MapErrors: every problem in the file, as ``path:line: message``.
+    """
+    errors: list[MapError] = []
+    entries: dict[str, tuple[str, ...]] = {}
+    first_seen: dict[str, int] = {}
+    for first, pieces in _logical_lines(text):
+        head = pieces[0][1]
+        if not head:
+            errors.append(MapError(path, first, "continuation line without an alias before it"))
+            continue
+        name, colon, rest = head.partition(":")
+        name = name.strip()
+        if not colon:
+            errors.append(MapError(path, first, f"expected 'name: target, ...', got {head!r}"))
+            continue
+        if not name or any(c.isspace() for c in name):
+            errors.append(MapError(path, first, f"bad alias name {name!r}"))
+            continue
+        if name.startswith('"') and name.endswith('"') and len(name) >= 2:
+            name = name[1:-1]
+        if "@" in name:
+            errors.append(MapError(path, first, f"alias name {name!r} must be a local part (no '@domain')"))
+            continue
+        key = name.lower()
+        targets: list[str] = []
+        ok = True
+        for lineno, chunk in [(first, rest), *pieces[1:]]:
+            for part in chunk.split(","):
+                target = part.strip()
+                if not target:
+                    continue
+                problem = _check_target(target)
+                if problem is not None:
+                    errors.append(MapError(path, lineno, problem))
+                    ok = False
+                    continue
+                targets.append(target)
+        if not ok:
+            continue
+        if not targets:
+            errors.append(MapError(path, first, f"alias {name!r} has no targets"))
+            continue
+        if key in first_seen:
+            errors.append(
+                MapError(path, first, f"duplicate alias {name!r} (first defined on line {first_seen[key]})")
+            )
+            continue
+        first_seen[key] = first
+        entries[key] = tuple(targets)
+    if errors:
+        errors.sort(key=lambda e: e.line)
+        raise MapErrors(errors)
+    return Aliases(entries, **limits)
+
+
+def load_aliases(path: str | os.PathLike[str], **limits: int) -> Aliases:
+    """Read and parse an aliases file (see :func:`parse_aliases`)."""
+    name = os.fspath(path)
+    return parse_aliases(read_map_file(name), name, **limits)

@@ -1,0 +1,266 @@
+"""The routes map: per-domain overrides of where mail goes.
+
+File format (in the spirit of Postfix transport(5))::
+
+    # domain            transport:nexthop
+    example.com         smtp:[10.0.0.5]:2525
+    .example.com        smtp:mx.example.net
+    lists.example.org   lmtp:unix:/run/dovecot/lmtp
+    store.example.org   lmtp:inet:[::1]:24
+    local.test          maildir:
+    gone.example        error:5.1.1 this domain no longer accepts mail
+    *                   smtp:[smarthost.example.net]
+
+Keys: ``domain`` matches that domain only; ``.domain`` matches its subdomains
+(any depth, most specific wins); an exact entry wins over any subdomain
+entry; ``*`` is the optional default. Keys are case-insensitive and a
+trailing dot is ignored. Comments are whole lines starting with ``#``; the
+rest of a line after the key is the value (``error:`` texts may contain
+spaces and ``#``), so a ``#`` after a value is not a comment.
+
+Values:
+
+=============================  ==============================================
+``smtp:[host]:port``           that host (A/AAAA only, no MX lookup), port
+``smtp:[host]``                same, at the configured ``smtp_port``
+``smtp:domain[:port]``         the MX hosts of ``domain``
+``smtp:`` or ``smtp``          the MX hosts of the recipient's own domain
+``lmtp:unix:/path``            LMTP over a Unix socket (absolute path)
+``lmtp:inet:host[:port]``      LMTP over TCP (port 24 by default; ``[v6]``)
+``maildir:``                   local Maildir delivery under ``mail_directory``
+``error:[NNN ]X.Y.Z text``     refuse with that enhanced status code
+=============================  ==============================================
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+from meta1py.maps import MapError, MapErrors, read_map_file
+
+LMTP_DEFAULT_PORT = 24
+
+
+@dataclass(frozen=True, slots=True)
+class SmtpRoute:
+    """Deliver over SMTP.
+
+    Attributes:
+        host: nexthop host or domain; None means the recipient's domain.
+        port: None means the configured ``smtp_port``.
+        mx: True to look up MX records of ``host``; False for ``[host]``.
+    """
+
+    host: str | None
+    port: int | None
+    mx: bool
+
+
+@dataclass(frozen=True, slots=True)
+class LmtpRoute:
+    """Deliver over LMTP to a Unix socket ``path`` or to TCP ``host``:``port``."""
+
+    path: str | None = None
+    host: str | None = None
+    port: int = LMTP_DEFAULT_PORT
+
+
+@dataclass(frozen=True, slots=True)
+class MaildirRoute:
+    """Deliver to the local Maildir tree."""
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorRoute:
+    """Refuse the recipient. ``code`` is the SMTP reply code matching ``enhanced``'s class."""
+
+    code: int
+    enhanced: str
+    text: str
+
+    @property
+    def permanent(self) -> bool:
+        return self.code >= 500
+
+
+Route = SmtpRoute | LmtpRoute | MaildirRoute | ErrorRoute
+
+_ERROR_RE = re.compile(
+    r"^\s*(?:(?P<code>[245]\d\d)(?:\s+|$))?(?:(?P<enhanced>[245]\.\d{1,3}\.\d{1,3})(?:\s+|$))?"
+    r"(?P<text>.*)$",
+    re.DOTALL,
+)
+_DOMAIN_RE = re.compile(r"^(?=.{1,253}$)[a-z0-9_](?:[a-z0-9_-]{0,62})(?:\.[a-z0-9_][a-z0-9_-]{0,62})*$")
+_LITERAL_RE = re.compile(r"^\[[^\[\]\s]+\]$")
+
+
+def _normalize_domain(domain: str) -> str:
+    return domain.lower().rstrip(".")
+
+
+def _parse_port(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise ValueError(f"bad port {text!r}")
+    return int(text)
+
+
+def _split_host_port(text: str) -> tuple[str, bool, int | None]:
+    """``[host]:port`` / ``[host]`` / ``host:port`` / ``host`` -> (host, bracketed, port)."""
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise ValueError(f"missing ']' in {text!r}")
+        host = text[1:end]
+        if host.lower().startswith("ipv6:"):
+            host = host[5:]
+        rest = text[end + 1 :]
+        if not host:
+            raise ValueError(f"empty host in {text!r}")
+        if not rest:
+            return host, True, None
+        if not rest.startswith(":"):
+            raise ValueError(f"unexpected {rest!r} after ']'")
+        return host, True, _parse_port(rest[1:])
+    host, colon, port = text.partition(":")
+    if not _DOMAIN_RE.match(_normalize_domain(host)):
+        raise ValueError(f"bad host name {host!r}")
+    return _normalize_domain(host), False, _parse_port(port) if colon else None
+
+
+def parse_route(value: str) -> Route:
+    """Parse one ``transport:nexthop`` value.
+
+    Raises:
+        ValueError: with a message for the operator.
+    """
+    transport, colon, nexthop = value.partition(":")
+    transport = transport.lower()
+    if transport == "smtp":
+        nexthop = nexthop.strip()
+        if not nexthop:
+            return SmtpRoute(None, None, True)
+        host, bracketed, port = _split_host_port(nexthop)
+        return SmtpRoute(host, port, not bracketed)
+    if transport == "lmtp":
+        kind, _, where = nexthop.partition(":")
+        if kind == "unix":
+            if not where.startswith("/"):
+                raise ValueError(f"lmtp:unix: needs an absolute socket path, got {where!r}")
+            return LmtpRoute(path=where)
+        if kind == "inet":
+            if not where:
+                raise ValueError("lmtp:inet: needs host[:port]")
+            host, _bracketed, port = _split_host_port(where)
+            return LmtpRoute(host=host, port=LMTP_DEFAULT_PORT if port is None else port)
+        raise ValueError(f"lmtp needs 'unix:/path' or 'inet:host:port', got {nexthop!r}")
+    if transport == "maildir":
+        if nexthop.strip():
+            raise ValueError(f"maildir: takes no nexthop, got {nexthop!r}")
+        return MaildirRoute()
+    if transport == "error":
+        m = _ERROR_RE.match(nexthop)
+        assert m is not None  # the pattern matches any text
+        code = int(m["code"]) if m["code"] else None
+        enhanced = m["enhanced"] or "5.0.0"
+        text = m["text"].strip() or "delivery not allowed"
+        cls = enhanced[0]
+        if cls == "2":
+            raise ValueError(f"error: needs a 4.x.x or 5.x.x code, got {enhanced}")
+        if code is None:
+            code = 550 if cls == "5" else 450
+        elif str(code)[0] != cls:
+            raise ValueError(f"reply code {code} does not match enhanced code {enhanced}")
+        return ErrorRoute(code, enhanced, text)
+    if not colon:
+        raise ValueError(f"expected 'transport:nexthop', got {value!r}")
+    raise ValueError(f"unknown transport {transport!r} (smtp, lmtp, maildir, error)")
+
+
+class Routes:
+    """A parsed routes map. Build it with :func:`parse_routes` or :func:`load_routes`."""
+
+    def __init__(
+        self,
+        exact: dict[str, Route],
+        subdomains: dict[str, Route],
+        default: Route | None,
+    ) -> None:
+        self._exact = exact
+        self._subdomains = subdomains
+        self.default = default
+
+    def __len__(self) -> int:
+        return len(self._exact) + len(self._subdomains) + (self.default is not None)
+
+    def lookup(self, domain: str, *, use_default: bool = True) -> Route | None:
+        """The route for ``domain``: exact entry, else the most specific ``.parent``
+        entry, else ``*`` (when ``use_default``), else None."""
+        name = _normalize_domain(domain)
+        found = self._exact.get(name)
+        if found is not None:
+            return found
+        if not name.startswith("["):
+            labels = name.split(".")
+            for i in range(1, len(labels)):
+                found = self._subdomains.get(".".join(labels[i:]))
+                if found is not None:
+                    return found
+        return self.default if use_default else None
+
+
+def parse_routes(text: str, path: str = "<string>") -> Routes:
+    """Parse the text of a routes file.
+
+    Raises:
+        MapErrors: every problem in the file, as ``path:line: message``.
+    """
+    errors: list[MapError] = []
+    exact: dict[str, Route] = {}
+    subdomains: dict[str, Route] = {}
+    default: Route | None = None
+    seen: dict[str, int] = {}
+    for lineno, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if raw[0].isspace():
+            errors.append(MapError(path, lineno, "continuation lines are not allowed in routes"))
+            continue
+        parts = line.split(None, 1)
+        if len(parts) < 2:
+            errors.append(MapError(path, lineno, f"expected 'domain transport:nexthop', got {line!r}"))
+            continue
+        key, value = parts[0], parts[1].strip()
+        key_norm = key if key == "*" else _normalize_domain(key)
+        if key_norm != "*":
+            is_parent = key_norm.startswith(".")
+            bare = key_norm[1:] if is_parent else key_norm
+            if not (_DOMAIN_RE.match(bare) or (not is_parent and _LITERAL_RE.match(bare))):
+                errors.append(MapError(path, lineno, f"bad domain {key!r}"))
+                continue
+        if key_norm in seen:
+            errors.append(MapError(path, lineno, f"duplicate key {key!r} (first on line {seen[key_norm]})"))
+            continue
+        try:
+            route = parse_route(value)
+        except ValueError as e:
+            errors.append(MapError(path, lineno, str(e)))
+            continue
+        seen[key_norm] = lineno
+        if key_norm == "*":
+            default = route
+        elif key_norm.startswith("."):
+            subdomains[key_norm[1:]] = route
+        else:
+            exact[key_norm] = route
+    if errors:
+        raise MapErrors(errors)
+    return Routes(exact, subdomains, default)
+
+
+def load_routes(path: str | os.PathLike[str]) -> Routes:
+    """Read and parse a routes file (see :func:`parse_routes`)."""
+    name = os.fspath(path)
+    return parse_routes(read_map_file(name), name)

@@ -1,0 +1,410 @@
+"""DNS for smar: MX and address lookups with dnspython's async resolver, and a cache.
+
+dnspython's ``dns.asyncresolver`` picks its I/O backend with sniffio, so
+under ``trio.run`` it uses trio sockets without any configuration.
+
+Outcomes (RFC 5321 §5.1, RFC 7505, RFC 3463 codes):
+
+=======================================  =====================================
+MX records                               hosts by preference, ties shuffled
+no MX, but A/AAAA at the domain          the domain itself (implicit MX)
+single MX ``.`` (null MX, RFC 7505)      permanent, 556 5.1.10
+NXDOMAIN / neither MX nor A/AAAA         permanent, 550 5.1.2
+every MX host without an address         permanent 550 5.4.4 (temporary if a
+                                         host lookup failed temporarily)
+SERVFAIL, REFUSED, timeout               temporary, 451 4.4.3
+``[1.2.3.4]`` / ``[IPv6:...]`` literal   that address, no DNS at all
+=======================================  =====================================
+
+Null MX: RFC 7505 §4.3 names 5.1.10 for "recipient address has null MX"
+and RFC 7504 introduced reply code 556 ("domain does not accept mail") for
+exactly this case; 5.7.27 is the *sender* variant, which is smtps' business.
+
+Caching: every (name, type) answer is cached until its TTL runs out;
+NXDOMAIN and "no data" for the SOA-derived negative TTL (RFC 2308 §5,
+capped); temporary failures for a few seconds, so that a dead nameserver is
+not asked again for every recipient of a large message. The cache is an LRU
+bounded by entry count. Ties are shuffled on every call, also from cache.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import logging
+import random
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import dns.asyncresolver
+import dns.exception
+import dns.message
+import dns.name
+import dns.nameserver
+import dns.rdatatype
+import dns.resolver
+import trio
+
+from meta1py.conf import SmarConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class DnsFailure:
+    """Why no hosts were found. ``code``/``enhanced`` are the SMTP reply to use."""
+
+    permanent: bool
+    code: int
+    enhanced: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class MxHost:
+    """One mail exchanger: its name, MX preference and addresses (IPv4 first)."""
+
+    name: str
+    preference: int
+    addresses: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class MxResult:
+    """Result of :meth:`Resolver.resolve_mx` / :meth:`Resolver.resolve_host`.
+
+    Attributes:
+        domain: the name that was looked up (lower case, no trailing dot).
+        hosts: hosts in the order to try; empty when ``failure`` is set.
+        failure: set when there is nowhere to deliver.
+        implicit: True when the domain had no MX and its own address is used.
+    """
+
+    domain: str
+    hosts: tuple[MxHost, ...] = ()
+    failure: DnsFailure | None = None
+    implicit: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.failure is None
+
+
+class _Kind(enum.Enum):
+    OK = "ok"
+    NODATA = "no data"
+    NXDOMAIN = "NXDOMAIN"
+    TEMP = "temporary failure"
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    kind: _Kind
+    expires: float
+    detail: str = ""
+    mx: tuple[tuple[int, str], ...] = ()
+    addresses: tuple[str, ...] = ()
+
+
+def _temp(text: str) -> DnsFailure:
+    return DnsFailure(False, 451, "4.4.3", text)
+
+
+def _perm(code: int, enhanced: str, text: str) -> DnsFailure:
+    return DnsFailure(True, code, enhanced, text)
+
+
+def parse_domain_literal(literal: str) -> str | None:
+    """``[1.2.3.4]`` -> ``1.2.3.4``; ``[IPv6:::1]`` -> ``::1``; None when invalid (RFC 5321 §4.1.3)."""
+    if not (literal.startswith("[") and literal.endswith("]")):
+        return None
+    inner = literal[1:-1]
+    try:
+        if inner[:5].lower() == "ipv6:":
+            return str(ipaddress.IPv6Address(inner[5:]))
+        return str(ipaddress.IPv4Address(inner))
+    except ValueError:
+        return None
+
+
+def _ip_or_none(host: str) -> str | None:
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return None
+
+
+def _negative_ttl(response: dns.message.Message | None) -> float | None:
+    """RFC 2308 §5: min(SOA TTL, SOA MINIMUM) from the authority section."""
+    if response is None:
+        return None
+    for rrset in response.authority:
+        if rrset.rdtype == dns.rdatatype.SOA and len(rrset):
+            return float(min(rrset.ttl, rrset[0].minimum))
+    return None
+
+
+class Resolver:
+    """MX and address resolution with a TTL-honouring, size-bounded cache.
+
+    Args:
+        nameservers: ``(ip, port)`` pairs to ask; empty: use /etc/resolv.conf.
+        timeout_s: limit for one query (``DNS_timeout``). A whole
+            :meth:`resolve_mx` call makes two rounds of queries (MX, then the
+            hosts' addresses, each round in parallel) and is limited to twice
+            this.
+        cache_size: most (name, type) answers kept.
+        temp_failure_ttl_s: how long a temporary failure is remembered.
+        default_negative_ttl_s: negative TTL when the answer carries no SOA.
+        max_negative_ttl_s: cap on negative TTLs.
+        max_ttl_s: cap on positive TTLs.
+        rng: random source for shuffling ties (seedable in tests).
+        clock: monotonic seconds, for cache expiry.
+    """
+
+    def __init__(
+        self,
+        nameservers: Sequence[tuple[str, int]] = (),
+        timeout_s: float = 10.0,
+        *,
+        cache_size: int = 10_000,
+        temp_failure_ttl_s: float = 5.0,
+        default_negative_ttl_s: float = 60.0,
+        max_negative_ttl_s: float = 300.0,
+        max_ttl_s: float = 86_400.0,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if nameservers:
+            self._dns = dns.asyncresolver.Resolver(configure=False)
+            self._dns.nameservers = [dns.nameserver.Do53Nameserver(ip, port) for ip, port in nameservers]
+        else:
+            self._dns = dns.asyncresolver.Resolver()
+        self._dns.cache = None  # we cache composed answers ourselves
+        self._dns.lifetime = timeout_s
+        self._dns.timeout = min(self._dns.timeout, timeout_s)
+        self.timeout_s = timeout_s
+        self._cache: OrderedDict[tuple[str, str], _Answer] = OrderedDict()
+        self._cache_size = cache_size
+        self._temp_failure_ttl_s = temp_failure_ttl_s
+        self._default_negative_ttl_s = default_negative_ttl_s
+        self._max_negative_ttl_s = max_negative_ttl_s
+        self._max_ttl_s = max_ttl_s
+        self._rng = rng or random.Random()
+        self._clock = clock
+        #: Queries actually sent (cache misses); useful for tests and stats.
+        self.queries_sent = 0
+
+    @classmethod
+    def from_config(cls, smar: SmarConfig) -> Resolver:
+        """A resolver for the ``smar { }`` section (``nameserver``, ``DNS_timeout``)."""
+        return cls(smar.nameserver, smar.dns_timeout)
+
+    @property
+    def cached_answers(self) -> int:
+        """How many (name, type) answers the cache holds."""
+        return len(self._cache)
+
+    # -- public API ------------------------------------------------------------
+
+    async def resolve_mx(self, domain: str) -> MxResult:
+        """Where mail for ``domain`` goes: MX hosts with addresses, or a failure.
+
+        Never raises for DNS problems; they come back as ``failure``.
+        """
+        name = domain.strip().lower().rstrip(".")
+        if name.startswith("["):
+            return self._literal(name)
+        bad = self._bad_name(name)
+        if bad is not None:
+            return MxResult(name, failure=bad)
+        with trio.move_on_after(2 * self.timeout_s):
+            return await self._resolve_mx(name)
+        return MxResult(name, failure=_temp(f"DNS lookup for {name} timed out"))
+
+    async def resolve_host(self, host: str) -> MxResult:
+        """Addresses of one host (no MX lookup), e.g. for ``[relay]`` nexthops.
+
+        ``host`` may be an IP address, a domain literal or a host name.
+        """
+        name = host.strip().lower().rstrip(".")
+        if name.startswith("["):
+            return self._literal(name)
+        ip = _ip_or_none(name)
+        if ip is not None:
+            return MxResult(name, hosts=(MxHost(name, 0, (ip,)),))
+        bad = self._bad_name(name)
+        if bad is not None:
+            return MxResult(name, failure=bad)
+        with trio.move_on_after(self.timeout_s):
+            addresses, a_failure = await self._addresses(name)
+            if addresses:
+                return MxResult(name, hosts=(MxHost(name, 0, addresses),))
+            assert a_failure is not None
+            return MxResult(name, failure=a_failure)
+        return MxResult(name, failure=_temp(f"DNS lookup for {name} timed out"))
+
+    def clear_cache(self) -> None:
+        """Forget every cached answer."""
+        self._cache.clear()
+
+    # -- composition -----------------------------------------------------------
+
+    def _literal(self, literal: str) -> MxResult:
+        ip = parse_domain_literal(literal)
+        if ip is None:
+            return MxResult(literal, failure=_perm(553, "5.1.3", f"bad address literal {literal}"))
+        return MxResult(literal, hosts=(MxHost(literal, 0, (ip,)),))
+
+    @staticmethod
+    def _bad_name(name: str) -> DnsFailure | None:
+        try:
+            dns.name.from_text(name)
+        except (dns.exception.DNSException, UnicodeError) as e:
+            return _perm(553, "5.1.3", f"bad domain name {name!r}: {e}")
+        if not name:
+            return _perm(553, "5.1.3", "empty domain name")
+        return None
+
+    async def _resolve_mx(self, name: str) -> MxResult:
+        mx = await self._query(name, "MX")
+        if mx.kind is _Kind.TEMP:
+            return MxResult(name, failure=_temp(f"MX lookup for {name} failed: {mx.detail}"))
+        if mx.kind is _Kind.NXDOMAIN:
+            return MxResult(name, failure=_perm(550, "5.1.2", f"domain {name} does not exist"))
+        if mx.kind is _Kind.NODATA:
+            return await self._implicit_mx(name)
+        records = list(mx.mx)
+        # RFC 7505 §3: "." means "no mail"; it should be alone, and where it is
+        # not, the "." records are ignored in favour of the real ones.
+        real = [(p, h) for p, h in records if h not in (".", "")]
+        if not real:
+            return MxResult(
+                name, failure=_perm(556, "5.1.10", f"domain {name} does not accept mail (null MX)")
+            )
+        by_pref: dict[int, list[str]] = {}
+        for pref, host in sorted(real):
+            if host not in by_pref.setdefault(pref, []):
+                by_pref[pref].append(host)
+        ordered: list[tuple[int, str]] = []
+        for pref in sorted(by_pref):
+            group = by_pref[pref]
+            self._rng.shuffle(group)  # RFC 5321 §5.1: spread load over equal preferences
+            ordered.extend((pref, h) for h in group)
+
+        lookups: dict[str, tuple[tuple[str, ...], DnsFailure | None]] = {}
+
+        async def lookup(host: str) -> None:
+            lookups[host] = await self._addresses(host)
+
+        async with trio.open_nursery() as nursery:
+            for host in {h for _, h in ordered}:
+                nursery.start_soon(lookup, host)
+
+        hosts = []
+        any_temp = False
+        for pref, host in ordered:
+            addresses, failure = lookups[host]
+            if addresses:
+                hosts.append(MxHost(host, pref, addresses))
+            else:
+                any_temp = any_temp or (failure is not None and not failure.permanent)
+                log.info("MX host %s of %s has no usable address", host, name)
+        if hosts:
+            return MxResult(name, hosts=tuple(hosts))
+        if any_temp:
+            return MxResult(name, failure=_temp(f"address lookup of the MX hosts of {name} failed"))
+        return MxResult(name, failure=_perm(550, "5.4.4", f"no MX host of {name} has an address"))
+
+    async def _implicit_mx(self, name: str) -> MxResult:
+        # RFC 5321 §5.1: no MX records -> the domain itself is the only host.
+        addresses, failure = await self._addresses(name)
+        if addresses:
+            return MxResult(name, hosts=(MxHost(name, 0, addresses),), implicit=True)
+        assert failure is not None
+        if failure.permanent:
+            return MxResult(name, failure=_perm(550, "5.1.2", f"domain {name} has no MX or address records"))
+        return MxResult(name, failure=failure)
+
+    async def _addresses(self, host: str) -> tuple[tuple[str, ...], DnsFailure | None]:
+        """A then AAAA of ``host``; a failure only when there is no address at all."""
+        answers: dict[str, _Answer] = {}
+
+        async def one(rdtype: str) -> None:
+            answers[rdtype] = await self._query(host, rdtype)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(one, "A")
+            nursery.start_soon(one, "AAAA")
+        addresses = answers["A"].addresses + answers["AAAA"].addresses
+        if addresses:
+            return addresses, None
+        temps = [a for a in answers.values() if a.kind is _Kind.TEMP]
+        if temps:
+            return (), _temp(f"address lookup for {host} failed: {temps[0].detail}")
+        if any(a.kind is _Kind.NXDOMAIN for a in answers.values()):
+            return (), _perm(550, "5.1.2", f"host {host} does not exist")
+        return (), _perm(550, "5.1.2", f"host {host} has no address records")
+
+    # -- queries and cache -----------------------------------------------------
+
+    async def _query(self, name: str, rdtype: str) -> _Answer:
+        key = (name, rdtype)
+        now = self._clock()
+        cached = self._cache.get(key)
+        if cached is not None:
+            if cached.expires > now:
+                self._cache.move_to_end(key)
+                return cached
+            del self._cache[key]
+        answer = await self._send(name, rdtype)
+        self._store(key, answer)
+        return answer
+
+    async def _send(self, name: str, rdtype: str) -> _Answer:
+        self.queries_sent += 1
+        try:
+            result = await self._dns.resolve(
+                dns.name.from_text(name), rdtype, search=False, raise_on_no_answer=False
+            )
+        except dns.resolver.NXDOMAIN as e:
+            responses = list(e.responses().values())
+            ttl = _negative_ttl(responses[0] if responses else None)
+            return _Answer(_Kind.NXDOMAIN, self._negative_expiry(ttl), "NXDOMAIN")
+        except dns.resolver.YXDOMAIN:
+            return _Answer(_Kind.NXDOMAIN, self._negative_expiry(None), "YXDOMAIN")
+        except dns.exception.Timeout as e:
+            return self._temp_answer(f"timeout ({e})")
+        except dns.resolver.NoNameservers as e:
+            # SERVFAIL, REFUSED, or every server unreachable.
+            return self._temp_answer(str(e))
+        except dns.exception.DNSException as e:
+            return self._temp_answer(f"{type(e).__name__}: {e}")
+        if result.rrset is None:
+            ttl = _negative_ttl(result.response)
+            return _Answer(_Kind.NODATA, self._negative_expiry(ttl), "no data")
+        expires = self._clock() + min(float(result.rrset.ttl), self._max_ttl_s)
+        if rdtype == "MX":
+            mx = tuple(
+                (int(r.preference), r.exchange.to_text(omit_final_dot=True).lower()) for r in result.rrset
+            )
+            return _Answer(_Kind.OK, expires, mx=mx)
+        return _Answer(_Kind.OK, expires, addresses=tuple(str(r.address) for r in result.rrset))
+
+    def _negative_expiry(self, ttl: float | None) -> float:
+        ttl = self._default_negative_ttl_s if ttl is None else ttl
+        return self._clock() + min(ttl, self._max_negative_ttl_s)
+
+    def _temp_answer(self, detail: str) -> _Answer:
+        log.warning("DNS temporary failure: %s", detail)
+        return _Answer(_Kind.TEMP, self._clock() + self._temp_failure_ttl_s, detail)
+
+    def _store(self, key: tuple[str, str], answer: _Answer) -> None:
+        if answer.expires <= self._clock():
+            return
+        self._cache[key] = answer
+        self._cache.move_to_end(key)
+        while len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)

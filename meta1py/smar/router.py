@@ -1,0 +1,330 @@
+"""Where a recipient goes: smar's routing decisions.
+
+Two questions are answered here, with the same rules:
+
+* :meth:`Router.check_recipient` (smtps, at RCPT time): may this local
+  recipient be accepted?
+* :meth:`Router.expand_local` then :meth:`Router.route` (qmgr, when
+  scheduling): which final recipients does an address expand to, and where
+  does each one go? :meth:`Router.resolve_recipient` does both.
+
+Precedence for one final recipient ``local@domain``:
+
+1. ``domain`` in ``local_domains``: Maildir delivery to
+   ``mail_directory/<domain>/<local>/`` (local part lower-cased, ``+ext``
+   removed), unless the routes map has an entry for the domain itself or a
+   ``.parent`` of it (not ``*``). That exception is what lets a gateway accept
+   mail for its domains and hand it to a mail store (``lmtp:...``); without
+   it a domain could not be both accepted and relayed.
+2. the routes map (exact, ``.parent``, then ``*``);
+3. ``relayhost`` (``[host]:port``: that host; ``host``: its MX);
+4. the MX of the domain, at ``smtp_port``.
+
+Local recipients and the aliases map (policy choice, issue 5): when no
+aliases map is configured every local part of a local domain is accepted and
+gets its own Maildir. When a map is configured it is the list of valid
+names: a local recipient is accepted only when its local part (or the part
+before ``+``) is a name in the map, or is ``postmaster`` (RFC 5321 §4.5.1
+requires it); anything else is ``550 5.1.1`` user unknown. A name that should
+be a mailbox is written ``alice: alice``. Targets of an alias need no entry
+of their own (the operator wrote them). Local domains routed elsewhere by the
+routes map are not checked: the server behind them knows its users.
+
+Failures to resolve a nexthop the operator configured (routes map host,
+relayhost) are temporary even when DNS says the name does not exist: that is
+a configuration mistake to fix, not a reason to bounce mail. The recipient's
+own domain keeps DNS's verdict (NXDOMAIN and null MX bounce).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, NamedTuple
+
+from meta1py.conf import Config
+from meta1py.maps import ReloadingMap
+from meta1py.maps.aliases import (
+    Aliases,
+    ExpansionFailure,
+    base_local_part,
+    parse_aliases,
+    split_address,
+)
+from meta1py.maps.routes import (
+    ErrorRoute,
+    LmtpRoute,
+    MaildirRoute,
+    Route,
+    Routes,
+    SmtpRoute,
+    parse_routes,
+)
+from meta1py.smar.resolver import DnsFailure, MxResult, Resolver
+
+log = logging.getLogger(__name__)
+
+Transport = Literal["smtp", "lmtp", "maildir"]
+
+
+# -- results -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PermanentFailure:
+    """The recipient cannot be delivered (bounce / 5xx)."""
+
+    code: int
+    enhanced: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class TemporaryFailure:
+    """Try again later (defer / 4xx)."""
+
+    code: int
+    enhanced: str
+    text: str
+
+
+class SmtpHost(NamedTuple):
+    """One address to try: the host's name (for logs and TLS), its IP and port."""
+
+    hostname: str
+    ip: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """Deliver the recipient with ``transport``.
+
+    Attributes:
+        transport: ``"smtp"``, ``"lmtp"`` or ``"maildir"``.
+        destination: key for per-destination concurrency limits, e.g.
+            ``smtp:example.com``, ``smtp:[10.0.0.5]:2525``,
+            ``lmtp:unix:/run/lmtp``, ``lmtp:inet:store:24``, ``maildir``.
+        address: the recipient address to deliver to.
+        hosts: smtp only: addresses in the order to try.
+        lmtp_socket: lmtp over a Unix socket: its path.
+        lmtp_address: lmtp over TCP: ``(host, port)``.
+        maildir: maildir only: the Maildir directory (holding tmp/new/cur).
+    """
+
+    transport: Transport
+    destination: str
+    address: str
+    hosts: tuple[SmtpHost, ...] = ()
+    lmtp_socket: str | None = None
+    lmtp_address: tuple[str, int] | None = None
+    maildir: Path | None = None
+
+
+RouteResult = Delivery | PermanentFailure | TemporaryFailure
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientAccepted:
+    """``check_recipient``: accept. ``local`` tells whether the domain is ours."""
+
+    local: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientRejected:
+    """``check_recipient``: reject with this reply."""
+
+    code: int
+    enhanced: str
+    text: str
+
+
+RecipientCheck = RecipientAccepted | RecipientRejected
+
+
+# -- the router -----------------------------------------------------------------
+
+_UNSAFE_LOCAL = re.compile(r"[/\\\x00-\x1f\x7f]")
+_SAFE_DOMAIN = re.compile(r"^[a-z0-9_-]+(\.[a-z0-9_-]+)*$")
+
+
+def _domain(domain: str) -> str:
+    return domain.strip().lower().rstrip(".")
+
+
+class Router:
+    """smar's routing logic over a config, the maps and a :class:`Resolver`.
+
+    Args:
+        config: the parsed configuration.
+        resolver: DNS resolver.
+        map_check_interval_s: how often map files are checked for changes.
+
+    Raises:
+        meta1py.maps.MapErrors: a configured map file is missing or invalid.
+    """
+
+    def __init__(self, config: Config, resolver: Resolver, *, map_check_interval_s: float = 1.0) -> None:
+        self.config = config
+        self.resolver = resolver
+        self.local_domains = frozenset(_domain(d) for d in config.local_domains)
+        self._default_domain = _domain(config.local_domains[0]) if config.local_domains else ""
+        self._aliases: ReloadingMap[Aliases] | None = None
+        self._routes: ReloadingMap[Routes] | None = None
+        if config.smar.aliases is not None:
+            self._aliases = ReloadingMap(
+                config.smar.aliases, parse_aliases, check_interval_s=map_check_interval_s
+            )
+        if config.smar.routes is not None:
+            self._routes = ReloadingMap(
+                config.smar.routes, parse_routes, check_interval_s=map_check_interval_s
+            )
+
+    # -- public API --------------------------------------------------------------
+
+    def is_local(self, domain: str) -> bool:
+        """Whether ``domain`` is one of ``local_domains``."""
+        return _domain(domain) in self.local_domains
+
+    def check_recipient(self, address: str) -> RecipientCheck:
+        """RCPT-time check (smtps). Non-local addresses are accepted here
+        with ``local=False``: whether the client may relay is the caller's
+        question (``relay_clients``)."""
+        local, domain = self._split(address)
+        if domain not in self.local_domains:
+            return RecipientAccepted(local=False)
+        expanded = self.expand_local(f"{local}@{domain}")
+        if isinstance(expanded, PermanentFailure):
+            return RecipientRejected(expanded.code, expanded.enhanced, expanded.text)
+        return RecipientAccepted(local=True)
+
+    def expand_local(self, address: str) -> list[str] | PermanentFailure:
+        """Final recipients of ``address`` after alias expansion.
+
+        A non-local address is returned unchanged. Local addresses come back
+        with lower-cased local part and domain.
+        """
+        local, domain = self._split(address)
+        if domain not in self.local_domains:
+            return [address]
+        failure = self._local_failure(local, domain)
+        if failure is not None:
+            return failure
+        qualified = f"{local}@{domain}"
+        aliases = self._aliases.current if self._aliases is not None else None
+        if aliases is None:
+            return [f"{local.lower()}@{domain}"]
+        result = aliases.expand(qualified, self.local_domains)
+        if isinstance(result, ExpansionFailure):
+            log.error("aliases: %s (for %s)", result.text, qualified)
+            return PermanentFailure(550, "5.4.6", result.text)
+        return list(result.recipients)
+
+    async def route(self, address: str) -> RouteResult:
+        """Where one final (already expanded) recipient goes."""
+        local, domain = self._split(address)
+        address = f"{local}@{domain}"
+        routes = self._routes.current if self._routes is not None else None
+        if domain in self.local_domains:
+            route = routes.lookup(domain, use_default=False) if routes is not None else None
+            if route is None or isinstance(route, MaildirRoute):
+                return self._maildir(local, domain)
+            return await self._follow(route, address, local, domain)
+        route = routes.lookup(domain) if routes is not None else None
+        if route is not None:
+            return await self._follow(route, address, local, domain)
+        relay = self.config.smtpc.relayhost
+        if relay is not None:
+            return await self._smtp(address, relay.host, relay.port, relay.mx, configured=True)
+        return await self._smtp(address, domain, self.config.smtpc.smtp_port, True, configured=False)
+
+    async def resolve_recipient(self, address: str) -> list[tuple[str, RouteResult]]:
+        """:meth:`expand_local`, then :meth:`route` for each final recipient."""
+        expanded = self.expand_local(address)
+        if isinstance(expanded, PermanentFailure):
+            return [(address, expanded)]
+        return [(rcpt, await self.route(rcpt)) for rcpt in expanded]
+
+    # -- helpers -----------------------------------------------------------------
+
+    def _split(self, address: str) -> tuple[str, str]:
+        local, domain = split_address(address.strip())
+        # A bare local part (e.g. RCPT TO:<postmaster>, RFC 5321 §4.1.1.3)
+        # belongs to the first local domain.
+        return local, _domain(domain) if domain is not None else self._default_domain
+
+    def _local_failure(self, local: str, domain: str) -> PermanentFailure | None:
+        if self._aliases is None:
+            return None
+        if self._routes is not None:
+            route = self._routes.current.lookup(domain, use_default=False)
+            if route is not None and not isinstance(route, MaildirRoute):
+                return None
+        if self._aliases.current.lookup_key(local) is not None:
+            return None
+        if base_local_part(local).lower() == "postmaster":
+            return None
+        return PermanentFailure(550, "5.1.1", f"<{local}@{domain}>: user unknown")
+
+    def _maildir(self, local: str, domain: str) -> RouteResult:
+        name = base_local_part(local).lower()
+        # The local part and domain become path components: refuse anything
+        # that could leave mail_directory or hide files.
+        if not name or name.startswith(".") or _UNSAFE_LOCAL.search(name):
+            return PermanentFailure(550, "5.1.3", f"<{local}@{domain}>: mailbox name not allowed")
+        if not _SAFE_DOMAIN.match(domain):
+            return PermanentFailure(550, "5.1.2", f"domain {domain!r} not allowed for Maildir")
+        path = Path(self.config.mail_directory) / domain / name
+        return Delivery("maildir", "maildir", f"{local}@{domain}", maildir=path)
+
+    async def _follow(self, route: Route, address: str, local: str, domain: str) -> RouteResult:
+        if isinstance(route, MaildirRoute):
+            return self._maildir(local, domain)
+        if isinstance(route, ErrorRoute):
+            if route.permanent:
+                return PermanentFailure(route.code, route.enhanced, route.text)
+            return TemporaryFailure(route.code, route.enhanced, route.text)
+        if isinstance(route, LmtpRoute):
+            if route.path is not None:
+                return Delivery("lmtp", f"lmtp:unix:{route.path}", address, lmtp_socket=route.path)
+            assert route.host is not None
+            return Delivery(
+                "lmtp",
+                f"lmtp:inet:{route.host}:{route.port}",
+                address,
+                lmtp_address=(route.host, route.port),
+            )
+        assert isinstance(route, SmtpRoute)
+        port = self.config.smtpc.smtp_port if route.port is None else route.port
+        if route.host is None:
+            return await self._smtp(address, domain, port, True, configured=False)
+        return await self._smtp(address, route.host, port, route.mx, configured=True)
+
+    async def _smtp(self, address: str, host: str, port: int, mx: bool, *, configured: bool) -> RouteResult:
+        if mx:
+            result = await self.resolver.resolve_mx(host)
+            default_port = port == self.config.smtpc.smtp_port
+            destination = f"smtp:{result.domain}" + ("" if default_port else f":{port}")
+        else:
+            result = await self.resolver.resolve_host(host)
+            bracketed = result.domain if result.domain.startswith("[") else f"[{result.domain}]"
+            destination = f"smtp:{bracketed}:{port}"
+        if result.failure is not None:
+            return _dns_failure(result.failure, host, configured)
+        return Delivery("smtp", destination, address, hosts=_hosts(result, port))
+
+
+def _hosts(result: MxResult, port: int) -> tuple[SmtpHost, ...]:
+    return tuple(SmtpHost(h.name, ip, port) for h in result.hosts for ip in h.addresses)
+
+
+def _dns_failure(failure: DnsFailure, host: str, configured: bool) -> RouteResult:
+    if not failure.permanent:
+        return TemporaryFailure(failure.code, failure.enhanced, failure.text)
+    if configured:
+        log.error("configured nexthop %s does not resolve: %s", host, failure.text)
+        return TemporaryFailure(451, "4.4.4", f"nexthop {host}: {failure.text}")
+    return PermanentFailure(failure.code, failure.enhanced, failure.text)
