@@ -275,9 +275,9 @@ def main(argv: list[str]) -> int:
         print(f"meta1 sendmail: configuration error:\n{exc}", file=sys.stderr)
         return EX_TEMPFAIL
     if args.list_queue:
-        from meta1py import queuecli
+        from meta1py.queuecli import main as queue_main
 
-        return queuecli.main(["list", *(["-f", config_path] if config_path else [])])
+        return queue_main(["list", *(["-f", config_path] if config_path else [])])
     try:
         message = read_message(sys.stdin, args.ignore_dots)
         user = getpass.getuser()

@@ -65,6 +65,23 @@ ORPHAN_GRACE_S = 1.0
 _PR_SET_PDEATHSIG = 1
 
 
+class WorkerConfigError(Exception):
+    """Raised by a worker's serve() for a configuration problem found at start-up (a map file
+    that cannot be read, a certificate that does not load): the worker exits 78 and mcp does
+    not restart it, because restarting cannot fix it."""
+
+
+def _find_config_error(exc: BaseException) -> WorkerConfigError | None:
+    if isinstance(exc, WorkerConfigError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _find_config_error(inner)
+            if found is not None:
+                return found
+    return None
+
+
 class PrivilegeError(Exception):
     """The privilege drop failed or could be undone; the worker must not run."""
 
@@ -361,6 +378,10 @@ def run_worker(name: str, serve: Serve) -> int:
         os.chdir("/")
     try:
         return trio.run(_run, name, serve, cfg, raw)
-    except Exception:
+    except Exception as exc:
+        config_error = _find_config_error(exc)
+        if config_error is not None:
+            log.critical("configuration error: %s", config_error)
+            return EX_CONFIG
         log.critical("%s crashed", name, exc_info=True)
         return EX_CRASH

@@ -1,0 +1,754 @@
+"""The queue manager's trio core: commits, routing, dispatch, results, bounces, recovery.
+
+State lives in two places: the envelope store (durable, the truth after a crash) and
+:class:`_Msg` records in memory (the same envelopes plus what is in flight).  Every change to a
+recipient is written through the group committer before anything depends on it; the in-memory
+record is updated from the same values.
+
+Life of a message::
+
+    commit (smtps) -> due -> route (smar) -> job per destination -> deliver (smtpc) -> results
+        ok -> delivered        perm -> bounced         temp -> deferred (retry) or expired
+    every recipient final -> one DSN for the failed ones (if any, unless NOTIFY/null sender say
+    no) committed in the same transaction that deletes the message -> content removed.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import os
+import random
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+import trio
+
+from meta1py import log as mlog
+from meta1py.conf import Config
+from meta1py.qmgr.bounce import DsnRecipient, build_dsn
+from meta1py.qmgr.scheduler import Job, Scheduler
+from meta1py.queue.content import (
+    ContentWriter,
+    DirectorySyncer,
+    content_path,
+    open_content,
+    remove_content,
+    scan_content_ids,
+)
+from meta1py.queue.envelopes import (
+    DeleteMessage,
+    Envelope,
+    EnvelopeStore,
+    GroupCommitter,
+    InsertEnvelope,
+    MessageKind,
+    Recipient,
+    RecipientStatus,
+    RecipientUpdate,
+    StoreOp,
+    UpdateRecipients,
+)
+from meta1py.queue.errors import QueueStorageError
+from meta1py.queue.ids import is_queue_id
+from meta1py.rpc.errors import RpcError
+from meta1py.rpc.messages import (
+    QueueControlReply,
+    QueueControlRequest,
+    QueueEnvelopeCommitReply,
+    QueueEnvelopeCommitRequest,
+    SmarRouteRequest,
+    SmarRouteValue,
+    SmtpcDeliveryReply,
+    SmtpcDeliveryRequest,
+    SmtpcRecipientValue,
+    SmtpReplyValue,
+)
+
+log = logging.getLogger(__name__)
+
+_ROUTE_TIMEOUT_S = 60.0
+_ROUTE_CONCURRENCY = 64
+_MAX_REPLY_CHARS = 500
+# Recovered recipients that were due while qmgr was down come back spread over this window, so a
+# restart with a large deferred queue does not retry everything in one burst.
+_RECOVERY_SPREAD_S = 30.0
+_ORPHAN_SCAN_INTERVAL_S = 600.0
+
+
+class Caller(Protocol):
+    """An RPC client (``RpcClient``) as qmgr uses it."""
+
+    async def call(self, msg: Any, *, timeout: float | None = None) -> Any: ...
+
+
+@dataclass
+class _Msg:
+    env: Envelope
+    rcpts: dict[int, Recipient]
+    busy: set[int] = field(default_factory=set)  # being routed or delivered
+    deleted: bool = False
+
+    def pending(self) -> list[Recipient]:
+        return [r for r in self.rcpts.values() if not r.is_final]
+
+
+def _ok_reply() -> SmtpReplyValue:
+    return SmtpReplyValue(code=250, enhanced="2.0.0", text="Ok")
+
+
+def _reply_text(reply: SmtpReplyValue) -> str:
+    text = f"{reply.code} {reply.enhanced} {reply.text}" if reply.enhanced else f"{reply.code} {reply.text}"
+    return text[:_MAX_REPLY_CHARS]
+
+
+def _notify_tuple(notify: frozenset[str] | None) -> tuple[str, ...] | None:
+    return tuple(sorted(notify)) if notify else None
+
+
+def _domain(address: str) -> str:
+    return address.rpartition("@")[2].lower()
+
+
+class QueueManager:
+    """qmgr's state and tasks; :meth:`run` serves until cancelled."""
+
+    def __init__(
+        self,
+        config: Config,
+        store: EnvelopeStore,
+        smar: Caller,
+        smtpc: Caller,
+        *,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self.qcfg = config.qmgr
+        self.queue_dir = Path(config.queue_directory)
+        self.store = store
+        self.committer = GroupCommitter(store)
+        self.smar = smar
+        self.smtpc = smtpc
+        self.rng = rng or random.Random()
+        self.scheduler = Scheduler(
+            per_destination_limit=config.smtpc.max_connections,
+            total_limit=config.smtpc.max_connections_total,
+            retry_min=self.qcfg.retry_min,
+            retry_max=self.qcfg.retry_max,
+            rng=self.rng,
+        )
+        self.syncer = DirectorySyncer()
+        self.messages: dict[str, _Msg] = {}
+        self._timers: list[tuple[float, int, str]] = []
+        self._seq = 0
+        self._wake = trio.Event()
+        self._route_limiter = trio.CapacityLimiter(_ROUTE_CONCURRENCY)
+        self._deferred_by_dest: dict[str, set[str]] = {}
+        self._dest_reason: dict[str, str] = {}
+        self._nursery: trio.Nursery | None = None
+        self._stopping = False
+        self._idle = trio.Event()
+        self.started_at = time.time()
+        delivery_timeout = config.smtpc.io_timeout * 12 + 60
+        self._delivery_timeout_s = delivery_timeout
+
+    # -- start-up ------------------------------------------------------------------------------
+
+    def recover(self) -> None:
+        """Load the queue after a start or crash: schedule what is left, drop what is done."""
+        now = time.time()
+        finished = self.store.finished_ids()
+        for qid in finished:
+            log.info("recovery: removing finished message %s", qid)
+            self.store.delete_messages([qid])
+            remove_content(self.queue_dir, qid)
+        loaded = 0
+        for env in self.store.load_unfinished():
+            if not content_path(self.queue_dir, env.qid).exists():
+                log.critical("recovery: content of %s is missing; bouncing it", env.qid)
+            rcpts = {r.idx: r for r in env.recipients}
+            msg = _Msg(env, rcpts)
+            self.messages[env.qid] = msg
+            when = now
+            for r in msg.pending():
+                if r.status == "deferred" and r.next_attempt <= now:
+                    when = min(when, now + self.rng.uniform(0, _RECOVERY_SPREAD_S))
+                elif r.status == "deferred":
+                    when = min(when, r.next_attempt) if when != now else r.next_attempt
+            self._schedule(env.qid, when)
+            loaded += 1
+        self._remove_orphans(now)
+        log.info("recovery: %d messages in the queue", loaded)
+
+    def _remove_orphans(self, now: float) -> int:
+        """Remove content files that no envelope refers to and that no session can still be writing."""
+        grace = max((s.session_timeout for s in self.config.smtps), default=3600.0) + 60
+        known = self.store.all_ids()
+        removed = 0
+        for qid in scan_content_ids(self.queue_dir):
+            if qid in known or qid in self.messages:
+                continue
+            path = content_path(self.queue_dir, qid)
+            try:
+                if now - path.stat().st_mtime < grace:
+                    continue
+            except FileNotFoundError:
+                continue
+            remove_content(self.queue_dir, qid)
+            removed += 1
+        if removed:
+            log.info("removed %d orphaned content files", removed)
+        return removed
+
+    # -- the main loop ---------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the committer, the scheduler loop and the housekeeping until cancelled."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._orphan_loop)
+            task_status.started()
+            await self._loop()
+
+    def stop_dispatching(self) -> None:
+        """Shutdown: start no new deliveries (those running may still report)."""
+        self._stopping = True
+
+    async def idle(self) -> None:
+        """Wait until no delivery is running."""
+        while self.scheduler.active:
+            self._idle = trio.Event()
+            await self._idle.wait()
+
+    def wake(self) -> None:
+        """Make the loop look at the timers and the scheduler now."""
+        self._wake.set()
+
+    def _schedule(self, qid: str, when: float) -> None:
+        self._seq += 1
+        heapq.heappush(self._timers, (when, self._seq, qid))
+
+    async def _loop(self) -> None:
+        while True:
+            now = time.time()
+            while self._timers and self._timers[0][0] <= now:
+                _when, _seq, qid = heapq.heappop(self._timers)
+                self._make_due(qid, now)
+            self._dispatch(now)
+            delay = self._timers[0][0] - now if self._timers else 3600.0
+            with trio.move_on_after(max(0.0, min(delay, 3600.0))):
+                await self._wake.wait()
+            self._wake = trio.Event()
+
+    async def _orphan_loop(self) -> None:
+        while True:
+            await trio.sleep(_ORPHAN_SCAN_INTERVAL_S)
+            await trio.to_thread.run_sync(self._remove_orphans, time.time())
+
+    def _make_due(self, qid: str, now: float) -> None:
+        msg = self.messages.get(qid)
+        if msg is None or msg.deleted or msg.env.hold:
+            return
+        due = [r for r in msg.pending() if r.idx not in msg.busy and r.next_attempt <= now + 0.001]
+        later = [r.next_attempt for r in msg.pending() if r.idx not in msg.busy and r.next_attempt > now]
+        if later:
+            self._schedule(qid, min(later))
+        if not due:
+            return
+        msg.busy.update(r.idx for r in due)
+        assert self._nursery is not None
+        self._nursery.start_soon(self._route, msg, [r.idx for r in due])
+
+    # -- routing -----------------------------------------------------------------------------
+
+    async def _route(self, msg: _Msg, idxs: list[int]) -> None:
+        qid = msg.env.qid
+        addresses = tuple(msg.rcpts[i].address for i in idxs)
+        try:
+            async with self._route_limiter:
+                answer = await self.smar.call(SmarRouteRequest(addresses=addresses), timeout=_ROUTE_TIMEOUT_S)
+            routes: tuple[SmarRouteValue, ...] = answer.routes
+            if len(routes) != len(idxs):
+                raise RpcError(f"smar answered {len(routes)} routes for {len(idxs)} addresses")
+        except RpcError as exc:
+            log.warning("%s: routing failed: %s", qid, exc)
+            reply = SmtpReplyValue(code=451, enhanced="4.3.0", text=f"address resolver unavailable: {exc}")
+            await self._record(msg, [(i, "temp", reply, None, None) for i in idxs], session_failed=False)
+            return
+        now = time.time()
+        groups: dict[tuple[Any, ...], list[int]] = {}
+        failures: list[tuple[int, str, SmtpReplyValue, str | None, str | None]] = []
+        route_of: dict[tuple[Any, ...], SmarRouteValue] = {}
+        for idx, route in zip(idxs, routes, strict=True):
+            if route.status != "ok":
+                reply = route.reply or SmtpReplyValue(code=451, enhanced="4.4.3", text="routing failed")
+                failures.append((idx, route.status, reply, None, route.destination or None))
+                continue
+            key = (route.destination, route.transport, route.path, route.hosts)
+            groups.setdefault(key, []).append(idx)
+            route_of[key] = route
+        if failures:
+            await self._record(msg, failures, session_failed=False)
+        for key, members in groups.items():
+            route = route_of[key]
+            if self.scheduler.is_down(route.destination, now):
+                await self._defer_down(msg, members, route.destination)
+                continue
+            self.scheduler.add(
+                Job(qid=qid, destination=route.destination, recipients=tuple(members), route=route)
+            )
+        self.wake()
+
+    # -- dispatch ------------------------------------------------------------------------------
+
+    def _dispatch(self, now: float) -> None:
+        if self._stopping:
+            return
+        start, deferred = self.scheduler.take_ready(now)
+        assert self._nursery is not None
+        for job in start:
+            self._nursery.start_soon(self._deliver, job)
+        for job in deferred:
+            msg = self.messages.get(job.qid)
+            if msg is not None:
+                self._nursery.start_soon(self._defer_down, msg, list(job.recipients), job.destination)
+
+    async def _defer_down(self, msg: _Msg, idxs: list[int], destination: str) -> None:
+        """Defer recipients whose destination is marked dead, until it may be tried again."""
+        until = self.scheduler.down_until(destination)
+        reason = self._dest_reason.get(destination, "destination temporarily unavailable")
+        reply = SmtpReplyValue(code=451, enhanced="4.4.1", text=f"delivery temporarily suspended: {reason}")
+        updates = []
+        for idx in idxs:
+            r = msg.rcpts[idx]
+            when = max(until, time.time()) + self.rng.uniform(0, max(1.0, self.qcfg.retry_min * 0.2))
+            updates.append((idx, r.attempts, when))
+        await self._apply_deferrals(msg, updates, reply, destination)
+
+    async def _apply_deferrals(
+        self, msg: _Msg, updates: list[tuple[int, int, float]], reply: SmtpReplyValue, destination: str | None
+    ) -> None:
+        text = _reply_text(reply)
+        ups = tuple(
+            RecipientUpdate(idx, "deferred", attempts, when, text, destination)
+            for idx, attempts, when in updates
+        )
+        if not msg.deleted:
+            await self.committer.update_recipients(msg.env.qid, ups)
+        for idx, attempts, when in updates:
+            msg.rcpts[idx] = replace(
+                msg.rcpts[idx],
+                status="deferred",
+                attempts=attempts,
+                next_attempt=when,
+                last_reply=text,
+                destination=destination,
+            )
+            msg.busy.discard(idx)
+            mlog.maillog("deferred", msg.env.qid, to=msg.rcpts[idx].address, status="deferred", reason=text)
+        if destination:
+            self._deferred_by_dest.setdefault(destination, set()).add(msg.env.qid)
+        if updates:
+            self._schedule(msg.env.qid, min(w for _i, _a, w in updates))
+
+    # -- delivery ------------------------------------------------------------------------------
+
+    async def _deliver(self, job: Job) -> None:
+        msg = self.messages.get(job.qid)
+        route: SmarRouteValue = job.route
+        if msg is None or msg.deleted:
+            self.scheduler.finish(job, delivered_any=False, session_failed=False, now=time.time())
+            self.wake()
+            return
+        env = msg.env
+        request = SmtpcDeliveryRequest(
+            qid=env.qid,
+            sender=env.sender,
+            envid=env.envid,
+            ret=env.ret,
+            body=env.body,
+            smtputf8=env.smtputf8,
+            size=env.size,
+            recipients=tuple(
+                SmtpcRecipientValue(
+                    idx=i,
+                    address=msg.rcpts[i].address,
+                    orcpt=msg.rcpts[i].orcpt,
+                    notify=_notify_tuple(msg.rcpts[i].notify),
+                )
+                for i in job.recipients
+            ),
+            route=route,
+        )
+        session_failed = False
+        try:
+            answer: SmtpcDeliveryReply = await self.smtpc.call(request, timeout=self._delivery_timeout_s)
+            results = [(r.idx, r.status, r.reply, r.remote_mta, route.destination) for r in answer.results]
+            session_failed = answer.session_failed
+            known = {r.idx for r in answer.results}
+            missing = [i for i in job.recipients if i not in known]
+            reply = SmtpReplyValue(code=451, enhanced="4.3.0", text="no result from delivery agent")
+            results += [(i, "temp", reply, None, route.destination) for i in missing]
+        except RpcError as exc:
+            log.warning("%s: delivery agent failed: %s", env.qid, exc)
+            reply = SmtpReplyValue(code=451, enhanced="4.3.0", text=f"delivery agent unavailable: {exc}")
+            results = [(i, "temp", reply, None, route.destination) for i in job.recipients]
+        delivered_any = any(status == "ok" for _i, status, _r, _m, _d in results)
+        if session_failed and results:
+            self._dest_reason[route.destination] = _reply_text(results[0][2])
+        revived = self.scheduler.finish(
+            job, delivered_any=delivered_any, session_failed=session_failed, now=time.time()
+        )
+        try:
+            await self._record(msg, results, session_failed=session_failed)
+        finally:
+            if revived:
+                self._release(route.destination)
+            if not self.scheduler.active:
+                self._idle.set()
+            self.wake()
+
+    def _release(self, destination: str) -> None:
+        """A dead destination works again: retry what was deferred because of it, now."""
+        now = time.time()
+        for qid in self._deferred_by_dest.pop(destination, set()):
+            msg = self.messages.get(qid)
+            if msg is None:
+                continue
+            for idx, r in list(msg.rcpts.items()):
+                if r.status == "deferred" and r.destination == destination and idx not in msg.busy:
+                    msg.rcpts[idx] = replace(r, next_attempt=now)
+            self._schedule(qid, now)
+        log.info("destination %s is back: released its deferred mail", destination)
+
+    async def _record(
+        self,
+        msg: _Msg,
+        results: Iterable[tuple[int, str, SmtpReplyValue, str | None, str | None]],
+        *,
+        session_failed: bool,
+    ) -> None:
+        """Write delivery results, defer or expire temporary failures, finish the message if done."""
+        now = time.time()
+        env = msg.env
+        lifetime = self.qcfg.bounce_lifetime if env.kind != "normal" else self.qcfg.queue_lifetime
+        expired = now - env.arrival_time >= lifetime
+        finals: list[RecipientUpdate] = []
+        deferrals: list[tuple[int, int, float]] = []
+        defer_reply: SmtpReplyValue | None = None
+        defer_dest: str | None = None
+        for idx, status, reply, remote, dest in results:
+            r = msg.rcpts[idx]
+            text = _reply_text(reply)
+            attempts = r.attempts + 1
+            if status == "ok":
+                finals.append(RecipientUpdate(idx, "delivered", attempts, 0.0, text, dest, now))
+                mlog.maillog(
+                    "delivered",
+                    env.qid,
+                    to=r.address,
+                    relay=remote or dest or "",
+                    status="sent",
+                    delay=f"{now - env.arrival_time:.2f}",
+                    reply=text,
+                )
+            elif status == "perm" or expired:
+                final_status: RecipientStatus = "bounced" if status == "perm" else "expired"
+                if status != "perm":
+                    text = f"{text} (message expired after {now - env.arrival_time:.0f}s in the queue)"
+                finals.append(RecipientUpdate(idx, final_status, attempts, 0.0, text, dest, now))
+                mlog.maillog(
+                    "bounced",
+                    env.qid,
+                    to=r.address,
+                    relay=remote or dest or "",
+                    status=final_status,
+                    reply=text,
+                )
+            else:
+                deferrals.append((idx, attempts, now + self.scheduler.retry_delay(attempts)))
+                defer_reply, defer_dest = reply, dest
+        if deferrals and defer_reply is not None:
+            await self._apply_deferrals(msg, deferrals, defer_reply, defer_dest)
+        if not finals:
+            return
+        for u in finals:
+            msg.rcpts[u.idx] = replace(
+                msg.rcpts[u.idx],
+                status=u.status,
+                attempts=u.attempts,
+                last_reply=u.last_reply,
+                destination=u.destination,
+                last_attempt=now,
+            )
+            msg.busy.discard(u.idx)
+        if all(r.is_final for r in msg.rcpts.values()) and not msg.busy:
+            await self._finish(msg, tuple(finals))
+        elif not msg.deleted:
+            await self.committer.update_recipients(env.qid, tuple(finals))
+
+    # -- the end of a message ----------------------------------------------------------------------
+
+    def _dsn_recipients(self, msg: _Msg) -> list[DsnRecipient]:
+        out = []
+        for r in sorted(msg.rcpts.values(), key=lambda r: r.idx):
+            notify = r.notify
+            if r.status in ("bounced", "expired"):
+                if notify is not None and "FAILURE" not in notify:
+                    continue
+                status = "5.0.0"
+                text = r.last_reply or ""
+                parts = text.split()
+                if len(parts) > 1 and parts[1][:1] in "45" and parts[1].count(".") == 2:
+                    status = "5" + parts[1][1:]
+                if r.status == "expired":
+                    status = "4.4.7"
+                out.append(
+                    DsnRecipient(
+                        r.address,
+                        "failed",
+                        status,
+                        orcpt=r.orcpt,
+                        remote_mta=None,
+                        diagnostic=text,
+                        last_attempt=r.last_attempt,
+                    )
+                )
+            elif r.status == "delivered" and notify is not None and "SUCCESS" in notify:
+                out.append(
+                    DsnRecipient(
+                        r.address,
+                        "delivered",
+                        "2.0.0",
+                        orcpt=r.orcpt,
+                        diagnostic=r.last_reply,
+                        last_attempt=r.last_attempt,
+                    )
+                )
+        return out
+
+    async def _finish(self, msg: _Msg, finals: tuple[RecipientUpdate, ...]) -> None:
+        """Every recipient is final: queue the DSN (if any) and delete the message, atomically."""
+        env = msg.env
+        ops: list[StoreOp] = [UpdateRecipients(env.qid, finals)]
+        dsn = self._dsn_recipients(msg)
+        bounce_writer: ContentWriter | None = None
+        if dsn and env.kind == "double_bounce":
+            log.error("%s: double bounce could not be delivered; dropping it", env.qid)
+        elif dsn and env.sender == "" and env.kind == "normal":
+            log.info("%s: no bounce for mail from <>", env.qid)
+        elif dsn:
+            try:
+                bounce_writer, bounce_env = await self._write_bounce(env, dsn)
+                ops.append(InsertEnvelope(bounce_env))
+            except (QueueStorageError, OSError) as exc:
+                # Keep the message (its recipients stay final in memory only): retried at restart.
+                log.error("%s: cannot write bounce: %s; will retry", env.qid, exc)
+                for u in finals:
+                    msg.rcpts[u.idx] = replace(
+                        msg.rcpts[u.idx], status="deferred", next_attempt=time.time() + 60
+                    )
+                self._schedule(env.qid, time.time() + 60)
+                return
+        ops.append(DeleteMessage(env.qid))
+        try:
+            await self.committer.apply_atomic(ops)
+        except QueueStorageError as exc:
+            log.error("%s: cannot finish message: %s", env.qid, exc)
+            if bounce_writer is not None:
+                bounce_writer.abort()
+            raise
+        msg.deleted = True
+        self.messages.pop(env.qid, None)
+        if bounce_writer is not None:
+            benv = ops[1].envelope  # type: ignore[union-attr]
+            self._add(benv)
+            mlog.maillog(
+                "queued",
+                benv.qid,
+                sender="",
+                nrcpt=len(benv.recipients),
+                size=benv.size,
+                origin=env.qid,
+                kind=benv.kind,
+            )
+        await trio.to_thread.run_sync(remove_content, self.queue_dir, env.qid)
+        mlog.maillog("removed", env.qid)
+
+    async def _write_bounce(self, env: Envelope, dsn: list[DsnRecipient]) -> tuple[ContentWriter, Envelope]:
+        hostname = self.config.hostname
+        kind: MessageKind
+        if env.kind == "normal":
+            to, kind = env.sender, "bounce"
+        else:
+            postmaster_domain = self.config.local_domains[0] if self.config.local_domains else hostname
+            to, kind = f"postmaster@{postmaster_domain}", "double_bounce"
+
+        def build() -> tuple[ContentWriter, int]:
+            try:
+                original = open_content(self.queue_dir, env.qid)
+            except FileNotFoundError:
+                original = None
+            try:
+                data = build_dsn(
+                    reporting_mta=hostname,
+                    postmaster=f"MAILER-DAEMON@{hostname}",
+                    to=to,
+                    qid=env.qid,
+                    arrival_time=env.arrival_time,
+                    now=time.time(),
+                    envid=env.envid,
+                    ret=env.ret,
+                    recipients=dsn,
+                    original=original,
+                )
+            finally:
+                if original is not None:
+                    original.close()
+            writer = ContentWriter(self.queue_dir)
+            try:
+                writer.write(data)
+                writer.finish()
+            except BaseException:
+                writer.abort()
+                raise
+            return writer, len(data)
+
+        writer, size = await trio.to_thread.run_sync(build)
+        await self.syncer.sync(writer.path.parent)
+        benv = Envelope(
+            qid=writer.qid,
+            sender="",
+            arrival_time=time.time(),
+            size=size,
+            body="8BITMIME",
+            kind=kind,
+            recipients=(Recipient(idx=0, address=to),),
+        )
+        return writer, benv
+
+    def _add(self, env: Envelope) -> None:
+        self.messages[env.qid] = _Msg(env, {r.idx: r for r in env.recipients})
+        self._schedule(env.qid, time.time())
+        self.wake()
+
+    # -- RPC handlers --------------------------------------------------------------------------
+
+    async def handle(self, msg: Any) -> Any:
+        """Answer the calls qmgr serves on qmgr.sock."""
+        if isinstance(msg, QueueEnvelopeCommitRequest):
+            return await self._commit(msg)
+        if isinstance(msg, QueueControlRequest):
+            return await self._control(msg)
+        return None
+
+    async def _commit(self, req: QueueEnvelopeCommitRequest) -> QueueEnvelopeCommitReply:
+        if not is_queue_id(req.qid) or not req.recipients:
+            return QueueEnvelopeCommitReply(
+                ok=False, reply=SmtpReplyValue(code=554, enhanced="5.5.0", text="bad envelope")
+            )
+        path = content_path(self.queue_dir, req.qid)
+        if not await trio.to_thread.run_sync(os.path.exists, path):
+            log.error("commit of %s refused: no content file", req.qid)
+            return QueueEnvelopeCommitReply(
+                ok=False, reply=SmtpReplyValue(code=451, enhanced="4.3.0", text="queue file missing")
+            )
+        now = time.time()
+        env = Envelope(
+            qid=req.qid,
+            sender=req.sender,
+            arrival_time=now,
+            size=req.size,
+            envid=req.envid,
+            ret=req.ret,
+            body=req.body,
+            smtputf8=req.smtputf8,
+            client_address=req.client_address,
+            client_helo=req.client_helo,
+            recipients=tuple(
+                Recipient(
+                    idx=i,
+                    address=r.address,
+                    orcpt=r.orcpt,
+                    notify=frozenset(r.notify) if r.notify else None,
+                    next_attempt=now,
+                )
+                for i, r in enumerate(req.recipients)
+            ),
+        )
+        try:
+            await self.committer.commit_new(env)
+        except (QueueStorageError, ValueError) as exc:
+            log.error("commit of %s failed: %s", req.qid, exc)
+            full = isinstance(exc, QueueStorageError) and exc.disk_full
+            return QueueEnvelopeCommitReply(
+                ok=False,
+                reply=SmtpReplyValue(
+                    code=452 if full else 451,
+                    enhanced="4.3.1" if full else "4.3.0",
+                    text="Insufficient system storage" if full else "Local error in processing",
+                ),
+            )
+        self._add(env)
+        return QueueEnvelopeCommitReply(ok=True, reply=_ok_reply())
+
+    def _select(self, req: QueueControlRequest) -> tuple[list[_Msg], list[str]]:
+        missing: list[str] = []
+        selected: list[_Msg] = []
+        if req.qids:
+            for qid in req.qids:
+                msg = self.messages.get(qid)
+                if msg is None:
+                    missing.append(qid)
+                else:
+                    selected.append(msg)
+        else:
+            for msg in self.messages.values():
+                if req.to_domain and not any(
+                    _domain(r.address) == req.to_domain.lower() for r in msg.pending()
+                ):
+                    continue
+                if req.all_deferred and not any(r.status == "deferred" for r in msg.pending()):
+                    continue
+                selected.append(msg)
+        return selected, missing
+
+    async def _control(self, req: QueueControlRequest) -> QueueControlReply:
+        selected, missing = self._select(req)
+        now = time.time()
+        count = 0
+        if req.action == "flush":
+            self.scheduler.revive()
+            for msg in selected:
+                for idx, r in list(msg.rcpts.items()):
+                    if not r.is_final and idx not in msg.busy:
+                        msg.rcpts[idx] = replace(r, next_attempt=now)
+                self._schedule(msg.env.qid, now)
+                count += 1
+        elif req.action in ("hold", "release"):
+            hold = req.action == "hold"
+            for msg in selected:
+                await self.committer.set_hold(msg.env.qid, hold)
+                msg.env = replace(msg.env, hold=hold)
+                if not hold:
+                    self._schedule(msg.env.qid, now)
+                count += 1
+        elif req.action == "delete":
+            for msg in selected:
+                await self.committer.delete(msg.env.qid)
+                msg.deleted = True
+                self.messages.pop(msg.env.qid, None)
+                await trio.to_thread.run_sync(remove_content, self.queue_dir, msg.env.qid)
+                mlog.maillog("removed", msg.env.qid, reason="deleted by operator")
+                count += 1
+        elif req.action == "bounce":
+            reply = SmtpReplyValue(code=550, enhanced="5.0.0", text="message bounced by the administrator")
+            for msg in selected:
+                idxs = [r.idx for r in msg.pending() if r.idx not in msg.busy]
+                await self._record(msg, [(i, "perm", reply, None, None) for i in idxs], session_failed=False)
+                count += 1
+        self.wake()
+        return QueueControlReply(count=count, missing=tuple(missing))

@@ -1,0 +1,375 @@
+"""Content files: one file per message body, written by smtps, read by smtpc, removed by qmgr.
+
+Layout: ``queue_directory/content/<id[-2:]>/<id>``. The last two characters of an id are random
+(:mod:`meta1py.queue.ids`), so the 961 subdirectories fill evenly and no directory grows huge.
+
+Durability (design.md §4): before smtps may answer 250, the file's data must be fsync'd
+(:meth:`ContentWriter.finish`, one fsync per file: nothing can share it) *and* its directory entry
+must be durable (:class:`DirectorySyncer`: one directory fsync shared by every message that finished
+in that directory since the last one started). Subdirectories are created lazily; the first time a
+process uses one it fsyncs ``content/`` once, whether it created the subdirectory or found it, because
+another process may have created it and not yet made it durable.
+
+A file that is being written has its final name from the start (no rename): a half-written file is
+harmless because nothing refers to it until qmgr has committed the envelope, and qmgr's start-up
+recovery removes content files without an envelope (:func:`scan_content_ids`).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import BinaryIO
+
+import trio
+
+from meta1py.queue.errors import QueueStorageError
+from meta1py.queue.ids import is_queue_id, new_queue_id
+
+__all__ = [
+    "ContentWriter",
+    "DirectorySyncer",
+    "content_path",
+    "open_content",
+    "remove_content",
+    "scan_content_ids",
+]
+
+CONTENT_DIRNAME = "content"
+_FILE_MODE = 0o640
+_DIR_MODE = 0o750
+_WRITE_BUFFER_BYTES = 64 * 1024
+# A fresh id collides with an existing file only when two messages arrive in the same second and
+# draw the same 27 random bits; a handful of draws is plenty.
+_MAX_ID_DRAWS = 16
+
+
+def content_path(queue_dir: str | os.PathLike[str], qid: str) -> Path:
+    """Return the path of message ``qid``'s content file.
+
+    Raises:
+        ValueError: ``qid`` is not a queue id (so no path traversal can come through here).
+    """
+    if not is_queue_id(qid):
+        raise ValueError(f"not a queue id: {qid!r}")
+    return Path(queue_dir) / CONTENT_DIRNAME / qid[-2:] / qid
+
+
+def _fsync_dir(path: str | os.PathLike[str]) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _storage_error(what: str, exc: OSError) -> QueueStorageError:
+    err = QueueStorageError(f"{what}: {exc.strerror or exc}", exc.errno)
+    err.__cause__ = exc
+    return err
+
+
+# Subdirectories whose entry in content/ this process has made durable (see the module docstring).
+_durable_dirs: set[Path] = set()
+_durable_dirs_lock = threading.Lock()
+
+
+def _ensure_dir(parent: Path, name: str) -> Path:
+    """Create ``parent/name`` if needed and make sure its entry in ``parent`` is on disk."""
+    path = parent / name
+    with _durable_dirs_lock:
+        if path in _durable_dirs:
+            return path
+    try:
+        os.mkdir(path, _DIR_MODE)
+    except FileExistsError:
+        pass
+    _fsync_dir(parent)
+    with _durable_dirs_lock:
+        _durable_dirs.add(path)
+    return path
+
+
+class ContentWriter:
+    """Writes one message's content file (synchronous; smtps calls :meth:`finish` in a thread).
+
+    Creating a writer claims a queue id: the file is created with ``O_CREAT|O_EXCL`` (mode 0640),
+    and when ``qid`` is not given a fresh id is drawn until one is free. Typical use::
+
+        writer = ContentWriter(queue_dir)          # claims writer.qid
+        try:
+            for chunk in body:
+                writer.write(chunk)                # buffered, 64 KiB
+            await trio.to_thread.run_sync(writer.finish)   # flush + fsync + close
+            await syncer.sync(writer.path.parent)          # directory entry durable
+        except BaseException:
+            writer.abort()                          # unlink the partial file
+            raise
+
+    Used as a context manager, it aborts when the block is left before :meth:`finish` succeeded.
+
+    Every OS failure is raised as :class:`QueueStorageError` (``disk_full`` tells 452 from 451).
+
+    Attributes:
+        qid: the message's queue id.
+        path: the content file.
+        size: bytes written so far.
+    """
+
+    qid: str
+    path: Path
+    size: int
+
+    def __init__(self, queue_dir: str | os.PathLike[str], qid: str | None = None) -> None:
+        """Create the content file.
+
+        Args:
+            queue_dir: the queue directory (``content/`` is created in it if missing).
+            qid: the id to use; ``None`` draws fresh ids until one is free.
+
+        Raises:
+            ValueError: ``qid`` is not a queue id.
+            FileExistsError: ``qid`` was given and its content file already exists.
+            QueueStorageError: the directory or file could not be created.
+        """
+        if qid is not None and not is_queue_id(qid):
+            raise ValueError(f"not a queue id: {qid!r}")
+        root = Path(queue_dir)
+        self.size = 0
+        self._finished = False
+        self._file: BinaryIO | None = None
+        try:
+            content_dir = _ensure_dir(root, CONTENT_DIRNAME)
+            for _ in range(_MAX_ID_DRAWS):
+                candidate = new_queue_id() if qid is None else qid
+                subdir = _ensure_dir(content_dir, candidate[-2:])
+                path = subdir / candidate
+                try:
+                    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
+                except FileExistsError:
+                    if qid is not None:
+                        raise
+                    continue
+                break
+            else:
+                raise QueueStorageError(f"no free queue id after {_MAX_ID_DRAWS} draws")
+        except OSError as exc:
+            if isinstance(exc, FileExistsError):
+                raise
+            raise _storage_error(f"cannot create content file in {root}", exc) from exc
+        self.qid = candidate
+        self.path = path
+        self._file = open(fd, "wb", buffering=_WRITE_BUFFER_BYTES)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Append ``data`` (buffered; may block briefly when the buffer is written out).
+
+        Raises:
+            QueueStorageError: the write failed (the file is left for :meth:`abort`).
+        """
+        if self._file is None:
+            raise ValueError(f"content file {self.qid} is closed")
+        try:
+            self._file.write(data)
+        except OSError as exc:
+            raise _storage_error(f"cannot write content file {self.qid}", exc) from exc
+        self.size += len(data)
+
+    def finish(self) -> None:
+        """Flush, fsync and close the file. Blocking: call it through ``trio.to_thread``.
+
+        The directory entry is not synced here; use :class:`DirectorySyncer` for that so that
+        concurrent messages share one directory fsync.
+
+        Raises:
+            QueueStorageError: flush or fsync failed (the file is closed; call :meth:`abort`).
+        """
+        if self._file is None:
+            raise ValueError(f"content file {self.qid} is closed")
+        file, self._file = self._file, None
+        try:
+            try:
+                file.flush()
+                os.fsync(file.fileno())
+            finally:
+                file.close()
+        except OSError as exc:
+            raise _storage_error(f"cannot sync content file {self.qid}", exc) from exc
+        self._finished = True
+
+    def abort(self) -> None:
+        """Close and unlink the file (the message was refused or the write failed). Idempotent.
+
+        Unlinking needs no fsync: if the removal is lost in a crash, start-up recovery removes the
+        file as an orphan.
+        """
+        if self._file is not None:
+            file, self._file = self._file, None
+            # Writing out the buffer could fail again (disk full); drop it unwritten.
+            try:
+                file.close()
+            except OSError:
+                pass
+        self._finished = False
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+    def __enter__(self) -> ContentWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        # Leaving the block before finish() discards the file. After finish() the caller decides:
+        # if the envelope commit was cancelled its outcome is unknown, and deleting the content of
+        # a message qmgr may have committed would lose it (an orphan is harmless; recovery removes
+        # it).
+        if not self._finished:
+            self.abort()
+
+
+class _DirSync:
+    """One directory fsync: who waits for it and how it ended."""
+
+    __slots__ = ("done", "error")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.error: OSError | None = None
+
+
+class _DirState:
+    __slots__ = ("pending", "running")
+
+    def __init__(self) -> None:
+        self.running: _DirSync | None = None
+        self.pending: _DirSync | None = None
+
+
+class DirectorySyncer:
+    """Group commit for directory entries: concurrent callers share one fsync per directory.
+
+    ``await syncer.sync(dirpath)`` returns once an fsync of ``dirpath`` that *started after the
+    call* has completed; that fsync covers every entry created before the call. While one fsync of
+    a directory runs, every caller that arrives joins the next one, which starts as soon as the
+    running one ends; so under load there are at most two fsyncs per directory in flight and each
+    covers all the callers that came in meanwhile. The fsync runs in a worker thread and is shielded
+    from cancellation (a cancelled caller just stops waiting; the others still get their sync).
+
+    One syncer per process (it is not thread-safe; use it from one trio run).
+
+    Attributes:
+        fsyncs: number of directory fsyncs performed (for tests and statistics).
+    """
+
+    def __init__(self) -> None:
+        self._dirs: dict[str, _DirState] = {}
+        self.fsyncs = 0
+
+    async def sync(self, dirpath: str | os.PathLike[str]) -> None:
+        """Make every entry created in ``dirpath`` before this call durable.
+
+        Raises:
+            QueueStorageError: the fsync that covers this call failed.
+        """
+        key = os.fspath(dirpath)
+        state = self._dirs.get(key)
+        if state is None:
+            state = self._dirs[key] = _DirState()
+        if state.running is None:
+            op = _DirSync()
+            await self._perform(key, state, op)
+        else:
+            # An fsync is running, but it may have started before our entry was created: wait
+            # for the next one, and start it ourselves if we are the first to see it due.
+            if state.pending is None:
+                state.pending = _DirSync()
+            op = state.pending
+            while not op.done.is_set():
+                if state.running is None:
+                    # The previous fsync ended and nobody has taken ours yet.
+                    assert state.pending is op
+                    state.pending = None
+                    await self._perform(key, state, op)
+                    break
+                await state.running.done.wait()
+        if state.running is None and state.pending is None:
+            # Keep the table small: the state is re-created on the next call.
+            self._dirs.pop(key, None)
+        if op.error is not None:
+            raise _storage_error(f"cannot sync directory {key}", op.error) from op.error
+
+    async def _perform(self, key: str, state: _DirState, op: _DirSync) -> None:
+        state.running = op
+        try:
+            # Shielded: the waiters of this op must get a real outcome even if we are cancelled.
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(_fsync_dir, key)
+        except OSError as exc:
+            op.error = exc
+        finally:
+            self.fsyncs += 1
+            state.running = None
+            op.done.set()
+
+
+def open_content(queue_dir: str | os.PathLike[str], qid: str) -> io.BufferedReader:
+    """Open message ``qid``'s content for reading (binary).
+
+    Raises:
+        ValueError: ``qid`` is not a queue id.
+        FileNotFoundError: there is no such content file.
+    """
+    return open(content_path(queue_dir, qid), "rb")
+
+
+def remove_content(queue_dir: str | os.PathLike[str], qid: str) -> bool:
+    """Remove message ``qid``'s content file; return False if it was already gone.
+
+    No fsync: qmgr removes content only after the envelope's deletion is committed, and a removal
+    lost in a crash leaves an orphan that start-up recovery deletes again.
+
+    Raises:
+        ValueError: ``qid`` is not a queue id.
+    """
+    try:
+        os.unlink(content_path(queue_dir, qid))
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def scan_content_ids(queue_dir: str | os.PathLike[str]) -> Iterator[str]:
+    """Yield the queue id of every content file (for orphan recovery), in no particular order.
+
+    Names that are not queue ids, or that sit in the wrong subdirectory, are skipped: recovery must
+    never delete a file it does not understand.
+    """
+    root = Path(queue_dir) / CONTENT_DIRNAME
+    try:
+        subdirs = list(os.scandir(root))
+    except FileNotFoundError:
+        return
+    for subdir in subdirs:
+        if len(subdir.name) != 2 or not subdir.is_dir(follow_symlinks=False):
+            continue
+        try:
+            entries = list(os.scandir(subdir.path))
+        except FileNotFoundError:
+            continue
+        for entry in entries:
+            if (
+                is_queue_id(entry.name)
+                and entry.name[-2:] == subdir.name
+                and entry.is_file(follow_symlinks=False)
+            ):
+                yield entry.name

@@ -1,0 +1,349 @@
+"""``meta1 queue``: the operator's view of the queue and its controls (mailq, postqueue, postsuper).
+
+Reading (``list``, ``show``, ``stats``) opens the envelope store read-only; SQLite's WAL lets it
+do so while qmgr runs, and what it shows is what is durable.  Changing (``flush``, ``delete``,
+``bounce``, ``hold``, ``release``) goes through qmgr over ``qmgr.sock`` when qmgr runs, because
+qmgr owns the queue; when it does not run, ``delete``, ``hold`` and ``release`` change the store
+directly (``flush`` and ``bounce`` need the running qmgr).
+
+Run it as root or as the queue's owner.  The ``--json`` output of ``list`` is documented in
+``docs/queue.md`` and is stable: one JSON object per message per line, like ``postqueue -j``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import email.parser
+import email.policy
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from meta1py.conf import Config, ConfigErrors, load_config
+from meta1py.queue.content import open_content, remove_content
+from meta1py.queue.envelopes import Envelope, EnvelopeStore, envelope_store_path
+from meta1py.queue.ids import is_queue_id
+
+EX_USAGE = 64
+EX_NOINPUT = 66
+EX_UNAVAILABLE = 69
+EX_TEMPFAIL = 75
+EX_CONFIG = 78
+
+
+def message_state(env: Envelope) -> str:
+    """``hold``, ``deferred`` (some recipient deferred) or ``active``."""
+    if env.hold:
+        return "hold"
+    if any(r.status == "deferred" for r in env.recipients):
+        return "deferred"
+    return "active"
+
+
+def envelope_json(env: Envelope) -> dict[str, Any]:
+    """The stable JSON form of one queued message (see docs/queue.md)."""
+    return {
+        "queue_id": env.qid,
+        "queue_name": message_state(env),
+        "arrival_time": int(env.arrival_time),
+        "message_size": env.size,
+        "sender": env.sender,
+        "kind": env.kind,
+        "recipients": [
+            {
+                "address": r.address,
+                "status": r.status,
+                "attempts": r.attempts,
+                "next_attempt": int(r.next_attempt) if r.status == "deferred" else None,
+                "delay_reason": r.last_reply if r.status == "deferred" else None,
+                "last_reply": r.last_reply,
+            }
+            for r in env.recipients
+        ],
+    }
+
+
+def _age(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def format_list(envs: list[Envelope], now: float) -> str:
+    """mailq-style text: one block per message, pending recipients with their last error."""
+    if not envs:
+        return "Mail queue is empty\n"
+    out = ["-Queue ID-   -Size- -Age- -Sender/Recipient-------"]
+    total = 0
+    for env in envs:
+        mark = {"hold": "!", "active": "*", "deferred": " "}[message_state(env)]
+        out.append(f"{env.qid}{mark} {env.size:>6} {_age(now - env.arrival_time):>5} {env.sender or '<>'}")
+        for r in env.recipients:
+            if r.is_final:
+                continue
+            if r.status == "deferred" and r.last_reply:
+                out.append(f"{'':27}({r.last_reply[:200]})")
+            out.append(f"{'':27}{r.address}")
+        total += env.size
+        out.append("")
+    out.append(f"-- {total // 1024} Kbytes in {len(envs)} Request{'s' if len(envs) != 1 else ''}.")
+    return "\n".join(out) + "\n"
+
+
+def _store(cfg: Config) -> EnvelopeStore | None:
+    path = envelope_store_path(cfg.queue_directory)
+    if not path.exists():
+        return None
+    return EnvelopeStore(path, readonly=True)
+
+
+def _envelopes(cfg: Config, args: argparse.Namespace) -> list[Envelope]:
+    store = _store(cfg)
+    if store is None:
+        return []
+    state = "deferred" if args.deferred else "active" if args.active else "hold" if args.hold else None
+    with store:
+        return store.list_envelopes(state=state, domain=args.to, sender=args.sender)  # type: ignore[arg-type]
+
+
+def cmd_list(cfg: Config, args: argparse.Namespace) -> int:
+    envs = _envelopes(cfg, args)
+    if args.json:
+        for env in envs:
+            print(json.dumps(envelope_json(env), sort_keys=True))
+    else:
+        sys.stdout.write(format_list(envs, time.time()))
+    return 0
+
+
+def cmd_show(cfg: Config, args: argparse.Namespace) -> int:
+    store = _store(cfg)
+    env = None
+    if store is not None:
+        with store:
+            env = store.get(args.id)
+    if env is None:
+        print(f"meta1 queue: {args.id}: no such message", file=sys.stderr)
+        return EX_NOINPUT
+    if args.json:
+        print(json.dumps(envelope_json(env), sort_keys=True, indent=2))
+        return 0
+    print(f"queue_id: {env.qid}")
+    print(f"state: {message_state(env)}   kind: {env.kind}")
+    print(
+        f"arrival: {time.strftime('%Y-%m-%d %H:%M:%S %z', time.localtime(env.arrival_time))}"
+        f" ({_age(time.time() - env.arrival_time)} ago)"
+    )
+    print(f"size: {env.size}   body: {env.body}   smtputf8: {'yes' if env.smtputf8 else 'no'}")
+    print(f"sender: <{env.sender}>")
+    if env.envid or env.ret:
+        print(f"dsn: envid={env.envid or '-'} ret={env.ret or '-'}")
+    print(f"client: [{env.client_address}] helo={env.client_helo}")
+    print("recipients:")
+    for r in env.recipients:
+        line = f"  <{r.address}> {r.status} attempts={r.attempts}"
+        if r.status == "deferred":
+            line += f" next={_age(r.next_attempt - time.time())}"
+        if r.destination:
+            line += f" via={r.destination}"
+        print(line)
+        if r.last_reply:
+            print(f"      {r.last_reply}")
+    try:
+        with open_content(cfg.queue_directory, env.qid) as content:
+            head = content.read(64 * 1024)
+    except FileNotFoundError:
+        print("headers: (content file missing)")
+        return 0
+    header_bytes = head.split(b"\r\n\r\n", 1)[0]
+    print("headers:")
+    msg = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(header_bytes)
+    for name, value in msg.items():
+        print(f"  {name}: {' '.join(str(value).split())[:300]}")
+    return 0
+
+
+def cmd_stats(cfg: Config, args: argparse.Namespace) -> int:
+    store = _store(cfg)
+    envs: list[Envelope] = []
+    if store is not None:
+        with store:
+            envs = store.list_envelopes()
+    by_state: dict[str, int] = {"active": 0, "deferred": 0, "hold": 0}
+    by_dest: dict[str, int] = {}
+    oldest = None
+    for env in envs:
+        by_state[message_state(env)] += 1
+        oldest = env.arrival_time if oldest is None else min(oldest, env.arrival_time)
+        for r in env.recipients:
+            if not r.is_final:
+                key = r.destination or ("domain:" + r.address.rpartition("@")[2].lower())
+                by_dest[key] = by_dest.get(key, 0) + 1
+    stats = {
+        "messages": len(envs),
+        "by_state": by_state,
+        "recipients_by_destination": dict(sorted(by_dest.items(), key=lambda kv: -kv[1])),
+        "oldest_age_s": int(time.time() - oldest) if oldest is not None else None,
+    }
+    if args.json:
+        print(json.dumps(stats, sort_keys=True))
+        return 0
+    print(
+        f"messages: {len(envs)} (active {by_state['active']}, deferred {by_state['deferred']},"
+        f" hold {by_state['hold']})"
+    )
+    if oldest is not None:
+        print(f"oldest: {_age(time.time() - oldest)}")
+    for dest, count in stats["recipients_by_destination"].items():  # type: ignore[attr-defined]
+        print(f"  {count:>7}  {dest}")
+    return 0
+
+
+def _control(cfg: Config, action: str, ids: list[str], to: str | None, all_deferred: bool) -> int | None:
+    """Ask the running qmgr; None when it is not running."""
+    import trio
+
+    from meta1py.rpc.channel import connect_unix
+    from meta1py.rpc.errors import RpcError
+    from meta1py.rpc.messages import QueueControlRequest
+
+    sock = Path(cfg.run_directory) / "qmgr.sock"
+    request = QueueControlRequest(
+        action=action,  # type: ignore[arg-type]
+        qids=tuple(ids),
+        to_domain=to,
+        all_deferred=all_deferred,
+    )
+
+    async def ask() -> int | None:
+        try:
+            channel = await connect_unix(sock, name="meta1 queue")
+        except OSError:
+            return None
+        async with trio.open_nursery() as nursery:
+            await nursery.start(channel.run)
+            try:
+                reply = await channel.call(request, timeout=60)
+            except RpcError as exc:
+                print(f"meta1 queue: qmgr did not answer: {exc}", file=sys.stderr)
+                channel.close()
+                return EX_TEMPFAIL
+            channel.close()
+            nursery.cancel_scope.cancel()
+        for qid in reply.missing:
+            print(f"meta1 queue: {qid}: no such message", file=sys.stderr)
+        print(f"{action}: {reply.count} message{'s' if reply.count != 1 else ''}")
+        return 0 if not reply.missing else EX_NOINPUT
+
+    return trio.run(ask)
+
+
+def cmd_change(cfg: Config, args: argparse.Namespace) -> int:
+    action = args.command
+    ids: list[str] = list(getattr(args, "ids", []) or [])
+    bad = [i for i in ids if not is_queue_id(i)]
+    if bad:
+        print(f"meta1 queue: not a queue id: {', '.join(bad)}", file=sys.stderr)
+        return EX_USAGE
+    to = getattr(args, "to", None)
+    all_deferred = bool(getattr(args, "all_deferred", False))
+    if action in ("delete", "bounce", "hold", "release") and not ids and not all_deferred:
+        print(
+            f"meta1 queue {action}: name the messages (queue ids)"
+            + (" or --all-deferred" if action == "delete" else ""),
+            file=sys.stderr,
+        )
+        return EX_USAGE
+    result = _control(cfg, action, ids, to, all_deferred)
+    if result is not None:
+        return result
+    # qmgr is not running: change the store directly where that is safe.
+    if action in ("flush", "bounce"):
+        print(f"meta1 queue {action}: qmgr is not running (start meta1 first)", file=sys.stderr)
+        return EX_TEMPFAIL
+    path = envelope_store_path(cfg.queue_directory)
+    if not path.exists():
+        print("meta1 queue: the queue is empty", file=sys.stderr)
+        return EX_NOINPUT if ids else 0
+    count = 0
+    missing = 0
+    with EnvelopeStore(path) as store:
+        if all_deferred:
+            ids = [e.qid for e in store.list_envelopes(state="deferred")]
+        for qid in ids:
+            if action == "delete":
+                if store.delete_messages([qid]):
+                    remove_content(cfg.queue_directory, qid)
+                    count += 1
+                else:
+                    missing += 1
+                    print(f"meta1 queue: {qid}: no such message", file=sys.stderr)
+            elif store.set_hold(qid, action == "hold"):
+                count += 1
+            else:
+                missing += 1
+                print(f"meta1 queue: {qid}: no such message", file=sys.stderr)
+    print(f"{action}: {count} message{'s' if count != 1 else ''}")
+    return EX_NOINPUT if missing else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="meta1 queue", description="Inspect and steer the mail queue.")
+    parser.add_argument(
+        "-f", "--config", help="configuration file (default: $META1_CONF or /etc/meta1/meta1.conf)"
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("list", help="one entry per message, like mailq")
+    p.add_argument("--json", action="store_true", help="one JSON object per line (docs/queue.md)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--deferred", action="store_true")
+    group.add_argument("--active", action="store_true")
+    group.add_argument("--hold", action="store_true")
+    p.add_argument("--to", metavar="DOMAIN", help="only messages with a recipient in DOMAIN")
+    p.add_argument("--from", dest="sender", metavar="ADDR", help="only messages from ADDR")
+    p = sub.add_parser("show", help="envelope, recipient states and headers of one message")
+    p.add_argument("id")
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("stats", help="counts by state and destination, oldest message")
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("flush", help="retry deferred mail now")
+    p.add_argument("ids", nargs="*")
+    p.add_argument("--to", metavar="DOMAIN")
+    p = sub.add_parser("delete", help="remove messages without a bounce")
+    p.add_argument("ids", nargs="*")
+    p.add_argument("--all-deferred", action="store_true")
+    for name, text in (
+        ("bounce", "return messages to their senders now"),
+        ("hold", "put messages on hold"),
+        ("release", "release held messages"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("ids", nargs="+")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    """Entry point of ``meta1 queue``."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return EX_USAGE if exc.code else 0
+    path = args.config or os.environ.get("META1_CONF")
+    if path is None and os.path.exists("/etc/meta1/meta1.conf"):
+        path = "/etc/meta1/meta1.conf"
+    try:
+        cfg = load_config(path)
+    except ConfigErrors as exc:
+        print(f"meta1 queue: configuration errors:\n{exc}", file=sys.stderr)
+        return EX_CONFIG
+    if args.command == "show" and not is_queue_id(args.id):
+        print(f"meta1 queue: not a queue id: {args.id!r}", file=sys.stderr)
+        return EX_USAGE
+    handler = {"list": cmd_list, "show": cmd_show, "stats": cmd_stats}.get(args.command, cmd_change)
+    return handler(cfg, args)

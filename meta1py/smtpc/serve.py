@@ -1,0 +1,29 @@
+"""smtpc's serve(): the delivery agents behind smtpc.sock."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+
+from meta1py.conf import Config
+from meta1py.rpc.channel import serve_unix
+from meta1py.smtpc.delivery import DeliveryAgents
+from meta1py.worker import WorkerFds
+
+# Deliveries running at SIGTERM get this long to finish and report to qmgr.
+_DRAIN_S = 4.0
+
+
+async def serve(cfg: Config, fds: WorkerFds, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    """smtpc's worker entry point (see :func:`meta1py.worker.run_worker`)."""
+    agents = DeliveryAgents(cfg)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(agents.serve_cache_expiry)
+        if fds.rpc is not None:
+            await nursery.start(serve_unix, fds.rpc, agents.handle)
+        task_status.started()
+        await fds.shutdown.wait()
+        with trio.move_on_after(_DRAIN_S):
+            await agents.idle()
+        nursery.cancel_scope.cancel()
