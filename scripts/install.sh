@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Install meta1py into a virtualenv in the project root (.venv), editable.
+#
+# Works on a fresh Debian 12 machine. Idempotent: run it again to pick up new dependencies.
+# As root it installs python3-venv with apt-get when missing; otherwise it says what to install.
+#
+# Usage: scripts/install.sh [extra]      e.g. scripts/install.sh test  (installs '.[test]')
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$ROOT/.venv"
+EXTRA="${1:-}"
+
+step() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'install.sh: FAILED: %s\n' "$*" >&2; exit 1; }
+
+command -v python3 >/dev/null 2>&1 || {
+    if [ "$(id -u)" -eq 0 ]; then
+        step "installing python3"
+        DEBIAN_FRONTEND=noninteractive apt-get update -q || die "apt-get update"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3 || die "apt-get install python3"
+    else
+        die "python3 is missing; run as root: apt-get install python3 python3-venv"
+    fi
+}
+
+python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+    || die "python3 >= 3.11 is needed (found $(python3 --version 2>&1))"
+
+# Debian splits venv and ensurepip into python3-venv; without it `python3 -m venv` fails.
+if [ ! -x "$VENV/bin/python" ] && ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+    if [ "$(id -u)" -eq 0 ]; then
+        step "installing python3-venv"
+        DEBIAN_FRONTEND=noninteractive apt-get update -q || die "apt-get update"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-venv \
+            || die "apt-get install python3-venv"
+    else
+        die "python3-venv is missing; run as root: apt-get install python3-venv"
+    fi
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+    step "creating $VENV"
+    python3 -m venv "$VENV" || die "python3 -m venv $VENV"
+fi
+
+TARGET="$ROOT"
+if [ -n "$EXTRA" ]; then TARGET="$ROOT[$EXTRA]"; fi
+# Re-install only when the dependencies may have changed: the stamp records pyproject.toml's hash
+# and the extras, so a second run is fast and works offline.
+STAMP="$VENV/.meta1py-install-stamp"
+WANT="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1) ${EXTRA:-none}"
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ] \
+        && "$VENV/bin/python" -c 'import meta1py' >/dev/null 2>&1; then
+    step "up to date: $TARGET"
+else
+    step "pip install -e $TARGET"
+    "$VENV/bin/python" -m pip install -q -e "$TARGET" || die "pip install -e $TARGET"
+    printf '%s\n' "$WANT" > "$STAMP"
+fi
+step "installed: $("$VENV/bin/python" -c 'import meta1py, sys; print(meta1py.__name__, sys.version.split()[0])')"
