@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from meta1py.conf.schema import (
+    Boolean,
     Choice,
     Flags,
     Hostname,
@@ -34,7 +35,9 @@ from meta1py.conf.schema import (
     RelayhostType,
     Scalar,
     Size,
+    Text,
     Time,
+    ValueType,
     Word,
     opt,
     sect,
@@ -195,6 +198,108 @@ class SmarConfig(ProcessConfig):
     )
 
 
+class _TlsRequirementsText(ValueType):
+    """smtpc's ``tls_requirements`` text (kept as written; checked with meta1py.tls's parser)."""
+
+    kind = "TLS requirements"
+    expected = 'TLS requirements such as "verify; hostnames=mx.example.com" (see docs/tls.md)'
+
+    def parse_one(self, raw: Scalar) -> str:
+        if raw.text.strip().lower() in ("none", "may", "encrypt", "verify"):
+            return raw.text  # the common case, and the default (parsed when this module is imported)
+        # Imported here: meta1py.tls imports ssl (and so socket), which conf must not load at import.
+        from meta1py.tls import parse_tls_requirements
+
+        try:
+            parse_tls_requirements(raw.text)
+        except ValueError as exc:
+            raise InvalidValue(str(exc), "see docs/tls.md for the syntax", raw) from None
+        return raw.text
+
+
+class _TlsProtocols(ListOf):
+    """A contiguous range of TLS versions, e.g. ``{ TLSv1.2, TLSv1.3 }``."""
+
+    def __init__(self) -> None:
+        super().__init__(Word())
+        self.expected = "a list of TLS versions (TLSv1.2, TLSv1.3)"
+
+    # The same rule as meta1py.tls.parse_protocols, which cannot be imported here (it loads ssl).
+    _ORDER = ("tlsv1", "tlsv1.1", "tlsv1.2", "tlsv1.3")
+    _ALIASES = {"tlsv1.0": "tlsv1"}
+
+    def parse(self, raw: Any) -> tuple[Any, ...]:
+        names = super().parse(raw)
+        at = raw if isinstance(raw, Scalar) else Scalar("", line=raw.line, column=raw.column)
+        found = set()
+        for name in names:
+            key = self._ALIASES.get(name.lower(), name.lower())
+            if key not in self._ORDER:
+                raise InvalidValue(f"unknown TLS protocol {name!r}", "e.g. { TLSv1.2, TLSv1.3 }", at)
+            found.add(self._ORDER.index(key))
+        if not found:
+            raise InvalidValue(
+                "protocols must name at least one TLS version", "e.g. { TLSv1.2, TLSv1.3 }", at
+            )
+        if sorted(found) != list(range(min(found), max(found) + 1)):
+            raise InvalidValue(
+                "protocols must be a contiguous range of TLS versions", "e.g. { TLSv1.2, TLSv1.3 }", at
+            )
+        return names
+
+
+@dataclass(frozen=True)
+class SmtpcTlsConfig:
+    """``tls { }`` inside ``smtpc``: client certificate and trust anchors for STARTTLS."""
+
+    cert_file: Path | None = opt(
+        "cert_file",
+        PathType(),
+        None,
+        "client certificate chain (PEM) presented when a server asks",
+        "/etc/meta1/tls/client.pem",
+        base="queue",
+    )
+    key_file: Path | None = opt(
+        "key_file",
+        PathType(),
+        None,
+        "private key of cert_file (PEM; default: in cert_file)",
+        "/etc/meta1/tls/client.key",
+        base="queue",
+    )
+    ca_file: Path | None = opt(
+        "CA_file",
+        PathType(),
+        None,
+        "trust anchors (PEM) for verify and root_ca_subjects (default: the system store)",
+        "/etc/ssl/certs/ca-certificates.crt",
+        base="queue",
+    )
+    ca_directory: Path | None = opt(
+        "CA_directory",
+        PathType(),
+        None,
+        "hashed CA directory (openssl rehash), same purpose as CA_file",
+        "/etc/ssl/certs",
+        base="queue",
+    )
+    protocols: tuple[str, ...] = opt(
+        "protocols",
+        _TlsProtocols(),
+        ("TLSv1.2", "TLSv1.3"),
+        "TLS versions smtpc uses (a contiguous range)",
+        "{ TLSv1.3 }",
+    )
+    ciphers: str | None = opt(
+        "ciphers",
+        Text(),
+        None,
+        "OpenSSL cipher string for TLS 1.2 and below (default: OpenSSL's)",
+        '"ECDHE+AESGCM:ECDHE+CHACHA20"',
+    )
+
+
 @dataclass(frozen=True)
 class SmtpcConfig(ProcessConfig):
     """``smtpc { }``: the SMTP/LMTP/Maildir delivery agents."""
@@ -216,6 +321,101 @@ class SmtpcConfig(ProcessConfig):
     )
     max_connections_total: int = opt(
         "max_connections_total", Integer(1, 100000), "100", "most concurrent outgoing connections", "500"
+    )
+    tls_requirements: str = opt(
+        "tls_requirements",
+        _TlsRequirementsText(),
+        "may",
+        "TLS demanded of every destination without a tls_policy entry (see docs/tls.md)",
+        '"verify; hostnames=mx.example.com"',
+    )
+    tls_policy: Path | None = opt(
+        "tls_policy",
+        PathType(),
+        None,
+        "per-destination tls_requirements map file (relative to queue_directory; docs/smtpc.md)",
+        "/etc/meta1/tls_policy",
+        base="queue",
+    )
+    tls_plaintext_fallback: bool = opt(
+        "tls_plaintext_fallback",
+        Boolean(),
+        "no",
+        "after a failed STARTTLS handshake, retry the host in plaintext (level may only)",
+        "yes",
+    )
+    tls: SmtpcTlsConfig = sect("tls", SmtpcTlsConfig, "client certificate and trust anchors for STARTTLS")
+
+
+#: smtps ``tls { flags }``: on unless negated.
+SMTPS_TLS_FLAGS: tuple[str, ...] = ("request_cert",)
+TLS_PROTOCOLS = Choice("tlsv1", "tlsv1.1", "tlsv1.2", "tlsv1.3")
+
+
+@dataclass(frozen=True)
+class SmtpsTlsConfig:
+    """``tls { }`` inside an smtps section: the server certificate and what is asked of clients."""
+
+    cert_file: Path | None = opt(
+        "cert_file",
+        PathType(),
+        None,
+        "PEM certificate chain, leaf first; enables STARTTLS (relative to queue_directory)",
+        "/etc/meta1/tls/cert.pem",
+        base="queue",
+    )
+    key_file: Path | None = opt(
+        "key_file", PathType(), None, "PEM private key of cert_file", "/etc/meta1/tls/key.pem", base="queue"
+    )
+    ca_file: Path | None = opt(
+        "CA_file",
+        PathType(),
+        None,
+        "PEM CAs to judge client certificates with (logged, never enforced)",
+        "/etc/ssl/certs/ca-certificates.crt",
+        base="queue",
+    )
+    ca_directory: Path | None = opt(
+        "CA_directory",
+        PathType(),
+        None,
+        "hashed CA directory, same purpose as CA_file",
+        "/etc/ssl/certs",
+        base="queue",
+    )
+    crl_file: Path | None = opt(
+        "CRL_file",
+        PathType(),
+        None,
+        "PEM CRLs for client certificates",
+        "/etc/meta1/tls/crl.pem",
+        base="queue",
+    )
+    protocols: tuple[str, ...] = opt(
+        "protocols",
+        ListOf(TLS_PROTOCOLS),
+        ("TLSv1.2", "TLSv1.3"),
+        "TLS versions accepted (a contiguous range)",
+        "{ TLSv1.3 }",
+    )
+    ciphers: str | None = opt(
+        "ciphers",
+        Text(),
+        None,
+        "OpenSSL cipher string for TLS 1.2 and below",
+        '"ECDHE+AESGCM:ECDHE+CHACHA20"',
+        default_doc="OpenSSL's default",
+    )
+    flags: frozenset[str] = opt(
+        "flags",
+        Flags(SMTPS_TLS_FLAGS, frozenset(SMTPS_TLS_FLAGS)),
+        (),
+        "request_cert: ask clients for a certificate (dont_request_cert: do not)",
+        "{ dont_request_cert }",
+        default_doc="on: request_cert",
+    )
+    verify_depth: int = opt(
+        "verify_depth", Integer(0, 100), "9", "most CAs between a client certificate and a trust anchor", "5"
     )
 
 
@@ -259,6 +459,54 @@ class SmtpsConfig(ProcessConfig):
         + ", ".join(f for f in SMTPS_FLAGS if f in SMTPS_DEFAULT_FLAGS)
         + "; off: "
         + ", ".join(f for f in SMTPS_FLAGS if f not in SMTPS_DEFAULT_FLAGS),
+    )
+    tls: SmtpsTlsConfig = sect(
+        "tls", SmtpsTlsConfig, "TLS: server certificate, protocols, client certificates"
+    )
+    auth_mechanisms: tuple[str, ...] = opt(
+        "auth_mechanisms",
+        ListOf(Choice("plain", "login")),
+        ("PLAIN", "LOGIN"),
+        "SASL mechanisms offered with AUTH (only when password_file is set)",
+        "{ PLAIN }",
+    )
+    password_file: Path | None = opt(
+        "password_file",
+        PathType(),
+        None,
+        "AUTH users, user:{SCRYPT}... lines made with meta1 passwd; enables AUTH",
+        "/etc/meta1/passwd",
+        base="queue",
+    )
+    require_tls_for_auth: bool = opt(
+        "require_tls_for_auth", Boolean(), "yes", "offer AUTH only inside TLS", "no"
+    )
+    auth_plaintext_loopback: bool = opt(
+        "auth_plaintext_loopback",
+        Boolean(),
+        "no",
+        "offer AUTH without TLS to loopback clients despite require_tls_for_auth",
+        "yes",
+    )
+    require_auth: bool = opt(
+        "require_auth", Boolean(), "no", "MAIL FROM needs AUTH first (a submission service)", "yes"
+    )
+    sender_must_match_login: bool = opt(
+        "sender_must_match_login",
+        Boolean(),
+        "no",
+        "authenticated MAIL FROM must be the login (or login@ a local domain)",
+        "yes",
+    )
+    max_auth_failures: int = opt(
+        "max_auth_failures",
+        Integer(1, 100000),
+        "5",
+        "failed AUTH attempts per client IP within auth_failure_window before AUTH is refused",
+        "3",
+    )
+    auth_failure_window: float = opt(
+        "auth_failure_window", Time(1, 86400), "5m", "the period max_auth_failures counts over", "15m"
     )
 
 

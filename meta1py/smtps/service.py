@@ -3,6 +3,10 @@
 Shutdown (SIGTERM from mcp): the accept loops stop at once; sessions waiting for the client's next
 command are interrupted and answered ``421 4.3.2``; a session in the middle of committing a message
 finishes that first (the worker skeleton cancels whatever is left after its grace period).
+
+TLS certificates and password files are loaded once, at start, before serving: a file that cannot
+be used is a configuration error (exit 78, no restart loop). mcp restarts workers on SIGHUP, and each
+session keeps the context it started TLS with, so a reload never drops a session.
 """
 
 from __future__ import annotations
@@ -15,12 +19,15 @@ from typing import Any
 
 import trio
 
-from meta1py.conf import Config, SmtpsConfig
+from meta1py.conf import Config, ListenSocket, SmtpsConfig
+from meta1py.passwords import PasswordFileError
 from meta1py.queue.content import DirectorySyncer
 from meta1py.rpc.channel import RpcClient
 from meta1py.smtp import replies
+from meta1py.smtps.auth import Authenticator, AuthFailureLimiter
 from meta1py.smtps.session import Session, SessionLimits, SmtpsContext
-from meta1py.worker import WorkerFds, listen_sockets
+from meta1py.tls import ReloadableServerContext, ServerTlsSettings, TlsConfigError, parse_protocols
+from meta1py.worker import WorkerConfigError, WorkerFds, listen_sockets
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +42,75 @@ def _peer_address(stream: trio.SocketStream) -> str:
     return "local"
 
 
+def _where(section: SmtpsConfig) -> str:
+    return f"smtps {section.name}" if section.name else "smtps"
+
+
+def tls_settings(section: SmtpsConfig) -> ServerTlsSettings | None:
+    """The ``tls`` section of an smtps section as :class:`ServerTlsSettings` (None: no certificate).
+
+    Raises:
+        WorkerConfigError: key without certificate (or the reverse), a bad protocol range, or an
+            implicit-TLS listener without a certificate.
+    """
+    tls = section.tls
+    where = _where(section)
+    if tls.cert_file is None:
+        if tls.key_file is not None:
+            raise WorkerConfigError(f"{where}: tls key_file is set but cert_file is not")
+        if any(ls.tls == "implicit" for ls in section.listen_socket):
+            raise WorkerConfigError(f"{where}: listen_socket with tls = implicit needs tls {{ cert_file }}")
+        return None
+    if tls.key_file is None:
+        raise WorkerConfigError(f"{where}: tls cert_file is set but key_file is not")
+    try:
+        low, high = parse_protocols(tls.protocols)
+    except TlsConfigError as exc:
+        raise WorkerConfigError(f"{where}: tls: {exc}") from None
+    return ServerTlsSettings(
+        cert_file=tls.cert_file,
+        key_file=tls.key_file,
+        ca_file=tls.ca_file,
+        ca_directory=tls.ca_directory,
+        crl_file=tls.crl_file,
+        min_protocol=low,
+        max_protocol=high,
+        ciphers=tls.ciphers,
+        # The older smtps-level flag still turns it off too (dont_request_cert in smtps { flags }).
+        request_cert="request_cert" in tls.flags and "request_cert" in section.flags,
+        verify_depth=tls.verify_depth,
+    )
+
+
+def load_section_security(ctx: SmtpsContext, section: SmtpsConfig) -> None:
+    """Load one section's TLS context and password file into ``ctx`` (at start).
+
+    Raises:
+        WorkerConfigError: a certificate, key or password file that cannot be used.
+    """
+    where = _where(section)
+    settings = tls_settings(section)
+    if settings is not None:
+        try:
+            ctx.tls[section.name] = ReloadableServerContext(settings)
+        except TlsConfigError as exc:
+            raise WorkerConfigError(f"{where}: tls: {exc}") from None
+    if section.password_file is not None:
+        try:
+            ctx.authenticators[section.name] = Authenticator(section.password_file)
+        except OSError as exc:
+            raise WorkerConfigError(
+                f"{where}: password_file: cannot read {exc.filename}: {exc.strerror}"
+            ) from None
+        except PasswordFileError as exc:
+            raise WorkerConfigError(f"{where}: password_file: {exc}") from None
+        if settings is None and section.require_tls_for_auth and not section.auth_plaintext_loopback:
+            log.warning("%s: password_file is set but AUTH is never offered: no TLS certificate", where)
+    ctx.auth_limiters[section.name] = AuthFailureLimiter(
+        section.max_auth_failures, section.auth_failure_window
+    )
+
+
 class SmtpsServer:
     """The sessions of one smtps process."""
 
@@ -47,6 +123,8 @@ class SmtpsServer:
             limits=SessionLimits(),
             shutdown=trio.Event(),
         )
+        for section in config.smtps:
+            load_section_security(self.ctx, section)
         self.sessions: set[Session] = set()
         self._ids = itertools.count(1)
         self._pid = os.getpid()
@@ -58,6 +136,7 @@ class SmtpsServer:
         listener: trio.SocketListener,
         service: SmtpsConfig,
         sessions: trio.Nursery,
+        listen_socket: ListenSocket | None = None,
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
@@ -71,9 +150,11 @@ class SmtpsServer:
                 log.warning("accept failed: %s", exc)
                 await trio.sleep(0.1)
                 continue
-            sessions.start_soon(self._run_session, stream, service)
+            sessions.start_soon(self._run_session, stream, service, listen_socket)
 
-    async def _run_session(self, stream: trio.SocketStream, service: SmtpsConfig) -> None:
+    async def _run_session(
+        self, stream: trio.SocketStream, service: SmtpsConfig, listen_socket: ListenSocket | None = None
+    ) -> None:
         client = _peer_address(stream)
         sid = f"{self._pid:x}.{next(self._ids)}"
         limits = self.ctx.limits
@@ -87,7 +168,7 @@ class SmtpsServer:
                     pass
             await _close(stream)
             return
-        session = Session(self.ctx, service, stream, client, sid)
+        session = Session(self.ctx, service, stream, client, sid, listen_socket)
         self.sessions.add(session)
         self.idle = trio.Event()
         try:
@@ -95,7 +176,9 @@ class SmtpsServer:
         finally:
             self.sessions.discard(session)
             limits.release(client)
-            await _close(stream)
+            # The session's stream may be a TLS stream wrapping ``stream``: closing it sends
+            # close_notify and closes the socket too.
+            await _close(session.stream)
             if not self.sessions:
                 self.idle.set()
 
@@ -129,8 +212,8 @@ async def serve(cfg: Config, fds: WorkerFds, task_status: Any = trio.TASK_STATUS
         await nursery.start(qmgr.run)
         async with trio.open_nursery() as sessions:
             async with trio.open_nursery() as accepting:
-                for (section, _sock), listener in zip(sections, fds.listeners, strict=True):
-                    await accepting.start(server.serve_listener, listener, section, sessions)
+                for (section, sock), listener in zip(sections, fds.listeners, strict=True):
+                    await accepting.start(server.serve_listener, listener, section, sessions, sock)
                 task_status.started()
                 await fds.shutdown.wait()
                 # Stop accepting at once: new clients wait in the listen backlog (mcp keeps the

@@ -10,6 +10,14 @@ answered that the envelope is durable.
 Replies are buffered while pipelined commands are waiting in the core and written when the core
 needs more input (RFC 2920 §3.1: the server may batch its responses).
 
+TLS (RFC 3207, RFC 8314): STARTTLS is offered when the section has a certificate; ``tls = implicit``
+listeners do the handshake before the greeting. Input pipelined after STARTTLS (already discarded by
+the core) ends the session: a client that does that is broken or an attacker (CVE-2011-0411).
+
+AUTH (RFC 4954): PLAIN and LOGIN against the section's password file, offered only inside TLS unless
+``require_tls_for_auth = no`` (or ``auth_plaintext_loopback`` for loopback clients). Failed attempts
+are counted per client IP; over ``max_auth_failures`` the client gets 421 4.7.0.
+
 Timeouts (RFC 5321 §4.5.3.2): ``io_timeout`` bounds every wait for input and every write;
 ``session_timeout`` bounds the whole session.  Both end the session with 421 4.4.2.
 """
@@ -26,7 +34,7 @@ from dataclasses import dataclass, field
 import trio
 
 from meta1py import log as mlog
-from meta1py.conf import Config, SmtpsConfig
+from meta1py.conf import Config, ListenSocket, SmtpsConfig
 from meta1py.queue.content import ContentWriter, DirectorySyncer
 from meta1py.queue.errors import QueueStorageError
 from meta1py.rpc.errors import RpcError
@@ -41,6 +49,17 @@ from meta1py.smtp.address import Address, NullPath
 from meta1py.smtp.extensions import Extensions
 from meta1py.smtp.replies import Reply
 from meta1py.smtp.server import ServerConnection
+from meta1py.smtps.auth import (
+    Authenticator,
+    AuthFailureLimiter,
+    Credentials,
+    SaslChallenge,
+    SaslError,
+    SaslExchange,
+    is_loopback,
+    sender_matches_login,
+)
+from meta1py.tls import ReloadableServerContext, TlsFacts, received_clause, tls_facts
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +114,12 @@ class SmtpsContext:
     syncer: DirectorySyncer
     limits: SessionLimits
     shutdown: trio.Event
-    tls_context: object | None = None  # ssl.SSLContext provider, set when TLS is configured
+    #: Per smtps section (keyed by section name): its TLS context, when it has a certificate.
+    tls: dict[str | None, ReloadableServerContext] = field(default_factory=dict)
+    #: Per smtps section: its password file, when it has one (AUTH is offered only then).
+    authenticators: dict[str | None, Authenticator] = field(default_factory=dict)
+    #: Per smtps section: failed AUTH attempts per client IP.
+    auth_limiters: dict[str | None, AuthFailureLimiter] = field(default_factory=dict)
 
 
 @dataclass
@@ -128,6 +152,7 @@ class Session:
         stream: trio.abc.Stream,
         client_address: str,
         session_id: str,
+        listener: ListenSocket | None = None,
     ) -> None:
         self.ctx = ctx
         self.service = service
@@ -136,10 +161,18 @@ class Session:
         self.sid = session_id
         cfg = ctx.config
         self.hostname = cfg.hostname
+        self.tls = ctx.tls.get(service.name)
+        self.implicit_tls = listener is not None and listener.tls == "implicit"
+        self.authenticator = ctx.authenticators.get(service.name)
+        self.auth_limiter = ctx.auth_limiters.get(service.name) or AuthFailureLimiter(
+            service.max_auth_failures, service.auth_failure_window
+        )
         flags = set(service.flags)
-        if ctx.tls_context is not None:
+        if self.tls is not None and not self.implicit_tls:
             flags.add("starttls")
-        self.extensions = Extensions.from_flags(flags, service.max_message_size)
+        if self.authenticator is not None and service.auth_mechanisms:
+            flags.add("auth")
+        self.extensions = Extensions.from_flags(flags, service.max_message_size, service.auth_mechanisms)
         self.core = ServerConnection(
             self.hostname,
             extensions=self.extensions,
@@ -150,7 +183,9 @@ class Session:
         self.helo: str | None = None
         self.esmtp = False
         self.tls_active = False
+        self.tls_facts: TlsFacts | None = None
         self.authenticated: str | None = None
+        self._sasl: SaslExchange | None = None
         self.txn: _Transaction | None = None
         self.out = bytearray()
         self.messages = 0
@@ -196,6 +231,8 @@ class Session:
         mlog.maillog("connect", None, session=self.sid, client=self.client_address)
         try:
             with trio.fail_after(self.service.session_timeout):
+                if self.implicit_tls and not await self._handshake():
+                    return
                 await self._serve()
         except (_SessionTimeout, trio.TooSlowError):
             self.out.clear()
@@ -241,11 +278,15 @@ class Session:
             self.esmtp = isinstance(event, ev.Ehlo)
             self._abort_transaction()
             if self.esmtp:
-                self.reply(self.core.ehlo_reply())
+                self.reply(self._ehlo_reply())
             else:
                 self.reply(replies.helo(self.hostname))
             return False
         if isinstance(event, ev.MailFrom):
+            refusal = self._check_sender(event.address)
+            if refusal is not None:
+                self.reply(refusal)
+                return False
             self.txn = _Transaction(sender=event.address, params=event.params)
             self.reply(replies.sender_ok())
             return False
@@ -297,8 +338,7 @@ class Session:
         if isinstance(event, ev.StartTls):
             return await self._starttls()
         if isinstance(event, ev.Auth | ev.AuthResponse):
-            self.reply(replies.auth_mechanism_unknown())
-            return False
+            return await self._auth(event)
         if isinstance(event, ev.InvalidCommand):
             self.reply(event.reply)
             return event.reply.code == 421
@@ -357,8 +397,10 @@ class Session:
         helo = self.helo or "unknown"
         proto = _proto(self.esmtp, self.tls_active, self.authenticated is not None)
         lines = [f"Received: from {_clean(helo)} ([{self.client_address}])"]
+        if self.tls_facts is not None:
+            lines.extend("\t" + part for part in _tls_comment_lines(self.tls_facts))
         if self.authenticated:
-            lines.append(f"\t(authenticated sender: {_clean(self.authenticated)})")
+            lines.append(f"\t(Authenticated sender: {_clean(self.authenticated)})")
         lines.append(f"\tby {self.hostname} (meta1py) with {proto} id {qid}")
         txn = self.txn
         when = email.utils.formatdate(time.time(), localtime=True)
@@ -476,9 +518,182 @@ class Session:
         if txn is not None and txn.writer is not None:
             txn.writer.abort()
 
+    # -- TLS -------------------------------------------------------------------------------------
+
     async def _starttls(self) -> bool:
-        self.reply(replies.tls_unavailable())
+        if self.tls is None:  # not reached: the core only passes STARTTLS when it was offered
+            self.reply(replies.tls_unavailable())
+            return False
+        self.reply(replies.start_tls())
+        await self.flush()
+        if self.core.discarded_after_starttls:
+            # RFC 3207 §5: nothing sent before the handshake may be acted on after it. The core
+            # dropped it already; a client that pipelines past STARTTLS gets no TLS session.
+            log.warning(
+                "session %s: %d bytes pipelined after STARTTLS from %s; closing",
+                self.sid,
+                self.core.discarded_after_starttls,
+                self.client_address,
+            )
+            return True
+        if not await self._handshake():
+            return True
+        self.core.starttls_done()
+        # RFC 3207 §4.2: forget everything learnt before TLS.
+        self.helo = None
+        self.esmtp = False
+        self.authenticated = None
+        self._abort_transaction()
         return False
+
+    async def _handshake(self) -> bool:
+        """TLS handshake on the plain stream (STARTTLS or implicit); False when it failed."""
+        assert self.tls is not None
+        tls_stream = trio.SSLStream(self.stream, self.tls.context, server_side=True)
+        try:
+            with trio.fail_after(self.service.io_timeout):
+                await tls_stream.do_handshake()
+        except trio.TooSlowError:
+            log.info("session %s: TLS handshake with %s timed out", self.sid, self.client_address)
+            return False
+        except trio.BrokenResourceError as exc:
+            reason = exc.__cause__ or exc
+            log.info("session %s: TLS handshake with %s failed: %s", self.sid, self.client_address, reason)
+            return False
+        self.stream = tls_stream
+        self.tls_active = True
+        self.core.tls_active = True  # for implicit TLS: no STARTTLS in EHLO, refused if sent
+        facts = tls_facts(tls_stream)
+        self.tls_facts = facts
+        log.info(
+            "session %s: TLS %s cipher=%s bits=%d client_cert=%s",
+            self.sid,
+            facts.protocol,
+            facts.cipher,
+            facts.bits,
+            (
+                f"subject={facts.peer_subject!r} issuer={facts.peer_issuer!r} "
+                f"verified={'yes' if facts.peer_verified else 'no'}"
+            )
+            if facts.peer_subject is not None
+            else "none",
+        )
+        return True
+
+    # -- AUTH ------------------------------------------------------------------------------------
+
+    def _auth_offered(self) -> bool:
+        if self.authenticator is None or not self.service.auth_mechanisms:
+            return False
+        if self.tls_active or not self.service.require_tls_for_auth:
+            return True
+        return self.service.auth_plaintext_loopback and is_loopback(self.client_address)
+
+    def _ehlo_reply(self) -> Reply:
+        lines = self.extensions.ehlo_lines(
+            tls_active=self.tls_active, authenticated=self.authenticated is not None
+        )
+        if not self._auth_offered():
+            lines = [line for line in lines if not line.startswith("AUTH ")]
+        return replies.ehlo(self.hostname, lines)
+
+    async def _auth(self, event: ev.Auth | ev.AuthResponse) -> bool:
+        """One step of AUTH. Returns True when the session must end (too many failures)."""
+        if isinstance(event, ev.Auth):
+            if not self._auth_offered():
+                self.reply(replies.encryption_required())
+                return False
+            if self.auth_limiter.blocked(self.client_address, trio.current_time()):
+                log.info("session %s: AUTH from %s refused: too many failures", self.sid, self.client_address)
+                self.reply(_too_many_auth_failures())
+                return True
+            self._sasl = SaslExchange(event.mechanism)
+            try:
+                step = self._sasl.start(event.initial_response)
+            except SaslError as exc:
+                return self._sasl_failed(exc)
+        else:
+            if self._sasl is None:  # not reached: the core only sends responses after a 334
+                self.reply(replies.bad_sequence())
+                return False
+            try:
+                step = self._sasl.respond(event.line)
+            except SaslError as exc:
+                return self._sasl_failed(exc)
+        if isinstance(step, SaslChallenge):
+            self.reply(replies.auth_challenge(step.data))
+            return False
+        return await self._check_credentials(step)
+
+    def _sasl_failed(self, exc: SaslError) -> bool:
+        mechanism = self._sasl.mechanism if self._sasl else "?"
+        self._sasl = None
+        if exc.cancelled:
+            self.reply(replies.auth_cancelled())
+            return False
+        log.info("session %s: AUTH %s from %s: %s", self.sid, mechanism, self.client_address, exc)
+        self.reply(_bad_sasl_data())
+        return False
+
+    async def _check_credentials(self, credentials: Credentials) -> bool:
+        assert self.authenticator is not None and self._sasl is not None
+        mechanism, self._sasl = self._sasl.mechanism, None
+        if await self.authenticator.check(credentials):
+            self.authenticated = credentials.user
+            self.core.auth_done(credentials.user)
+            log.info(
+                "session %s: authenticated user=%r mechanism=%s client=%s",
+                self.sid,
+                credentials.user,
+                mechanism,
+                self.client_address,
+            )
+            self.reply(replies.auth_ok())
+            return False
+        self.auth_limiter.record_failure(self.client_address, trio.current_time())
+        # The user name is logged (it is what an operator needs to see an attack), never the password.
+        log.info(
+            "session %s: authentication failed user=%r mechanism=%s client=%s",
+            self.sid,
+            credentials.user[:64],
+            mechanism,
+            self.client_address,
+        )
+        self.reply(replies.auth_failed())
+        return False
+
+    def _check_sender(self, sender: Address | NullPath) -> Reply | None:
+        """Submission policy for MAIL FROM: require_auth, sender_must_match_login."""
+        if self.service.require_auth and self.authenticated is None:
+            return replies.auth_required()
+        if self.service.sender_must_match_login and self.authenticated is not None:
+            text = str(sender) if isinstance(sender, Address) else ""
+            if not sender_matches_login(text, self.authenticated, self.ctx.config.local_domains):
+                log.info(
+                    "session %s: sender %r not allowed for user %r", self.sid, text[:256], self.authenticated
+                )
+                return replies.sender_rejected(text)
+        return None
+
+
+def _tls_comment_lines(facts: TlsFacts) -> list[str]:
+    """received_clause() split into "(using ...)" and, with a client certificate, "(Client subject ...)".
+
+    The subject is comment-quoted (parentheses escaped), so the first ") (Client subject" is ours.
+    """
+    text = received_clause(facts)
+    head, sep, rest = text.partition(") (Client subject")
+    return [head + ")", "(Client subject" + rest] if sep else [text]
+
+
+def _too_many_auth_failures() -> Reply:
+    # 421 closes the session (RFC 5321 §3.8); 4.7.0: a temporary security refusal (RFC 4954 §6).
+    return Reply(421, "4.7.0", ("Too many authentication failures, try again later",))
+
+
+def _bad_sasl_data() -> Reply:
+    # RFC 4954 §4: 501 when the client's base64 cannot be decoded.
+    return Reply(501, "5.5.2", ("Cannot decode the authentication data",))
 
 
 class _SessionTimeout(Exception):
