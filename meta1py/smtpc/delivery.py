@@ -12,6 +12,16 @@ next.  ``session_failed`` tells qmgr that no host got as far as the recipients (
 looks dead).  Connections are cached for a few seconds after a successful transaction and reused
 for the next job to the same host (after RSET), as Postfix's scache does.
 
+TLS (RFC 3207): STARTTLS whenever the server offers it, unless the destination's
+``tls_requirements`` say ``none``.  The requirements come from the ``tls_policy`` map (see
+:mod:`meta1py.smtpc.tlspolicy`) or the ``tls_requirements`` option; recipients of one job that
+fall under different requirements are delivered in separate sessions.  A failed handshake leaves
+the host for the next one (plaintext is retried only with ``tls_plaintext_fallback`` at level
+``may``); a violated requirement leaves the host with 451 4.7.5 "TLS requirements not met: ...",
+which becomes the recipients' last reply (shown by ``meta1 queue show``).  Cached connections are
+keyed by host *and* requirements, so a session checked against one set of requirements is never
+reused for another.
+
 LMTP (RFC 2033): one reply per accepted recipient after the data.  Maildir: see
 :mod:`meta1py.smtpc.maildir`.
 """
@@ -19,6 +29,7 @@ LMTP (RFC 2033): one reply per accepted recipient after the data.  Maildir: see
 from __future__ import annotations
 
 import logging
+import ssl
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +38,7 @@ from typing import Any, Literal
 import trio
 
 from meta1py.conf import Config
+from meta1py.maps import MapErrors, ReloadingMap
 from meta1py.queue.content import open_content
 from meta1py.rpc.messages import (
     SmarHostValue,
@@ -40,6 +52,18 @@ from meta1py.smtp.errors import SmtpProtocolError
 from meta1py.smtp.events import ConnectionClosed, MailParams, NeedData, RcptParams, ReplyReceived
 from meta1py.smtp.replies import Reply
 from meta1py.smtpc.maildir import deliver_maildir
+from meta1py.smtpc.tlspolicy import TlsPolicy, destination_nexthop, parse_tls_policy
+from meta1py.tls import (
+    ClientTlsSettings,
+    TlsConfigError,
+    TlsRequirements,
+    check_requirements,
+    context_for_requirements,
+    parse_protocols,
+    parse_tls_requirements,
+    tls_facts,
+)
+from meta1py.worker import WorkerConfigError
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +97,19 @@ class _SessionError(Exception):
         self.reply = reply
 
 
+class _HandshakeError(_SessionError):
+    """The TLS handshake failed for a reason other than the certificate (plaintext may be retried)."""
+
+
+# Cached connections: (address, port, host name, requirements).  The name is part of the key
+# because ``verify`` checks the certificate against it.
+_CacheKey = tuple[str, int, str, TlsRequirements]
+
+
+def _tls_violation(reason: str) -> _SessionError:
+    return _SessionError(_local(451, "4.7.5", f"TLS requirements not met: {reason}"))
+
+
 @dataclass
 class _Client:
     """One SMTP/LMTP connection: the sans-IO client core on a trio stream."""
@@ -82,6 +119,10 @@ class _Client:
     peer: str
     io_timeout: float
     last_used: float = field(default_factory=time.monotonic)
+    tls: trio.SSLStream[trio.abc.Stream] | None = None
+    # False once a STARTTLS handshake was attempted and failed: the byte stream is in no state
+    # for a plaintext QUIT (and the core refuses plaintext after the 220).
+    usable: bool = True
 
     async def send(self, data: bytes) -> None:
         try:
@@ -114,7 +155,7 @@ class _Client:
             self.conn.receive_data(bytes(data))
 
     async def close(self, polite: bool) -> None:
-        if polite:
+        if polite and self.usable:
             with trio.move_on_after(2):
                 try:
                     await self.send(self.conn.quit())
@@ -137,7 +178,29 @@ class DeliveryAgents:
         self.hostname = config.hostname
         self.io_timeout = config.smtpc.io_timeout
         self.queue_dir = Path(config.queue_directory)
-        self._cache: dict[tuple[str, int], list[_Client]] = {}
+        self._cache: dict[_CacheKey, list[_Client]] = {}
+        smtpc = config.smtpc
+        min_protocol, self._max_protocol = parse_protocols(smtpc.tls.protocols)
+        self.tls_settings = ClientTlsSettings(
+            cert_file=smtpc.tls.cert_file,
+            key_file=smtpc.tls.key_file,
+            ca_file=smtpc.tls.ca_file,
+            ca_directory=smtpc.tls.ca_directory,
+            min_protocol=min_protocol,
+            ciphers=smtpc.tls.ciphers,
+        )
+        self.tls_default = parse_tls_requirements(smtpc.tls_requirements)
+        self.tls_plaintext_fallback = smtpc.tls_plaintext_fallback
+        self._contexts: dict[tuple[bool, bool], ssl.SSLContext] = {}
+        self._policy: ReloadingMap[TlsPolicy] | None = None
+        try:
+            # Load the certificate files now: a file that does not load is a configuration error
+            # at start-up, not a deferral of every message later.
+            self._context_for(self.tls_default)
+            if smtpc.tls_policy is not None:
+                self._policy = ReloadingMap(smtpc.tls_policy, parse_tls_policy)
+        except (TlsConfigError, MapErrors) as exc:
+            raise WorkerConfigError(f"smtpc: {exc}") from exc
         self.connections_opened = 0
         self.connections_reused = 0
         self.active = 0
@@ -241,8 +304,118 @@ class DeliveryAgents:
         if answer.reply.code >= 400:
             raise _SessionError(_value(answer.reply))
 
-    def _cached(self, host: SmarHostValue) -> _Client | None:
-        clients = self._cache.get((host.address, host.port))
+    # -- TLS --------------------------------------------------------------------------------
+
+    def requirements_for(self, destination: str, address: str) -> TlsRequirements:
+        """The ``tls_requirements`` for one recipient of a job to ``destination``."""
+        if self._policy is not None:
+            domain = address.rpartition("@")[2]
+            found = self._policy.current.lookup(destination_nexthop(destination), domain)
+            if found is not None:
+                return found
+        return self.tls_default
+
+    def _context_for(self, req: TlsRequirements) -> ssl.SSLContext:
+        # Two flags decide the context (verify in the handshake; host name checked by OpenSSL).
+        key = (req.level == "verify", req.level == "verify" and not req.hostnames)
+        context = self._contexts.get(key)
+        if context is None:
+            context = context_for_requirements(self.tls_settings, req)
+            if self._max_protocol is not None:
+                context.maximum_version = ssl.TLSVersion[self._max_protocol.replace(".", "_")]
+            self._contexts[key] = context
+        return context
+
+    async def _starttls(
+        self, client: _Client, host: SmarHostValue, req: TlsRequirements, qid: str, plaintext: bool
+    ) -> None:
+        """STARTTLS if offered and wanted, EHLO again, and judge the session against ``req``.
+
+        Raises:
+            _HandshakeError: the handshake failed (not because of the certificate).
+            _SessionError: a requirement is not met (4.7.5), or the session broke.
+        """
+        conn = client.conn
+        assert conn.extensions is not None
+        if req.level == "none" or plaintext:
+            return
+        if not conn.extensions.starttls:
+            reason = check_requirements(req, None, host.name)
+            if reason is not None:
+                raise _tls_violation(reason)
+            return
+        await client.send(conn.starttls())
+        answer = await client.reply()
+        if answer.reply.code != 220:
+            # RFC 3207 §4: after a refusal the session goes on in plaintext.
+            if req.tls_required:
+                text = " ".join(answer.reply.lines)[:200]
+                raise _tls_violation(f"STARTTLS refused: {answer.reply.code} {text}")
+            return
+        context = self._context_for(req)
+        sni = host.name.strip("[]") or None
+        tls = trio.SSLStream(client.stream, context, server_hostname=sni)
+        try:
+            with trio.fail_after(self.io_timeout):
+                await tls.do_handshake()
+        except (trio.BrokenResourceError, trio.TooSlowError, OSError) as exc:
+            client.usable = False
+            cause = exc.__cause__
+            if isinstance(cause, ssl.SSLCertVerificationError):
+                # verify: the context refused the chain (or the host name) during the handshake.
+                raise _tls_violation(f"certificate verification failed: {cause.verify_message}") from exc
+            why = "timeout" if isinstance(exc, trio.TooSlowError) else str(cause or exc) or type(exc).__name__
+            raise _HandshakeError(
+                _local(421, "4.7.5", f"TLS handshake with {client.peer} failed: {why}")
+            ) from exc
+        client.stream = tls
+        client.tls = tls
+        conn.starttls_done()
+        facts = tls_facts(tls)
+        log.info(
+            "%s: %s: TLS %s %s, certificate %s %s",
+            qid,
+            client.peer,
+            facts.protocol,
+            facts.cipher,
+            facts.peer_fingerprint or "(none)",
+            "verified" if facts.peer_verified else f"not verified ({facts.verify_error or 'unchecked'})",
+        )
+        reason = check_requirements(req, tls, host.name)
+        if reason is not None:
+            raise _tls_violation(reason)
+        await client.send(conn.ehlo(self.hostname))
+        answer = await client.reply()
+        if answer.reply.code >= 400:
+            raise _SessionError(_value(answer.reply))
+
+    async def _open(
+        self, host: SmarHostValue, req: TlsRequirements, qid: str, plaintext: bool = False
+    ) -> _Client:
+        """A new SMTP session with ``host``, in TLS as ``req`` asks, ready for MAIL."""
+        client = await self._connect(host, lmtp=False)
+        try:
+            await self._hello(client)
+            await self._starttls(client, host, req, qid, plaintext)
+        except _HandshakeError:
+            await client.close(polite=False)
+            if req.level != "may" or not self.tls_plaintext_fallback:
+                raise
+            log.info("%s: %s: retrying without TLS (tls_plaintext_fallback)", qid, client.peer)
+            return await self._open(host, req, qid, plaintext=True)
+        except _SessionError:
+            await client.close(polite=True)
+            raise
+        return client
+
+    # -- connection cache -------------------------------------------------------------------
+
+    @staticmethod
+    def _cache_key(host: SmarHostValue, req: TlsRequirements) -> _CacheKey:
+        return (host.address, host.port, host.name, req)
+
+    def _cached(self, host: SmarHostValue, req: TlsRequirements) -> _Client | None:
+        clients = self._cache.get(self._cache_key(host, req))
         now = time.monotonic()
         while clients:
             client = clients.pop()
@@ -250,8 +423,8 @@ class DeliveryAgents:
                 return client
         return None
 
-    async def _release(self, host: SmarHostValue, client: _Client) -> None:
-        key = (host.address, host.port)
+    async def _release(self, host: SmarHostValue, req: TlsRequirements, client: _Client) -> None:
+        key = self._cache_key(host, req)
         clients = self._cache.setdefault(key, [])
         if sum(len(c) for c in self._cache.values()) >= _CACHE_MAX:
             await client.close(polite=True)
@@ -277,24 +450,39 @@ class DeliveryAgents:
     # -- SMTP -------------------------------------------------------------------------------
 
     async def _smtp(self, req: SmtpcDeliveryRequest) -> SmtpcDeliveryReply:
-        pending = {r.idx: r for r in req.recipients}
+        # Recipients under different TLS requirements cannot share a session (a relayhost job
+        # may carry several domains); each group gets its own pass over the hosts.
+        groups: dict[TlsRequirements, list[Any]] = {}
+        for r in req.recipients:
+            groups.setdefault(self.requirements_for(req.route.destination, r.address), []).append(r)
+        results: dict[int, SmtpcRecipientResult] = {}
+        session_failed = True
+        for tls_req, rcpts in groups.items():
+            group_results, failed = await self._smtp_hosts(req, rcpts, tls_req)
+            results.update(group_results)
+            session_failed = session_failed and failed
+        ordered = tuple(results[r.idx] for r in req.recipients)
+        return SmtpcDeliveryReply(results=ordered, session_failed=session_failed)
+
+    async def _smtp_hosts(
+        self, req: SmtpcDeliveryRequest, rcpts: list[Any], tls_req: TlsRequirements
+    ) -> tuple[dict[int, SmtpcRecipientResult], bool]:
+        """Try the hosts in order for ``rcpts``: (result per recipient index, session failed)."""
+        pending = {r.idx: r for r in rcpts}
         results: dict[int, SmtpcRecipientResult] = {}
         last: dict[int, SmtpcRecipientResult] = {}
         any_session = False
         hosts = req.route.hosts
         if not hosts:
             reply = _local(451, "4.4.3", "no hosts to deliver to")
-            return SmtpcDeliveryReply(
-                results=tuple(
-                    SmtpcRecipientResult(idx=i, status="temp", reply=reply, remote_mta=None) for i in pending
-                ),
-                session_failed=True,
-            )
+            return {
+                i: SmtpcRecipientResult(idx=i, status="temp", reply=reply, remote_mta=None) for i in pending
+            }, True
         session_reply = _local(451, "4.4.1", "no host could be reached")
         for host in hosts:
             if not pending:
                 break
-            client = self._cached(host)
+            client = self._cached(host, tls_req)
             try:
                 if client is not None:
                     try:
@@ -306,13 +494,10 @@ class DeliveryAgents:
                         await client.close(polite=False)
                         client = None
                 if client is None:
-                    client = await self._connect(host, lmtp=False)
-                    await self._hello(client)
+                    client = await self._open(host, tls_req, req.qid)
             except _SessionError as exc:
                 session_reply = exc.reply
-                log.info("%s: %s", req.qid, exc.reply.text)
-                if client is not None:
-                    await client.close(polite=True)
+                log.info("%s: %s[%s]:%d: %s", req.qid, host.name, host.address, host.port, exc.reply.text)
                 continue
             try:
                 outcome = await self._transaction(client, req, list(pending.values()), host)
@@ -328,7 +513,7 @@ class DeliveryAgents:
                 continue
             any_session = any_session or outcome.reached_rcpt
             if outcome.reusable:
-                await self._release(host, client)
+                await self._release(host, tls_req, client)
             else:
                 await client.close(polite=True)
             if not outcome.reached_rcpt:
@@ -351,8 +536,7 @@ class DeliveryAgents:
             results[idx] = last.get(idx) or SmtpcRecipientResult(
                 idx=idx, status="temp", reply=session_reply, remote_mta=None
             )
-        ordered = tuple(results[r.idx] for r in req.recipients)
-        return SmtpcDeliveryReply(results=ordered, session_failed=not any_session)
+        return results, not any_session
 
     async def _transaction(
         self, client: _Client, req: SmtpcDeliveryRequest, rcpts: list[Any], host: SmarHostValue

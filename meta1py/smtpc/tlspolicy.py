@@ -1,0 +1,130 @@
+"""The ``tls_policy`` map: which ``tls_requirements`` apply to which destination.
+
+File format (one entry per line, ``#`` comments on whole lines)::
+
+    # key                 tls_requirements
+    example.com           verify; hostnames=mx1.example.com,mx2.example.com
+    .example.com          encrypt
+    bank.example          cert_fps=3E:1F:...:9A
+    [smtp.example.net]:587  verify
+    [192.0.2.7]           none
+    *                     may
+
+Keys:
+
+- ``domain``: recipients in that domain (exact match);
+- ``.domain``: recipients in any subdomain of it (most specific wins; an exact entry wins over it);
+- ``[host]:port`` and ``[host]``: jobs whose nexthop is that bracketed host (a routes map entry
+  ``smtp:[host]:port`` or a ``relayhost``); checked before the recipient domain, with the port first;
+- ``*``: everything else (default: the ``tls_requirements`` option).
+
+The rest of the line is a ``tls_requirements`` value in the syntax of
+:func:`meta1py.tls.parse_tls_requirements` (no quotes needed around the whole value). Keys are
+case-insensitive and a trailing dot is ignored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from meta1py.maps import MapError, MapErrors
+from meta1py.tls import TlsRequirements, parse_tls_requirements
+
+__all__ = ["TlsPolicy", "destination_nexthop", "parse_tls_policy"]
+
+
+def _norm(key: str) -> str:
+    return key.strip().lower().rstrip(".")
+
+
+@dataclass(frozen=True, slots=True)
+class TlsPolicy:
+    """A parsed ``tls_policy`` map (build it with :func:`parse_tls_policy`).
+
+    Attributes:
+        exact: ``domain`` and ``[host]``/``[host]:port`` entries.
+        subdomains: ``.domain`` entries, keyed without the leading dot.
+        default: the ``*`` entry, if any.
+    """
+
+    exact: dict[str, TlsRequirements]
+    subdomains: dict[str, TlsRequirements]
+    default: TlsRequirements | None = None
+
+    def lookup(self, nexthop: str | None, domain: str) -> TlsRequirements | None:
+        """The requirements for one recipient of a job.
+
+        Args:
+            nexthop: the bracketed nexthop of the job (``[host]:port``), or None for MX delivery.
+            domain: the recipient's domain.
+
+        Returns:
+            The most specific entry, or None when the map has none (use the configured default).
+        """
+        if nexthop is not None:
+            nexthop = _norm(nexthop)
+            found = self.exact.get(nexthop)
+            if found is None and not nexthop.endswith("]"):
+                found = self.exact.get(nexthop.rpartition(":")[0])
+            if found is not None:
+                return found
+        name = _norm(domain)
+        found = self.exact.get(name)
+        if found is not None:
+            return found
+        labels = name.split(".")
+        for i in range(1, len(labels)):
+            found = self.subdomains.get(".".join(labels[i:]))
+            if found is not None:
+                return found
+        return self.default
+
+
+def destination_nexthop(destination: str) -> str | None:
+    """The ``[host]:port`` part of a route destination such as ``smtp:[192.0.2.1]:25`` (else None)."""
+    _transport, _sep, rest = destination.partition(":")
+    return rest if rest.startswith("[") else None
+
+
+def parse_tls_policy(text: str, path: str = "<string>") -> TlsPolicy:
+    """Parse a ``tls_policy`` map.
+
+    Raises:
+        MapErrors: every bad line (unknown syntax, a bad requirement, a duplicate key).
+    """
+    errors: list[MapError] = []
+    exact: dict[str, TlsRequirements] = {}
+    subdomains: dict[str, TlsRequirements] = {}
+    default: TlsRequirements | None = None
+    for number, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        key, *rest = stripped.split(None, 1)
+        value = rest[0].strip() if rest else ""
+        if not value:
+            errors.append(MapError(path, number, f"{key!r} has no tls_requirements"))
+            continue
+        try:
+            req = parse_tls_requirements(value)
+        except ValueError as exc:
+            errors.append(MapError(path, number, str(exc)))
+            continue
+        name = _norm(key)
+        if name == "*":
+            if default is not None:
+                errors.append(MapError(path, number, "duplicate key '*'"))
+            default = req
+            continue
+        table = subdomains if name.startswith(".") else exact
+        name = name.removeprefix(".")
+        if not name or " " in name or (name.startswith("[") and "]" not in name):
+            errors.append(MapError(path, number, f"bad key {key!r}"))
+            continue
+        if name in table:
+            errors.append(MapError(path, number, f"duplicate key {key!r}"))
+            continue
+        table[name] = req
+    if errors:
+        raise MapErrors(errors)
+    return TlsPolicy(exact, subdomains, default)
