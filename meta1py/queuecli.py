@@ -294,11 +294,18 @@ def cmd_change(cfg: Config, args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="meta1 queue", description="Inspect and steer the mail queue.")
-    parser.add_argument(
-        "-f", "--config", help="configuration file (default: $META1_CONF or /etc/meta1/meta1.conf)"
-    )
+    config_help = "configuration file (default: $META1_CONF or /etc/meta1/meta1.conf)"
+    parser.add_argument("-f", "--config", help=config_help)
+    # -f is accepted after the subcommand too ("meta1 queue list -f FILE"), as operators type it;
+    # SUPPRESS keeps a value given before the subcommand from being reset to None.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-f", "--config", default=argparse.SUPPRESS, help=config_help)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("list", help="one entry per message, like mailq")
+
+    def add(name: str, text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=text, parents=[common])
+
+    p = add("list", "one entry per message, like mailq")
     p.add_argument("--json", action="store_true", help="one JSON object per line (docs/queue.md)")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--deferred", action="store_true")
@@ -306,15 +313,15 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--hold", action="store_true")
     p.add_argument("--to", metavar="DOMAIN", help="only messages with a recipient in DOMAIN")
     p.add_argument("--from", dest="sender", metavar="ADDR", help="only messages from ADDR")
-    p = sub.add_parser("show", help="envelope, recipient states and headers of one message")
+    p = add("show", "envelope, recipient states and headers of one message")
     p.add_argument("id")
     p.add_argument("--json", action="store_true")
-    p = sub.add_parser("stats", help="counts by state and destination, oldest message")
+    p = add("stats", "counts by state and destination, oldest message")
     p.add_argument("--json", action="store_true")
-    p = sub.add_parser("flush", help="retry deferred mail now")
+    p = add("flush", "retry deferred mail now")
     p.add_argument("ids", nargs="*")
     p.add_argument("--to", metavar="DOMAIN")
-    p = sub.add_parser("delete", help="remove messages without a bounce")
+    p = add("delete", "remove messages without a bounce")
     p.add_argument("ids", nargs="*")
     p.add_argument("--all-deferred", action="store_true")
     for name, text in (
@@ -322,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("hold", "put messages on hold"),
         ("release", "release held messages"),
     ):
-        p = sub.add_parser(name, help=text)
+        p = add(name, text)
         p.add_argument("ids", nargs="+")
     return parser
 

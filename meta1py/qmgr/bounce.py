@@ -80,6 +80,48 @@ def _read_original(original: BinaryIO, max_full_bytes: int, want_full: bool) -> 
     return bytes(headers), False
 
 
+_FAILED = "Undelivered Mail Returned to Sender"
+
+
+def _subject_and_intro(reporting_mta: str, actions: set[str]) -> tuple[str, list[str]]:
+    """The Subject: and the first lines of the human part, from the actions the report contains.
+
+    A report about failures says so first even when it also lists successes (NOTIFY=SUCCESS,FAILURE
+    on a partly delivered message): the sender must act on the failures.
+    """
+    first = f"This is the mail system at host {reporting_mta}."
+    if "failed" in actions:
+        lines = [
+            "I'm sorry to have to inform you that your message could not",
+            "be delivered to one or more recipients. The reasons are given below.",
+        ]
+        if actions & {"delivered", "relayed", "expanded"}:
+            lines.append("It was delivered to the other recipients listed below, as you asked.")
+        return _FAILED, [first, "", *lines]
+    if actions == {"delayed"}:
+        return "Delayed Mail (still being retried)", [
+            first,
+            "",
+            "Your message could not be delivered yet to the recipients below.",
+            "It is still being retried; you need not send it again.",
+        ]
+    if "delayed" in actions:
+        return "Delivery Status Notification", [
+            first,
+            "",
+            "Your message was delivered to some of the recipients below; for the others",
+            "it is still being retried, and you need not send it again.",
+        ]
+    # Only successes (RFC 3461 NOTIFY=SUCCESS): delivered, relayed to a non-DSN MTA, or expanded.
+    return "Successful Mail Delivery Report", [
+        first,
+        "",
+        "Your message was successfully delivered to the destination(s) listed below.",
+        "If the message was delivered to a mailbox you will receive no further notifications;",
+        "otherwise you may still receive notifications of failure from other systems.",
+    ]
+
+
 def build_dsn(
     *,
     reporting_mta: str,
@@ -106,18 +148,23 @@ def build_dsn(
         envid: the original ENVID (RFC 3461), echoed as Original-Envelope-Id.
         ret: the original RET parameter: "HDRS" returns headers only, "FULL" or None the whole
             message up to ``max_full_bytes``.
-        recipients: the recipients the report is about (all failed, or all delayed).
+        recipients: the recipients the report is about (at least one): failed, delayed or
+            delivered ones, in any mix; the subject and the introduction follow the mix.
         original: the original content, positioned at its start, or None when it is gone.
         max_full_bytes: larger originals are returned as headers only.
 
     Returns:
         The report as bytes, ready to be written to a content file.
+
+    Raises:
+        ValueError: ``recipients`` is empty.
     """
-    delayed = all(r.action == "delayed" for r in recipients)
+    if not recipients:
+        raise ValueError("a delivery status notification needs at least one recipient")
+    subject, intro = _subject_and_intro(reporting_mta, {r.action for r in recipients})
     boundary = f"{qid}.{secrets.token_hex(8)}/{reporting_mta}"
     crlf = "\r\n"
 
-    subject = "Delayed Mail (still being retried)" if delayed else "Undelivered Mail Returned to Sender"
     head = [
         f"From: Mail Delivery System <{postmaster}>",
         f"To: <{to}>",
@@ -134,20 +181,6 @@ def build_dsn(
         "",
     ]
 
-    if delayed:
-        intro = [
-            f"This is the mail system at host {reporting_mta}.",
-            "",
-            "Your message could not be delivered yet to the recipients below.",
-            "It is still being retried; you need not send it again.",
-        ]
-    else:
-        intro = [
-            f"This is the mail system at host {reporting_mta}.",
-            "",
-            "I'm sorry to have to inform you that your message could not",
-            "be delivered to one or more recipients. The reasons are given below.",
-        ]
     human = [
         f"--{boundary}",
         "Content-Description: Notification",
@@ -191,13 +224,11 @@ def build_dsn(
     out = bytearray(crlf.join(head + human + status).encode("utf-8") + crlf.encode())
     if original is not None:
         data, full = _read_original(original, max_full_bytes, want_full=(ret or "FULL") == "FULL")
+        what = "Undelivered Message" if any(r.action == "failed" for r in recipients) else "Message"
         if full:
-            part_head = ["Content-Description: Undelivered Message", "Content-Type: message/rfc822"]
+            part_head = [f"Content-Description: {what}", "Content-Type: message/rfc822"]
         else:
-            part_head = [
-                "Content-Description: Undelivered Message Headers",
-                "Content-Type: text/rfc822-headers",
-            ]
+            part_head = [f"Content-Description: {what} Headers", "Content-Type: text/rfc822-headers"]
         out += f"--{boundary}{crlf}".encode()
         out += (crlf.join([*part_head, "Content-Transfer-Encoding: 8bit", ""]) + crlf).encode()
         if data and not data.endswith(b"\n"):

@@ -91,6 +91,11 @@ class _Msg:
     rcpts: dict[int, Recipient]
     busy: set[int] = field(default_factory=set)  # being routed or delivered
     deleted: bool = False
+    # The host that gave each recipient's last reply, for the DSN's Remote-MTA field. Kept in
+    # memory only: a report built after a restart simply omits the field (RFC 3464 makes it
+    # optional), which is cheaper than a schema change for a diagnostic.
+    remote_mta: dict[int, str] = field(default_factory=dict)
+    finishing: bool = False  # _finish is running or scheduled
 
     def pending(self) -> list[Recipient]:
         return [r for r in self.rcpts.values() if not r.is_final]
@@ -158,30 +163,43 @@ class QueueManager:
     # -- start-up ------------------------------------------------------------------------------
 
     def recover(self) -> None:
-        """Load the queue after a start or crash: schedule what is left, drop what is done."""
+        """Load the queue after a start or crash: schedule what is left, finish what is done.
+
+        Recipients that came due while qmgr was down get new attempt times spread uniformly over
+        a window (``retry_min``, at most 30 s), written back to the store, so that a restart
+        with a large deferred queue neither retries everything in one burst nor forgets the spread
+        after a second restart.  Messages whose recipients are all final (qmgr stopped between
+        the last result and the bounce) are finished: their bounce is queued, then they go.
+        """
         now = time.time()
-        finished = self.store.finished_ids()
-        for qid in finished:
-            log.info("recovery: removing finished message %s", qid)
-            self.store.delete_messages([qid])
-            remove_content(self.queue_dir, qid)
+        spread = min(_RECOVERY_SPREAD_S, max(1.0, self.qcfg.retry_min))
+        envelopes = self.store.load_unfinished()
+        finished = set(self.store.finished_ids())
+        if finished:
+            envelopes += [e for e in (self.store.get(q) for q in sorted(finished)) if e is not None]
         loaded = 0
-        for env in self.store.load_unfinished():
+        for env in envelopes:
             if not content_path(self.queue_dir, env.qid).exists():
-                log.critical("recovery: content of %s is missing; bouncing it", env.qid)
-            rcpts = {r.idx: r for r in env.recipients}
-            msg = _Msg(env, rcpts)
+                log.critical("recovery: content of %s is missing; it will bounce without it", env.qid)
+            msg = _Msg(env, {r.idx: r for r in env.recipients})
             self.messages[env.qid] = msg
-            when = now
+            updates = []
             for r in msg.pending():
-                if r.status == "deferred" and r.next_attempt <= now:
-                    when = min(when, now + self.rng.uniform(0, _RECOVERY_SPREAD_S))
-                elif r.status == "deferred":
-                    when = min(when, r.next_attempt) if when != now else r.next_attempt
-            self._schedule(env.qid, when)
+                if r.next_attempt <= now:
+                    when = now + self.rng.uniform(0, spread)
+                    msg.rcpts[r.idx] = replace(r, next_attempt=when)
+                    updates.append(
+                        RecipientUpdate(r.idx, r.status, r.attempts, when, r.last_reply, r.destination)
+                    )
+                if r.status == "deferred" and r.destination:
+                    self._deferred_by_dest.setdefault(r.destination, set()).add(env.qid)
+            if updates:
+                self.store.update_recipients(env.qid, updates)
+            pending = msg.pending()
+            self._schedule(env.qid, min((r.next_attempt for r in pending), default=now))
             loaded += 1
         self._remove_orphans(now)
-        log.info("recovery: %d messages in the queue", loaded)
+        log.info("recovery: %d messages in the queue (%d finished)", loaded, len(finished))
 
     def _remove_orphans(self, now: float) -> int:
         """Remove content files that no envelope refers to and that no session can still be writing."""
@@ -252,6 +270,13 @@ class QueueManager:
         msg = self.messages.get(qid)
         if msg is None or msg.deleted or msg.env.hold:
             return
+        if not msg.pending() and not msg.busy and not msg.finishing:
+            # Every recipient is final but the message is still here (recovered after a crash,
+            # or its bounce could not be written last time): queue the bounce and remove it.
+            msg.finishing = True
+            assert self._nursery is not None
+            self._nursery.start_soon(self._finish, msg, ())
+            return
         due = [r for r in msg.pending() if r.idx not in msg.busy and r.next_attempt <= now + 0.001]
         later = [r.next_attempt for r in msg.pending() if r.idx not in msg.busy and r.next_attempt > now]
         if later:
@@ -321,6 +346,11 @@ class QueueManager:
         until = self.scheduler.down_until(destination)
         reason = self._dest_reason.get(destination, "destination temporarily unavailable")
         reply = SmtpReplyValue(code=451, enhanced="4.4.1", text=f"delivery temporarily suspended: {reason}")
+        if self._expired(msg.env, time.time()):
+            # Mail waiting for a dead destination must expire too, not only the probe's.
+            results = [(i, "temp", reply, None, destination) for i in idxs]
+            await self._record(msg, results, session_failed=True)
+            return
         updates = []
         for idx in idxs:
             r = msg.rcpts[idx]
@@ -424,6 +454,10 @@ class QueueManager:
             self._schedule(qid, now)
         log.info("destination %s is back: released its deferred mail", destination)
 
+    def _expired(self, env: Envelope, now: float) -> bool:
+        lifetime = self.qcfg.bounce_lifetime if env.kind != "normal" else self.qcfg.queue_lifetime
+        return now - env.arrival_time >= lifetime
+
     async def _record(
         self,
         msg: _Msg,
@@ -434,15 +468,22 @@ class QueueManager:
         """Write delivery results, defer or expire temporary failures, finish the message if done."""
         now = time.time()
         env = msg.env
-        lifetime = self.qcfg.bounce_lifetime if env.kind != "normal" else self.qcfg.queue_lifetime
-        expired = now - env.arrival_time >= lifetime
+        expired = self._expired(env, now)
         finals: list[RecipientUpdate] = []
         deferrals: list[tuple[int, int, float]] = []
         defer_reply: SmtpReplyValue | None = None
         defer_dest: str | None = None
+        results = list(results)
+        if msg.deleted:
+            # Deleted by the operator while the delivery ran: nothing left to record.
+            for idx, *_rest in results:
+                msg.busy.discard(idx)
+            return
         for idx, status, reply, remote, dest in results:
             r = msg.rcpts[idx]
             text = _reply_text(reply)
+            if remote:
+                msg.remote_mta[idx] = remote
             attempts = r.attempts + 1
             if status == "ok":
                 finals.append(RecipientUpdate(idx, "delivered", attempts, 0.0, text, dest, now))
@@ -485,7 +526,8 @@ class QueueManager:
                 last_attempt=now,
             )
             msg.busy.discard(u.idx)
-        if all(r.is_final for r in msg.rcpts.values()) and not msg.busy:
+        if all(r.is_final for r in msg.rcpts.values()) and not msg.busy and not msg.finishing:
+            msg.finishing = True
             await self._finish(msg, tuple(finals))
         elif not msg.deleted:
             await self.committer.update_recipients(env.qid, tuple(finals))
@@ -512,7 +554,7 @@ class QueueManager:
                         "failed",
                         status,
                         orcpt=r.orcpt,
-                        remote_mta=None,
+                        remote_mta=msg.remote_mta.get(r.idx),
                         diagnostic=text,
                         last_attempt=r.last_attempt,
                     )
@@ -524,6 +566,7 @@ class QueueManager:
                         "delivered",
                         "2.0.0",
                         orcpt=r.orcpt,
+                        remote_mta=msg.remote_mta.get(r.idx),
                         diagnostic=r.last_reply,
                         last_attempt=r.last_attempt,
                     )
@@ -533,7 +576,7 @@ class QueueManager:
     async def _finish(self, msg: _Msg, finals: tuple[RecipientUpdate, ...]) -> None:
         """Every recipient is final: queue the DSN (if any) and delete the message, atomically."""
         env = msg.env
-        ops: list[StoreOp] = [UpdateRecipients(env.qid, finals)]
+        ops: list[StoreOp] = [UpdateRecipients(env.qid, finals)] if finals else []
         dsn = self._dsn_recipients(msg)
         bounce_writer: ContentWriter | None = None
         if dsn and env.kind == "double_bounce":
@@ -545,13 +588,13 @@ class QueueManager:
                 bounce_writer, bounce_env = await self._write_bounce(env, dsn)
                 ops.append(InsertEnvelope(bounce_env))
             except (QueueStorageError, OSError) as exc:
-                # Keep the message (its recipients stay final in memory only): retried at restart.
+                # Keep the message with its final states (durably, so a restart finishes it
+                # too) and try the bounce again later; never redeliver what was delivered.
                 log.error("%s: cannot write bounce: %s; will retry", env.qid, exc)
-                for u in finals:
-                    msg.rcpts[u.idx] = replace(
-                        msg.rcpts[u.idx], status="deferred", next_attempt=time.time() + 60
-                    )
-                self._schedule(env.qid, time.time() + 60)
+                if finals:
+                    await self.committer.update_recipients(env.qid, finals)
+                msg.finishing = False
+                self._schedule(env.qid, time.time() + max(60.0, self.qcfg.retry_min))
                 return
         ops.append(DeleteMessage(env.qid))
         try:
@@ -560,11 +603,12 @@ class QueueManager:
             log.error("%s: cannot finish message: %s", env.qid, exc)
             if bounce_writer is not None:
                 bounce_writer.abort()
+            msg.finishing = False
             raise
         msg.deleted = True
         self.messages.pop(env.qid, None)
         if bounce_writer is not None:
-            benv = ops[1].envelope  # type: ignore[union-attr]
+            benv = next(op.envelope for op in ops if isinstance(op, InsertEnvelope))
             self._add(benv)
             mlog.maillog(
                 "queued",
