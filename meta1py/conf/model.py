@@ -142,11 +142,11 @@ class QmgrConfig(ProcessConfig):
     retry_min: float = opt("retry_min", Time(1, 30 * 86400), "5m", "shortest retry interval", "10m")
     retry_max: float = opt("retry_max", Time(1, 30 * 86400), "4000s", "longest retry interval", "2h")
     queue_lifetime: float = opt(
-        "queue_lifetime", Time(60, 365 * 86400), "5d", "how long a message is retried before it bounces", "3d"
+        "queue_lifetime", Time(1, 365 * 86400), "5d", "how long a message is retried before it bounces", "3d"
     )
     bounce_lifetime: float = opt(
         "bounce_lifetime",
-        Time(60, 365 * 86400),
+        Time(1, 365 * 86400),
         "5d",
         "how long a bounce is retried before it is dropped",
         "2d",
