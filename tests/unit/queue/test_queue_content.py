@@ -1,0 +1,154 @@
+"""Content files: layout, writing, reading, removal, orphan scanning, disk full."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from meta1py.queue.content import (
+    ContentWriter,
+    content_path,
+    open_content,
+    remove_content,
+    scan_content_ids,
+)
+from meta1py.queue.errors import QueueStorageError
+from meta1py.queue.ids import new_queue_id
+
+
+def test_write_finish_read(tmp_path: Path) -> None:
+    writer = ContentWriter(tmp_path)
+    chunks = [b"Subject: hi\r\n", b"\r\n", os.urandom(200_000), b"end\r\n"]
+    for chunk in chunks:
+        writer.write(chunk)
+    writer.finish()
+    assert writer.size == sum(map(len, chunks))
+    assert writer.path == tmp_path / "content" / writer.qid[-2:] / writer.qid
+    assert content_path(tmp_path, writer.qid) == writer.path
+    with open_content(tmp_path, writer.qid) as f:
+        assert f.read() == b"".join(chunks)
+    mode = stat.S_IMODE(writer.path.stat().st_mode)
+    assert mode & ~0o640 == 0
+
+
+def test_given_id_is_claimed_exclusively(tmp_path: Path) -> None:
+    qid = new_queue_id()
+    first = ContentWriter(tmp_path, qid)
+    first.finish()
+    with pytest.raises(FileExistsError):
+        ContentWriter(tmp_path, qid)
+    with open_content(tmp_path, qid) as f:
+        assert f.read() == b""
+
+
+def test_abort_unlinks(tmp_path: Path) -> None:
+    writer = ContentWriter(tmp_path)
+    writer.write(b"partial")
+    writer.abort()
+    assert not writer.path.exists()
+    writer.abort()  # idempotent
+
+
+def test_context_manager_aborts_unfinished_only(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError), ContentWriter(tmp_path) as writer:
+        writer.write(b"x")
+        raise RuntimeError("client went away")
+    assert not writer.path.exists()
+    with ContentWriter(tmp_path) as kept:
+        kept.write(b"x")
+        kept.finish()
+    assert kept.path.exists()
+
+
+def test_write_after_finish_is_a_bug(tmp_path: Path) -> None:
+    writer = ContentWriter(tmp_path)
+    writer.finish()
+    with pytest.raises(ValueError):
+        writer.write(b"late")
+
+
+@pytest.mark.parametrize("bad", ["../../etc/pa", "2GY87QZKPFZE/..", "x", ""])
+def test_paths_refuse_bad_ids(tmp_path: Path, bad: str) -> None:
+    with pytest.raises(ValueError):
+        content_path(tmp_path, bad)
+    with pytest.raises(ValueError):
+        remove_content(tmp_path, bad)
+    with pytest.raises(ValueError):
+        ContentWriter(tmp_path, bad)
+
+
+def test_remove(tmp_path: Path) -> None:
+    writer = ContentWriter(tmp_path)
+    writer.finish()
+    assert remove_content(tmp_path, writer.qid)
+    assert not remove_content(tmp_path, writer.qid)
+    with pytest.raises(FileNotFoundError):
+        open_content(tmp_path, writer.qid)
+
+
+def test_scan_finds_ids_and_skips_strangers(tmp_path: Path) -> None:
+    assert list(scan_content_ids(tmp_path)) == []
+    ids = set()
+    for _ in range(20):
+        writer = ContentWriter(tmp_path)
+        writer.finish()
+        ids.add(writer.qid)
+    content = tmp_path / "content"
+    some = next(iter(ids))
+    (content / some[-2:] / "README").write_text("not a message")
+    (content / some[-2:] / (some[:-2] + "ZZ" if some[-2:] != "ZZ" else some[:-2] + "YY")).touch()
+    (content / "junk").mkdir()
+    (content / "junk" / some).touch()
+    (content / "stray-file").touch()
+    assert set(scan_content_ids(tmp_path)) == ids
+
+
+def test_missing_queue_dir_is_a_storage_error(tmp_path: Path) -> None:
+    with pytest.raises(QueueStorageError) as info:
+        ContentWriter(tmp_path / "missing")
+    assert not info.value.disk_full
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A 256 KiB tmpfs (root only)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mountpoint = tmp_path / "tiny"
+    mountpoint.mkdir()
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mountpoint)],
+        capture_output=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount tmpfs: {result.stderr.decode(errors='replace').strip()}")
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", str(mountpoint)], check=True)
+
+
+def test_disk_full_is_reported_and_abort_cleans_up(tiny_tmpfs: Path) -> None:
+    kept = ContentWriter(tiny_tmpfs)
+    kept.write(b"a" * 10_000)
+    kept.finish()
+    writer = ContentWriter(tiny_tmpfs)
+    with pytest.raises(QueueStorageError) as info:
+        for _ in range(100):
+            writer.write(b"x" * 64 * 1024)
+        writer.finish()
+    assert info.value.disk_full
+    writer.abort()
+    assert not writer.path.exists()
+    # The space is back and the earlier message is intact.
+    again = ContentWriter(tiny_tmpfs)
+    again.write(b"b" * 10_000)
+    again.finish()
+    with open_content(tiny_tmpfs, kept.qid) as f:
+        assert f.read() == b"a" * 10_000
