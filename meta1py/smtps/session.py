@@ -30,17 +30,19 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 import trio
 
 from meta1py import log as mlog
 from meta1py.conf import Config, ListenSocket, SmtpsConfig
-from meta1py.queue.content import ContentWriter, DirectorySyncer
+from meta1py.queue.content import ContentSyncer, ContentWriter, DirectorySyncer
 from meta1py.queue.errors import QueueStorageError
 from meta1py.rpc.errors import RpcError
 from meta1py.rpc.messages import (
     QueueEnvelopeCommitRequest,
     QueueRecipientValue,
+    SmarRecipientCheckReply,
     SmarRecipientCheckRequest,
 )
 from meta1py.smtp import events as ev
@@ -69,6 +71,19 @@ _RECEIVED_RE = re.compile(rb"(?im)^received:")
 # RPC deadlines: smar may be doing DNS; qmgr waits for a group commit.
 _POLICY_TIMEOUT_S = 30.0
 _COMMIT_TIMEOUT_S = 60.0
+_RCPT_CACHE_S = 5.0
+_RCPT_CACHE_MAX = 10_000
+_date_cache: tuple[int, str] = (0, "")
+
+
+def _date_now() -> str:
+    """RFC 5322 date of this second, formatted once per second (Received: headers)."""
+    global _date_cache
+    now = time.time()
+    second = int(now)
+    if _date_cache[0] != second:
+        _date_cache = (second, email.utils.formatdate(now, localtime=True))
+    return _date_cache[1]
 
 
 class RpcCaller:
@@ -104,6 +119,38 @@ class SessionLimits:
             self.per_client.pop(client, None)
 
 
+_RcptKey = tuple[str, str, str | None, str, str]
+
+
+class _RcptCache:
+    """smar's verdicts on recent RCPT TO checks, kept for a few seconds.
+
+    A busy gateway sees the same (client, sender, recipient) over and over within seconds; asking
+    smar each time costs an RPC round trip per recipient. Entries live ``_RCPT_CACHE_S`` seconds,
+    so a changed aliases map or relay list takes effect at most that much later (Postfix's own
+    caches in front of its maps behave alike). Temporary failures are never cached.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[_RcptKey, tuple[float, SmarRecipientCheckReply]] = {}
+
+    def get(self, key: _RcptKey, now: float) -> SmarRecipientCheckReply | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if entry[0] < now:
+            del self._entries[key]
+            return None
+        return entry[1]
+
+    def put(
+        self, key: tuple[str, str, str | None, str, str], value: SmarRecipientCheckReply, now: float
+    ) -> None:
+        if len(self._entries) >= _RCPT_CACHE_MAX:
+            self._entries.clear()
+        self._entries[key] = (now + _RCPT_CACHE_S, value)
+
+
 @dataclass
 class SmtpsContext:
     """Everything a session needs, shared by all sessions of the process."""
@@ -120,6 +167,10 @@ class SmtpsContext:
     authenticators: dict[str | None, Authenticator] = field(default_factory=dict)
     #: Per smtps section: failed AUTH attempts per client IP.
     auth_limiters: dict[str | None, AuthFailureLimiter] = field(default_factory=dict)
+    #: Batches the fsyncs of finished content files (one worker-thread trip per batch).
+    content_syncer: ContentSyncer = field(default_factory=ContentSyncer)
+    #: smar's recent RCPT verdicts (see _RcptCache).
+    rcpt_cache: _RcptCache = field(default_factory=lambda: _RcptCache())
 
 
 @dataclass
@@ -357,14 +408,22 @@ class Session:
             sender=str(txn.sender) if isinstance(txn.sender, Address) else "",
             recipient=rcpt,
         )
-        try:
-            answer = await self.ctx.smar.call(request, timeout=_POLICY_TIMEOUT_S)
-        except RpcError as exc:
-            log.warning("session %s: smar unavailable for RCPT: %s", self.sid, exc)
-            self.reply(replies.temp_failure("Recipient check unavailable, try again later"))
-            return
-        if answer.action != "accept":  # type: ignore[attr-defined]
-            r = answer.reply  # type: ignore[attr-defined]
+        key = (request.service, request.client_address, request.authenticated, request.sender, rcpt)
+        now = time.monotonic()
+        answer = self.ctx.rcpt_cache.get(key, now)
+        if answer is None:
+            try:
+                answer = cast(
+                    SmarRecipientCheckReply, await self.ctx.smar.call(request, timeout=_POLICY_TIMEOUT_S)
+                )
+            except RpcError as exc:
+                log.warning("session %s: smar unavailable for RCPT: %s", self.sid, exc)
+                self.reply(replies.temp_failure("Recipient check unavailable, try again later"))
+                return
+            if answer.action != "tempfail":
+                self.ctx.rcpt_cache.put(key, answer, now)
+        if answer.action != "accept":
+            r = answer.reply
             reply = Reply(r.code, r.enhanced or None, (r.text,))
             mlog.maillog(
                 "rejected",
@@ -381,7 +440,7 @@ class Session:
         if event.params.orcpt is not None:
             orcpt = f"{event.params.orcpt[0]};{event.params.orcpt[1]}"
         notify = tuple(sorted(event.params.notify)) if event.params.notify is not None else None
-        expanded = answer.expanded or (rcpt,)  # type: ignore[attr-defined]
+        expanded = answer.expanded or (rcpt,)
         for target in expanded:
             txn.recipients.append(
                 QueueRecipientValue(
@@ -403,7 +462,7 @@ class Session:
             lines.append(f"\t(Authenticated sender: {_clean(self.authenticated)})")
         lines.append(f"\tby {self.hostname} (meta1py) with {proto} id {qid}")
         txn = self.txn
-        when = email.utils.formatdate(time.time(), localtime=True)
+        when = _date_now()
         if txn is not None and len(txn.accepted_rcpts) == 1:
             lines.append(f"\tfor <{_clean(txn.accepted_rcpts[0])}>; {when}")
         else:
@@ -469,8 +528,7 @@ class Session:
             return Reply(554, "5.4.6", ("Too many hops: mail forwarding loop",))
         qid = writer.qid
         try:
-            await trio.to_thread.run_sync(writer.finish)
-            await self.ctx.syncer.sync(writer.path.parent)
+            await self.ctx.content_syncer.finish(writer)
         except QueueStorageError as exc:
             log.error("session %s: cannot sync %s: %s", self.sid, qid, exc)
             writer.abort()
