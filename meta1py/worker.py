@@ -14,8 +14,11 @@ readiness"). The worker's ``__main__`` calls ``sys.exit(run_worker(name, serve))
 
 On SIGTERM the skeleton sets ``WorkerFds.shutdown``; ``serve`` should then stop accepting, finish
 or end its sessions (smtps answers 421 4.3.2) and return. After ``SHUTDOWN_GRACE_S`` the skeleton
-cancels ``serve``. Exit statuses: 0 clean, 1 crash (mcp restarts), 64 usage, 77 privileges,
-78 configuration.
+cancels ``serve``. On SIGUSR1 (``DRAIN_SIGNAL``; mcp sends it to the old smtps when a reload hands
+its listeners to a new one) the skeleton sets ``WorkerFds.drain``: ``serve`` stops accepting, lets
+every open session finish normally and returns; the skeleton sets no deadline (serve bounds the
+drain itself), and a later SIGTERM still means shutdown. Only smtps acts on ``drain``. Exit
+statuses: 0 clean, 1 crash (mcp restarts), 64 usage, 77 privileges, 78 configuration.
 """
 
 from __future__ import annotations
@@ -61,6 +64,8 @@ WORKER_NAMES = ("qmgr", "smar", "smtpc", "smtps")
 SHUTDOWN_GRACE_S = 5.0
 # After the lifeline breaks nobody can restart us or receive our results: wind down fast.
 ORPHAN_GRACE_S = 1.0
+# mcp -> worker: "stop accepting, finish your sessions, exit 0" (graceful smtps handover on reload).
+DRAIN_SIGNAL = signal.SIGUSR1
 
 _PR_SET_PDEATHSIG = 1
 
@@ -95,6 +100,8 @@ class WorkerFds:
         rpc: the worker's RPC listening socket (``<run_directory>/<name>.sock``), or None.
         listeners: the SMTP listening sockets, ``listen0..N``, in ``listen_sockets(cfg)`` order.
         shutdown: set when mcp asked this worker to stop (SIGTERM) or mcp went away.
+        drain: set when mcp asked this worker to drain (``DRAIN_SIGNAL``): stop accepting, let
+            open sessions end normally, then return from serve.
         raw: the ``META1_FDS`` mapping as received (name -> descriptor).
     """
 
@@ -102,6 +109,7 @@ class WorkerFds:
     rpc: trio.SocketListener | None
     listeners: list[trio.SocketListener]
     shutdown: trio.Event = field(default_factory=trio.Event)
+    drain: trio.Event = field(default_factory=trio.Event)
     raw: dict[str, int] = field(default_factory=dict)
 
 
@@ -240,9 +248,23 @@ def _read_config_text() -> str:
     return text
 
 
-async def _watch_signals(fds: WorkerFds, serve_scope: trio.CancelScope) -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+async def _watch_signals(
+    fds: WorkerFds,
+    serve_scope: trio.CancelScope,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, DRAIN_SIGNAL) as signals:
+        # Started (handlers installed) before serve reports ready: mcp may send DRAIN_SIGNAL to
+        # any ready worker, and its default action would kill the process.
+        task_status.started()
         async for signum in signals:
+            if signum == DRAIN_SIGNAL:
+                if not fds.shutdown.is_set() and not fds.drain.is_set():
+                    log.info(
+                        "%s: draining (no new sessions; open ones may finish)", signal.Signals(signum).name
+                    )
+                    fds.drain.set()
+                continue
             if fds.shutdown.is_set():
                 log.warning("second %s: stopping now", signal.Signals(signum).name)
                 serve_scope.cancel()
@@ -305,7 +327,7 @@ async def _run(name: str, serve: Serve, cfg: Config, raw: dict[str, int]) -> int
         nursery.cancel_scope.cancel()
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_watch_signals, fds, serve_scope)
+        await nursery.start(_watch_signals, fds, serve_scope)
         if "lifeline" in raw:
             nursery.start_soon(_watch_lifeline, raw["lifeline"], fds, serve_scope)
         try:
@@ -317,12 +339,12 @@ async def _run(name: str, serve: Serve, cfg: Config, raw: dict[str, int]) -> int
         else:
             _report_ready(raw.get("ready"))
             log.info("ready")
-    if fds.shutdown.is_set():
+    if fds.shutdown.is_set() or fds.drain.is_set():
         if not finished_cleanly:
             log.warning("shutdown grace period over: sessions were cancelled")
-        log.info("stopped")
+        log.info("stopped" if fds.shutdown.is_set() else "drained: stopped")
         return EX_OK
-    log.error("serve() returned without a shutdown request")
+    log.error("serve() returned without a shutdown or drain request")
     return EX_CRASH
 
 

@@ -72,23 +72,68 @@ def check_accounts(cfg: Config) -> list[ConfigError]:
     return errors
 
 
-def check_files(cfg: Config) -> list[ConfigError]:
-    """Map files that are configured but cannot be read."""
-    errors: list[ConfigError] = []
+def _file_problem(path: Path, directory: bool = False) -> str | None:
+    """Why ``path`` cannot be read (None: it can)."""
+    if directory:
+        if not path.is_dir():
+            return "does not exist" if not path.exists() else "is not a directory"
+        if not os.access(path, os.R_OK | os.X_OK):
+            return "is not readable"
+        return None
+    if not path.is_file():
+        return "does not exist" if not path.exists() else "is not a regular file"
+    if not os.access(path, os.R_OK):
+        return "is not readable"
+    return None
+
+
+def _configured_files(cfg: Config) -> list[tuple[str, str, Path, bool]]:
+    """Every file option that is set, as ``(location key, option spelling, path, is_directory)``."""
+    files: list[tuple[str, str, Path | None, bool]] = []
     for attr in ("aliases", "routes"):
-        path: Path | None = getattr(cfg.smar, attr)
-        if path is None:
+        files.append((f"smar.{attr}", attr, getattr(cfg.smar, attr), False))
+    files.append(("smtpc.tls_policy", "tls_policy", cfg.smtpc.tls_policy, False))
+    ctls = cfg.smtpc.tls
+    files += [
+        ("smtpc.tls.cert_file", "cert_file", ctls.cert_file, False),
+        ("smtpc.tls.key_file", "key_file", ctls.key_file, False),
+        ("smtpc.tls.ca_file", "CA_file", ctls.ca_file, False),
+        ("smtpc.tls.ca_directory", "CA_directory", ctls.ca_directory, True),
+    ]
+    for i, section in enumerate(cfg.smtps):
+        stls, key = section.tls, f"smtps[{i}]"
+        files += [
+            (f"{key}.tls.cert_file", "cert_file", stls.cert_file, False),
+            (f"{key}.tls.key_file", "key_file", stls.key_file, False),
+            (f"{key}.tls.ca_file", "CA_file", stls.ca_file, False),
+            (f"{key}.tls.ca_directory", "CA_directory", stls.ca_directory, True),
+            (f"{key}.tls.crl_file", "CRL_file", stls.crl_file, False),
+            (f"{key}.password_file", "password_file", section.password_file, False),
+        ]
+    return [(key, name, path, is_dir) for key, name, path, is_dir in files if path is not None]
+
+
+def check_files(cfg: Config) -> list[ConfigError]:
+    """Files the workers will need that are configured but cannot be read.
+
+    Map files (smar ``aliases``/``routes``, smtpc ``tls_policy``), TLS certificates, keys, CA
+    files and directories and CRLs (smtps and smtpc ``tls``), and smtps ``password_file``. Only
+    readability is checked here (as the calling user); whether a certificate matches its key is
+    found out by the worker that loads it.
+
+    Returns:
+        One error per file, located at the option that names it.
+    """
+    errors: list[ConfigError] = []
+    for key, name, path, is_dir in _configured_files(cfg):
+        problem = _file_problem(path, is_dir)
+        if problem is None:
             continue
-        if not path.is_file():
-            problem = "does not exist" if not path.exists() else "is not a regular file"
-            errors.append(
-                _error(
-                    cfg,
-                    f"smar.{attr}",
-                    f"{attr} file {str(path)!r} {problem}",
-                    f"relative paths are relative to queue_directory ({cfg.queue_directory})",
-                )
-            )
-        elif not os.access(path, os.R_OK):
-            errors.append(_error(cfg, f"smar.{attr}", f"{attr} file {str(path)!r} is not readable", ""))
+        kind = "directory" if is_dir else "file"
+        hint = (
+            f"relative paths are relative to queue_directory ({cfg.queue_directory})"
+            if problem == "does not exist"
+            else ""
+        )
+        errors.append(_error(cfg, key, f"{name} {kind} {str(path)!r} {problem}", hint))
     return errors

@@ -707,6 +707,21 @@ def _check(cfg: Config, b: _Builder, src: _Source) -> None:
                 )
             else:
                 used[addr] = f"smtps {s.name}" if s.name else "another smtps section"
+            if ls.tls == "implicit" and s.tls.cert_file is None:
+                add(
+                    f"smtps[{i}].listen_socket[{j}].tls",
+                    "tls = implicit needs a certificate in this smtps section",
+                    "add tls { cert_file = ...; key_file = ...; } to the section",
+                )
+    for i, s in enumerate(cfg.smtps):
+        # smtps needs both halves; the worker would refuse to start (exit 78) otherwise.
+        if s.tls.key_file is not None and s.tls.cert_file is None:
+            add(f"smtps[{i}].tls.key_file", "key_file is set but cert_file is not", "add cert_file")
+        if s.tls.cert_file is not None and s.tls.key_file is None:
+            add(f"smtps[{i}].tls.cert_file", "cert_file is set but key_file is not", "add key_file")
+    # smtpc may keep its key in cert_file, but a key alone is a mistake.
+    if cfg.smtpc.tls.key_file is not None and cfg.smtpc.tls.cert_file is None:
+        add("smtpc.tls.key_file", "key_file is set but cert_file is not", "add cert_file")
 
 
 def _normpath(base: Path, p: Path) -> Path:

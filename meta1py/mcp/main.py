@@ -71,16 +71,17 @@ def main(argv: list[str]) -> int:
         return EX_USAGE
     if getattr(args, "help", False):
         return 0
-    from meta1py.conf import ConfigErrors, check_accounts, dump_config, load_config
+    from meta1py.conf import ConfigErrors, check_accounts, check_files, dump_config, load_config
 
     path = config_path(args.config)
     root = is_root()
     try:
         cfg = load_config(path)
-        if root:
-            account_errors = check_accounts(cfg)
-            if account_errors:
-                raise ConfigErrors(account_errors)
+        # Files the workers would fail on (maps, certificates, password files): report them here,
+        # all at once and with file:line:col, rather than as a worker exiting 78.
+        problems = check_files(cfg) + (check_accounts(cfg) if root else [])
+        if problems:
+            raise ConfigErrors(problems)
     except ConfigErrors as exc:
         print(str(exc), file=sys.stderr)
         return EX_CONFIG

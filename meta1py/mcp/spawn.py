@@ -45,8 +45,10 @@ class Child:
         started_at: ``trio.current_time()`` at spawn.
         ready: set once the worker wrote ``READY`` on its ready pipe.
         exited: set once the process has been reaped; ``returncode`` is then valid.
-        planned: True when mcp itself asked it to stop (reload, dependency restart, shutdown),
-            so its exit is not counted as a death.
+        planned: True when mcp itself asked it to stop (reload, dependency restart, shutdown)
+            or retired it (smtps handover), so its exit is not counted as a death.
+        drain_limit_s: for smtps, how long it may take to drain its sessions (the longest
+            ``session_timeout`` of the configuration it runs); 0 for other workers.
     """
 
     def __init__(self, name: str, popen: subprocess.Popen[bytes], ready_fd: int) -> None:
@@ -57,6 +59,7 @@ class Child:
         self.ready = trio.Event()
         self.exited = trio.Event()
         self.planned = False
+        self.drain_limit_s = 0.0
         self._ready_fd = ready_fd
         self._pidfd = os.pidfd_open(popen.pid)
         os.set_blocking(ready_fd, False)

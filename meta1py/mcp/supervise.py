@@ -13,6 +13,14 @@ Restart policy (documented for operators in docs/mcp.md):
   On a hard failure mcp stops every worker and exits with the worker's status (64/77/78) or 1.
 - ``restart_dependencies`` of a worker that died are restarted with it (their exit is planned,
   so it is neither backed off nor counted).
+
+Reload (SIGHUP with a valid file): qmgr, smar and smtpc are restarted one by one (each waits for
+its successor to be ready). smtps is handed over instead: a new smtps starts at once on the same
+listening sockets and the old one gets ``DRAIN_SIGNAL``; it stops accepting and exits once its
+open sessions have ended normally. A draining smtps is no longer supervised (its exit is neither a
+crash nor restarted) but it is stopped with everything else on shutdown, and the lifeline takes it
+down if mcp dies. mcp SIGTERMs it after its drain limit (the longest ``session_timeout`` of the
+configuration it runs, plus a margin) if it is somehow still there.
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ from meta1py.mcp.spawn import (
     spawn_worker,
 )
 from meta1py.worker import (
+    DRAIN_SIGNAL,
     EX_CONFIG,
     EX_CRASH,
     EX_NOPERM,
@@ -60,6 +69,8 @@ STABLE_S = 30.0
 RESTART_LIMIT = 10
 RESTART_WINDOW_S = 60.0
 READY_TIMEOUT_S = 30.0
+# Beyond a draining smtps's own limit (longest session_timeout + its margin), before mcp SIGTERMs it.
+DRAIN_BACKSTOP_S = 30.0
 STOP_TIMEOUT_S = 10.0
 HARD_FAILURE_STATUSES = frozenset({EX_USAGE, EX_NOPERM, EX_CONFIG})
 
@@ -92,10 +103,15 @@ class WorkerState:
     generation: int = 0
     deaths: deque[float] = field(default_factory=deque)
     changed: trio.Event = field(default_factory=trio.Event)
+    #: Set to retire the current child without waiting for it to exit (smtps handover on reload):
+    #: the supervising task starts a successor at once and the old child drains on its own.
+    handover: trio.Event = field(default_factory=trio.Event)
 
     def set_child(self, child: Child) -> None:
         self.child = child
         self.generation += 1
+        # A handover asked of the previous child (which died meanwhile) is not for this one.
+        self.handover = trio.Event()
         self.changed.set()
         self.changed = trio.Event()
 
@@ -131,6 +147,8 @@ class Supervisor:
         self.accounts = accounts
         self.syslog = syslog
         self.states = {name: WorkerState(name) for name in WORKER_NAMES}
+        #: Old smtps processes finishing their sessions after a handover.
+        self.draining: set[Child] = set()
         self.stopping = False
         self.failure: tuple[int, str] | None = None
         self.shutdown_requested = trio.Event()
@@ -172,7 +190,7 @@ class Supervisor:
             for index, (_section, ls) in enumerate(listen_sockets(self.cfg)):
                 fds[f"listen{index}"] = self.listeners[(ls.address, ls.port)].fileno()
         account = self.accounts.get(name) if self.accounts else None
-        return spawn_worker(
+        child = spawn_worker(
             name,
             self.config_text,
             fds,
@@ -181,6 +199,10 @@ class Supervisor:
             group=account.group if account else None,
             syslog=self.syslog,
         )
+        if name == "smtps":
+            # Mirrors smtps.service.drain_limit_s (process packages never import each other).
+            child.drain_limit_s = max((s.session_timeout for s in self.cfg.smtps), default=0.0)
+        return child
 
     async def _supervise(self, state: WorkerState) -> None:
         backoff = BACKOFF_INITIAL_S
@@ -195,8 +217,11 @@ class Supervisor:
             log.info("started %s (pid %d)", name, child.pid)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._await_ready, child)
-                await child.wait()
+                handed_over = await _wait_exit_or(child, state.handover)
                 nursery.cancel_scope.cancel()
+            if handed_over:
+                self._start_draining(child)
+                continue
             child.close()
             if self.stopping:
                 return
@@ -279,6 +304,37 @@ class Supervisor:
         child.send_signal(signal.SIGKILL)
         await child.exited.wait()
 
+    def _start_draining(self, child: Child) -> None:
+        """Retire ``child`` (a ready smtps): from now on it only finishes its sessions."""
+        child.planned = True
+        self.draining.add(child)
+        child.send_signal(DRAIN_SIGNAL)
+        log.info("%s (pid %d) is draining: it finishes its open sessions, then exits", child.name, child.pid)
+        assert self._nursery is not None
+        self._nursery.start_soon(self._reap_draining, child)
+
+    async def _reap_draining(self, child: Child) -> None:
+        async with trio.open_nursery() as nursery:
+
+            async def backstop() -> None:
+                await trio.sleep(child.drain_limit_s + DRAIN_BACKSTOP_S)
+                log.warning(
+                    "%s (pid %d) still draining after %gs: stopping it",
+                    child.name,
+                    child.pid,
+                    child.drain_limit_s + DRAIN_BACKSTOP_S,
+                )
+                await self._terminate(child)
+
+            nursery.start_soon(backstop)
+            await child.wait()
+            nursery.cancel_scope.cancel()
+        child.close()
+        self.draining.discard(child)
+        status = child.returncode
+        level = logging.INFO if status == 0 or self.stopping else logging.WARNING
+        log.log(level, "draining %s (pid %d) %s", child.name, child.pid, describe_status(status))
+
     def _restart_soon(self, name: str, reason: str) -> None:
         state = self.states.get(name)
         child = state.child if state else None
@@ -293,11 +349,20 @@ class Supervisor:
         notify("STOPPING=1", "STATUS=stopping")
         log.info("stopping workers")
         for name in reversed(WORKER_NAMES):
-            child = self.states[name].child
-            if child is not None and not child.exited.is_set():
-                child.planned = True
-                await self._terminate(child)
-                log.info("%s (pid %d) %s", name, child.pid, describe_status(child.returncode))
+            active = self.states[name].child
+            children = [active] if active is not None else []
+            if name == "smtps":
+                # Draining smtps processes stop with the active one: their sessions get 421 too.
+                children += sorted(self.draining, key=lambda c: c.pid)
+            async with trio.open_nursery() as nursery:
+                for child in children:
+                    if not child.exited.is_set():
+                        child.planned = True
+                        nursery.start_soon(self._terminate_and_log, child)
+
+    async def _terminate_and_log(self, child: Child) -> None:
+        await self._terminate(child)
+        log.info("%s (pid %d) %s", child.name, child.pid, describe_status(child.returncode))
 
     async def _restart_and_wait(self, name: str) -> None:
         """Restart one worker (planned) and wait until its successor is ready or gone."""
@@ -307,6 +372,26 @@ class Supervisor:
             return  # waiting in backoff: the next start uses the new config anyway
         old.planned = True
         await self._terminate(old)
+        await self._wait_successor(state, old)
+
+    async def _hand_over(self, name: str) -> None:
+        """Start a new ``name`` (smtps) at once and let the old one drain; wait for the new one.
+
+        A child that is not ready yet serves nobody: it is simply restarted.
+        """
+        state = self.states[name]
+        old = state.child
+        if old is None or old.exited.is_set():
+            return  # waiting in backoff: the next start uses the new config anyway
+        if not old.ready.is_set():
+            await self._restart_and_wait(name)
+            return
+        log.info("handing %s over: pid %d drains, a new %s takes new connections", name, old.pid, name)
+        state.handover.set()
+        await self._wait_successor(state, old)
+
+    async def _wait_successor(self, state: WorkerState, old: Child) -> None:
+        """Wait until a successor of ``old`` is ready or gone (bounded)."""
         with trio.move_on_after(READY_TIMEOUT_S + STOP_TIMEOUT_S):
             while (state.child is old or state.child is None) and not self.stopping:
                 await state.changed.wait()
@@ -347,16 +432,16 @@ class Supervisor:
             await self._reload_locked()
 
     async def _reload_locked(self) -> None:
-        from meta1py.conf import ConfigErrors, check_accounts, dump_config, load_config
+        from meta1py.conf import ConfigErrors, check_accounts, check_files, dump_config, load_config
 
         source = self.conf_path or "the built-in defaults"
         log.info("SIGHUP: reloading %s", source)
         notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}", "STATUS=reloading")
         try:
             new = load_config(self.conf_path)
-            account_errors = check_accounts(new) if self.accounts is not None else []
-            if account_errors:
-                raise ConfigErrors(account_errors)
+            problems = check_files(new) + (check_accounts(new) if self.accounts is not None else [])
+            if problems:
+                raise ConfigErrors(problems)
         except ConfigErrors as exc:
             log.error("reload failed, keeping the running configuration:\n%s", exc)
             notify("READY=1", "STATUS=reload failed; running the previous configuration")
@@ -387,7 +472,10 @@ class Supervisor:
         for name in WORKER_NAMES:
             if self.stopping:
                 return
-            await self._restart_and_wait(name)
+            if name == "smtps":
+                await self._hand_over(name)
+            else:
+                await self._restart_and_wait(name)
         # The new smtps no longer has the removed sockets; now close mcp's copies.
         for key, sock in removed.items():
             log.info("closed listener %s:%d", *key)
@@ -409,3 +497,20 @@ class Supervisor:
                 sock.close()
             raise
         return added
+
+
+async def _wait_exit_or(child: Child, event: trio.Event) -> bool:
+    """Wait until ``child`` exits (False) or ``event`` is set first (True; the child runs on)."""
+    handed_over = False
+    async with trio.open_nursery() as nursery:
+
+        async def on_event() -> None:
+            nonlocal handed_over
+            await event.wait()
+            handed_over = True
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(on_event)
+        await child.wait()
+        nursery.cancel_scope.cancel()
+    return handed_over and not child.exited.is_set()

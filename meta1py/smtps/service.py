@@ -4,9 +4,15 @@ Shutdown (SIGTERM from mcp): the accept loops stop at once; sessions waiting for
 command are interrupted and answered ``421 4.3.2``; a session in the middle of committing a message
 finishes that first (the worker skeleton cancels whatever is left after its grace period).
 
+Drain (DRAIN_SIGNAL from mcp on reload): the accept loops stop and this process closes its copies of
+the listeners; a new smtps, started with the new configuration, already accepts on the same
+sockets. Every open session goes on normally (no 421) until the client quits or its
+``session_timeout`` ends it; then the process exits 0. A SIGTERM while draining is a shutdown.
+
 TLS certificates and password files are loaded once, at start, before serving: a file that cannot
-be used is a configuration error (exit 78, no restart loop). mcp restarts workers on SIGHUP, and each
-session keeps the context it started TLS with, so a reload never drops a session.
+be used is a configuration error (exit 78, no restart loop). On SIGHUP mcp hands the listeners to a
+new smtps, which loads the files again, while the old one drains with the certificates it has: a
+reload never drops a session.
 """
 
 from __future__ import annotations
@@ -198,8 +204,49 @@ async def _close(stream: trio.abc.Stream) -> None:
             pass
 
 
+# Beyond the longest session_timeout, a draining smtps cancels what is left: every session should
+# have ended on its own (the session timer answers 421 4.4.2) by then.
+DRAIN_MARGIN_S = 10.0
+# After SIGTERM: how long sessions may take to answer 421 and close (the skeleton allows 5s).
+SHUTDOWN_WAIT_S = 4.5
+
+
+def drain_limit_s(cfg: Config) -> float:
+    """How long a draining smtps may run: the longest ``session_timeout`` plus a margin."""
+    return max((s.session_timeout for s in cfg.smtps), default=0.0) + DRAIN_MARGIN_S
+
+
+async def _wait_either(first: trio.Event, second: trio.Event) -> None:
+    async with trio.open_nursery() as nursery:
+        for event in (first, second):
+
+            async def wait(event: trio.Event = event) -> None:
+                await event.wait()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(wait)
+
+
+def _shut_down(server: SmtpsServer, sessions: trio.Nursery) -> None:
+    log.info("shutting down: %d sessions open", len(server.sessions))
+    server.begin_shutdown()
+    scope = sessions.cancel_scope
+    scope.deadline = min(scope.deadline, trio.current_time() + SHUTDOWN_WAIT_S)
+
+
+async def _shut_down_when_asked(fds: WorkerFds, server: SmtpsServer, sessions: trio.Nursery) -> None:
+    # A draining smtps still obeys SIGTERM (mcp stopping): its sessions get 421 4.3.2 as usual.
+    await fds.shutdown.wait()
+    _shut_down(server, sessions)
+
+
 async def serve(cfg: Config, fds: WorkerFds, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-    """smtps's worker entry point (see :func:`meta1py.worker.run_worker`)."""
+    """smtps's worker entry point (see :func:`meta1py.worker.run_worker`).
+
+    Runs until ``fds.shutdown`` (stop accepting, answer open sessions 421 4.3.2, return) or
+    ``fds.drain`` (stop accepting, close this process's copies of the listeners, let every open
+    session end normally within :func:`drain_limit_s`, return).
+    """
     run_dir = Path(cfg.run_directory)
     smar = RpcClient(run_dir / "smar.sock", name="smtps->smar")
     qmgr = RpcClient(run_dir / "qmgr.sock", name="smtps->qmgr")
@@ -210,18 +257,31 @@ async def serve(cfg: Config, fds: WorkerFds, task_status: Any = trio.TASK_STATUS
     async with trio.open_nursery() as nursery:
         await nursery.start(smar.run)
         await nursery.start(qmgr.run)
+        # The sessions nursery ends when its last session does; its deadline bounds that.
         async with trio.open_nursery() as sessions:
             async with trio.open_nursery() as accepting:
                 for (section, sock), listener in zip(sections, fds.listeners, strict=True):
                     await accepting.start(server.serve_listener, listener, section, sessions, sock)
                 task_status.started()
-                await fds.shutdown.wait()
+                await _wait_either(fds.shutdown, fds.drain)
                 # Stop accepting at once: new clients wait in the listen backlog (mcp keeps the
                 # sockets) for the next smtps instead of being refused.
                 accepting.cancel_scope.cancel()
-            log.info("shutting down: %d sessions open", len(server.sessions))
-            server.begin_shutdown()
-            with trio.move_on_after(4.5):
-                await server.idle.wait()
-            sessions.cancel_scope.cancel()
+            if fds.shutdown.is_set():
+                _shut_down(server, sessions)
+            else:
+                # Handover on reload: the new smtps accepts on the same sockets; ours are only
+                # copies, closed so that this process holds no listener while it drains.
+                for listener in fds.listeners:
+                    await listener.aclose()
+                limit_s = drain_limit_s(cfg)
+                log.info(
+                    "draining: %d sessions open; exiting when they end (at most %gs)",
+                    len(server.sessions),
+                    limit_s,
+                )
+                sessions.cancel_scope.deadline = trio.current_time() + limit_s
+                nursery.start_soon(_shut_down_when_asked, fds, server, sessions)
+        if sessions.cancel_scope.cancelled_caught and not fds.shutdown.is_set():
+            log.warning("drain limit reached: the remaining sessions were cancelled")
         nursery.cancel_scope.cancel()

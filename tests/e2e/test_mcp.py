@@ -120,8 +120,10 @@ def test_sighup_good_config_restarts_workers_without_refusing(make_daemon: MakeD
             thread.join(60)
         errors = [r for r in results if isinstance(r, OSError)]
         assert not errors
-        # A session caught by the old smtps's shutdown gets 421; every other one the greeting.
-        assert all(isinstance(r, bytes) and r[:4] in (b"220 ", b"421 ") for r in results)
+        # The old smtps drains instead of answering 421: every connection got the greeting.
+        assert all(isinstance(r, bytes) and r.startswith(b"220 ") for r in results)
+        # The old smtps may still be finishing its last session: wait for it to go.
+        poll(lambda: not pid_alive(before["smtps"]), 60, "the old smtps to finish draining")
         after = daemon.workers()
         assert all(after[name] != before[name] for name in WORKER_NAMES)
         with socket.create_connection(("127.0.0.1", port2), timeout=30) as sock:
@@ -151,7 +153,9 @@ def test_sigterm_with_open_session_sends_421_and_exits_0(make_daemon: MakeDaemon
     with daemon.connect() as sock:
         assert daemon.read_line(sock).startswith(b"220 ")
         sock.sendall(b"EHLO client.example\r\n")
-        assert daemon.read_line(sock).startswith(b"502 5.5.1")
+        while (line := daemon.read_line(sock)).startswith(b"250-"):
+            pass
+        assert line.startswith(b"250 ")
         daemon.send_signal(signal.SIGTERM)
         assert daemon.read_line(sock).startswith(b"421 4.3.2")
         assert daemon.read_line(sock) == b""

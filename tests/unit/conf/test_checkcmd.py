@@ -117,3 +117,61 @@ def test_console_script_and_import_rules() -> None:
         [sys.executable, "-m", "meta1py.cli", "check-config", "--defaults"], capture_output=True, text=True
     )
     assert rc.returncode == 0 and "listen_socket {" in rc.stdout
+
+
+TLS_FILES_CONF = """\
+smtps {
+  listen_socket { port = 2525; }
+  tls {
+    cert_file = cert.pem;
+    key_file = key.pem;
+    CA_file = ca.pem;
+    CRL_file = crl.pem;
+  }
+  password_file = passwd;
+}
+smtpc { tls { cert_file = client.pem; CA_directory = cadir; } }
+"""
+
+
+def test_tls_and_password_files_are_checked(in_tmp: Path) -> None:
+    cfg = parse_config(TLS_FILES_CONF, str(in_tmp / "t.conf"))
+    errors = check_files(cfg)
+    found = {(e.line, e.column): e.message for e in errors}
+    assert sorted(found) == [(4, 5), (5, 5), (6, 5), (7, 5), (9, 3), (11, 15), (11, 39)]
+    assert found[(4, 5)].startswith("cert_file file ") and "does not exist" in found[(4, 5)]
+    assert found[(9, 3)].startswith("password_file file ")
+    assert found[(11, 39)].startswith("CA_directory directory ")
+    assert all("queue_directory" in e.hint for e in errors)
+
+
+def test_readable_tls_files_pass_and_unreadable_ones_do_not(in_tmp: Path) -> None:
+    cfg = parse_config(TLS_FILES_CONF, str(in_tmp / "t.conf"))
+    for name in ("cert.pem", "key.pem", "ca.pem", "crl.pem", "passwd", "client.pem"):
+        path = cfg.queue_directory / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("x\n")
+    (cfg.queue_directory / "cadir").mkdir()
+    assert check_files(cfg) == []
+    (cfg.queue_directory / "cadir").rmdir()
+    (cfg.queue_directory / "cadir").write_text("not a directory\n")
+    (cfg.queue_directory / "passwd").unlink()
+    (cfg.queue_directory / "passwd").mkdir()
+    problems = sorted(e.message for e in check_files(cfg))
+    assert len(problems) == 2
+    assert problems[0].startswith("CA_directory directory ") and problems[0].endswith("is not a directory")
+    assert problems[1].startswith("password_file file ") and problems[1].endswith("is not a regular file")
+    if os.geteuid() != 0:  # root reads anything
+        (cfg.queue_directory / "passwd").rmdir()
+        (cfg.queue_directory / "passwd").write_text("x\n")
+        (cfg.queue_directory / "passwd").chmod(0)
+        (problem,) = [e.message for e in check_files(cfg) if "password_file" in e.message]
+        assert problem.endswith("is not readable")
+
+
+def test_check_config_reports_missing_certificate(in_tmp: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    conf = in_tmp / "t.conf"
+    conf.write_text(TLS_FILES_CONF)
+    assert main(["-f", str(conf)]) == 1
+    err = capsys.readouterr().err
+    assert "t.conf:4:5: cert_file file" in err and "does not exist" in err

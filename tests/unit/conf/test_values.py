@@ -97,7 +97,8 @@ def test_relayhost_forms() -> None:
 
 def test_dump_round_trips_absolute_paths_and_all_smtps(in_tmp: object) -> None:
     text = """queue_directory = /srv/q; smar { aliases = a; routes = "/etc/r t"; }
-    smtps a { listen_socket { port = 1; } } smtps b { listen_socket { port = 2; tls = implicit; } }"""
+    smtps a { listen_socket { port = 1; } } smtps b { listen_socket { port = 2; tls = implicit; }
+    tls { cert_file = c.pem; key_file = k.pem; } }"""
     cfg = parse_config(text)
     assert cfg.smar.aliases is not None and str(cfg.smar.aliases) == "/srv/q/a"
     for only_changed in (True, False):
