@@ -7,11 +7,11 @@ from typing import Any
 import trio
 
 from meta1py.conf import Config
+from meta1py.maps import MapErrors
 from meta1py.rpc.channel import serve_unix
 from meta1py.smar.resolver import Resolver
 from meta1py.smar.router import Router
 from meta1py.smar.service import SmarService
-from meta1py.maps import MapErrors
 from meta1py.worker import WorkerConfigError, WorkerFds
 
 

@@ -190,7 +190,14 @@ class Meta1Daemon:
         self.close()
 
     def start(self, wait_ready: bool = True) -> None:
-        """Start mcp; with ``wait_ready``, return once it sent ``READY=1``."""
+        """Start mcp; with ``wait_ready``, return once it sent ``READY=1``.
+
+        May be called again after :meth:`stop` (or after mcp was killed) to run a new mcp on the
+        same directories and config; only notifications sent by the new mcp count.
+        """
+        if self.running():
+            raise DaemonError("mcp is already running")
+        first_notification = len(self.notifications)
         env = {k: v for k, v in os.environ.items() if not k.startswith("META1_")}
         env.update(self._env)
         env["NOTIFY_SOCKET"] = self._notify_name
@@ -204,7 +211,7 @@ class Meta1Daemon:
                 env=env,
             )
         if wait_ready:
-            self.wait_notify("READY=1", self.ready_timeout)
+            self.wait_notify("READY=1", self.ready_timeout, start=first_notification)
 
     @property
     def pid(self) -> int:

@@ -694,6 +694,10 @@ def recording_sink(
                 raise
             continue
         break
+    if unix_path is not None:
+        # The socket gets the umask's mode; delivery agents run as other users (e2e tests as
+        # root drop the workers to a throw-away account), and connect(2) needs write access.
+        os.chmod(unix_path, 0o666)
     try:
         yield sink
     finally:
