@@ -30,6 +30,7 @@ _BARE_VALUE = re.compile(r"[A-Za-z0-9_.,:;@<>+\-/\[\]()!#$%&*?^{}|~]*\Z")
 _DEFAULT_VALUE_LIMIT = 200
 
 log = logging.getLogger(__name__)
+_maillog_logger = logging.getLogger(MAILLOG_LOGGER)
 
 
 class _ProcessFormatter(logging.Formatter):
@@ -129,6 +130,8 @@ def maillog(event: str, qid: str | None, **fields: object) -> None:
         **fields: further fields in the given order; ``bytes`` values are treated as peer data
             (repr()'d and truncated), strings with spaces or quotes are quoted. Never pass AUTH data.
     """
+    if not _maillog_logger.isEnabledFor(logging.INFO):
+        return
     parts = [event, f"qid={format_value(qid)}"]
     parts.extend(f"{key}={format_value(value)}" for key, value in fields.items())
-    logging.getLogger(MAILLOG_LOGGER).info("%s", " ".join(parts))
+    _maillog_logger.info("%s", " ".join(parts))

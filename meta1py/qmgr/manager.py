@@ -34,6 +34,7 @@ from meta1py.qmgr.scheduler import Job, Scheduler
 from meta1py.queue.content import (
     ContentWriter,
     DirectorySyncer,
+    content_file,
     content_path,
     open_content,
     remove_content,
@@ -745,7 +746,7 @@ class QueueManager:
             return QueueEnvelopeCommitReply(
                 ok=False, reply=SmtpReplyValue(code=554, enhanced="5.5.0", text="bad envelope")
             )
-        path = content_path(self.queue_dir, req.qid)
+        path = content_file(self.queue_dir, req.qid)
         # A stat of a file smtps has just fsync'd: cheaper inline than a trip to a worker thread.
         if not os.path.exists(path):
             log.error("commit of %s refused: no content file", req.qid)

@@ -34,6 +34,7 @@ __all__ = [
     "ContentSyncer",
     "ContentWriter",
     "DirectorySyncer",
+    "content_file",
     "content_path",
     "open_content",
     "remove_content",
@@ -55,9 +56,18 @@ def content_path(queue_dir: str | os.PathLike[str], qid: str) -> Path:
     Raises:
         ValueError: ``qid`` is not a queue id (so no path traversal can come through here).
     """
+    return Path(content_file(queue_dir, qid))
+
+
+def content_file(queue_dir: str | os.PathLike[str], qid: str) -> str:
+    """:func:`content_path` as a string: built without pathlib, for the per-message hot paths.
+
+    Raises:
+        ValueError: ``qid`` is not a queue id (so no path traversal can come through here).
+    """
     if not is_queue_id(qid):
         raise ValueError(f"not a queue id: {qid!r}")
-    return Path(queue_dir) / CONTENT_DIRNAME / qid[-2:] / qid
+    return f"{os.fspath(queue_dir)}/{CONTENT_DIRNAME}/{qid[-2:]}/{qid}"
 
 
 def _fsync_dir(path: str | os.PathLike[str]) -> None:
@@ -75,23 +85,24 @@ def _storage_error(what: str, exc: OSError) -> QueueStorageError:
 
 
 # Subdirectories whose entry in content/ this process has made durable (see the module docstring).
-_durable_dirs: set[Path] = set()
+_durable_dirs: dict[tuple[Path, str], Path] = {}
 _durable_dirs_lock = threading.Lock()
 
 
 def _ensure_dir(parent: Path, name: str) -> Path:
     """Create ``parent/name`` if needed and make sure its entry in ``parent`` is on disk."""
+    key = (parent, name)
+    known = _durable_dirs.get(key)  # dict reads are atomic under the GIL
+    if known is not None:
+        return known
     path = parent / name
-    with _durable_dirs_lock:
-        if path in _durable_dirs:
-            return path
     try:
         os.mkdir(path, _DIR_MODE)
     except FileExistsError:
         pass
     _fsync_dir(parent)
     with _durable_dirs_lock:
-        _durable_dirs.add(path)
+        _durable_dirs[key] = path
     return path
 
 
@@ -404,7 +415,7 @@ def open_content(queue_dir: str | os.PathLike[str], qid: str) -> io.BufferedRead
         ValueError: ``qid`` is not a queue id.
         FileNotFoundError: there is no such content file.
     """
-    return open(content_path(queue_dir, qid), "rb")
+    return open(content_file(queue_dir, qid), "rb")
 
 
 def remove_content(queue_dir: str | os.PathLike[str], qid: str) -> bool:
@@ -417,7 +428,7 @@ def remove_content(queue_dir: str | os.PathLike[str], qid: str) -> bool:
         ValueError: ``qid`` is not a queue id.
     """
     try:
-        os.unlink(content_path(queue_dir, qid))
+        os.unlink(content_file(queue_dir, qid))
     except FileNotFoundError:
         return False
     return True

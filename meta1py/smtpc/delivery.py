@@ -119,6 +119,8 @@ class _Client:
     peer: str
     io_timeout: float
     last_used: float = field(default_factory=time.monotonic)
+    #: Content was sent in the current transaction (a failure after this may have delivered).
+    data_sent: bool = False
     tls: trio.SSLStream[trio.abc.Stream] | None = None
     # False once a STARTTLS handshake was attempted and failed: the byte stream is in no state
     # for a plaintext QUIT (and the core refuses plaintext after the 220).
@@ -483,24 +485,40 @@ class DeliveryAgents:
             if not pending:
                 break
             client = self._cached(host, tls_req)
+            reused = client is not None
             try:
-                if client is not None:
+                if client is not None and not (client.conn.extensions and client.conn.extensions.pipelining):
+                    # Without PIPELINING the RSET that checks a cached connection is a round trip
+                    # of its own; with it, the RSET leads the MAIL/RCPT/DATA group (below).
                     try:
                         await client.send(client.conn.rset())
                         if (await client.reply()).reply.code != 250:
                             raise _SessionError(session_reply)
-                        self.connections_reused += 1
                     except _SessionError:
                         await client.close(polite=False)
                         client = None
+                        reused = False
                 if client is None:
                     client = await self._open(host, tls_req, req.qid)
             except _SessionError as exc:
                 session_reply = exc.reply
                 log.info("%s: %s[%s]:%d: %s", req.qid, host.name, host.address, host.port, exc.reply.text)
                 continue
+            if reused:
+                self.connections_reused += 1
             try:
-                outcome = await self._transaction(client, req, list(pending.values()), host)
+                try:
+                    outcome = await self._transaction(
+                        client, req, list(pending.values()), host, rset_first=reused
+                    )
+                except _SessionError:
+                    if not reused or client.data_sent:
+                        raise
+                    # The cached connection had died while idle (nothing was sent for this
+                    # message beyond the envelope): use a fresh one.
+                    await client.close(polite=False)
+                    client = await self._open(host, tls_req, req.qid)
+                    outcome = await self._transaction(client, req, list(pending.values()), host)
             except _SessionError as exc:
                 log.info("%s: %s", req.qid, exc.reply.text)
                 await client.close(polite=False)
@@ -539,10 +557,21 @@ class DeliveryAgents:
         return results, not any_session
 
     async def _transaction(
-        self, client: _Client, req: SmtpcDeliveryRequest, rcpts: list[Any], host: SmarHostValue
+        self,
+        client: _Client,
+        req: SmtpcDeliveryRequest,
+        rcpts: list[Any],
+        host: SmarHostValue,
+        *,
+        rset_first: bool = False,
     ) -> _Outcome:
-        """MAIL, RCPT..., DATA on an open session; pipelined when the server offers it."""
+        """MAIL, RCPT..., DATA on an open session; pipelined when the server offers it.
+
+        ``rset_first``: the session is a cached one; with PIPELINING an RSET leads the group (it
+        both checks that the connection still works and clears any state).
+        """
         conn = client.conn
+        client.data_sent = False
         ext = conn.extensions
         assert ext is not None
         if req.smtputf8 and not ext.smtputf8:
@@ -561,6 +590,7 @@ class DeliveryAgents:
 
         def note(event: ReplyReceived) -> None:
             nonlocal mail_reply, data_reply
+            log.debug("%s: reply to %s: %s", client.peer, event.command, event.reply)
             if event.command == "UNSOLICITED":
                 raise _SessionError(_value(event.reply))
             if event.command == "MAIL":
@@ -573,8 +603,14 @@ class DeliveryAgents:
         rcpt_commands = [lambda r=r: conn.rcpt(r.address, self._rcpt_params(r, ext.dsn)) for r in rcpts]
         if ext.pipelining:
             # RFC 2920: MAIL, every RCPT and DATA in one write, then read the replies in order.
-            out = conn.mail(req.sender, params) + b"".join(make() for make in rcpt_commands) + conn.data()
+            # The core matches replies to commands in the order the commands were built.
+            out = conn.rset() if rset_first else b""
+            out += conn.mail(req.sender, params) + b"".join(make() for make in rcpt_commands) + conn.data()
             await client.send(out)
+            if rset_first:
+                rset = await client.reply()
+                if rset.reply.code != 250:
+                    raise _SessionError(_value(rset.reply))
             for _ in range(2 + len(rcpts)):
                 note(await client.reply())
         else:
@@ -645,13 +681,17 @@ class DeliveryAgents:
             content = open_content(self.queue_dir, qid)
         except FileNotFoundError as exc:
             raise _SessionError(_local(451, "4.3.0", f"queue file {qid} missing")) from exc
+        client.data_sent = True
         with content:
+            chunk = content.read(_CHUNK_BYTES)
             while True:
+                out = client.conn.send_data(chunk) if chunk else b""
                 chunk = content.read(_CHUNK_BYTES)
                 if not chunk:
+                    # The last piece and the final "." go out in one write.
+                    await client.send(out + client.conn.end_data())
                     break
-                await client.send(client.conn.send_data(chunk))
-        await client.send(client.conn.end_data())
+                await client.send(out)
 
     # -- LMTP -------------------------------------------------------------------------------
 
