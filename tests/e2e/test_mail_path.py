@@ -11,7 +11,15 @@ import pytest
 
 from meta1py.testing.daemon import Meta1Daemon, poll
 from meta1py.testing.dns import running_dns_server
-from meta1py.testing.peers import SinkScript, dovecot_lmtp, free_port, recording_sink, smtp_sink, swaks
+from meta1py.testing.peers import (
+    SinkDump,
+    SinkScript,
+    dovecot_lmtp,
+    free_port,
+    recording_sink,
+    smtp_sink,
+    swaks,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -103,13 +111,12 @@ def test_swaks_to_postfix_smtp_sink(make_daemon: Callable[..., Meta1Daemon]) -> 
             # The dump files are the record; smtp-sink's -c counter only prints at session ends.
             try:
                 # smtp-sink writes each dump while its session goes on: wait until all are whole.
-                dumps = poll(
-                    lambda: d
-                    if len(d := sink.messages()) >= n and all(x.rcpt_tos and x.content_crlf.endswith(BODY) for x in d)
-                    else None,
-                    60,
-                    "smtp-sink dumps",
-                )
+                def whole_dumps() -> list[SinkDump] | None:
+                    d = sink.messages()
+                    whole = len(d) >= n and all(x.rcpt_tos and x.content_crlf.endswith(BODY) for x in d)
+                    return d if whole else None
+
+                dumps = poll(whole_dumps, 60, "smtp-sink dumps")
             except AssertionError as exc:
                 raise AssertionError(f"{exc}: {len(sink.messages())} dumps\n{daemon.log_text()}") from None
     assert len(dumps) == n
