@@ -42,6 +42,7 @@ from meta1py.queue.content import (
 )
 from meta1py.queue.envelopes import (
     DeleteMessage,
+    DuplicateMessageError,
     Envelope,
     EnvelopeStore,
     GroupCommitter,
@@ -778,6 +779,12 @@ class QueueManager:
         )
         try:
             await self.committer.commit_new(env)
+        except DuplicateMessageError:
+            # smtps repeats a commit whose answer it lost (qmgr restarted or the call timed out).
+            # Queue ids are claimed with O_EXCL by one content file, so this is the same message:
+            # it is already durable.
+            log.info("commit of %s repeated: already queued", req.qid)
+            return QueueEnvelopeCommitReply(ok=True, reply=_ok_reply())
         except (QueueStorageError, ValueError) as exc:
             log.error("commit of %s failed: %s", req.qid, exc)
             full = isinstance(exc, QueueStorageError) and exc.disk_full

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import email.utils
 import logging
+import os
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -241,6 +242,8 @@ class Session:
         self.out = bytearray()
         self.messages = 0
         self._recv_scope: trio.CancelScope | None = None
+        # The plain TCP socket's descriptor for fast writes (None for TLS streams).
+        self._fd: int | None = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else None
 
     # -- I/O -------------------------------------------------------------------------------------
 
@@ -252,6 +255,20 @@ class Session:
         """Write queued replies within io_timeout."""
         if self.out:
             data, self.out = bytes(self.out), bytearray()
+            fd = self._fd
+            if fd is not None:
+                # Fast path: replies are small and the socket buffer almost always has room, so
+                # one non-blocking write does it without trio's send machinery (a third of
+                # smtps's CPU per message when profiled). Whatever does not fit goes the slow way.
+                try:
+                    sent = os.write(fd, data)
+                except BlockingIOError:
+                    sent = 0
+                except OSError as exc:
+                    raise trio.BrokenResourceError(str(exc)) from exc
+                if sent == len(data):
+                    return
+                data = data[sent:]
             with trio.fail_after(self.service.io_timeout):
                 await self.stream.send_all(data)
 
@@ -548,10 +565,17 @@ class Session:
             arrival_time=time.time(),
         )
         try:
-            answer = await self.ctx.qmgr.call(request, timeout=_COMMIT_TIMEOUT_S)
+            try:
+                answer = await self.ctx.qmgr.call(request, timeout=_COMMIT_TIMEOUT_S)
+            except RpcError as exc:
+                # The outcome is unknown (qmgr died or was slow): ask again once. qmgr answers a
+                # repeated commit of a queued id with "ok", so the client learns the truth
+                # instead of being told to retry a message that will be delivered anyway.
+                log.warning("session %s: qmgr commit for %s failed (%s); asking again", self.sid, qid, exc)
+                answer = await self.ctx.qmgr.call(request, timeout=_COMMIT_TIMEOUT_S)
         except RpcError as exc:
-            # Outcome unknown when the call timed out: qmgr may have committed. Keep the content
-            # file (an orphan is removed by recovery; a committed message must not lose it).
+            # Still unknown: keep the content file (an orphan is removed by recovery; a
+            # committed message must not lose it) and let the client retry.
             log.error("session %s: qmgr commit for %s failed: %s", self.sid, qid, exc)
             return replies.local_error()
         if not answer.ok:  # type: ignore[attr-defined]
@@ -607,6 +631,7 @@ class Session:
     async def _handshake(self) -> bool:
         """TLS handshake on the plain stream (STARTTLS or implicit); False when it failed."""
         assert self.tls is not None
+        self._fd = None  # from now on every byte goes through TLS
         tls_stream = trio.SSLStream(self.stream, self.tls.context, server_side=True)
         try:
             with trio.fail_after(self.service.io_timeout):
