@@ -29,6 +29,9 @@ __all__ = [
 ]
 
 
+_WIRE_CACHE_MAX = 4096
+
+
 @dataclass(frozen=True, slots=True)
 class Reply:
     """One SMTP reply, possibly multi-line.
@@ -83,15 +86,26 @@ class Reply:
         Every line but the last uses ``code-``, the last ``code SP``; the
         enhanced code prefixes every line (RFC 2034 §4).
         """
+        cached = _WIRE_CACHE.get(self)
+        if cached is not None:
+            return cached
         code = str(self.code)
         prefix = f"{self.enhanced} " if self.enhanced else ""
         last = len(self.lines) - 1
         out = [f"{code}{' ' if i == last else '-'}{prefix}{line}\r\n" for i, line in enumerate(self.lines)]
-        return "".join(out).encode("utf-8")
+        data = "".join(out).encode("utf-8")
+        # Most replies are the same few values over and over (250 Ok, 354, ...): encode each once.
+        if len(_WIRE_CACHE) >= _WIRE_CACHE_MAX:
+            _WIRE_CACHE.clear()
+        _WIRE_CACHE[self] = data
+        return data
 
     def __str__(self) -> str:
         prefix = f"{self.enhanced} " if self.enhanced else ""
         return f"{self.code} {prefix}{' / '.join(self.lines)}"
+
+
+_WIRE_CACHE: dict[Reply, bytes] = {}
 
 
 def _r(code: int, enhanced: str | None, *lines: str) -> Reply:
