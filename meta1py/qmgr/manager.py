@@ -118,6 +118,14 @@ def _notify_tuple(notify: frozenset[str] | None) -> tuple[str, ...] | None:
     return tuple(sorted(notify)) if notify else None
 
 
+def _enhanced_of(reply: str | None, default: str) -> str:
+    """The enhanced status code in a stored reply text ("451 4.4.1 ..."), or ``default``."""
+    parts = (reply or "").split()
+    if len(parts) > 1 and parts[1][:1] == default[:1] and parts[1].count(".") == 2:
+        return parts[1]
+    return default
+
+
 def _domain(address: str) -> str:
     return address.rpartition("@")[2].lower()
 
@@ -435,6 +443,64 @@ class QueueManager:
             self._deferred_by_dest.setdefault(destination, set()).add(msg.env.qid)
         if updates:
             self._schedule(msg.env.qid, min(w for _i, _a, w in updates))
+            await self._warn_delay(msg)
+
+    async def _warn_delay(self, msg: _Msg) -> None:
+        """Send one delay warning (a DSN with Action: delayed) per recipient, when configured.
+
+        ``qmgr { delay_warning_time }`` (0, the default, turns this off, as in Postfix): once a
+        message has waited that long, its deferred recipients whose NOTIFY does not exclude DELAY
+        are reported to the sender, once each (the ``dsn_sent`` flag, committed together with the
+        warning itself so that a crash can neither lose it nor send it twice).
+        """
+        limit = self.qcfg.delay_warning_time
+        env = msg.env
+        if limit <= 0 or env.kind != "normal" or env.sender == "" or msg.deleted:
+            return
+        if time.time() - env.arrival_time < limit:
+            return
+        due = [
+            r
+            for r in msg.rcpts.values()
+            if r.status == "deferred" and not r.dsn_sent and (r.notify is None or "DELAY" in r.notify)
+        ]
+        if not due:
+            return
+        dsn = [
+            DsnRecipient(
+                r.address,
+                "delayed",
+                _enhanced_of(r.last_reply, "4.0.0"),
+                orcpt=r.orcpt,
+                remote_mta=msg.remote_mta.get(r.idx),
+                diagnostic=r.last_reply,
+                last_attempt=r.last_attempt,
+            )
+            for r in due
+        ]
+        try:
+            writer, warning = await self._write_bounce(env, dsn, kind="delay_warning")
+        except (QueueStorageError, OSError) as exc:
+            log.error("%s: cannot write delay warning: %s", env.qid, exc)
+            return
+        marks = tuple(
+            RecipientUpdate(
+                r.idx, r.status, r.attempts, r.next_attempt, r.last_reply, r.destination, dsn_sent=True
+            )
+            for r in due
+        )
+        try:
+            await self.committer.apply_atomic([InsertEnvelope(warning), UpdateRecipients(env.qid, marks)])
+        except (QueueStorageError, ValueError) as exc:
+            log.error("%s: cannot queue delay warning: %s", env.qid, exc)
+            writer.abort()
+            return
+        for r in due:
+            msg.rcpts[r.idx] = replace(r, dsn_sent=True)
+        self._add(warning)
+        mlog.maillog(
+            "queued", warning.qid, sender="", nrcpt=1, size=warning.size, origin=env.qid, kind="delay_warning"
+        )
 
     # -- delivery ------------------------------------------------------------------------------
 
@@ -675,10 +741,13 @@ class QueueManager:
         self._removals_wake.set()
         mlog.maillog("removed", env.qid)
 
-    async def _write_bounce(self, env: Envelope, dsn: list[DsnRecipient]) -> tuple[ContentWriter, Envelope]:
+    async def _write_bounce(
+        self, env: Envelope, dsn: list[DsnRecipient], kind: MessageKind | None = None
+    ) -> tuple[ContentWriter, Envelope]:
         hostname = self.config.hostname
-        kind: MessageKind
-        if env.kind == "normal":
+        if kind == "delay_warning":
+            to = env.sender
+        elif env.kind == "normal":
             to, kind = env.sender, "bounce"
         else:
             postmaster_domain = self.config.local_domains[0] if self.config.local_domains else hostname

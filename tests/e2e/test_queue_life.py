@@ -506,3 +506,52 @@ def test_message_finished_before_a_crash_is_bounced_at_restart(
             _per, (block,), _orig = dsn_parts(parse(report))
             assert block["Final-Recipient"] == "rfc822; x@example.net" and block["Status"] == "5.1.1"
             poll(lambda: queue_empty(daemon), 30, "the queue to empty")
+
+
+# -- delay warnings ---------------------------------------------------------------------------
+
+
+def test_delay_warning_is_sent_once_per_recipient(
+    make_daemon: Callable[..., Meta1Daemon],
+) -> None:
+    script = SinkScript(temp_reject_recipients=frozenset({"slow@example.net"}))
+    with recording_sink(script=script) as sink:
+        daemon = make_routed_daemon(
+            make_daemon,
+            {"example.net": f"smtp:[127.0.0.1]:{sink.port}"},
+            qmgr=FAST_QMGR + " delay_warning_time = 1s;",
+        )
+        with daemon:
+            qid = submit(daemon, "a@localhost", ["slow@example.net"], message("slow"))
+            (warning_file,) = wait_maildir(daemon, "a")
+            warning = parse(warning_file)
+            assert warning["Subject"] == "Delayed Mail (still being retried)"
+            per_message, (block,), _original = dsn_parts(warning)
+            assert block["Final-Recipient"] == "rfc822; slow@example.net"
+            assert block["Action"] == "delayed"
+            assert block["Status"].startswith("4.")
+            assert qid in warning_file.read_text()
+            # later retries do not warn again
+            n = daemon.log_text().count(f"deferred qid={qid} ")
+            poll(
+                lambda: daemon.log_text().count(f"deferred qid={qid} ") >= n + 2 or None,
+                60,
+                "two more delivery attempts",
+            )
+            assert len(maildir(daemon, "a")) == 1
+            rows = store_rows(daemon, "SELECT dsn_sent FROM recipients WHERE qid = ?", (qid,))
+            assert rows == [(1,)]
+
+
+def test_delay_warnings_are_off_by_default(make_daemon: Callable[..., Meta1Daemon]) -> None:
+    script = SinkScript(temp_reject_recipients=frozenset({"slow@example.net"}))
+    with recording_sink(script=script) as sink:
+        daemon = make_routed_daemon(make_daemon, {"example.net": f"smtp:[127.0.0.1]:{sink.port}"})
+        with daemon:
+            qid = submit(daemon, "a@localhost", ["slow@example.net"], message("slow"))
+            poll(
+                lambda: daemon.log_text().count(f"deferred qid={qid} ") >= 3 or None,
+                60,
+                "three delivery attempts",
+            )
+            assert not maildir(daemon, "a")
