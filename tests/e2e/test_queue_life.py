@@ -527,6 +527,7 @@ def test_delay_warning_is_sent_once_per_recipient(
             warning = parse(warning_file)
             assert warning["Subject"] == "Delayed Mail (still being retried)"
             per_message, (block,), _original = dsn_parts(warning)
+            assert per_message["Reporting-MTA"] == "dns; localhost"
             assert block["Final-Recipient"] == "rfc822; slow@example.net"
             assert block["Action"] == "delayed"
             assert block["Status"].startswith("4.")
