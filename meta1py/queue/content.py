@@ -89,6 +89,20 @@ _durable_dirs: dict[tuple[Path, str], Path] = {}
 _durable_dirs_lock = threading.Lock()
 
 
+_durable_dir_names: dict[tuple[str, str], str] = {}
+
+
+def _ensure_dir_str(parent: str, name: str) -> str:
+    """:func:`_ensure_dir` on strings (the per-message path)."""
+    key = (parent, name)
+    known = _durable_dir_names.get(key)
+    if known is not None:
+        return known
+    path = os.fspath(_ensure_dir(Path(parent), name))
+    _durable_dir_names[key] = path
+    return path
+
+
 def _ensure_dir(parent: Path, name: str) -> Path:
     """Create ``parent/name`` if needed and make sure its entry in ``parent`` is on disk."""
     key = (parent, name)
@@ -133,8 +147,15 @@ class ContentWriter:
     """
 
     qid: str
-    path: Path
     size: int
+    #: The content file and its directory, as strings.
+    file_name: str
+    dir_name: str
+
+    @property
+    def path(self) -> Path:
+        """The content file."""
+        return Path(self.file_name)
 
     def __init__(self, queue_dir: str | os.PathLike[str], qid: str | None = None) -> None:
         """Create the content file.
@@ -150,16 +171,18 @@ class ContentWriter:
         """
         if qid is not None and not is_queue_id(qid):
             raise ValueError(f"not a queue id: {qid!r}")
-        root = Path(queue_dir)
+        root = os.fspath(queue_dir)
         self.size = 0
         self._finished = False
         self._file: BinaryIO | None = None
+        # Plain strings on this path: it runs once per message, and pathlib costs more than the
+        # system calls here.
         try:
-            content_dir = _ensure_dir(root, CONTENT_DIRNAME)
+            content_dir = _ensure_dir_str(root, CONTENT_DIRNAME)
             for _ in range(_MAX_ID_DRAWS):
                 candidate = new_queue_id() if qid is None else qid
-                subdir = _ensure_dir(content_dir, candidate[-2:])
-                path = subdir / candidate
+                subdir = _ensure_dir_str(content_dir, candidate[-2:])
+                path = f"{subdir}/{candidate}"
                 try:
                     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
                 except FileExistsError:
@@ -174,7 +197,8 @@ class ContentWriter:
                 raise
             raise _storage_error(f"cannot create content file in {root}", exc) from exc
         self.qid = candidate
-        self.path = path
+        self.dir_name = subdir
+        self.file_name = path
         self._file = open(fd, "wb", buffering=_WRITE_BUFFER_BYTES)
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
@@ -228,7 +252,7 @@ class ContentWriter:
                 pass
         self._finished = False
         try:
-            os.unlink(self.path)
+            os.unlink(self.file_name)
         except FileNotFoundError:
             pass
 
@@ -392,14 +416,14 @@ class ContentSyncer:
 
 
 def _sync_batch(batch: list[tuple[ContentWriter, _DirSync]]) -> None:
-    dirs: dict[Path, list[_DirSync]] = {}
+    dirs: dict[str, list[_DirSync]] = {}
     for writer, op in batch:
         try:
             writer.finish()
         except (QueueStorageError, OSError) as exc:
             op.error = exc
             continue
-        dirs.setdefault(writer.path.parent, []).append(op)
+        dirs.setdefault(writer.dir_name, []).append(op)
     for path, ops in dirs.items():
         try:
             _fsync_dir(path)
