@@ -277,15 +277,43 @@ class Session:
         await self.flush()
         if self.ctx.shutdown.is_set():
             raise _Shutdown
+        fd = self._fd
+        if fd is not None:
+            # Fast path on plain TCP: a pipelining client's input is often there already.
+            try:
+                data = os.read(fd, _READ_BYTES)
+            except BlockingIOError:
+                pass
+            except OSError as exc:
+                raise trio.BrokenResourceError(str(exc)) from exc
+            else:
+                await trio.lowlevel.checkpoint()  # stay fair to the other sessions
+                self.core.receive_data(data)
+                return
         with trio.CancelScope(deadline=trio.current_time() + self.service.io_timeout) as scope:
             self._recv_scope = scope
-            data = await self.stream.receive_some(_READ_BYTES)
+            if fd is not None:
+                data = await self._read_when_ready(fd)
+            else:
+                data = bytes(await self.stream.receive_some(_READ_BYTES))
         self._recv_scope = None
         if scope.cancelled_caught:
             if self.ctx.shutdown.is_set():
                 raise _Shutdown
             raise _SessionTimeout
-        self.core.receive_data(bytes(data))
+        self.core.receive_data(data)
+
+    @staticmethod
+    async def _read_when_ready(fd: int) -> bytes:
+        """Wait until the plain TCP socket ``fd`` is readable and read it (b"" at EOF)."""
+        while True:
+            await trio.lowlevel.wait_readable(fd)
+            try:
+                return os.read(fd, _READ_BYTES)
+            except BlockingIOError:
+                continue  # spurious wake-up
+            except OSError as exc:
+                raise trio.BrokenResourceError(str(exc)) from exc
 
     def interrupt(self) -> None:
         """Shutdown: stop waiting for the client (the session answers 421 4.3.2)."""
