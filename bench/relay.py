@@ -50,7 +50,7 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from meta1py.testing.daemon import Meta1Daemon, free_port
+from meta1py.testing.daemon import Meta1Daemon, free_port, temporary_worker_account
 from meta1py.testing.peers import SmtpSink, smtp_sink
 
 SMTP_SOURCE = "/usr/sbin/smtp-source"
@@ -287,25 +287,9 @@ class Mta:
     accounting: Accounting
 
 
-@contextlib.contextmanager
-def worker_account() -> Iterator[str | None]:
+def worker_account() -> contextlib.AbstractContextManager[str | None]:
     """As root: a throw-away system user and group for meta1py's workers, removed after."""
-    if os.geteuid() != 0:
-        yield None
-        return
-    name = f"m1b{secrets.token_hex(4)}"
-    subprocess.run(["groupadd", "--system", name], check=True)
-    try:
-        subprocess.run(
-            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "--gid", name, name],
-            check=True,
-        )
-        try:
-            yield name
-        finally:
-            subprocess.run(["userdel", name], check=False)
-    finally:
-        subprocess.run(["groupdel", name], check=False, stderr=subprocess.DEVNULL)
+    return temporary_worker_account("m1b")
 
 
 class Meta1Mta(Mta):

@@ -15,6 +15,7 @@ No sleeps: every wait polls a condition until a deadline.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
@@ -25,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
@@ -34,6 +35,30 @@ _T = TypeVar("_T")
 
 WORKER_NAMES = ("qmgr", "smar", "smtpc", "smtps")
 _POLL_S = 0.02
+
+
+@contextlib.contextmanager
+def temporary_worker_account(prefix: str = "m1t") -> Iterator[str | None]:
+    """As root: a throw-away system user and group for the workers, removed afterwards.
+
+    Yields its name, or None when not root (the workers then run as the invoking user).
+    """
+    if os.geteuid() != 0:
+        yield None
+        return
+    name = f"{prefix}{secrets.token_hex(4)}"
+    subprocess.run(["groupadd", "--system", name], check=True)
+    try:
+        subprocess.run(
+            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "--gid", name, name],
+            check=True,
+        )
+        try:
+            yield name
+        finally:
+            subprocess.run(["userdel", name], check=False)
+    finally:
+        subprocess.run(["groupdel", name], check=False, stderr=subprocess.DEVNULL)
 
 
 class DaemonError(AssertionError):

@@ -2,36 +2,19 @@
 
 from __future__ import annotations
 
-import os
-import secrets
-import subprocess
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
-from meta1py.testing.daemon import Meta1Daemon
+from meta1py.testing.daemon import Meta1Daemon, temporary_worker_account
 
 
 @pytest.fixture(scope="session")
 def worker_account() -> Iterator[str | None]:
     """As root: a fresh system user and group for the workers, removed afterwards. Else None."""
-    if os.geteuid() != 0:
-        yield None
-        return
-    name = f"m1t{secrets.token_hex(4)}"
-    subprocess.run(["groupadd", "--system", name], check=True)
-    try:
-        subprocess.run(
-            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "--gid", name, name],
-            check=True,
-        )
-        try:
-            yield name
-        finally:
-            subprocess.run(["userdel", name], check=False)
-    finally:
-        subprocess.run(["groupdel", name], check=False, stderr=subprocess.DEVNULL)
+    with temporary_worker_account("m1t") as name:
+        yield name
 
 
 @pytest.fixture
