@@ -2,13 +2,13 @@
 
 - :mod:`meta1py.queue.ids`: ``new_queue_id()``, ``is_queue_id()``.
 - :mod:`meta1py.queue.content`: message bodies under ``queue_directory/content/``; written by smtps
-  (``ContentWriter``, ``DirectorySyncer``), read by smtpc (``open_content``), removed by qmgr
+  (``ContentWriter``, ``ContentSyncer``; qmgr uses ``DirectorySyncer`` for bounces), read by smtpc (``open_content``), removed by qmgr
   (``remove_content``, ``scan_content_ids``).
 - :mod:`meta1py.queue.envelopes`: ``queue_directory/envelopes.sqlite``, written only by qmgr
   (``EnvelopeStore``, ``GroupCommitter``); read-only for the queue CLI.
 
-The durability promise (design.md §4): smtps answers 250 only after ``ContentWriter.finish()``
-(file fsync), ``DirectorySyncer.sync()`` (directory fsync) and qmgr's ``GroupCommitter.commit_new()``
+The durability promise (design.md §4): smtps answers 250 only after ``ContentSyncer.finish()``
+(file and directory fsync) and qmgr's ``GroupCommitter.commit_new()``
 (transaction fsync) have all returned. Every failure of the storage itself is a
 :class:`QueueStorageError` (``disk_full`` selects 452 4.3.1 over 451 4.3.0).
 

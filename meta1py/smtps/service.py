@@ -27,7 +27,6 @@ import trio
 
 from meta1py.conf import Config, ListenSocket, SmtpsConfig
 from meta1py.passwords import PasswordFileError
-from meta1py.queue.content import DirectorySyncer
 from meta1py.rpc.channel import RpcClient
 from meta1py.smtp import replies
 from meta1py.smtps.auth import Authenticator, AuthFailureLimiter
@@ -125,7 +124,6 @@ class SmtpsServer:
             config=config,
             smar=smar,
             qmgr=qmgr,
-            syncer=DirectorySyncer(),
             limits=SessionLimits(),
             shutdown=trio.Event(),
         )

@@ -2,8 +2,8 @@
 
 The core (:class:`meta1py.smtp.server.ServerConnection`) turns bytes into events and replies into
 bytes; this module answers the events.  Policy comes from smar (``SmarRecipientCheckRequest``),
-durability from the content file (fsync here, directory fsyncs shared by
-:class:`~meta1py.queue.content.DirectorySyncer`) and from qmgr's group commit
+durability from the content file (its fsync and its directory's, batched across sessions by
+:class:`~meta1py.queue.content.ContentSyncer`) and from qmgr's group commit
 (``QueueEnvelopeCommitRequest``).  The 250 reply to the end of data is sent only after qmgr has
 answered that the envelope is durable.
 
@@ -37,7 +37,7 @@ import trio
 
 from meta1py import log as mlog
 from meta1py.conf import Config, ListenSocket, SmtpsConfig
-from meta1py.queue.content import ContentSyncer, ContentWriter, DirectorySyncer
+from meta1py.queue.content import ContentSyncer, ContentWriter
 from meta1py.queue.errors import QueueStorageError
 from meta1py.rpc.errors import RpcError
 from meta1py.rpc.messages import (
@@ -159,7 +159,6 @@ class SmtpsContext:
     config: Config
     smar: RpcCaller
     qmgr: RpcCaller
-    syncer: DirectorySyncer
     limits: SessionLimits
     shutdown: trio.Event
     #: Per smtps section (keyed by section name): its TLS context, when it has a certificate.
