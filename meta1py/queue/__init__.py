@@ -2,8 +2,8 @@
 
 - :mod:`meta1py.queue.ids`: ``new_queue_id()``, ``is_queue_id()``.
 - :mod:`meta1py.queue.content`: message bodies under ``queue_directory/content/``; written by smtps
-  (``ContentWriter``, ``ContentSyncer``; qmgr uses ``DirectorySyncer`` for bounces), read by smtpc (``open_content``), removed by qmgr
-  (``remove_content``, ``scan_content_ids``).
+  (``ContentWriter``, ``ContentSyncer``; qmgr uses ``DirectorySyncer`` for bounces), read by
+  smtpc (``open_content``), removed by qmgr (``remove_content``, ``scan_content_ids``).
 - :mod:`meta1py.queue.envelopes`: ``queue_directory/envelopes.sqlite``, written only by qmgr
   (``EnvelopeStore``, ``GroupCommitter``); read-only for the queue CLI.
 
