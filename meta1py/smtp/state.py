@@ -24,7 +24,7 @@ from __future__ import annotations
 import enum
 
 
-class State(enum.Enum):
+class State(str, enum.Enum):
     """Server session states (see the module docstring)."""
 
     START = "START"
