@@ -24,7 +24,7 @@ from __future__ import annotations
 import enum
 
 
-class State(str, enum.Enum):
+class State(enum.StrEnum):
     """Server session states (see the module docstring)."""
 
     START = "START"
