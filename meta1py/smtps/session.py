@@ -389,10 +389,14 @@ class Session:
             await self._rcpt(event)
             return False
         if isinstance(event, ev.DataStart):
+            txn = self.txn
+            if txn is None or not txn.recipients:
+                # RFC 2920 §3.1: a pipelined DATA after refused recipients gets 554, not 354.
+                self.reply(replies.no_valid_recipients())
+                return False
             self._start_content()
-            if self.txn is not None and self.txn.storage_error is not None:
-                err = self.txn.storage_error
-                self._abort_transaction()
+            if txn.storage_error is not None:
+                err, txn.storage_error = txn.storage_error, None  # the client may try DATA again
                 self.reply(replies.insufficient_storage() if err.disk_full else replies.local_error())
             else:
                 self.reply(replies.data_start())
@@ -559,6 +563,10 @@ class Session:
             if writer is not None:
                 writer.abort()
             return error
+        if not txn.recipients:
+            if writer is not None:
+                writer.abort()
+            return replies.no_valid_recipients()
         if txn.storage_error is not None or writer is None:
             if writer is not None:
                 writer.abort()

@@ -316,3 +316,18 @@ def test_message_size_and_recipient_limits(make_daemon: Callable[..., Meta1Daemo
             wait_maildir(daemon, f"u{i}")
         assert not maildir_files(daemon.mail_directory, "localhost", "u3")
         assert not maildir_files(daemon.mail_directory, "localhost", "b")
+
+
+def test_data_without_valid_recipients_gets_554(make_daemon: Callable[..., Meta1Daemon]) -> None:
+    # RFC 2920 §3.1: DATA after every recipient was refused is answered 554, never 354.
+    with make_daemon(sections={"smtps": "relay_clients = { 127.0.0.2 };"}) as daemon:
+        with smtplib.SMTP("127.0.0.1", daemon.port, timeout=30) as client:
+            client.ehlo("client.example")
+            assert client.mail("a@example.org")[0] == 250
+            assert client.rcpt("victim@example.com")[0] == 554
+            code, text = client.docmd("DATA")
+            assert (code, text) == (554, b"5.5.1 No valid recipients")
+            # the session goes on normally
+            assert client.rcpt("b@localhost")[0] == 250
+            code, text = client.data(b"Subject: after\r\n\r\nbody\r\n")
+            assert code == 250 and b"queued as" in text
