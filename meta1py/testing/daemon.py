@@ -25,6 +25,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -399,6 +400,32 @@ class Meta1Daemon:
                 break
             data += chunk
         return data
+
+    @contextlib.contextmanager
+    def connecting_in_a_loop(self) -> Iterator[list[bytes | OSError]]:
+        """Connect again and again from a thread while the block runs (reload tests).
+
+        Yields the list of what each connection got: its first line, or the error it failed with.
+        The thread is stopped and joined when the block ends.
+        """
+        results: list[bytes | OSError] = []
+        stop = threading.Event()
+
+        def hammer() -> None:
+            while not stop.is_set():
+                try:
+                    with self.connect() as sock:
+                        results.append(self.read_line(sock))
+                except OSError as exc:
+                    results.append(exc)
+
+        thread = threading.Thread(target=hammer)
+        thread.start()
+        try:
+            yield results
+        finally:
+            stop.set()
+            thread.join(60)
 
     def banner(self, timeout: float = 30.0) -> bytes:
         """Connect, read the greeting, say QUIT and close; return the greeting line."""

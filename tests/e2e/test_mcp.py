@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import threading
 from collections.abc import Callable
 
 import pytest
@@ -95,29 +94,13 @@ def test_sighup_good_config_restarts_workers_without_refusing(make_daemon: MakeD
         )
         daemon.write_config(text.replace("log_level", "log_level") + "log_level = debug;\n")
 
-        results: list[bytes | OSError] = []
-        stop = threading.Event()
-
-        def hammer() -> None:
-            while not stop.is_set():
-                try:
-                    with daemon.connect() as sock:
-                        results.append(daemon.read_line(sock))
-                except OSError as exc:
-                    results.append(exc)
-
-        thread = threading.Thread(target=hammer)
-        thread.start()
-        try:
+        with daemon.connecting_in_a_loop() as results:
             poll(lambda: len(results) >= 3, 30, "connections before the reload")
             mark = daemon.log_size()
             daemon.send_signal(signal.SIGHUP)
             daemon.wait_for_log(r"mcp\[\d+\]: info: reload done", timeout=90, start=mark)
             count = len(results)
             poll(lambda: len(results) >= count + 3, 30, "connections after the reload")
-        finally:
-            stop.set()
-            thread.join(60)
         errors = [r for r in results if isinstance(r, OSError)]
         assert not errors
         # The old smtps drains instead of answering 421: every connection got the greeting.

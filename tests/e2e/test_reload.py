@@ -12,7 +12,6 @@ import shutil
 import signal
 import smtplib
 import ssl
-import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -185,27 +184,11 @@ def test_session_open_across_sighup_finishes_normally(make_daemon: MakeDaemon) -
 def test_no_connection_refused_during_reload(make_daemon: MakeDaemon) -> None:
     with make_daemon() as daemon:
         old = _children(daemon.pid, "smtps")[0]
-        results: list[bytes | OSError] = []
-        stop = threading.Event()
-
-        def hammer() -> None:
-            while not stop.is_set():
-                try:
-                    with daemon.connect() as sock:
-                        results.append(daemon.read_line(sock))
-                except OSError as exc:
-                    results.append(exc)
-
-        thread = threading.Thread(target=hammer)
-        thread.start()
-        try:
+        with daemon.connecting_in_a_loop() as results:
             poll(lambda: len(results) >= 3, TIMEOUT, "connections before the reload")
             reload(daemon, "log_level = debug;\n")
             count = len(results)
             poll(lambda: len(results) >= count + 5, TIMEOUT, "connections after the reload")
-        finally:
-            stop.set()
-            thread.join(TIMEOUT)
         assert not [r for r in results if isinstance(r, OSError)]
         assert all(isinstance(r, bytes) and r.startswith(b"220 ") for r in results), set(results)
         new = active_smtps(daemon, old)
