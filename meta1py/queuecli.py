@@ -16,13 +16,12 @@ import argparse
 import email.parser
 import email.policy
 import json
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from meta1py.conf import Config, ConfigErrors, load_config
+from meta1py.conf import Config, ConfigErrors, config_file, load_config
 from meta1py.queue.content import open_content, remove_content
 from meta1py.queue.envelopes import Envelope, EnvelopeStore, envelope_store_path
 from meta1py.queue.ids import is_queue_id
@@ -341,9 +340,7 @@ def main(argv: list[str]) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:
         return EX_USAGE if exc.code else 0
-    path = args.config or os.environ.get("META1_CONF")
-    if path is None and os.path.exists("/etc/meta1/meta1.conf"):
-        path = "/etc/meta1/meta1.conf"
+    path = config_file(args.config)
     try:
         cfg = load_config(path)
     except ConfigErrors as exc:

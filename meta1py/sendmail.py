@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import email.utils
 import getpass
-import os
 import re
 import smtplib
 import socket
@@ -264,11 +263,9 @@ def main(argv: list[str]) -> int:
     except UsageError as exc:
         print(f"meta1 sendmail: {exc}", file=sys.stderr)
         return EX_USAGE
-    from meta1py.conf import ConfigErrors, load_config
+    from meta1py.conf import ConfigErrors, config_file, load_config
 
-    config_path = args.config or os.environ.get("META1_CONF")
-    if config_path is None and os.path.exists("/etc/meta1/meta1.conf"):
-        config_path = "/etc/meta1/meta1.conf"
+    config_path = config_file(args.config)
     try:
         cfg = load_config(config_path)
     except ConfigErrors as exc:

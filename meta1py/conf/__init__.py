@@ -9,6 +9,7 @@ nor socket at module level.
 from meta1py.conf.accounts import check_accounts, check_files
 from meta1py.conf.dump import defaults_text, dump_config
 from meta1py.conf.errors import ConfigError, ConfigErrors
+from meta1py.conf.location import config_file
 from meta1py.conf.model import (
     SMTPS_DEFAULT_FLAGS,
     SMTPS_FLAGS,
@@ -38,6 +39,7 @@ __all__ = [
     "SmtpsConfig",
     "check_accounts",
     "check_files",
+    "config_file",
     "defaults_text",
     "dump_config",
     "load_config",

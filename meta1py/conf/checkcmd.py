@@ -9,24 +9,15 @@ the defaults, in configuration syntax); exit 1 with every error on stderr otherw
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from meta1py.conf.accounts import check_accounts, check_files
 from meta1py.conf.dump import defaults_text, dump_config
 from meta1py.conf.errors import ConfigErrors
+from meta1py.conf.location import config_file
 from meta1py.conf.parser import load_config
 
-DEFAULT_PATH = "/etc/meta1/meta1.conf"
 EX_OK, EX_INVALID, EX_USAGE = 0, 1, 64
-
-
-def default_config_path() -> str | None:
-    """The file used when no ``-f`` is given: $META1_CONF, /etc/meta1/meta1.conf, or None."""
-    env = os.environ.get("META1_CONF")
-    if env:
-        return env
-    return DEFAULT_PATH if os.path.exists(DEFAULT_PATH) else None
 
 
 def main(argv: list[str]) -> int:
@@ -44,7 +35,7 @@ def main(argv: list[str]) -> int:
     if args.defaults:
         sys.stdout.write(defaults_text())
         return EX_OK
-    path = args.file if args.file is not None else default_config_path()
+    path = config_file(args.file)
     try:
         cfg = load_config(path)
     except ConfigErrors as e:

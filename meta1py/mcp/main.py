@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import socket
 import sys
 from pathlib import Path
@@ -31,24 +30,16 @@ from meta1py.worker import EX_CONFIG, EX_USAGE, listen_sockets
 log = logging.getLogger("meta1py.mcp")
 
 EX_OSERR = 71
-DEFAULT_CONFIG = Path("/etc/meta1/meta1.conf")
 # Workers that serve an RPC socket; smtps is only a client.
 RPC_SERVERS = ("qmgr", "smar", "smtpc")
 
 
 def config_path(option: str | None) -> Path | None:
-    """The file to load: ``-f``, else ``$META1_CONF``, else /etc/meta1/meta1.conf if it exists.
+    """The file to load (see :func:`meta1py.conf.config_file`); None means the built-in defaults."""
+    from meta1py.conf import config_file
 
-    None means the built-in defaults (a working unprivileged MTA on 127.0.0.1:2525).
-    """
-    if option:
-        return Path(option)
-    env = os.environ.get("META1_CONF")
-    if env:
-        return Path(env)
-    if DEFAULT_CONFIG.exists():
-        return DEFAULT_CONFIG
-    return None
+    path = config_file(option)
+    return Path(path) if path is not None else None
 
 
 def _parse_args(argv: list[str]) -> argparse.Namespace | None:
