@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import smtplib
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -331,3 +332,28 @@ def test_data_without_valid_recipients_gets_554(make_daemon: Callable[..., Meta1
             assert client.rcpt("b@localhost")[0] == 250
             code, text = client.data(b"Subject: after\r\n\r\nbody\r\n")
             assert code == 250 and b"queued as" in text
+
+
+def test_idle_client_gets_421_after_io_timeout(make_daemon: Callable[..., Meta1Daemon]) -> None:
+    # RFC 5321 §4.5.3.2: a server ends a session whose client stays silent too long.
+    with make_daemon(sections={"smtps": "IO_timeout = 1s;"}) as daemon:
+        with daemon.connect() as sock:
+            assert daemon.read_line(sock).startswith(b"220 ")
+            sock.settimeout(30)
+            line = daemon.read_line(sock)  # nothing sent: the next line is the server's
+            assert line.startswith(b"421 4.4.2"), line
+            assert sock.recv(100) == b""  # and it closed the connection
+
+
+def test_session_timeout_ends_a_busy_session(make_daemon: Callable[..., Meta1Daemon]) -> None:
+    with make_daemon(sections={"smtps": "session_timeout = 2s;"}) as daemon:
+        with smtplib.SMTP("127.0.0.1", daemon.port, timeout=30) as client:
+            client.ehlo("client.example")
+            deadline = time.monotonic() + 30
+            while True:
+                code, text = client.docmd("NOOP")
+                if code != 250:
+                    break
+                assert time.monotonic() < deadline, "the session was never ended"
+                time.sleep(0.2)  # a slow but active client
+            assert (code, text[:5]) == (421, b"4.4.2")
