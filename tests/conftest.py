@@ -13,7 +13,10 @@ from __future__ import annotations
 import functools
 import inspect
 import os
-from collections.abc import Awaitable, Callable
+import shutil
+import subprocess
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -66,3 +69,32 @@ def _with_deadline(func: Callable[..., Awaitable[Any]], limit_s: float) -> Calla
 def free_port() -> Callable[..., int]:
     """A function ``free_port(address='127.0.0.1') -> int`` returning a currently free TCP port."""
     return _free_port
+
+
+@pytest.fixture
+def mount_tmpfs(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
+    """Mount small tmpfs file systems for disk-full tests (root only; skips otherwise).
+
+    ``mount_tmpfs("size=256k")`` returns a fresh mount point; everything mounted is unmounted at
+    the end of the test.
+    """
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a tmpfs needs root")
+    mounted: list[Path] = []
+
+    def mount(options: str) -> Path:
+        point = tmp_path / f"tmpfs{len(mounted)}"
+        point.mkdir()
+        result = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)], capture_output=True, check=False
+        )
+        if result.returncode != 0:
+            pytest.skip(f"cannot mount tmpfs: {result.stderr.decode(errors='replace').strip()}")
+        mounted.append(point)
+        return point
+
+    try:
+        yield mount
+    finally:
+        for point in reversed(mounted):
+            subprocess.run(["umount", str(point)], check=False)

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -299,23 +297,9 @@ def test_database_full_fails_whole_batch(store: EnvelopeStore) -> None:
 
 
 @pytest.fixture
-def tiny_tmpfs(tmp_path: Path) -> Iterator[Path]:
+def tiny_tmpfs(mount_tmpfs: Callable[[str], Path]) -> Path:
     """A 512 KiB tmpfs (root only)."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mountpoint = tmp_path / "tiny"
-    mountpoint.mkdir()
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mountpoint)],
-        capture_output=True,
-        check=False,
-    )
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount tmpfs: {result.stderr.decode(errors='replace').strip()}")
-    try:
-        yield mountpoint
-    finally:
-        subprocess.run(["umount", str(mountpoint)], check=True)
+    return mount_tmpfs("size=512k")
 
 
 def test_disk_full_on_a_real_filesystem(tiny_tmpfs: Path) -> None:

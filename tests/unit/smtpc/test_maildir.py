@@ -5,11 +5,8 @@ from __future__ import annotations
 import io
 import os
 import re
-import shutil
-import subprocess
 import threading
-import uuid
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -159,22 +156,9 @@ def test_unwritable_maildir_is_temporary(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def tiny_tmpfs(tmp_path: Path) -> Iterator[Path]:
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a tmpfs needs root")
-    mnt = tmp_path / f"tmpfs-{uuid.uuid4().hex[:8]}"
-    mnt.mkdir()
-    res = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64k,nr_inodes=64", "tmpfs", str(mnt)],
-        capture_output=True,
-        check=False,
-    )
-    if res.returncode != 0:
-        pytest.skip(f"cannot mount tmpfs: {res.stderr.decode(errors='replace').strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", str(mnt)], check=False)
+def tiny_tmpfs(mount_tmpfs: Callable[[str], Path]) -> Path:
+    """A 64 KiB tmpfs with 64 inodes (root only)."""
+    return mount_tmpfs("size=64k,nr_inodes=64")
 
 
 def test_disk_full_is_temporary_and_leaves_nothing(tiny_tmpfs: Path) -> None:
