@@ -54,6 +54,8 @@ DEFAULT_TIMEOUT_S = 30.0
 DEFAULT_MAX_CONCURRENT_CALLS = 10_000
 _READ_BYTES = 256 * 1024
 _MAX_IDLE_WORKERS = 1024
+_DISPATCH_CHUNK = 32
+"""Frames decoded from one read before the reader yields to the handlers and the writer."""
 
 
 class _Pending:
@@ -326,8 +328,17 @@ class RpcChannel:
                 return
             try:
                 decoder.feed(data)
+                dispatched = 0
                 for body in decoder:
                     self._dispatch(decode_frame(body))
+                    dispatched += 1
+                    if dispatched % _DISPATCH_CHUNK == 0:
+                        # Let the handlers and the writer run before decoding the rest, so the
+                        # first answers of a burst go out while this side is still decoding and
+                        # the peer works in parallel instead of waiting for the whole batch.
+                        await trio.lowlevel.checkpoint()
+                        if self._closed_reason is not None:
+                            return
             except RpcProtocolError as exc:
                 log.warning("%s: protocol error from peer, closing the connection: %s", self.name, exc)
                 self._mark_closed(f"protocol error: {exc}")

@@ -82,6 +82,9 @@ class MessageInfo:
 _REGISTRY: dict[str, MessageInfo] = {}
 _STRUCTS: set[type] = set()
 _CODECS: dict[type, _ClassCodec] = {}
+# Registered messages only (never structs alone): wire name -> decoder, class -> encoder.
+_DECODERS: dict[str, Callable[[Any], Any]] = {}
+_ENCODERS: dict[type, Callable[[Any], dict[str, Any]]] = {}
 
 
 def caps(*, max_len: int | None = None, max_items: int | None = None) -> dict[str, int | None]:
@@ -369,22 +372,132 @@ def _build(tp: Any, max_len: int, max_items: int, where: str) -> tuple[Conv, Con
     raise TypeError(f"{where}: unsupported RPC field type {tp!r}")
 
 
+def _utf8_ok(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _inline_check(tp: Any, var: str, max_len: int) -> str | None:
+    """A Python expression that is true when ``var`` passes the check of type ``tp``.
+
+    Only the JSON-native scalar types are inlined (their value is passed through unchanged); it
+    must accept exactly what the matching converter above accepts. None means: call the converter.
+    """
+    if tp is int:
+        return f"type({var}) is int and {INT_MIN} <= {var} <= {INT_MAX}"
+    if tp is str:
+        return f"type({var}) is str and len({var}) <= {max_len} and ({var}.isascii() or _utf8_ok({var}))"
+    if tp is bool:
+        return f"type({var}) is bool"
+    if tp is float:
+        return f"type({var}) is float and _isfinite({var})"
+    return None
+
+
 class _ClassCodec:
-    """The validators of one dataclass, built once."""
+    """The validators of one dataclass, built once.
+
+    ``from_json`` and ``to_json`` are functions generated for the class from its field
+    declarations (the technique `dataclasses` uses for ``__init__``): straight-line code with the
+    scalar checks inlined and no loop over field tuples, about twice as fast as the generic loop.
+    The generated code only ever sees the class declaration, never wire data. Any value that
+    fails a check sends the generated function to the generic loop (`_from_json_slow`,
+    `_to_json_slow`), which runs the same checks again and raises the detailed `_Invalid`; so
+    the two paths accept exactly the same values and the error messages are unchanged.
+    """
 
     def __init__(self, cls: type) -> None:
         self.cls = cls
         hints = typing.get_type_hints(cls)
         convs: list[tuple[str, Conv, Conv]] = []
+        inline: list[tuple[Any, int]] = []
         for f in dataclasses.fields(cls):
             max_len = f.metadata.get("rpc_max_len") or DEFAULT_MAX_STR_LEN
             max_items = f.metadata.get("rpc_max_items") or DEFAULT_MAX_ITEMS
             from_json, to_json = _build(hints[f.name], max_len, max_items, f"{cls.__name__}.{f.name}")
             convs.append((f.name, from_json, to_json))
+            inline.append((hints[f.name], max_len))
         self.fields = tuple(convs)
         self.names = frozenset(name for name, _, _ in convs)
+        self.from_json: Conv = self._from_json_slow
+        self.to_json: Callable[[Any], dict[str, Any]] = self._to_json_slow
+        self._generate(cls, inline)
 
-    def from_json(self, obj: Any) -> Any:
+    def _generate(self, cls: type, inline: list[tuple[Any, int]]) -> None:
+        names = [name for name, _, _ in self.fields]
+        if not all(name.isidentifier() for name in names):  # pragma: no cover - always identifiers
+            return
+        env: dict[str, Any] = {
+            "_Invalid": _Invalid,
+            "_utf8_ok": _utf8_ok,
+            "_isfinite": math.isfinite,
+            "_slow_from": self._from_json_slow,
+            "_slow_to": self._to_json_slow,
+            "_cls": cls,
+            "_new": object.__new__,
+        }
+        dc_fields = dataclasses.fields(cls)
+        # Building the instance through the slot descriptors skips the frozen __init__ and its
+        # object.__setattr__ per field; only when __init__ would do nothing more than that.
+        direct = (
+            "__slots__" in cls.__dict__
+            and not hasattr(cls, "__post_init__")
+            and all(f.init for f in dc_fields)
+            and all(isinstance(cls.__dict__.get(n), types.MemberDescriptorType) for n in names)
+        )
+        dec = [
+            "def from_json(obj):",
+            f"    if type(obj) is not dict or len(obj) != {len(names)}:",
+            "        return _slow_from(obj)",
+        ]
+        enc = ["def to_json(msg):"]
+        if names:
+            dec.append("    try:")
+            dec += [f"        v{i} = obj[{n!r}]" for i, n in enumerate(names)]
+            dec += ["    except KeyError:", "        return _slow_from(obj)"]
+            enc += [f"    v{i} = msg.{n}" for i, n in enumerate(names)]
+        converted: list[int] = []
+        for i, (_, from_json, to_json) in enumerate(self.fields):
+            check = _inline_check(inline[i][0], f"v{i}", inline[i][1])
+            if check is None:
+                env[f"_from{i}"] = from_json
+                env[f"_to{i}"] = to_json
+                converted.append(i)
+            else:
+                dec += [f"    if not ({check}):", "        return _slow_from(obj)"]
+                enc += [f"    if not ({check}):", "        return _slow_to(msg)"]
+        if converted:
+            dec.append("    try:")
+            dec += [f"        v{i} = _from{i}(v{i})" for i in converted]
+            dec += ["    except _Invalid:", "        return _slow_from(obj)"]
+            enc.append("    try:")
+            enc += [f"        v{i} = _to{i}(v{i})" for i in converted]
+            enc += ["    except _Invalid:", "        return _slow_to(msg)"]
+        if direct:
+            for i, n in enumerate(names):
+                env[f"_set{i}"] = cls.__dict__[n].__set__
+            dec.append("    inst = _new(_cls)")
+            dec += [f"    _set{i}(inst, v{i})" for i in range(len(names))]
+            dec.append("    return inst")
+        else:
+            args = ", ".join(f"{n}=v{i}" for i, n in enumerate(names))
+            dec += [
+                "    try:",
+                f"        return _cls({args})",
+                "    except (TypeError, ValueError):",
+                "        return _slow_from(obj)",
+            ]
+        enc.append("    return {" + ", ".join(f"{n!r}: v{i}" for i, n in enumerate(names)) + "}")
+        # The source is built from the class declaration only, never from wire data.
+        exec("\n".join(dec), env)
+        exec("\n".join(enc), env)
+        self.from_json = env["from_json"]
+        self.to_json = env["to_json"]
+
+    def _from_json_slow(self, obj: Any) -> Any:
         if type(obj) is not dict:
             raise _Invalid(f"expected object, got {_tname(obj)}")
         if len(obj) != len(self.fields) or obj.keys() != self.names:
@@ -403,7 +516,7 @@ class _ClassCodec:
             # A __post_init__ check of the message class refused the values.
             raise _Invalid(f"rejected by {self.cls.__name__}: {exc}") from None
 
-    def to_json(self, msg: Any) -> dict[str, Any]:
+    def _to_json_slow(self, msg: Any) -> dict[str, Any]:
         out = {}
         for name, _, to_json in self.fields:
             try:
@@ -437,11 +550,14 @@ def message_to_json(msg: RpcMessage) -> tuple[str, dict[str, Any]]:
         RpcEncodeError: the message class is not registered or a field breaks its schema.
     """
     cls = type(msg)
-    info = _REGISTRY.get(cls.__name__)
-    if info is None or info.cls is not cls:
-        raise RpcEncodeError(f"{cls.__name__} is not a registered RPC message")
+    to_json = _ENCODERS.get(cls)
+    if to_json is None:
+        info = _REGISTRY.get(cls.__name__)
+        if info is None or info.cls is not cls:
+            raise RpcEncodeError(f"{cls.__name__} is not a registered RPC message")
+        to_json = _ENCODERS[cls] = _codec(cls).to_json
     try:
-        return cls.__name__, _codec(cls).to_json(msg)
+        return cls.__name__, to_json(msg)
     except _Invalid as exc:
         raise RpcEncodeError(f"{cls.__name__}.{exc.path}: {exc.reason}") from None
 
@@ -452,11 +568,14 @@ def message_from_json(name: Any, body: Any) -> RpcMessage:
     Raises:
         RpcProtocolError: unknown name or a body that breaks the schema.
     """
-    info = _REGISTRY.get(name) if type(name) is str else None
-    if info is None:
-        raise RpcProtocolError(f"unknown message type {str(name)[:64]!r}")
+    from_json = _DECODERS.get(name) if type(name) is str else None
+    if from_json is None:
+        info = _REGISTRY.get(name) if type(name) is str else None
+        if info is None:
+            raise RpcProtocolError(f"unknown message type {str(name)[:64]!r}")
+        from_json = _DECODERS[name] = _codec(info.cls).from_json
     try:
-        msg: RpcMessage = _codec(info.cls).from_json(body)
+        msg: RpcMessage = from_json(body)
     except _Invalid as exc:
         where = f"{name}.{exc.path}" if exc.path else name
         raise RpcProtocolError(f"{where}: {exc.reason}") from None
