@@ -108,6 +108,15 @@ NULL_PATH = NullPath()
 
 def match_path(text: str) -> int:
     """Return the length of the ``<...>`` token at the start of ``text``, or 0."""
+    # Fast path for the usual ``<local@domain>``: when nothing between '<' and
+    # the first '>' is a quote, backslash or '<', that '>' ends the token (the
+    # regex would find the same end); anything else goes to the regex.
+    if text[:1] == "<":
+        end = text.find(">")
+        if end > 0:
+            inner = text[1:end]
+            if '"' not in inner and "\\" not in inner and "<" not in inner:
+                return end + 1
     m = _PATH_TOKEN.match(text)
     return m.end() if m else 0
 
@@ -135,6 +144,23 @@ def parse_path(
         raise SmtpProtocolError("null path not allowed here", replies.bad_address_syntax())
     if allow_postmaster and text.lower() == "<postmaster>":
         return Address(text[1:-1], None)
+    if text.isascii():
+        # Common case: one octet per character, so lengths need no encoding.
+        if len(text) > MAX_PATH_BYTES + 2:
+            raise SmtpProtocolError("path too long", replies.bad_address_not_allowed("Path too long"))
+        m = _PATH_ASCII.match(text)
+        if m is None:
+            raise SmtpProtocolError(f"bad path {text[:80]!r}", replies.bad_address_syntax())
+        local, domain = m.group("local", "domain")
+        if len(local) > MAX_LOCAL_BYTES:
+            raise SmtpProtocolError(
+                "local part too long", replies.bad_address_not_allowed("Local part too long")
+            )
+        if len(domain) > MAX_DOMAIN_BYTES:
+            raise SmtpProtocolError("domain too long", replies.bad_address_not_allowed("Domain too long"))
+        if domain[0] == "[":
+            _check_literal(domain[1:-1])
+        return Address(local, domain)
     if len(text.encode("utf-8", "surrogateescape")) > MAX_PATH_BYTES + 2:
         raise SmtpProtocolError("path too long", replies.bad_address_not_allowed("Path too long"))
     ascii_only = text.isascii()

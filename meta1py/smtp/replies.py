@@ -86,8 +86,14 @@ class Reply:
         Every line but the last uses ``code-``, the last ``code SP``; the
         enhanced code prefixes every line (RFC 2034 §4).
         """
+        # Adapters send the same Reply objects again and again: look them up
+        # by identity first, which avoids hashing the dataclass's fields.
+        hit = _WIRE_BY_ID.get(id(self))
+        if hit is not None and hit[0] is self:
+            return hit[1]
         cached = _WIRE_CACHE.get(self)
         if cached is not None:
+            _remember(self, cached)
             return cached
         code = str(self.code)
         prefix = f"{self.enhanced} " if self.enhanced else ""
@@ -98,6 +104,7 @@ class Reply:
         if len(_WIRE_CACHE) >= _WIRE_CACHE_MAX:
             _WIRE_CACHE.clear()
         _WIRE_CACHE[self] = data
+        _remember(self, data)
         return data
 
     def __str__(self) -> str:
@@ -106,6 +113,15 @@ class Reply:
 
 
 _WIRE_CACHE: dict[Reply, bytes] = {}
+# id(reply) -> (reply, wire bytes). The entry holds the reply itself, so its id
+# cannot be reused by another object while the entry exists.
+_WIRE_BY_ID: dict[int, tuple[Reply, bytes]] = {}
+
+
+def _remember(reply: Reply, data: bytes) -> None:
+    if len(_WIRE_BY_ID) >= _WIRE_CACHE_MAX:
+        _WIRE_BY_ID.clear()
+    _WIRE_BY_ID[id(reply)] = (reply, data)
 
 
 def _r(code: int, enhanced: str | None, *lines: str) -> Reply:

@@ -38,6 +38,7 @@ No input makes this class raise anything: peer errors come out as
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 from meta1py.smtp import replies
 from meta1py.smtp.address import Address, match_path, parse_path
@@ -73,7 +74,7 @@ from meta1py.smtp.events import (
 )
 from meta1py.smtp.extensions import Extensions
 from meta1py.smtp.replies import Reply
-from meta1py.smtp.state import LEGAL, State, next_state
+from meta1py.smtp.state import FAIL, LEGAL, MORE, NEXT, OK, State
 
 __all__ = ["ServerConnection"]
 
@@ -86,6 +87,24 @@ _VALUE = re.compile(r"[\x21-\x3c\x3e-\x7e\u0080-\U0010ffff]+\Z")
 _XTEXT = re.compile(r"(?:[\x21-\x2a\x2c-\x3c\x3e-\x7e]|\+[0-9A-F]{2})*\Z")
 _BDAT = re.compile(r"(\d{1,15})(?: +(LAST))? *\Z", re.IGNORECASE)
 _NOTIFY = frozenset({"SUCCESS", "FAILURE", "DELAY"})
+_EHLO_CACHE: dict[tuple[str, Extensions, bool, bool], Reply] = {}
+_EHLO_CACHE_MAX = 256
+_HELLO_VERBS = frozenset({"EHLO", "HELO", "LHLO"})
+
+# Enum member lookups (State.X) go through the enum metaclass on every use:
+# the hot paths below use these module constants instead.
+_START = State.START
+_REJECTED = State.REJECTED
+_READY = State.READY
+_MAIL = State.MAIL
+_RCPT = State.RCPT
+_DATA = State.DATA
+_BDAT_ST = State.BDAT
+_AUTH = State.AUTH
+_TLS = State.TLS
+_CLOSED = State.CLOSED
+# States in which next_event() reads a command line (when no BDAT chunk is open).
+_COMMAND_STATES = frozenset(State) - {_START, _TLS, _DATA, _CLOSED}
 
 
 def _xtext_decode(value: str) -> str:
@@ -216,6 +235,8 @@ class ServerConnection:
         if self._owed is not None:
             raise SmtpUsageError(f"a reply to {self._owed} is owed")
         st = self._state
+        if st in _COMMAND_STATES and not self._chunk_active:
+            return self._next_command()
         if st is State.CLOSED:
             return ConnectionClosed()
         if st is State.START:
@@ -234,15 +255,15 @@ class ServerConnection:
         Raises:
             SmtpUsageError: If no reply is owed (except the greeting and 421).
         """
-        if self._owed is None:
-            if self._state is State.START:
+        answered = self._owed
+        if answered is None:
+            if self._state is _START:
                 self._transition("GREETING", reply)
             elif reply.code == 421:
                 self._transition("UNSOLICITED", reply)
             else:
                 raise SmtpUsageError("no reply is owed")
             return reply.to_bytes()
-        answered = self._owed
         if self._owed_count > 1 and reply.code != 421:
             self._owed_count -= 1
             return reply.to_bytes()
@@ -274,40 +295,53 @@ class ServerConnection:
 
     def ehlo_reply(self) -> Reply:
         """The 250 reply to EHLO/LHLO advertising this session's extensions."""
-        lines = self.extensions.ehlo_lines(
-            tls_active=self.tls_active, authenticated=self.authenticated is not None
-        )
-        return replies.ehlo(self.hostname, lines)
+        key = (self.hostname, self.extensions, self.tls_active, self.authenticated is not None)
+        reply = _EHLO_CACHE.get(key)
+        if reply is None:
+            lines = self.extensions.ehlo_lines(tls_active=key[2], authenticated=key[3])
+            reply = replies.ehlo(self.hostname, lines)
+            # Every session of a listener gets the same few EHLO replies: build
+            # each once (the Reply is immutable, so it can be shared).
+            if len(_EHLO_CACHE) >= _EHLO_CACHE_MAX:
+                _EHLO_CACHE.clear()
+            _EHLO_CACHE[key] = reply
+        return reply
 
     # --- state --------------------------------------------------------------
 
     def _transition(self, answered: str, reply: Reply) -> None:
         """The only place where the state changes."""
         old = self._state
-        new = next_state(old, answered, reply.code)
+        code = reply.code
+        # Inlined state.next_state(): this runs for every reply.
+        if code == 421:
+            new = _CLOSED
+        else:
+            new = NEXT.get((old, answered, OK if code < 300 else MORE if code < 400 else FAIL), old)
         event = self._owed_event
         self._owed_event = None
-        positive = reply.code < 400
-        if answered == "HELLO" and positive:
+        positive = code < 400
+        if answered == "RCPT":
+            if new is _RCPT and positive:
+                self.recipients_accepted += 1
+        elif answered == "HELLO" and positive:
             self.esmtp = not isinstance(event, Helo)
             self.helo_domain = getattr(event, "domain", None)
             self._reset_transaction()
         elif answered == "MAIL" and positive and isinstance(event, MailFrom):
             self.mail_params = event.params
             self.recipients_accepted = 0
-        elif answered == "RCPT" and new is State.RCPT and positive:
-            self.recipients_accepted += 1
-        elif answered == "DATA" and new is State.DATA:
+        elif answered == "DATA" and new is _DATA:
             params = self.mail_params or MailParams()
             self._dot = DotDecoder(self._checker(params))
-        elif answered == "STARTTLS" and new is State.TLS:
+        elif answered == "STARTTLS" and new is _TLS:
             # No plaintext may cross into the TLS session (RFC 3207 §5).
             self.discarded_after_starttls = len(self._buf) - self._pos
             self._buf = b""
             self._pos = 0
-        if new is State.READY and old is not State.READY:
+        if new is _READY and old is not _READY:
             self._reset_transaction()
-        if new is State.CLOSED:
+        if new is _CLOSED:
             self._buf = b""
             self._pos = 0
         self._state = new
@@ -347,8 +381,16 @@ class ServerConnection:
 
     # --- input: command lines ----------------------------------------------
 
+    def _command_limit(self, st: State, buf: bytes, pos: int) -> int:
+        """The longest command line allowed at ``buf[pos:]`` (AUTH lines may be longer)."""
+        limit = self.max_command_bytes
+        if st is _AUTH or (self.extensions.auth and buf[pos : pos + 5].upper() == b"AUTH "):
+            limit = max(limit, AUTH_LINE_BYTES)
+        return limit
+
     def _next_command(self) -> Event | NeedData:
-        buf, pos = self._buf, self._pos
+        buf = self._buf
+        pos = self._pos
         nl = buf.find(b"\n", pos)
         if self._skipping:
             if nl < 0:
@@ -357,11 +399,12 @@ class ServerConnection:
             self._pos = nl + 1
             self._skipping = False
             return self._invalid(replies.line_too_long(), "command line too long")
-        limit = self.max_command_bytes
-        if self._state is State.AUTH or (self.extensions.auth and buf[pos : pos + 5].upper() == b"AUTH "):
-            limit = max(limit, AUTH_LINE_BYTES)
+        st = self._state
+        # The limit only matters for lines longer than max_command_bytes, so
+        # the AUTH exception is only looked at for those.
         if nl < 0:
-            if len(buf) - pos >= limit:
+            have = len(buf) - pos
+            if have >= self.max_command_bytes and have >= self._command_limit(st, buf, pos):
                 # Never buffer an endless line: drop it and answer at its end.
                 self._skipping = True
                 self._buf, self._pos = b"", 0
@@ -369,7 +412,8 @@ class ServerConnection:
                 return self._closed()
             return NEED_DATA
         self._pos = nl + 1
-        if nl + 1 - pos > limit:
+        size = nl + 1 - pos
+        if size > self.max_command_bytes and size > self._command_limit(st, buf, pos):
             return self._invalid(replies.line_too_long(), "command line too long")
         if nl > pos and buf[nl - 1] == 13:
             raw = buf[pos : nl - 1]
@@ -383,20 +427,21 @@ class ServerConnection:
             line = raw.decode("utf-8")
         except UnicodeDecodeError:
             return self._invalid(replies.syntax_error("Syntax error, invalid UTF-8"), "bad UTF-8", repr(raw))
-        if self._state is State.AUTH:
+        if st is _AUTH:
             return self._owe("AUTH", AuthResponse(line))
-        return self._dispatch(line)
+        return self._dispatch(line, st)
 
-    def _dispatch(self, line: str) -> Event | NeedData:
+    def _dispatch(self, line: str, st: State) -> Event | NeedData:
         verb, _, arg = line.partition(" ")
         verb = verb.upper()
-        handler = _HANDLERS.get(verb)
-        if handler is None or ((verb == "LHLO") != self.lmtp and verb in ("LHLO", "EHLO", "HELO")):
+        entry = _COMMANDS.get(verb)
+        if entry is None or ((verb == "LHLO") != self.lmtp and verb in _HELLO_VERBS):
             return self._invalid(replies.syntax_error(), "unknown command", line)
+        handler, legal = entry
         if verb == "BDAT":
             return self._cmd_bdat(arg, line)
-        if self._state not in LEGAL[verb]:
-            if self._state is State.REJECTED:
+        if st not in legal:
+            if st is _REJECTED:
                 return self._invalid(
                     replies.bad_sequence("Error: access denied, send QUIT"), "rejected", line, False
                 )
@@ -417,7 +462,9 @@ class ServerConnection:
 
     def _esmtp_params(self, text: str) -> dict[str, str | None]:
         params: dict[str, str | None] = {}
-        if text and not text.startswith(" "):
+        if not text:
+            return params
+        if text[0] != " ":
             raise SmtpProtocolError("junk after path", replies.bad_address_syntax())
         words = text.split(" ")
         for word in words:
@@ -511,7 +558,12 @@ class ServerConnection:
         assert isinstance(address, Address)
         if self.recipients_accepted >= self.max_recipients:
             return self._invalid(replies.too_many_recipients(), "too many recipients", line, False)
-        return self._owe("RCPT", RcptTo(address, RcptParams(notify, orcpt)))
+        rp = _NO_RCPT_PARAMS if notify is None and orcpt is None else RcptParams(notify, orcpt)
+        ev = RcptTo(address, rp)
+        self._owed = "RCPT"  # inlined _owe(): the hottest command
+        self._owed_event = ev
+        self._owed_count = 1
+        return ev
 
     def _cmd_data(self, arg: str, line: str) -> Event:
         if arg.strip():
@@ -644,7 +696,10 @@ class ServerConnection:
         return self._owe("BDAT", BdatChunkEnd(False, error))
 
 
-_HANDLERS = {
+# RcptParams is immutable: share the one without DSN parameters.
+_NO_RCPT_PARAMS = RcptParams(None, None)
+
+_HANDLERS: dict[str, Callable[[ServerConnection, str, str], Event | NeedData]] = {
     "EHLO": ServerConnection._cmd_hello,
     "HELO": ServerConnection._cmd_hello,
     "LHLO": ServerConnection._cmd_hello,
@@ -661,3 +716,6 @@ _HANDLERS = {
     "STARTTLS": ServerConnection._cmd_starttls,
     "AUTH": ServerConnection._cmd_auth,
 }
+
+# Verb -> (handler, states where it is legal): one lookup per command.
+_COMMANDS = {verb: (handler, LEGAL[verb]) for verb, handler in _HANDLERS.items()}

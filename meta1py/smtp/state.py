@@ -90,6 +90,13 @@ TRANSITIONS: dict[tuple[State, str], dict[str, State]] = {
 }
 
 
+# The same table flattened to (state, answered, reply kind) -> next state, so
+# that the per-reply lookup is one dict probe (this runs for every reply).
+NEXT: dict[tuple[State, str, str], State] = {
+    (st, answered, kind): new for (st, answered), moves in TRANSITIONS.items() for kind, new in moves.items()
+}
+
+
 def next_state(state: State, answered: str, code: int) -> State:
     """Return the state after replying ``code`` to ``answered`` in ``state``.
 
@@ -98,4 +105,4 @@ def next_state(state: State, answered: str, code: int) -> State:
     if code == 421:
         return S.CLOSED
     kind = OK if code < 300 else MORE if code < 400 else FAIL
-    return TRANSITIONS.get((state, answered), {}).get(kind, state)
+    return NEXT.get((state, answered, kind), state)
