@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, NamedTuple
 
@@ -128,9 +128,11 @@ RouteResult = Delivery | PermanentFailure | TemporaryFailure
 
 @dataclass(frozen=True, slots=True)
 class RecipientAccepted:
-    """``check_recipient``: accept. ``local`` tells whether the domain is ours."""
+    """``check_recipient``: accept. ``local`` tells whether the domain is ours; ``expanded`` holds
+    a local recipient's final recipients after alias expansion (empty for other domains)."""
 
     local: bool
+    expanded: tuple[str, ...] = field(default=(), compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,7 +201,7 @@ class Router:
         expanded = self.expand_local(f"{local}@{domain}")
         if isinstance(expanded, PermanentFailure):
             return RecipientRejected(expanded.code, expanded.enhanced, expanded.text)
-        return RecipientAccepted(local=True)
+        return RecipientAccepted(local=True, expanded=tuple(expanded))
 
     def expand_local(self, address: str) -> list[str] | PermanentFailure:
         """Final recipients of ``address`` after alias expansion.

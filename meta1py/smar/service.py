@@ -30,6 +30,12 @@ log = logging.getLogger(__name__)
 _OK = SmtpReplyValue(code=250, enhanced="2.1.5", text="Ok")
 
 
+def _reject(code: int, enhanced: str, text: str) -> SmarRecipientCheckReply:
+    return SmarRecipientCheckReply(
+        action="reject", reply=SmtpReplyValue(code=code, enhanced=enhanced, text=text), expanded=()
+    )
+
+
 def _section(config: Config, service: str) -> SmtpsConfig | None:
     for section in config.smtps:
         if (section.name or "") == service:
@@ -72,32 +78,13 @@ class SmarService:
         """RCPT TO policy: local recipients must exist, others need relay permission."""
         verdict = self.router.check_recipient(req.recipient)
         if isinstance(verdict, RecipientRejected):
-            return SmarRecipientCheckReply(
-                action="reject",
-                reply=SmtpReplyValue(code=verdict.code, enhanced=verdict.enhanced, text=verdict.text),
-                expanded=(),
-            )
+            return _reject(verdict.code, verdict.enhanced, verdict.text)
         if not verdict.local and not relay_allowed(
             self.config, req.service, req.client_address, req.authenticated
         ):
-            return SmarRecipientCheckReply(
-                action="reject",
-                reply=SmtpReplyValue(
-                    code=554, enhanced="5.7.1", text=f"<{req.recipient}>: Relay access denied"
-                ),
-                expanded=(),
-            )
-        expanded: tuple[str, ...] = ()
-        if verdict.local:
-            result = self.router.expand_local(req.recipient)
-            if isinstance(result, PermanentFailure):
-                return SmarRecipientCheckReply(
-                    action="reject",
-                    reply=SmtpReplyValue(code=result.code, enhanced=result.enhanced, text=result.text),
-                    expanded=(),
-                )
-            expanded = tuple(result)
-        return SmarRecipientCheckReply(action="accept", reply=_OK, expanded=expanded)
+            return _reject(554, "5.7.1", f"<{req.recipient}>: Relay access denied")
+        # The router expanded a local recipient's aliases while checking it.
+        return SmarRecipientCheckReply(action="accept", reply=_OK, expanded=verdict.expanded)
 
     async def route(self, address: str) -> SmarRouteValue:
         """Where one (already expanded) recipient goes, as an RPC value."""
