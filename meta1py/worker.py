@@ -1,7 +1,8 @@
-"""The shared worker skeleton: what every worker does between ``exec`` and serving.
+"""The shared worker skeleton: what every worker does between its start and serving.
 
-mcp starts each worker as ``python -m meta1py.<name>`` (docs/internals.md, "Processes, sockets and
-readiness"). The worker's ``__main__`` calls ``sys.exit(run_worker(name, serve))``, which:
+mcp's fork server forks each worker and calls ``run_worker`` in it; without a fork server, mcp
+starts ``python -m meta1py.<name>``, whose ``__main__`` calls ``sys.exit(run_worker(name, serve))``
+(docs/internals.md, "Processes, sockets and readiness"). ``run_worker``:
 
 1. parses ``META1_FDS`` (``rpc``, ``listen0..N``, ``ready``, ``lifeline``; exit 64 if malformed);
 2. reads the effective config text on stdin and parses it (exit 78 on errors);

@@ -8,9 +8,10 @@ DESCRIPTION
     else the built-in defaults) and reports every error before doing anything else. It then
     creates the queue, run and mail directories, binds every smtps ``listen_socket`` and the RPC
     sockets ``qmgr.sock``, ``smar.sock`` and ``smtpc.sock`` in ``run_directory``, writes
-    ``mcp.pid`` there, and starts qmgr, smar, smtpc and smtps, each as a fresh interpreter
-    (``python -m meta1py.<name>``) that inherits only its own descriptors. It reports
-    ``READY=1`` to ``$NOTIFY_SOCKET`` once every worker said it is ready.
+    ``mcp.pid`` there, and starts qmgr, smar, smtpc and smtps, each inheriting only its own
+    descriptors: forked from a preloaded fork server (meta1py.mcp.forkserver), so that they share
+    the interpreter's memory, or as a fresh interpreter (``python -m meta1py.<name>``) without
+    one. It reports ``READY=1`` to ``$NOTIFY_SOCKET`` once every worker said it is ready.
 
     A worker that dies is restarted with exponential backoff (0.1 s doubling to 10 s);
     ``restart_dependencies`` are restarted with it. Exit status 64, 77 or 78, or 10 deaths

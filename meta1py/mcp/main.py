@@ -1,7 +1,8 @@
 """``meta1 run [-f FILE]``: validate the config, prepare directories and sockets, supervise.
 
 Everything that can fail for a reason the operator must fix happens before any worker starts:
-config errors (exit 78, printed to stderr), then directories and sockets (exit 71). Only then does
+config errors (exit 78, printed to stderr), then directories and sockets (exit 71). In between, the
+fork server is forked (meta1py.mcp.forkserver), before any socket is bound. Only then does
 ``trio.run`` start the supervisor.
 """
 
@@ -15,7 +16,9 @@ from pathlib import Path
 
 import trio
 
+from meta1py.conf import Config, dump_config
 from meta1py.log import setup_logging
+from meta1py.mcp.forkserver import ForkServer
 from meta1py.mcp.privs import (
     is_root,
     prepare_directories,
@@ -62,7 +65,7 @@ def main(argv: list[str]) -> int:
         return EX_USAGE
     if getattr(args, "help", False):
         return 0
-    from meta1py.conf import ConfigErrors, check_accounts, check_files, dump_config, load_config
+    from meta1py.conf import ConfigErrors, check_accounts, check_files, load_config
 
     path = config_path(args.config)
     root = is_root()
@@ -79,8 +82,23 @@ def main(argv: list[str]) -> int:
     except OSError as exc:
         print(f"meta1 run: cannot read {path}: {exc.strerror or exc}", file=sys.stderr)
         return EX_CONFIG
+    # Before logging opens anything and before any socket is bound: the fork server must hold
+    # no descriptor but its own (meta1py.mcp.forkserver).
+    forkserver = ForkServer.start()
+    try:
+        return _run(args, cfg, path, root, forkserver)
+    finally:
+        if forkserver is not None:
+            forkserver.stop()
+
+
+def _run(
+    args: argparse.Namespace, cfg: Config, path: Path | None, root: bool, forkserver: ForkServer | None
+) -> int:
     setup_logging("mcp", cfg.log_level, syslog=args.syslog)
     log.info("starting with %s%s", path or "the built-in defaults", " as root" if root else "")
+    if forkserver is not None:
+        log.info("fork server started (pid %d): workers are forked from it", forkserver.pid)
 
     listeners: dict[tuple[str, int], socket.socket] = {}
     rpc_sockets: dict[str, socket.socket] = {}
@@ -109,6 +127,7 @@ def main(argv: list[str]) -> int:
         rpc_sockets,
         accounts,
         syslog=args.syslog,
+        forkserver=forkserver,
     )
     try:
         return trio.run(supervisor.run)

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import trio
 
+from meta1py.mcp.forkserver import ForkServer, ForkServerError
 from meta1py.worker import format_fds
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ class Child:
 
     Attributes:
         name: the worker's name.
-        popen: the process.
+        pid: the process id (a child of mcp, started by exec or by the fork server).
         started_at: ``trio.current_time()`` at spawn.
         ready: set once the worker wrote ``READY`` on its ready pipe.
         exited: set once the process has been reaped; ``returncode`` is then valid.
@@ -51,36 +52,40 @@ class Child:
             ``session_timeout`` of the configuration it runs); 0 for other workers.
     """
 
-    def __init__(self, name: str, popen: subprocess.Popen[bytes], ready_fd: int) -> None:
+    def __init__(
+        self, name: str, pid: int, ready_fd: int, popen: subprocess.Popen[bytes] | None = None
+    ) -> None:
         self.name = name
-        self.popen = popen
-        self.pid = popen.pid
+        self.pid = pid
         self.started_at = trio.current_time()
         self.ready = trio.Event()
         self.exited = trio.Event()
         self.planned = False
         self.drain_limit_s = 0.0
+        #: The exit status (negative: killed by that signal), None while running.
+        self.returncode: int | None = None
+        self._popen = popen
         self._ready_fd = ready_fd
-        self._pidfd = os.pidfd_open(popen.pid)
+        self._pidfd = os.pidfd_open(pid)
         os.set_blocking(ready_fd, False)
-
-    @property
-    def returncode(self) -> int | None:
-        """The exit status (negative: killed by that signal), None while running."""
-        return self.popen.returncode
 
     async def wait(self) -> int:
         """Wait for the process to exit, reap it and set ``exited``."""
         try:
             await trio.lowlevel.wait_readable(self._pidfd)
-            status = self.popen.wait()
+            # The pid cannot be reused before this reaps it.
+            _pid, status = os.waitpid(self.pid, 0)
+            code = self.returncode = os.waitstatus_to_exitcode(status)
+            if self._popen is not None:
+                # Reaped here: keep subprocess from ever waiting for this pid again.
+                self._popen.returncode = code
         finally:
-            if self.popen.returncode is not None and self._pidfd >= 0:
+            if self.returncode is not None and self._pidfd >= 0:
                 trio.lowlevel.notify_closing(self._pidfd)
                 os.close(self._pidfd)
                 self._pidfd = -1
                 self.exited.set()
-        return status
+        return code
 
     async def read_ready(self) -> bool:
         """Wait for ``READY`` on the ready pipe; False if it closed without it (the worker died)."""
@@ -125,8 +130,12 @@ def spawn_worker(
     user: str | None = None,
     group: str | None = None,
     syslog: bool = False,
+    forkserver: ForkServer | None = None,
 ) -> Child:
-    """Start ``python -m meta1py.<name>`` with only ``fds``, the lifeline and a ready pipe.
+    """Start worker ``name`` with only ``fds``, the lifeline and a ready pipe.
+
+    The worker is forked by ``forkserver`` when it is given and alive, else it is started as a
+    fresh interpreter, ``python -m meta1py.<name>``; both run the same ``run_worker``.
 
     Args:
         name: the worker to start.
@@ -135,6 +144,7 @@ def spawn_worker(
         lifeline_fd: read end of the lifeline pipe (mcp holds the write end and never writes).
         user: when set (mcp is root), the account the worker drops to; group likewise.
         syslog: tell the worker to log to syslog.
+        forkserver: mcp's fork server (meta1py.mcp.forkserver), or None.
 
     Raises:
         OSError: the process could not be started.
@@ -157,6 +167,15 @@ def spawn_worker(
             env["META1_USER"] = user
             if group:
                 env["META1_GROUP"] = group
+        if forkserver is not None and forkserver.alive:
+            try:
+                pid = forkserver.spawn(name, env, child_fds, conf_fd)
+            except ForkServerError as exc:
+                log.warning(
+                    "fork server failed (%s): starting workers as fresh interpreters from now on", exc
+                )
+            else:
+                return Child(name, pid, ready_r)
         popen = subprocess.Popen(
             [sys.executable, "-m", f"meta1py.{name}"],
             stdin=conf_fd,
@@ -172,7 +191,7 @@ def spawn_worker(
     finally:
         os.close(conf_fd)
         os.close(ready_w)
-    return Child(name, popen, ready_r)
+    return Child(name, popen.pid, ready_r, popen)
 
 
 def describe_status(returncode: int | None) -> str:

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from meta1py.log import setup_logging
+from meta1py.mcp.forkserver import ForkServer
 from meta1py.mcp.notify import notify
 from meta1py.mcp.privs import Account, prepare_directories, resolve_accounts
 from meta1py.mcp.spawn import (
@@ -127,6 +128,7 @@ class Supervisor:
         rpc_sockets: bound RPC listening sockets by worker name.
         accounts: worker accounts when mcp is root, else None.
         syslog: workers log to syslog.
+        forkserver: the fork server to start workers with (None: fresh interpreters).
     """
 
     def __init__(
@@ -138,8 +140,10 @@ class Supervisor:
         rpc_sockets: dict[str, socket.socket],
         accounts: dict[str, Account] | None,
         syslog: bool = False,
+        forkserver: ForkServer | None = None,
     ) -> None:
         self.cfg = cfg
+        self.forkserver = forkserver
         self.conf_path = conf_path
         self.config_text = config_text
         self.listeners = listeners
@@ -198,6 +202,7 @@ class Supervisor:
             user=account.user if account else None,
             group=account.group if account else None,
             syslog=self.syslog,
+            forkserver=self.forkserver,
         )
         if name == "smtps":
             # Mirrors smtps.service.drain_limit_s (process packages never import each other).

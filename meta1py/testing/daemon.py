@@ -94,14 +94,40 @@ def _ppid(pid: int) -> int | None:
     return int(stat.rsplit(")", 1)[1].split()[1])
 
 
-def _worker_name(pid: int) -> str | None:
+def worker_name(pid: int) -> str | None:
+    """``smtps`` for a worker process: forked (``meta1py: smtps``) or exec'd (``-m meta1py.smtps``)."""
     try:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return None
+    if argv and argv[0].startswith(b"meta1py: "):
+        name = argv[0][len(b"meta1py: ") :].decode(errors="replace")
+        return name if name in WORKER_NAMES else None
     for i, arg in enumerate(argv[:-1]):
         if arg == b"-m" and argv[i + 1].startswith(b"meta1py."):
             return argv[i + 1][len(b"meta1py.") :].decode()
+    return None
+
+
+def _is_meta1(pid: int) -> bool:
+    """A worker or a fork server (so that a recycled pid is never killed by mistake)."""
+    try:
+        return worker_name(pid) is not None or Path(f"/proc/{pid}/cmdline").read_bytes().startswith(
+            b"meta1py: forkserver"
+        )
+    except OSError:
+        return False
+
+
+def forkserver_pid(mcp_pid: int) -> int | None:
+    """The pid of mcp's fork server (``meta1py: forkserver``), None when there is none."""
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and _ppid(int(entry)) == mcp_pid:
+            try:
+                if Path(f"/proc/{entry}/cmdline").read_bytes().startswith(b"meta1py: forkserver"):
+                    return int(entry)
+            except OSError:
+                continue
     return None
 
 
@@ -291,27 +317,30 @@ class Meta1Daemon:
     def _remember_workers(self) -> None:
         if self.running():
             self._seen_workers.update(self.workers().values())
+            forkserver = forkserver_pid(self.pid)
+            if forkserver is not None:
+                self._seen_workers.add(forkserver)
 
     def _kill_leftover_workers(self, timeout: float = 15.0) -> None:
         # Workers exit by themselves when mcp goes (lifeline); give them the chance, then make
         # sure nothing a test started outlives it.
         deadline = time.monotonic() + timeout
         for pid in sorted(self._seen_workers):
-            while pid_alive(pid) and _worker_name(pid) and time.monotonic() < deadline:
+            while pid_alive(pid) and _is_meta1(pid) and time.monotonic() < deadline:
                 time.sleep(_POLL_S)
-            if pid_alive(pid) and _worker_name(pid):
+            if pid_alive(pid) and _is_meta1(pid):
                 os.kill(pid, signal.SIGKILL)
 
     # -- observation ---------------------------------------------------------------------------
 
     def workers(self) -> dict[str, int]:
-        """Current worker pids by name (children of mcp running ``-m meta1py.<name>``)."""
+        """Current worker pids by name (children of mcp, forked or ``-m meta1py.<name>``)."""
         found: dict[str, int] = {}
         if not self.running():
             return found
         for entry in os.listdir("/proc"):
             if entry.isdigit() and _ppid(int(entry)) == self.pid:
-                name = _worker_name(int(entry))
+                name = worker_name(int(entry))
                 if name:
                     found[name] = int(entry)
         self._seen_workers.update(found.values())

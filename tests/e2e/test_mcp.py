@@ -17,6 +17,7 @@ import pytest
 from meta1py.testing.daemon import (
     WORKER_NAMES,
     Meta1Daemon,
+    forkserver_pid,
     free_port,
     pid_alive,
     poll,
@@ -153,6 +154,9 @@ def test_kill_9_mcp_takes_every_worker_down(make_daemon: MakeDaemon) -> None:
     daemon.start()
     workers = list(daemon.workers().values())
     assert len(workers) == 4
+    forkserver = forkserver_pid(daemon.pid)
+    assert forkserver is not None
+    workers.append(forkserver)
     os.kill(daemon.pid, signal.SIGKILL)
     daemon.wait()
     poll(lambda: _all_gone(workers), 30, "every worker to exit after mcp died")
@@ -184,7 +188,9 @@ def test_port_in_use_is_a_clear_error(make_daemon: MakeDaemon) -> None:
 
 @pytest.mark.root
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
-def test_as_root_only_mcp_keeps_uid_0(make_daemon: MakeDaemon, worker_account: str) -> None:
+def test_as_root_only_mcp_and_its_fork_server_keep_uid_0(
+    make_daemon: MakeDaemon, worker_account: str
+) -> None:
     import grp
     import pwd
 
@@ -192,6 +198,8 @@ def test_as_root_only_mcp_keeps_uid_0(make_daemon: MakeDaemon, worker_account: s
     gid = grp.getgrnam(worker_account).gr_gid
     with make_daemon() as daemon:
         assert proc_ids(daemon.pid)["Uid"][0] == 0
+        forkserver = forkserver_pid(daemon.pid)
+        assert forkserver is not None and proc_ids(forkserver)["Uid"][0] == 0
         for name, pid in daemon.workers().items():
             ids = proc_ids(pid)
             assert ids["Uid"] == (uid,) * 4, name
@@ -201,4 +209,58 @@ def test_as_root_only_mcp_keeps_uid_0(make_daemon: MakeDaemon, worker_account: s
         assert (queue.st_uid, queue.st_gid, queue.st_mode & 0o777) == (uid, gid, 0o770)
         sock = (daemon.run_directory / "qmgr.sock").stat()
         assert (sock.st_uid, sock.st_gid) == (0, gid)
+        assert daemon.banner().startswith(b"220 ")
+
+
+# -- the fork server ---------------------------------------------------------------------------
+
+
+def _fd_targets(pid: int) -> list[str]:
+    targets = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            targets.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except OSError:
+            continue
+    return targets
+
+
+def test_workers_are_forked_by_a_fork_server_that_holds_no_socket(make_daemon: MakeDaemon) -> None:
+    with make_daemon() as daemon:
+        forkserver = forkserver_pid(daemon.pid)
+        assert forkserver is not None
+        daemon.wait_for_log(rf"fork server started \(pid {forkserver}\)")
+        for name, pid in daemon.workers().items():
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                assert f.read().split(b"\0")[0] == f"meta1py: {name}".encode()
+        # stdio plus its one socketpair end: none of mcp's listeners or RPC sockets.
+        sockets = [t for t in _fd_targets(forkserver) if t.startswith("socket:")]
+        assert len(sockets) == 1, _fd_targets(forkserver)
+        assert daemon.banner().startswith(b"220 ")
+
+
+def test_workers_start_as_fresh_interpreters_once_the_fork_server_is_gone(make_daemon: MakeDaemon) -> None:
+    with make_daemon() as daemon:
+        forkserver = forkserver_pid(daemon.pid)
+        assert forkserver is not None
+        os.kill(forkserver, signal.SIGKILL)
+        old = daemon.worker_pid("smtps")
+        mark = daemon.log_size()
+        os.kill(old, signal.SIGKILL)
+        new = daemon.restarted_worker_pid("smtps", old)
+        daemon.wait_for_log(r"fork server failed .*: starting workers as fresh interpreters", start=mark)
+        daemon.wait_for_log(rf"smtps \(pid {new}\) is ready", start=mark)
+        with open(f"/proc/{new}/cmdline", "rb") as f:
+            assert b"meta1py.smtps" in f.read().split(b"\0")
+        assert daemon.banner().startswith(b"220 ")
+        assert not pid_alive(forkserver)
+
+
+def test_fork_server_can_be_disabled(make_daemon: MakeDaemon) -> None:
+    with make_daemon(env={"META1_FORKSERVER": "0"}) as daemon:
+        assert forkserver_pid(daemon.pid) is None
+        for name, pid in daemon.workers().items():
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                assert f"meta1py.{name}".encode() in f.read().split(b"\0")
+        assert sorted(daemon.workers()) == sorted(WORKER_NAMES)
         assert daemon.banner().startswith(b"220 ")

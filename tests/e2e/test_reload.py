@@ -20,7 +20,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from meta1py.testing.certs import Pki, make_pki
-from meta1py.testing.daemon import Meta1Daemon, pid_alive, poll
+from meta1py.testing.daemon import Meta1Daemon, pid_alive, poll, worker_name
 
 pytestmark = pytest.mark.e2e
 
@@ -34,17 +34,16 @@ TLS_SECTION = "tls { cert_file = ../pki/server.crt; key_file = ../pki/server.key
 
 
 def _children(parent: int, name: str) -> list[int]:
-    """Pids of ``python -m meta1py.<name>`` processes whose parent is ``parent``."""
+    """Pids of worker ``name`` processes (forked or exec'd) whose parent is ``parent``."""
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             stat = Path(f"/proc/{entry}/stat").read_text()
-            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == parent and f"meta1py.{name}".encode() in argv:
+        if int(stat.rsplit(")", 1)[1].split()[1]) == parent and worker_name(int(entry)) == name:
             found.append(int(entry))
     return sorted(found)
 
