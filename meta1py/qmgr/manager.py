@@ -29,6 +29,7 @@ import trio
 
 from meta1py import log as mlog
 from meta1py.conf import Config
+from meta1py.offload import OffloadThread
 from meta1py.qmgr.bounce import DsnRecipient, build_dsn
 from meta1py.qmgr.scheduler import Job, Scheduler
 from meta1py.queue.content import (
@@ -166,6 +167,7 @@ class QueueManager:
         self._route_cache: dict[str, tuple[float, SmarRouteValue]] = {}
         self._removals: list[str] = []
         self._removals_wake = trio.Event()
+        self._removal_thread = OffloadThread("content-removal")
         self._deferred_by_dest: dict[str, set[str]] = {}
         self._dest_reason: dict[str, str] = {}
         self._nursery: trio.Nursery | None = None
@@ -291,7 +293,7 @@ class QueueManager:
                 for qid in qids:
                     remove_content(self.queue_dir, qid)
 
-            await trio.to_thread.run_sync(remove_all)
+            await self._removal_thread.run(remove_all)
 
     async def _orphan_loop(self) -> None:
         while True:

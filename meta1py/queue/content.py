@@ -27,6 +27,7 @@ from typing import BinaryIO
 
 import trio
 
+from meta1py.offload import OffloadThread
 from meta1py.queue.errors import QueueStorageError
 from meta1py.queue.ids import is_queue_id, new_queue_id
 
@@ -379,6 +380,7 @@ class ContentSyncer:
         self._pending: list[tuple[ContentWriter, _DirSync]] = []
         self._running = False
         self._wake = trio.Event()
+        self._thread = OffloadThread("content-sync")
         self.batches = 0
 
     async def finish(self, writer: ContentWriter) -> None:
@@ -405,7 +407,7 @@ class ContentSyncer:
         self._running = True
         try:
             with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(_sync_batch, batch)
+                await self._thread.run(_sync_batch, batch)
         finally:
             self.batches += 1
             self._running = False

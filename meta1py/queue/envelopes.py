@@ -52,6 +52,7 @@ from typing import Any, Literal, NamedTuple, TypeVar
 
 import trio
 
+from meta1py.offload import OffloadThread
 from meta1py.queue.errors import QueueStorageError
 from meta1py.queue.ids import is_queue_id
 
@@ -821,7 +822,7 @@ class GroupCommitter:
     so been fsync'd). Operations that arrive while a transaction runs are collected into the next
     one, which starts as soon as the running one ends; under load each transaction carries all the
     operations that came in during the previous one. The SQLite work runs in a worker thread, one
-    at a time (a capacity limiter of 1), shielded from cancellation so that a cancelled caller
+    at a time (one dedicated thread, meta1py.offload), shielded from cancellation so that a cancelled caller
     never leaves a batch half-reported. A caller cancelled while its operation is still waiting is
     taken out of the batch (it will not be applied); once the batch has started, the operation's
     outcome is unknown to that caller.
@@ -835,7 +836,8 @@ class GroupCommitter:
 
     def __init__(self, store: EnvelopeStore) -> None:
         self.store = store
-        self._limiter = trio.CapacityLimiter(1)
+        # One thread for the store, so transactions and queries run one at a time, in order.
+        self._thread = OffloadThread("envelope-store")
         self._running: _Batch | None = None
         self._pending: _Batch | None = None
         self.commits = 0
@@ -891,7 +893,7 @@ class GroupCommitter:
 
     async def read(self, fn: Callable[[EnvelopeStore], T]) -> T:
         """Run ``fn(store)`` in the store's worker thread, between commits (for queries)."""
-        return await trio.to_thread.run_sync(fn, self.store, limiter=self._limiter)
+        return await self._thread.run(fn, self.store)
 
     async def _submit(self, op: StoreOp) -> Any:
         pending = _PendingOp(op)
@@ -927,9 +929,7 @@ class GroupCommitter:
         self.operations += len(batch.ops)
         try:
             with trio.CancelScope(shield=True):
-                outcomes = await trio.to_thread.run_sync(
-                    self.store.apply, [p.op for p in batch.ops], limiter=self._limiter
-                )
+                outcomes = await self._thread.run(self.store.apply, [p.op for p in batch.ops])
             for pending, outcome in zip(batch.ops, outcomes, strict=True):
                 if isinstance(outcome, BaseException):
                     pending.error = outcome
