@@ -29,6 +29,7 @@ LMTP (RFC 2033): one reply per accepted recipient after the data.  Maildir: see
 from __future__ import annotations
 
 import logging
+import os
 import ssl
 import time
 from dataclasses import dataclass, field
@@ -125,8 +126,28 @@ class _Client:
     # False once a STARTTLS handshake was attempted and failed: the byte stream is in no state
     # for a plaintext QUIT (and the core refuses plaintext after the 220).
     usable: bool = True
+    #: The socket's descriptor while the session is plaintext (None under TLS): commands and
+    #: replies then go straight through os.write/os.read, without trio's stream layers, which
+    #: were a fifth of smtpc's CPU per message when profiled.
+    fd: int | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stream, trio.SocketStream):
+            self.fd = self.stream.socket.fileno()
 
     async def send(self, data: bytes) -> None:
+        fd = self.fd
+        if fd is not None:
+            # The socket buffer almost always has room for a command group or a content chunk.
+            try:
+                sent = os.write(fd, data)
+            except BlockingIOError:
+                sent = 0
+            except OSError as exc:
+                raise _SessionError(_local(421, "4.4.2", f"{self.peer}: connection lost: {exc}")) from exc
+            if sent == len(data):
+                return
+            data = data[sent:]
         try:
             with trio.fail_after(self.io_timeout):
                 await self.stream.send_all(data)
@@ -149,12 +170,27 @@ class _Client:
             assert isinstance(event, NeedData)
             try:
                 with trio.fail_after(self.io_timeout):
-                    data = await self.stream.receive_some(_READ_BYTES)
+                    data: bytes | bytearray
+                    if self.fd is not None:
+                        data = await self._read_when_ready(self.fd)
+                    else:
+                        data = await self.stream.receive_some(_READ_BYTES)
             except trio.TooSlowError as exc:
                 raise _SessionError(_local(421, "4.4.2", f"{self.peer}: timeout waiting for reply")) from exc
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 raise _SessionError(_local(421, "4.4.2", f"{self.peer}: connection lost: {exc}")) from exc
             self.conn.receive_data(bytes(data))
+
+    @staticmethod
+    async def _read_when_ready(fd: int) -> bytes:
+        while True:
+            await trio.lowlevel.wait_readable(fd)
+            try:
+                return os.read(fd, _READ_BYTES)
+            except BlockingIOError:
+                continue  # spurious wake-up
+            except OSError as exc:
+                raise trio.BrokenResourceError(str(exc)) from exc
 
     async def close(self, polite: bool) -> None:
         if polite and self.usable:
@@ -371,6 +407,7 @@ class DeliveryAgents:
                 _local(421, "4.7.5", f"TLS handshake with {client.peer} failed: {why}")
             ) from exc
         client.stream = tls
+        client.fd = None
         client.tls = tls
         conn.starttls_done()
         facts = tls_facts(tls)
