@@ -50,7 +50,7 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from meta1py.testing.daemon import Meta1Daemon, free_port, temporary_worker_account
+from meta1py.testing.daemon import Meta1Daemon, forkserver_pid, free_port, temporary_worker_account
 from meta1py.testing.peers import SmtpSink, smtp_sink
 
 SMTP_SOURCE = "/usr/sbin/smtp-source"
@@ -318,7 +318,10 @@ smtps {{ {owner} listen_socket {{ address = 127.0.0.1; port = {{port}}; }}
         self.daemon.start()
         workers = self.daemon.workers()
         self.accounting.root_pid = self.daemon.pid
-        self.accounting.adopt([self.daemon.pid, *workers.values()])
+        # The fork server too: it counts, and the workers it forks later start in the cgroup.
+        forkserver = forkserver_pid(self.daemon.pid)
+        extra = [forkserver] if forkserver is not None else []
+        self.accounting.adopt([self.daemon.pid, *extra, *workers.values()])
 
     def pid_of(self, worker: str) -> int:
         """The pid of one worker (for profiling)."""
