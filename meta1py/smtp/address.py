@@ -32,6 +32,7 @@ import re
 from dataclasses import dataclass
 
 from meta1py.smtp import replies
+from meta1py.smtp._frozen import fast_init
 from meta1py.smtp.errors import SmtpProtocolError
 
 __all__ = ["NULL_PATH", "Address", "NullPath", "match_path", "parse_path"]
@@ -56,7 +57,9 @@ def _build(utf8: bool) -> re.Pattern[str]:
     domain = rf"{sub}(?:\.{sub})*"
     literal = r"\[[\x21-\x5a\x5e-\x7e]*\]"
     adl = rf"@{domain}(?:,@{domain})*:"
-    return re.compile(rf"<(?:{adl})?(?P<local>{dot_string}|{quoted})@(?P<domain>{domain}|{literal})>\Z")
+    pattern = re.compile(rf"<(?:{adl})?(?P<local>{dot_string}|{quoted})@(?P<domain>{domain}|{literal})>\Z")
+    assert pattern.groups == 2  # parse_path() unpacks m.groups()
+    return pattern
 
 
 _PATH_ASCII = _build(False)
@@ -66,6 +69,7 @@ _PATH_UTF8 = _build(True)
 _PATH_TOKEN = re.compile(r'<(?:[^<>"\\]|"(?:[^"\\]|\\.)*")*>')
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Address:
     """A mailbox from an envelope path.
@@ -142,7 +146,7 @@ def parse_path(
         if allow_null:
             return NULL_PATH
         raise SmtpProtocolError("null path not allowed here", replies.bad_address_syntax())
-    if allow_postmaster and text.lower() == "<postmaster>":
+    if allow_postmaster and len(text) == 12 and text.lower() == "<postmaster>":
         return Address(text[1:-1], None)
     if text.isascii():
         # Common case: one octet per character, so lengths need no encoding.
@@ -151,7 +155,7 @@ def parse_path(
         m = _PATH_ASCII.match(text)
         if m is None:
             raise SmtpProtocolError(f"bad path {text[:80]!r}", replies.bad_address_syntax())
-        local, domain = m.group("local", "domain")
+        local, domain = m.groups()  # the only two groups: local, domain
         if len(local) > MAX_LOCAL_BYTES:
             raise SmtpProtocolError(
                 "local part too long", replies.bad_address_not_allowed("Local part too long")

@@ -13,6 +13,13 @@ events below (and the data events); each command event owes exactly one reply
 
 :class:`~meta1py.smtp.client.ClientConnection.next_event` returns
 :class:`ReplyReceived` events.
+
+Events are values: frozen slotted dataclasses (style guide §2), compared by
+value. Those with fields get a faster ``__init__`` from
+:func:`meta1py.smtp._frozen.fast_init` (same objects, stored through the
+slots; the server builds about fifteen per mail transaction). The server may
+hand out the same event object more than once (events without fields, and
+MAIL/RCPT/... events answered from its parse cache): never rely on identity.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from meta1py.smtp._frozen import fast_init
 from meta1py.smtp.address import Address, NullPath
 from meta1py.smtp.replies import Reply
 
@@ -67,6 +75,7 @@ class NeedData:
 NEED_DATA = NeedData()
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Ehlo:
     """EHLO domain (RFC 5321 §4.1.1.1). ``domain`` is the argument as sent."""
@@ -74,6 +83,7 @@ class Ehlo:
     domain: str
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Helo:
     """HELO domain."""
@@ -81,6 +91,7 @@ class Helo:
     domain: str
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Lhlo:
     """LHLO domain (LMTP, RFC 2033 §4.1)."""
@@ -88,6 +99,7 @@ class Lhlo:
     domain: str
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class MailParams:
     """ESMTP parameters of MAIL FROM, parsed and checked against what was advertised.
@@ -109,6 +121,7 @@ class MailParams:
     auth: str | None = None
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class MailFrom:
     """MAIL FROM:<reverse-path> [params]."""
@@ -117,6 +130,7 @@ class MailFrom:
     params: MailParams
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class RcptParams:
     """ESMTP parameters of RCPT TO (DSN, RFC 3461 §4).
@@ -132,6 +146,7 @@ class RcptParams:
     orcpt: tuple[str, str] | None = None
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class RcptTo:
     """RCPT TO:<forward-path> [params]."""
@@ -145,6 +160,7 @@ class DataStart:
     """DATA: answer 354 (data_start) to receive the content, or refuse."""
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class DataChunk:
     """A piece of message content (DATA: dot-unstuffed; BDAT: as sent).
@@ -156,6 +172,7 @@ class DataChunk:
     data: bytes
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class EndOfData:
     """The ``<CRLF>.<CRLF>`` ending DATA was received.
@@ -170,6 +187,7 @@ class EndOfData:
     error: Reply | None = None
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Bdat:
     """BDAT size [LAST] (RFC 3030): ``size`` octets of content follow as DataChunk events."""
@@ -178,6 +196,7 @@ class Bdat:
     last: bool
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class BdatChunkEnd:
     """All octets of the BDAT chunk were received: reply now.
@@ -211,6 +230,7 @@ class StartTls:
     """STARTTLS: answer 220 (start_tls), then handshake and call ``starttls_done()``."""
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Auth:
     """AUTH mechanism [initial-response] (RFC 4954). Never log ``initial_response``."""
@@ -223,6 +243,7 @@ class Auth:
         return f"Auth(mechanism={self.mechanism!r}, initial_response={hidden})"
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class AuthResponse:
     """A SASL continuation line after a 334 challenge; ``*`` means cancel."""
@@ -233,6 +254,7 @@ class AuthResponse:
         return "AuthResponse(<hidden>)"
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Vrfy:
     """VRFY string."""
@@ -240,6 +262,7 @@ class Vrfy:
     argument: str
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Expn:
     """EXPN string."""
@@ -247,6 +270,7 @@ class Expn:
     argument: str
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Help:
     """HELP [topic]."""
@@ -254,6 +278,7 @@ class Help:
     argument: str
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class InvalidCommand:
     """Anything the core refuses itself; the adapter just sends ``reply``.
@@ -274,6 +299,7 @@ class ConnectionClosed:
     """The peer closed the connection, or the session ended (221/421 sent)."""
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class ReplyReceived:
     """Client side: a reply from the server, with the command it answers.

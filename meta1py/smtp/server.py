@@ -33,6 +33,21 @@ Rules the adapter follows:
 
 No input makes this class raise anything: peer errors come out as
 :class:`~meta1py.smtp.events.InvalidCommand` events carrying the reply.
+
+Speed (``bench/smtp_core.py``; the core must never be the MTA's bottleneck):
+
+* What depends only on the extensions, the message size limit and LMTP mode
+  lives in a shared profile, built once per listener configuration: the EHLO
+  replies and a bounded cache of parsed commands. A HELO/EHLO/LHLO, MAIL,
+  RCPT, DATA, RSET, NOOP or QUIT line seen before in the same context (EHLO
+  or HELO, SMTPUTF8 transaction or not) yields the same immutable event
+  without being parsed again; the checks that depend on the session (state,
+  recipient limit, BODY=BINARYMIME before DATA) run every time. The limits
+  and ``lmtp`` given to the constructor are therefore fixed for the session.
+* The usual command line (complete, CRLF-terminated, short) is read and
+  looked up in :meth:`next_event` itself; everything else takes the general
+  path in ``_next_command``. ``tests/unit/smtp/test_fast_paths.py`` proves
+  that both paths give the same replies and events.
 """
 
 from __future__ import annotations
@@ -41,7 +56,15 @@ import re
 from collections.abc import Callable
 
 from meta1py.smtp import replies
-from meta1py.smtp.address import Address, match_path, parse_path
+from meta1py.smtp.address import (
+    _ATEXT,
+    _LETDIG,
+    MAX_LOCAL_BYTES,
+    MAX_PATH_BYTES,
+    Address,
+    match_path,
+    parse_path,
+)
 from meta1py.smtp.dotstuff import BareNewline, BdatDecoder, ContentChecker, DotDecoder
 from meta1py.smtp.errors import SmtpProtocolError, SmtpUsageError
 from meta1py.smtp.events import (
@@ -73,7 +96,7 @@ from meta1py.smtp.events import (
     Vrfy,
 )
 from meta1py.smtp.extensions import Extensions
-from meta1py.smtp.replies import Reply
+from meta1py.smtp.replies import _WIRE_BY_ID, Reply
 from meta1py.smtp.state import FAIL, LEGAL, MORE, NEXT, OK, State
 
 __all__ = ["ServerConnection"]
@@ -87,8 +110,10 @@ _VALUE = re.compile(r"[\x21-\x3c\x3e-\x7e\u0080-\U0010ffff]+\Z")
 _XTEXT = re.compile(r"(?:[\x21-\x2a\x2c-\x3c\x3e-\x7e]|\+[0-9A-F]{2})*\Z")
 _BDAT = re.compile(r"(\d{1,15})(?: +(LAST))? *\Z", re.IGNORECASE)
 _NOTIFY = frozenset({"SUCCESS", "FAILURE", "DELAY"})
-_EHLO_CACHE: dict[tuple[str, Extensions, bool, bool], Reply] = {}
 _EHLO_CACHE_MAX = 256
+# Parsed commands kept per profile (see _Profile), and profiles kept.
+_PARSED_MAX = 2048
+_PROFILES_MAX = 64
 _HELLO_VERBS = frozenset({"EHLO", "HELO", "LHLO"})
 
 # Enum member lookups (State.X) go through the enum metaclass on every use:
@@ -103,6 +128,66 @@ _BDAT_ST = State.BDAT
 _AUTH = State.AUTH
 _TLS = State.TLS
 _CLOSED = State.CLOSED
+_INIT = State.INIT
+
+# What a reply answers -> the states where its command is legal, for the
+# commands whose event depends only on the line, EHLO/HELO, SMTPUTF8 and the
+# profile (extensions, size limit, LMTP): these are cached (see _Profile).
+# RCPT's recipient limit and DATA's BODY=BINARYMIME refusal are checked
+# separately, and DATA is only taken from the cache in RCPT (in MAIL it gets
+# 554). BDAT, AUTH, STARTTLS, VRFY, EXPN and HELP are not cached (rare, or
+# their checks depend on more).
+assert LEGAL["EHLO"] == LEGAL["HELO"] == LEGAL["LHLO"]
+assert _RCPT in LEGAL["DATA"]
+_CACHEABLE: dict[str, frozenset[State]] = {
+    "HELLO": LEGAL["EHLO"],
+    "MAIL": LEGAL["MAIL"],
+    "RCPT": LEGAL["RCPT"],
+    "DATA": frozenset({_RCPT}),
+    "RSET": LEGAL["RSET"],
+    "NOOP": LEGAL["NOOP"],
+    "QUIT": LEGAL["QUIT"],
+}
+
+
+
+def _anycase(text: str) -> str:
+    """A regex matching ``text`` with its ASCII letters in any case.
+
+    Used instead of re.IGNORECASE, which in a str pattern also folds some
+    non-ASCII letters onto ASCII ones (U+212A KELVIN SIGN matches ``k``).
+    """
+    return "".join(f"[{c.upper()}{c.lower()}]" if c.isalpha() else re.escape(c) for c in text)
+
+
+# The usual MAIL and RCPT lines (see ServerConnection._fast_mail_rcpt): a
+# dot-string local part and a host name, as address.py's path grammar has
+# them without the UTF-8 ranges. Groups: MAIL local, domain, SIZE, BODY;
+# RCPT local, domain.
+_FAST_ATOM = f"[{_ATEXT}]+"
+_FAST_SUB = rf"[{_LETDIG}](?:[{_LETDIG}\-]*[{_LETDIG}])?"
+_FAST_MAILBOX = rf" *<({_FAST_ATOM}(?:\.{_FAST_ATOM})*)@({_FAST_SUB}(?:\.{_FAST_SUB})*)>"
+_FAST_MAIL_RCPT = re.compile(
+    rf"(?:{_anycase('MAIL FROM:')}{_FAST_MAILBOX}"
+    rf"(?: {_anycase('SIZE=')}([0-9]{{1,20}}))?"
+    rf"(?: {_anycase('BODY=')}({_anycase('7BIT')}|{_anycase('8BITMIME')}))?"
+    rf"|{_anycase('RCPT TO:')}{_FAST_MAILBOX})\Z"
+).match
+assert _FAST_MAIL_RCPT("MAIL FROM:<a@b>") is not None and _FAST_MAIL_RCPT("x") is None
+# "<" local "@" domain ">" is at most MAX_PATH_BYTES + 2 octets (parse_path).
+_MAX_PATH_INNER = MAX_PATH_BYTES + 2 - 3
+_MAIL_LEGAL = _CACHEABLE["MAIL"]
+_RCPT_LEGAL = _CACHEABLE["RCPT"]
+assert _MAIL_LEGAL == frozenset({_READY}) and _RCPT_LEGAL == frozenset({_MAIL, _RCPT})
+
+# Events without fields are immutable and all equal: share one of each.
+_DATA_START = DataStart()
+_RSET = Rset()
+_NOOP = Noop()
+_QUIT = Quit()
+_STARTTLS = StartTls()
+_END_OK = EndOfData(None)
+_PLAIN_MAIL = MailParams()
 # States in which next_event() reads a command line (when no BDAT chunk is open).
 _COMMAND_STATES = frozenset(State) - {_START, _TLS, _DATA, _CLOSED}
 
@@ -118,6 +203,46 @@ def _xtext_decode(value: str) -> str:
     if "+" not in value:
         return value
     return re.sub(r"\+([0-9A-F]{2})", lambda m: chr(int(m.group(1), 16)), value)
+
+
+class _Profile:
+    """What all sessions with the same extensions, message size limit and LMTP mode share.
+
+    Built once per listener configuration rather than per connection, so that
+    constructing a :class:`ServerConnection` stays cheap.
+
+    Attributes:
+        extensions: The extensions (held, so that its ``id`` stays unique).
+        ehlo: EHLO replies by (hostname, TLS active, authenticated).
+        parsed: Successfully parsed commands (those in ``_CACHEABLE``) by
+            (command line without CRLF, EHLO used, SMTPUTF8 transaction), as
+            (what the reply answers, states where the command is legal,
+            event). The events are immutable, so identical lines from any
+            session can share one. Only the parse is cached: the state and
+            recipient limit checks run every time. Bounded by ``_PARSED_MAX``.
+    """
+
+    __slots__ = ("ehlo", "extensions", "parsed")
+
+    def __init__(self, extensions: Extensions) -> None:
+        self.extensions = extensions
+        self.ehlo: dict[tuple[str, bool, bool], Reply] = {}
+        self.parsed: dict[tuple[bytes, bool, bool], tuple[str, frozenset[State], Event]] = {}
+
+
+# (extensions, max_message_bytes, lmtp) -> profile. Keyed by value: smtps builds an
+# equal Extensions for every session of a listener, and they must share one profile.
+_PROFILES: dict[tuple[Extensions, int, bool], _Profile] = {}
+
+
+def _profile(extensions: Extensions, max_message_bytes: int, lmtp: bool) -> _Profile:
+    key = (extensions, max_message_bytes, lmtp)
+    prof = _PROFILES.get(key)
+    if prof is None:
+        if len(_PROFILES) >= _PROFILES_MAX:
+            _PROFILES.clear()
+        prof = _PROFILES[key] = _Profile(extensions)
+    return prof
 
 
 class ServerConnection:
@@ -141,6 +266,44 @@ class ServerConnection:
         lmtp: Speak LMTP (RFC 2033): LHLO instead of HELO/EHLO, one reply per
             accepted recipient after the content.
     """
+
+    # Slots: Python 3.11 specialises attribute access on slots, and the hot
+    # paths read a dozen attributes per command.
+    __slots__ = (
+        "_bdat",
+        "_buf",
+        "_chunk_active",
+        "_chunk_last",
+        "_chunk_refusal",
+        "_chunk_skip",
+        "_dot",
+        "_eof",
+        "_owed",
+        "_owed_count",
+        "_owed_event",
+        "_parsed",
+        "_pos",
+        "_profile",
+        "_skipping",
+        "_state",
+        "authenticated",
+        "bad_commands",
+        "bare_newline",
+        "discarded_after_starttls",
+        "esmtp",
+        "extensions",
+        "helo_domain",
+        "hostname",
+        "lmtp",
+        "mail_params",
+        "max_bad_commands",
+        "max_command_bytes",
+        "max_line_bytes",
+        "max_message_bytes",
+        "max_recipients",
+        "recipients_accepted",
+        "tls_active",
+    )
 
     def __init__(
         self,
@@ -167,7 +330,10 @@ class ServerConnection:
         self.bare_newline: BareNewline = bare_newline
         self.lmtp = lmtp
 
-        self._state = State.START
+        self._profile = _profile(self.extensions, max_message_bytes, lmtp)
+        self._parsed = self._profile.parsed
+
+        self._state = _START
         self._buf = b""
         self._pos = 0
         self._eof = False
@@ -175,7 +341,6 @@ class ServerConnection:
         self._owed: str | None = None  # what the owed reply answers (state.py names)
         self._owed_count = 0
         self._owed_event: Event | None = None
-        self._closed_reported = False
         self.bad_commands = 0
         self.discarded_after_starttls = 0
 
@@ -217,7 +382,7 @@ class ServerConnection:
         if not data:
             self._eof = True
             return
-        if self._state is State.CLOSED:
+        if self._state is _CLOSED:
             return
         if self._pos:
             self._buf = self._buf[self._pos :] + data
@@ -235,19 +400,53 @@ class ServerConnection:
         if self._owed is not None:
             raise SmtpUsageError(f"a reply to {self._owed} is owed")
         st = self._state
-        if st in _COMMAND_STATES and not self._chunk_active:
-            return self._next_command()
-        if st is State.CLOSED:
-            return ConnectionClosed()
-        if st is State.START:
-            raise SmtpUsageError("send the greeting first")
-        if st is State.TLS:
-            raise SmtpUsageError("call starttls_done() after the TLS handshake")
-        if self._chunk_active:
-            return self._next_chunk()
-        if st is State.DATA:
+        if st not in _COMMAND_STATES or self._chunk_active:
+            if st is _CLOSED:
+                return ConnectionClosed()
+            if st is _START:
+                raise SmtpUsageError("send the greeting first")
+            if st is _TLS:
+                raise SmtpUsageError("call starttls_done() after the TLS handshake")
+            if self._chunk_active:
+                return self._next_chunk()
             return self._next_data()
-        return self._next_command()
+        # A command line. The common case (a whole line ending in CRLF, not
+        # too long, not being skipped) is handled here without further calls:
+        # this runs for every command.
+        buf = self._buf
+        pos = self._pos
+        nl = buf.find(b"\n", pos)
+        if (
+            nl < 0
+            or self._skipping
+            or nl >= pos + self.max_command_bytes
+            or nl == pos
+            or buf[nl - 1] != 13
+            or st is _AUTH
+        ):
+            return self._next_command()
+        self._pos = nl + 1
+        raw = buf[pos : nl - 1]
+        mp = self.mail_params
+        key = (raw, self.esmtp, mp is not None and mp.smtputf8)
+        hit = self._parsed.get(key)
+        if hit is not None:
+            answered, legal, ev = hit
+            if st in legal and (
+                self.recipients_accepted < self.max_recipients
+                if answered == "RCPT"
+                else answered != "DATA" or mp is None or mp.body != "BINARYMIME"
+            ):
+                self._owed = answered
+                self._owed_event = ev
+                self._owed_count = 1
+                return ev
+        # A line not seen before: the usual MAIL and RCPT lines have a parser
+        # of their own (see _fast_mail_rcpt), everything else the general one.
+        ev = self._fast_mail_rcpt(raw, st, key)
+        if ev is not None:
+            return ev
+        return self._command_line(raw, st, key)
 
     def send(self, reply: Reply) -> bytes:
         """Record a reply and return its bytes.
@@ -266,10 +465,14 @@ class ServerConnection:
             return reply.to_bytes()
         if self._owed_count > 1 and reply.code != 421:
             self._owed_count -= 1
-            return reply.to_bytes()
-        self._owed = None
-        self._owed_count = 0
-        self._transition(answered, reply)
+        else:
+            # _owed_count is only read while a reply is owed: no reset needed.
+            self._owed = None
+            self._transition(answered, reply)
+        # Reply.to_bytes() inlined for the usual case of a reply sent before.
+        hit = _WIRE_BY_ID.get(id(reply))
+        if hit is not None and hit[0] is reply:
+            return hit[1]
         return reply.to_bytes()
 
     def starttls_done(self) -> None:
@@ -280,14 +483,14 @@ class ServerConnection:
         Raises:
             SmtpUsageError: If no STARTTLS was answered with 220.
         """
-        if self._state is not State.TLS:
+        if self._state is not _TLS:
             raise SmtpUsageError("no STARTTLS in progress")
         self.tls_active = True
         self.esmtp = False
         self.helo_domain = None
         self.authenticated = None
         self._reset_transaction()
-        self._state = State.INIT
+        self._state = _INIT
 
     def auth_done(self, identity: str) -> None:
         """Mark the session authenticated as ``identity`` (send 235 too)."""
@@ -295,16 +498,17 @@ class ServerConnection:
 
     def ehlo_reply(self) -> Reply:
         """The 250 reply to EHLO/LHLO advertising this session's extensions."""
-        key = (self.hostname, self.extensions, self.tls_active, self.authenticated is not None)
-        reply = _EHLO_CACHE.get(key)
+        key = (self.hostname, self.tls_active, self.authenticated is not None)
+        cache = self._profile.ehlo
+        reply = cache.get(key)
         if reply is None:
-            lines = self.extensions.ehlo_lines(tls_active=key[2], authenticated=key[3])
+            lines = self.extensions.ehlo_lines(tls_active=key[1], authenticated=key[2])
             reply = replies.ehlo(self.hostname, lines)
             # Every session of a listener gets the same few EHLO replies: build
             # each once (the Reply is immutable, so it can be shared).
-            if len(_EHLO_CACHE) >= _EHLO_CACHE_MAX:
-                _EHLO_CACHE.clear()
-            _EHLO_CACHE[key] = reply
+            if len(cache) >= _EHLO_CACHE_MAX:
+                cache.clear()
+            cache[key] = reply
         return reply
 
     # --- state --------------------------------------------------------------
@@ -318,19 +522,21 @@ class ServerConnection:
             new = _CLOSED
         else:
             new = NEXT.get((old, answered, OK if code < 300 else MORE if code < 400 else FAIL), old)
-        event = self._owed_event
-        self._owed_event = None
-        positive = code < 400
+        # _owed_event is only read here, and replaced by the next event owed.
         if answered == "RCPT":
-            if new is _RCPT and positive:
+            if new is _RCPT and code < 400:
                 self.recipients_accepted += 1
-        elif answered == "HELLO" and positive:
-            self.esmtp = not isinstance(event, Helo)
-            self.helo_domain = getattr(event, "domain", None)
-            self._reset_transaction()
-        elif answered == "MAIL" and positive and isinstance(event, MailFrom):
-            self.mail_params = event.params
-            self.recipients_accepted = 0
+        elif answered == "HELLO":
+            if code < 400:
+                event = self._owed_event
+                self.esmtp = not isinstance(event, Helo)
+                self.helo_domain = getattr(event, "domain", None)
+                self._reset_transaction()
+        elif answered == "MAIL":
+            event = self._owed_event
+            if code < 400 and isinstance(event, MailFrom):
+                self.mail_params = event.params
+                self.recipients_accepted = 0
         elif answered == "DATA" and new is _DATA:
             params = self.mail_params or MailParams()
             self._dot = DotDecoder(self._checker(params))
@@ -339,12 +545,17 @@ class ServerConnection:
             self.discarded_after_starttls = len(self._buf) - self._pos
             self._buf = b""
             self._pos = 0
-        if new is _READY and old is not _READY:
-            self._reset_transaction()
+        if new is not old:
+            self._state = new
+            if new is _READY:
+                # _reset_transaction(), inlined: every mail transaction ends here.
+                self.mail_params = None
+                self.recipients_accepted = 0
+                self._dot = None
+                self._bdat = None
         if new is _CLOSED:
             self._buf = b""
             self._pos = 0
-        self._state = new
 
     def _reset_transaction(self) -> None:
         self.mail_params = None
@@ -374,7 +585,7 @@ class ServerConnection:
         return self._owe("INVALID", InvalidCommand(reply, reason, line[:100]))
 
     def _closed(self) -> Event:
-        self._state = State.CLOSED
+        self._state = _CLOSED
         self._buf = b""
         self._pos = 0
         return ConnectionClosed()
@@ -421,6 +632,90 @@ class ServerConnection:
             raw = buf[pos:nl]
             if self.bare_newline == "reject":
                 return self._invalid(replies.bare_newline_in_command(), "bare LF in command", repr(raw))
+        return self._command_line(raw, st, None)
+
+    def _fast_mail_rcpt(self, raw: bytes, st: State, key: tuple[bytes, bool, bool]) -> Event | None:
+        """Parse the usual MAIL or RCPT line in one regex match, or return None.
+
+        Handles ``MAIL FROM:<local@domain>`` with optional ``SIZE=n`` and
+        ``BODY=7BIT|8BITMIME`` (in that order, one space each) and ``RCPT
+        TO:<local@domain>`` without parameters, where the local part is a
+        dot-string and the domain a host name, in a state where the command
+        is legal and when it would be accepted: exactly the lines for which
+        :meth:`_command_line` returns a MailFrom or RcptTo event, and then
+        the same event. Everything else (quoted local parts, address
+        literals, source routes, UTF-8, ``<>``, ``<postmaster>``, other
+        spacing, other or repeated parameters, a refused SIZE, BODY or
+        recipient) returns None and takes the general path, which also
+        writes its error replies. ``test_fast_paths.py`` checks the
+        equivalence on generated near misses.
+
+        Why: lines seen before come from the parsed-command cache, but real
+        traffic has a new sender and new recipients in nearly every
+        transaction, and the general path (decode, dispatch, split the path,
+        split the parameters, the path regex, the length checks) took about
+        6 us per line.
+        """
+        # latin-1 never fails; the pattern's classes are ASCII only, so any
+        # other octet (UTF-8 included) makes the match fail.
+        m = _FAST_MAIL_RCPT(raw.decode("latin-1"))
+        if m is None:
+            return None
+        local, domain, size, body, rlocal, rdomain = m.groups()
+        parsed = self._parsed
+        if local is not None:
+            # RFC 5321 §4.5.3.1: 64 octets of local part, 256 of path; the
+            # path is "<" local "@" domain ">" here, so the domain's own limit
+            # (255) follows.
+            if st is not _READY or len(local) > MAX_LOCAL_BYTES or len(local) + len(domain) > _MAX_PATH_INNER:
+                return None
+            if size is None and body is None:
+                mp = _PLAIN_MAIL
+            else:
+                if not self.esmtp:
+                    return None
+                n: int | None = None
+                if size is not None:
+                    if self.extensions.size is None:
+                        return None
+                    n = int(size)
+                    if n > self.max_message_bytes:
+                        return None
+                body = "7BIT" if body is None else body.upper()
+                if body == "8BITMIME" and not self.extensions.eightbitmime:
+                    return None
+                mp = MailParams(n, body)  # type: ignore[arg-type]
+            ev: Event = MailFrom(Address(local, domain), mp)
+            answered = "MAIL"
+            legal = _MAIL_LEGAL
+        else:
+            if (
+                (st is not _RCPT and st is not _MAIL)
+                or self.recipients_accepted >= self.max_recipients
+                or len(rlocal) > MAX_LOCAL_BYTES
+                or len(rlocal) + len(rdomain) > _MAX_PATH_INNER
+            ):
+                return None
+            ev = RcptTo(Address(rlocal, rdomain), _NO_RCPT_PARAMS)
+            answered = "RCPT"
+            legal = _RCPT_LEGAL
+        if len(parsed) >= _PARSED_MAX:
+            parsed.clear()
+        parsed[key] = (answered, legal, ev)
+        self._owed = answered
+        self._owed_event = ev
+        self._owed_count = 1
+        return ev
+
+    def _command_line(self, raw: bytes, st: State, key: tuple[bytes, bool, bool] | None) -> Event | NeedData:
+        """Turn one command line (without its line end) into an event.
+
+        Args:
+            raw: The line.
+            st: The current state.
+            key: The line's key in the parsed-command cache, or None to
+                bypass the cache.
+        """
         if b"\r" in raw or b"\0" in raw:
             return self._invalid(replies.syntax_error(), "CR or NUL in command", repr(raw))
         try:
@@ -429,13 +724,24 @@ class ServerConnection:
             return self._invalid(replies.syntax_error("Syntax error, invalid UTF-8"), "bad UTF-8", repr(raw))
         if st is _AUTH:
             return self._owe("AUTH", AuthResponse(line))
-        return self._dispatch(line, st)
+        ev = self._dispatch(line, st)
+        if key is not None:
+            answered = self._owed
+            if answered in _CACHEABLE and not isinstance(ev, (InvalidCommand, NeedData)):
+                # The event depends only on the key and the profile, and the
+                # checks that depend on the session are in _CACHEABLE: later
+                # identical lines are answered from the cache in next_event().
+                parsed = self._parsed
+                if len(parsed) >= _PARSED_MAX:
+                    parsed.clear()
+                parsed[key] = (answered, _CACHEABLE[answered], ev)
+        return ev
 
     def _dispatch(self, line: str, st: State) -> Event | NeedData:
         verb, _, arg = line.partition(" ")
         verb = verb.upper()
         entry = _COMMANDS.get(verb)
-        if entry is None or ((verb == "LHLO") != self.lmtp and verb in _HELLO_VERBS):
+        if entry is None or (verb in _HELLO_VERBS and (verb == "LHLO") != self.lmtp):
             return self._invalid(replies.syntax_error(), "unknown command", line)
         handler, legal = entry
         if verb == "BDAT":
@@ -538,10 +844,9 @@ class ServerConnection:
 
     def _cmd_rcpt(self, arg: str, line: str) -> Event:
         path, rest = self._split_path(arg, "TO:")
-        params = self._esmtp_params(rest)
         notify: frozenset[str] | None = None
         orcpt: tuple[str, str] | None = None
-        for key, value in params.items():
+        for key, value in self._esmtp_params(rest).items() if rest else ():
             if key == "NOTIFY" and self.extensions.dsn and value is not None:
                 notify = frozenset(value.upper().split(","))
                 if not (notify == {"NEVER"} or notify <= _NOTIFY):
@@ -572,9 +877,9 @@ class ServerConnection:
             return self._invalid(
                 replies.bad_sequence("BINARYMIME requires BDAT"), "DATA with BINARYMIME", line
             )
-        if self._state is State.MAIL:
+        if self._state is _MAIL:
             return self._invalid(replies.no_valid_recipients(), "no recipients", line, False)
-        return self._owe("DATA", DataStart())
+        return self._owe("DATA", _DATA_START)
 
     def _cmd_bdat(self, arg: str, line: str) -> Event | NeedData:
         if not (self.extensions.chunking and self.esmtp):
@@ -605,15 +910,15 @@ class ServerConnection:
     def _cmd_rset(self, arg: str, line: str) -> Event:
         if arg.strip():
             return self._invalid(replies.syntax_params("Syntax: RSET"), "RSET argument", line)
-        return self._owe("RSET", Rset())
+        return self._owe("RSET", _RSET)
 
     def _cmd_noop(self, arg: str, line: str) -> Event:
-        return self._owe("NOOP", Noop())
+        return self._owe("NOOP", _NOOP)
 
     def _cmd_quit(self, arg: str, line: str) -> Event:
         if arg.strip():
             return self._invalid(replies.syntax_params("Syntax: QUIT"), "QUIT argument", line)
-        return self._owe("QUIT", Quit())
+        return self._owe("QUIT", _QUIT)
 
     def _cmd_help(self, arg: str, line: str) -> Event:
         return self._owe("HELP", Help(arg.strip()))
@@ -635,7 +940,7 @@ class ServerConnection:
             return self._invalid(replies.bad_sequence("TLS already active"), "STARTTLS", line)
         if arg.strip():
             return self._invalid(replies.syntax_params("Syntax: STARTTLS"), "STARTTLS arg", line)
-        return self._owe("STARTTLS", StartTls())
+        return self._owe("STARTTLS", _STARTTLS)
 
     def _cmd_auth(self, arg: str, line: str) -> Event:
         if not self.extensions.auth or not self.esmtp:
@@ -659,7 +964,8 @@ class ServerConnection:
         while True:
             if dot.finished:
                 count = self.recipients_accepted if self.lmtp else 1
-                return self._owe("END", EndOfData(dot.checker.error), max(count, 1))
+                error = dot.checker.error
+                return self._owe("END", _END_OK if error is None else EndOfData(error), max(count, 1))
             content, self._pos = dot.feed(self._buf, self._pos)
             if content:
                 return DataChunk(content)
