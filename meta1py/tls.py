@@ -48,6 +48,7 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import hashlib
+import importlib
 import ipaddress
 import logging
 import re
@@ -59,10 +60,24 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
-from cryptography import x509
-
 if TYPE_CHECKING:
     import trio
+    from cryptography import x509
+else:
+
+    class _OnFirstUse:
+        """``cryptography.x509``, imported when first used (certificate facts and policy checks).
+
+        An MTA without TLS then never loads cryptography, and one with TLS loads it only in the
+        processes that look at certificates: about 8 MB less in every process that does not.
+        """
+
+        def __getattr__(self, name: str) -> Any:
+            module = importlib.import_module("cryptography.x509")
+            globals()["x509"] = module
+            return getattr(module, name)
+
+    x509 = _OnFirstUse()
 
 __all__ = [
     "DEFAULT_VERIFY_DEPTH",
