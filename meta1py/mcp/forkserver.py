@@ -97,7 +97,7 @@ def set_process_title(title: str) -> None:
     except (OSError, IndexError, ValueError):
         return
     size = end - start
-    if size < 2:
+    if start <= 0 or not 2 <= size <= 1 << 20:  # not what the kernel reports: leave it alone
         return
     data = title.encode()[: size - 1]
     ctypes.memmove(start, data + b"\0" * (size - len(data)), size)
