@@ -439,17 +439,35 @@ def test_command_cache_same_as_general_path(
 def test_command_cache_is_used_and_bounded() -> None:
     conn = ServerConnection("mx.test", extensions=EXT_FULL, max_recipients=10**6)
     conn._parsed.clear()
+    conn._seen.clear()
     policy = Policy(conn)
     policy.greet()
+    # MAIL and RCPT lines from the fast path are cached from their second sighting on.
     policy.feed(b"EHLO c\r\nMAIL FROM:<a@b.example>\r\n")
+    assert not any(isinstance(v[2], MailFrom) for v in conn._parsed.values())
+    policy.feed(b"RSET\r\nMAIL FROM:<a@b.example>\r\n")
     assert any(isinstance(v[2], MailFrom) for v in conn._parsed.values())
     for i in range(_PARSED_MAX + 10):
         policy.feed(b"RCPT TO:<u%d@mx.test>\r\n" % i)
         assert len(conn._parsed) <= _PARSED_MAX
+        assert len(conn._seen) <= _PARSED_MAX
     assert conn.recipients_accepted == _PARSED_MAX + 10
-    first = policy.events[-1]
-    policy.feed(b"RSET\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<u%d@mx.test>\r\n" % (_PARSED_MAX + 9))
-    assert policy.events[-1] is first  # answered from the cache: the same immutable event
+    last = b"RSET\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<u%d@mx.test>\r\n" % (_PARSED_MAX + 9)
+    policy.feed(last)
+    second = policy.events[-1]
+    assert second == RcptTo(Address(f"u{_PARSED_MAX + 9}", "mx.test"), RcptParams())
+    policy.feed(last)
+    assert policy.events[-1] is second  # answered from the cache: the same immutable event
+
+
+def test_general_path_caches_at_first_sighting() -> None:
+    conn = ServerConnection("mx.test", extensions=EXT_FULL)
+    conn._parsed.clear()
+    conn._seen.clear()
+    policy = Policy(conn)
+    policy.greet()
+    policy.feed(b"EHLO c\r\nMAIL FROM:<a@b.example> SMTPUTF8\r\nRCPT TO:<\xc3\xa9@mx.test>\r\n")
+    assert {type(v[2]) for v in conn._parsed.values()} == {Ehlo, MailFrom, RcptTo}
 
 
 # Each script repeats a line in a context where the general path answers
