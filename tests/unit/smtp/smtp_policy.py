@@ -34,6 +34,7 @@ from meta1py.smtp.events import (
     StartTls,
     Vrfy,
 )
+from meta1py.smtp.extensions import Extensions
 from meta1py.smtp.replies import Reply
 from meta1py.smtp.server import ServerConnection
 
@@ -139,3 +140,16 @@ class Policy:
             self.conn.auth_done("user")
             return replies.auth_ok()
         return replies.auth_failed()
+
+
+#: Every extension the core knows, for tests that sweep extension sets.
+EXT_FULL = Extensions(
+    pipelining=True,
+    size=1000,
+    eightbitmime=True,
+    smtputf8=True,
+    chunking=True,
+    binarymime=True,
+    dsn=True,
+    enhancedstatuscodes=True,
+)

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from smtp_policy import Policy
+from smtp_policy import EXT_FULL, Policy
 
 from meta1py.smtp.address import Address
 from meta1py.smtp.dotstuff import ContentChecker, DotDecoder, DotEncoder
@@ -39,16 +39,6 @@ class GeneralOnly(ServerConnection):
         return None
 
 
-EXT_FULL = Extensions(
-    pipelining=True,
-    size=1000,
-    eightbitmime=True,
-    smtputf8=True,
-    chunking=True,
-    binarymime=True,
-    dsn=True,
-    enhancedstatuscodes=True,
-)
 EXT_SIZE_ONLY = Extensions(size=1000)
 EXT_NONE = Extensions()
 EXTENSIONS = [EXT_FULL, EXT_SIZE_ONLY, EXT_NONE]

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from smtp_policy import Policy
+from smtp_policy import EXT_FULL, Policy
 
 from meta1py.smtp import replies
 from meta1py.smtp._frozen import fast_init
@@ -328,16 +328,6 @@ class _NoCache(dict[tuple[bytes, bool, bool], Any]):
         pass
 
 
-EXT_FULL = Extensions(
-    pipelining=True,
-    size=1000,
-    eightbitmime=True,
-    smtputf8=True,
-    chunking=True,
-    binarymime=True,
-    dsn=True,
-    enhancedstatuscodes=True,
-)
 EXT_NONE = Extensions()
 
 COMMANDS = [
