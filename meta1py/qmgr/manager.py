@@ -290,6 +290,10 @@ class QueueManager:
             batch, self._removals = self._removals, []
 
             def remove_all(qids: list[str] = batch) -> None:
+                # The deletions were committed without an fsync (GroupCommitter, durable=False):
+                # make them durable before their content goes, or a system crash could bring
+                # back a message without its content.
+                self.committer.store.sync()
                 for qid in qids:
                     remove_content(self.queue_dir, qid)
 
@@ -429,7 +433,7 @@ class QueueManager:
             for idx, attempts, when in updates
         )
         if not msg.deleted:
-            await self.committer.update_recipients(msg.env.qid, ups)
+            await self.committer.update_recipients(msg.env.qid, ups, durable=False)
         for idx, attempts, when in updates:
             msg.rcpts[idx] = replace(
                 msg.rcpts[idx],
@@ -650,7 +654,7 @@ class QueueManager:
             msg.finishing = True
             await self._finish(msg, tuple(finals))
         elif not msg.deleted:
-            await self.committer.update_recipients(env.qid, tuple(finals))
+            await self.committer.update_recipients(env.qid, tuple(finals), durable=False)
 
     # -- the end of a message ----------------------------------------------------------------------
 
@@ -718,7 +722,8 @@ class QueueManager:
                 return
         ops.append(DeleteMessage(env.qid))
         try:
-            await self.committer.apply_atomic(ops)
+            # Not durable by itself: the removal loop syncs the store before it removes content.
+            await self.committer.apply_atomic(ops, durable=False)
         except QueueStorageError as exc:
             log.error("%s: cannot finish message: %s", env.qid, exc)
             if bounce_writer is not None:

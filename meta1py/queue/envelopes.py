@@ -32,6 +32,17 @@ DURABILITY
     :class:`QueueStorageError`; operations that fail on their own (a duplicate id, an unknown id) run
     in a SAVEPOINT each and fail alone.
 
+    What a client waits on is always durable: the commit of a new message (smtps answers 250 after
+    it) and operator actions. Delivery bookkeeping (recipient results, the deletion of a finished
+    message and its bounce, in one atomic transaction) is committed with ``durable=False``, without
+    an fsync of its own: it survives a crash of qmgr, and the next durable commit or
+    :meth:`EnvelopeStore.sync` makes it survive a crash of the system too (the WAL is append-only,
+    so one fsync covers every earlier commit). Until then a system crash can only undo it, which
+    means a message is tried again (a duplicate, never a loss). qmgr removes a finished message's
+    content file only after :meth:`EnvelopeStore.sync`, so an undone deletion never finds its
+    content gone. This takes an fsync per delivered message off the path that commits new mail;
+    Postfix likewise does not fsync the removal of a delivered queue file.
+
 DATA MODEL
     Two tables: ``messages`` (one row per :class:`Envelope`) and ``recipients`` (one row per
     :class:`Recipient`, keyed by ``(qid, idx)``). ``PRAGMA user_version`` holds the schema version.
@@ -402,6 +413,8 @@ class EnvelopeStore:
         self.readonly = readonly
         self._lock = threading.Lock()
         self._conn = self._connect()
+        #: The connection's synchronous mode: True for FULL (set by _init_schema), False for NORMAL.
+        self._durable = True
 
     def _connect(self) -> sqlite3.Connection:
         try:
@@ -496,8 +509,12 @@ class EnvelopeStore:
 
     # -- writing -------------------------------------------------------------------------------
 
-    def apply(self, ops: Sequence[StoreOp]) -> list[Any]:
+    def apply(self, ops: Sequence[StoreOp], durable: bool = True) -> list[Any]:
         """Run ``ops`` in one transaction (one fsync) and return one outcome per operation.
+
+        With ``durable=False`` the transaction commits without an fsync of its own
+        (``synchronous=NORMAL``): it survives a crash of qmgr at once, and a crash of the system
+        once the next durable transaction or :meth:`sync` has fsync'd the WAL that holds it.
 
         Each outcome is the operation's result (None for inserts and updates, a bool for deletes and
         holds) or the exception it failed with alone (:class:`DuplicateMessageError`,
@@ -514,6 +531,9 @@ class EnvelopeStore:
             conn = self._conn
             outcomes: list[Any] = []
             try:
+                if durable != self._durable:
+                    conn.execute("PRAGMA synchronous = FULL" if durable else "PRAGMA synchronous = NORMAL")
+                    self._durable = durable
                 conn.execute("BEGIN IMMEDIATE")
                 for op in ops:
                     conn.execute("SAVEPOINT op")
@@ -533,6 +553,23 @@ class EnvelopeStore:
                 raise
             return outcomes
 
+    def sync(self) -> None:
+        """Make every transaction committed so far durable: fsync the WAL file.
+
+        The WAL is append-only between checkpoints, and a checkpoint syncs it first, so one fsync
+        covers every commit made before it, durable or not. Safe from any thread.
+        """
+        if self.readonly:
+            return
+        try:
+            fd = os.open(f"{self.path}-wal", os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return  # no WAL: everything is in the database file, which checkpoints synced
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
     def _rollback(self) -> None:
         try:
             if self._conn.in_transaction:
@@ -544,6 +581,7 @@ class EnvelopeStore:
                 self._conn.close()
             finally:
                 self._conn = self._connect()
+                self._durable = True
 
     def _apply_one(self, conn: sqlite3.Connection, op: StoreOp) -> Any:
         if isinstance(op, Atomic):
@@ -798,10 +836,11 @@ def _as_updates(updates: Iterable[RecipientUpdate | tuple[Any, ...]]) -> tuple[R
 
 
 class _PendingOp:
-    __slots__ = ("error", "op", "result")
+    __slots__ = ("durable", "error", "op", "result")
 
-    def __init__(self, op: StoreOp) -> None:
+    def __init__(self, op: StoreOp, durable: bool = True) -> None:
         self.op = op
+        self.durable = durable
         self.result: Any = None
         self.error: BaseException | None = None
 
@@ -857,15 +896,19 @@ class GroupCommitter:
         """
         await self._submit(InsertEnvelope(envelope))
 
-    async def update_recipients(self, qid: str, updates: Iterable[RecipientUpdate | tuple[Any, ...]]) -> None:
+    async def update_recipients(
+        self, qid: str, updates: Iterable[RecipientUpdate | tuple[Any, ...]], durable: bool = True
+    ) -> None:
         """Record recipient results: ``(idx, status, attempts, next_attempt, last_reply,
         destination)`` tuples or :class:`RecipientUpdate` values.
+
+        ``durable=False``: see :meth:`apply_atomic`.
 
         Raises:
             QueueStorageError: the batch failed; nothing was recorded.
             UnknownMessageError: the message or a recipient index does not exist.
         """
-        await self._submit(UpdateRecipients(qid, _as_updates(updates)))
+        await self._submit(UpdateRecipients(qid, _as_updates(updates)), durable)
 
     async def delete(self, qid: str) -> bool:
         """Remove a message from the store; return False if it was not there."""
@@ -877,8 +920,14 @@ class GroupCommitter:
         result: bool = await self._submit(SetHold(qid, hold))
         return result
 
-    async def apply_atomic(self, ops: Sequence[StoreOp]) -> list[Any]:
+    async def apply_atomic(self, ops: Sequence[StoreOp], durable: bool = True) -> list[Any]:
         """Apply ``ops`` all together or not at all, in the next group commit.
+
+        ``durable=False`` is for delivery bookkeeping that no client is waiting on (results,
+        deletions of finished messages, their bounces): the operations are committed and visible
+        at once and survive a crash of qmgr, but a crash of the system may undo them until the
+        next durable transaction or :meth:`sync` (the message is then tried again: a duplicate,
+        never a loss). A batch is durable if any operation in it is.
 
         Raises:
             QueueStorageError: the batch failed; nothing was applied.
@@ -888,15 +937,15 @@ class GroupCommitter:
         inner = tuple(op for op in ops if not isinstance(op, Atomic))
         if len(inner) != len(ops):
             raise TypeError("Atomic operations do not nest")
-        result: list[Any] = await self._submit(Atomic(inner))
+        result: list[Any] = await self._submit(Atomic(inner), durable)
         return result
 
     async def read(self, fn: Callable[[EnvelopeStore], T]) -> T:
         """Run ``fn(store)`` in the store's worker thread, between commits (for queries)."""
         return await self._thread.run(fn, self.store)
 
-    async def _submit(self, op: StoreOp) -> Any:
-        pending = _PendingOp(op)
+    async def _submit(self, op: StoreOp, durable: bool = True) -> Any:
+        pending = _PendingOp(op, durable)
         if self._pending is None:
             self._pending = _Batch()
         batch = self._pending
@@ -929,7 +978,8 @@ class GroupCommitter:
         self.operations += len(batch.ops)
         try:
             with trio.CancelScope(shield=True):
-                outcomes = await self._thread.run(self.store.apply, [p.op for p in batch.ops])
+                durable = any(p.durable for p in batch.ops)
+                outcomes = await self._thread.run(self.store.apply, [p.op for p in batch.ops], durable)
             for pending, outcome in zip(batch.ops, outcomes, strict=True):
                 if isinstance(outcome, BaseException):
                     pending.error = outcome

@@ -336,3 +336,41 @@ async def test_content_then_directory_then_envelope(tmp_path: Path) -> None:
         for qid, body in bodies.items():
             assert (tmp_path / "content" / qid[-2:] / qid).read_bytes() == body
         store.close()
+
+
+# -- durable and bookkeeping commits ------------------------------------------------------------
+
+
+def _synchronous(store: EnvelopeStore) -> int:
+    """The connection's PRAGMA synchronous: 2 = FULL (fsync per commit), 1 = NORMAL."""
+    return int(store._conn.execute("PRAGMA synchronous").fetchone()[0])
+
+
+async def test_bookkeeping_commits_skip_the_fsync_but_never_a_new_message(store: EnvelopeStore) -> None:
+    committer = GroupCommitter(store)
+    env = make_envelope()
+    await committer.commit_new(env)
+    assert _synchronous(store) == 2
+    # A delivery result alone: committed (visible to a reader at once) without an fsync.
+    await committer.update_recipients(env.qid, [(0, "delivered", 1, 0.0, "250 ok", "d")], durable=False)
+    assert _synchronous(store) == 1
+    with EnvelopeStore(store.path, readonly=True) as reader:
+        got = reader.get(env.qid)
+        assert got is not None and got.recipients[0].status == "delivered"
+    # A new message in the same batch as bookkeeping: the whole batch is durable.
+    first, other = make_envelope(), make_envelope()
+    async with trio.open_nursery() as nursery:
+        gate = await hold_worker(nursery, committer)
+        nursery.start_soon(committer.commit_new, first)  # the running batch, behind the gate
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(
+            committer.update_recipients, env.qid, [(1, "delivered", 1, 0.0, "250 ok", "d")], False
+        )
+        nursery.start_soon(committer.commit_new, other)
+        await trio.testing.wait_all_tasks_blocked()
+        assert committer.waiting == 2  # the next batch: one bookkeeping, one new message
+        gate.release.set()
+    assert _synchronous(store) == 2
+    assert store.get(other.qid) is not None
+    # sync() fsyncs the WAL that holds every earlier commit (and is harmless without one).
+    store.sync()
