@@ -17,10 +17,11 @@ recovery removes content files without an envelope (:func:`scan_content_ids`).
 
 from __future__ import annotations
 
+import ctypes
 import io
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
@@ -215,6 +216,23 @@ class ContentWriter:
         except OSError as exc:
             raise _storage_error(f"cannot write content file {self.qid}", exc) from exc
         self.size += len(data)
+
+    def start_writeback(self) -> None:
+        """Flush the buffer and start writing the file to disk without waiting (a hint).
+
+        :class:`ContentSyncer` calls it on every file of a batch before it fsyncs them one by one:
+        on ext4 (delayed allocation) the first fsync then commits the blocks of all of them in
+        one journal commit, and the others find nothing left to do; without it each fsync pays a
+        journal commit of its own (a batch of ten 4 KiB files: about half the time). Errors are
+        left for :meth:`finish` to report.
+        """
+        if self._file is None:
+            return
+        try:
+            self._file.flush()
+            _start_writeback(self._file.fileno())
+        except OSError:
+            pass
 
     def finish(self) -> None:
         """Flush, fsync and close the file. Blocking: call it through ``trio.to_thread``.
@@ -419,6 +437,9 @@ class ContentSyncer:
 
 def _sync_batch(batch: list[tuple[ContentWriter, _DirSync]]) -> None:
     dirs: dict[str, list[_DirSync]] = {}
+    if len(batch) > 1:
+        for writer, _op in batch:
+            writer.start_writeback()
     for writer, op in batch:
         try:
             writer.finish()
@@ -432,6 +453,29 @@ def _sync_batch(batch: list[tuple[ContentWriter, _DirSync]]) -> None:
         except OSError as exc:
             for op in ops:
                 op.error = exc
+
+
+_SYNC_FILE_RANGE_WRITE = 2
+_sync_file_range: Callable[[int, int, int, int], int] | None = None
+
+
+def _start_writeback(fd: int) -> None:
+    """``sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE)``: start writeback, do not wait (Linux)."""
+    global _sync_file_range
+    if _sync_file_range is None:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            func = libc.sync_file_range
+            func.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+            func.restype = ctypes.c_int
+            _sync_file_range = func
+        except (OSError, AttributeError):
+            _sync_file_range = _no_writeback
+    _sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
+
+
+def _no_writeback(fd: int, offset: int, nbytes: int, flags: int) -> int:
+    return 0
 
 
 def open_content(queue_dir: str | os.PathLike[str], qid: str) -> io.BufferedReader:
