@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import heapq
 import logging
-import os
 import random
 import time
 from collections.abc import Iterable
@@ -40,6 +39,7 @@ from meta1py.queue.content import (
     open_content,
     remove_content,
     scan_content_ids,
+    sync_content_files,
 )
 from meta1py.queue.envelopes import (
     DeleteMessage,
@@ -147,7 +147,9 @@ class QueueManager:
         self.qcfg = config.qmgr
         self.queue_dir = Path(config.queue_directory)
         self.store = store
-        self.committer = GroupCommitter(store)
+        # New messages' content is fsync'd in the committer's thread trip, just before their
+        # envelopes' transaction (smtps only closes it): one trip for both durable steps.
+        self.committer = GroupCommitter(store, prepare=sync_content_files)
         self.smar = smar
         self.smtpc = smtpc
         self.rng = rng or random.Random()
@@ -824,12 +826,6 @@ class QueueManager:
                 ok=False, reply=SmtpReplyValue(code=554, enhanced="5.5.0", text="bad envelope")
             )
         path = content_file(self.queue_dir, req.qid)
-        # A stat of a file smtps has just fsync'd: cheaper inline than a trip to a worker thread.
-        if not os.path.exists(path):
-            log.error("commit of %s refused: no content file", req.qid)
-            return QueueEnvelopeCommitReply(
-                ok=False, reply=SmtpReplyValue(code=451, enhanced="4.3.0", text="queue file missing")
-            )
         now = time.time()
         env = Envelope(
             qid=req.qid,
@@ -854,7 +850,13 @@ class QueueManager:
             ),
         )
         try:
-            await self.committer.commit_new(env)
+            # The content file is fsync'd (with its directory) before the envelope commits: a
+            # missing or unwritable file fails this message alone. Shielded: if smtps goes away
+            # (killed, connection lost) while the batch runs, the message may be committed, and
+            # it must then be scheduled (_add below), or it would sit in the store unseen until
+            # qmgr restarts.
+            with trio.CancelScope(shield=True):
+                await self.committer.commit_new(env, prepare=str(path))
         except DuplicateMessageError:
             # smtps repeats a commit whose answer it lost (qmgr restarted or the call timed out).
             # Queue ids are claimed with O_EXCL by one content file, so this is the same message:

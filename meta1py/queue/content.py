@@ -41,6 +41,7 @@ __all__ = [
     "open_content",
     "remove_content",
     "scan_content_ids",
+    "sync_content_files",
 ]
 
 CONTENT_DIRNAME = "content"
@@ -233,6 +234,29 @@ class ContentWriter:
             _start_writeback(self._file.fileno())
         except OSError:
             pass
+
+    def close_unsynced(self) -> None:
+        """Flush and close the file without an fsync, and start its writeback.
+
+        For a file whose fsync someone else does before anything depends on it: smtps closes the
+        content this way, and qmgr fsyncs it (:func:`sync_content_files`) in the same trip as the
+        envelope commit, before smtps may answer 250.
+
+        Raises:
+            QueueStorageError: the flush failed (the file is closed; call :meth:`abort`).
+        """
+        if self._file is None:
+            raise ValueError(f"content file {self.qid} is closed")
+        file, self._file = self._file, None
+        try:
+            try:
+                file.flush()
+                _start_writeback(file.fileno())
+            finally:
+                file.close()
+        except OSError as exc:
+            raise _storage_error(f"cannot write content file {self.qid}", exc) from exc
+        self._finished = True
 
     def finish(self) -> None:
         """Flush, fsync and close the file. Blocking: call it through ``trio.to_thread``.
@@ -476,6 +500,46 @@ def _start_writeback(fd: int) -> None:
 
 def _no_writeback(fd: int, offset: int, nbytes: int, flags: int) -> int:
     return 0
+
+
+def sync_content_files(paths: list[str]) -> list[QueueStorageError | None]:
+    """Make content files written by someone else durable: fsync each file, then each distinct
+    directory; one outcome per path (None: durable). Blocking.
+
+    qmgr calls it for the new messages of a group commit, in the store's thread, before the
+    envelopes' transaction: one thread trip for both durable steps of a message. Writeback of
+    every file is started first, so that ext4 commits their blocks together.
+    """
+    results: list[QueueStorageError | None] = [None] * len(paths)
+    fds: list[tuple[int, int]] = []
+    dirs: dict[str, list[int]] = {}
+    try:
+        for i, path in enumerate(paths):
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as exc:
+                results[i] = _storage_error(f"cannot open content file {path}", exc)
+                continue
+            fds.append((i, fd))
+            if len(paths) > 1:
+                _start_writeback(fd)
+        for i, fd in fds:
+            try:
+                os.fsync(fd)
+            except OSError as exc:
+                results[i] = _storage_error(f"cannot sync content file {paths[i]}", exc)
+                continue
+            dirs.setdefault(os.path.dirname(paths[i]), []).append(i)
+    finally:
+        for _i, fd in fds:
+            os.close(fd)
+    for path, members in dirs.items():
+        try:
+            _fsync_dir(path)
+        except OSError as exc:
+            for i in members:
+                results[i] = _storage_error(f"cannot sync directory {path}", exc)
+    return results
 
 
 def open_content(queue_dir: str | os.PathLike[str], qid: str) -> io.BufferedReader:

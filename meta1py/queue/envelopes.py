@@ -836,11 +836,12 @@ def _as_updates(updates: Iterable[RecipientUpdate | tuple[Any, ...]]) -> tuple[R
 
 
 class _PendingOp:
-    __slots__ = ("durable", "error", "op", "result")
+    __slots__ = ("durable", "error", "op", "prepare", "result")
 
-    def __init__(self, op: StoreOp, durable: bool = True) -> None:
+    def __init__(self, op: StoreOp, durable: bool = True, prepare: str | None = None) -> None:
         self.op = op
         self.durable = durable
+        self.prepare = prepare
         self.result: Any = None
         self.error: BaseException | None = None
 
@@ -873,8 +874,16 @@ class GroupCommitter:
         operations: operations submitted to those transactions.
     """
 
-    def __init__(self, store: EnvelopeStore) -> None:
+    def __init__(
+        self,
+        store: EnvelopeStore,
+        prepare: Callable[[list[str]], list[QueueStorageError | None]] | None = None,
+    ) -> None:
         self.store = store
+        #: Runs in the store's thread before each transaction, on the ``prepare`` arguments of the
+        #: batch's operations (qmgr: fsync the new messages' content files); an operation whose
+        #: preparation failed fails with that error and stays out of the transaction.
+        self._prepare = prepare
         # One thread for the store, so transactions and queries run one at a time, in order.
         self._thread = OffloadThread("envelope-store")
         self._running: _Batch | None = None
@@ -887,14 +896,17 @@ class GroupCommitter:
         """Operations queued for the next transaction (not yet started)."""
         return 0 if self._pending is None else len(self._pending.ops)
 
-    async def commit_new(self, envelope: Envelope) -> None:
+    async def commit_new(self, envelope: Envelope, prepare: str | None = None) -> None:
         """Make a new envelope durable.
+
+        ``prepare``: an argument for the committer's ``prepare`` function, run in the same thread
+        trip just before the transaction (qmgr passes the message's content file).
 
         Raises:
             QueueStorageError: the batch failed; the envelope is not stored.
             DuplicateMessageError: its queue id is already stored.
         """
-        await self._submit(InsertEnvelope(envelope))
+        await self._submit(InsertEnvelope(envelope), prepare=prepare)
 
     async def update_recipients(
         self, qid: str, updates: Iterable[RecipientUpdate | tuple[Any, ...]], durable: bool = True
@@ -944,8 +956,8 @@ class GroupCommitter:
         """Run ``fn(store)`` in the store's worker thread, between commits (for queries)."""
         return await self._thread.run(fn, self.store)
 
-    async def _submit(self, op: StoreOp, durable: bool = True) -> Any:
-        pending = _PendingOp(op, durable)
+    async def _submit(self, op: StoreOp, durable: bool = True, prepare: str | None = None) -> Any:
+        pending = _PendingOp(op, durable, prepare)
         if self._pending is None:
             self._pending = _Batch()
         batch = self._pending
@@ -972,6 +984,18 @@ class GroupCommitter:
             raise pending.error
         return pending.result
 
+    def _run_batch(self, pending: list[_PendingOp], durable: bool) -> list[Any]:
+        """In the store's thread: the preparations, then one transaction for what they allow."""
+        ops = [p.op for p in pending]
+        if self._prepare is None or all(p.prepare is None for p in pending):
+            return self.store.apply(ops, durable)
+        prepared = [i for i, p in enumerate(pending) if p.prepare is not None]
+        errors = dict(zip(prepared, self._prepare([pending[i].prepare or "" for i in prepared]), strict=True))
+        failed = {i: e for i, e in errors.items() if e is not None}
+        todo = [op for i, op in enumerate(ops) if i not in failed]
+        done = iter(self.store.apply(todo, durable) if todo else [])
+        return [failed[i] if i in failed else next(done) for i in range(len(ops))]
+
     async def _perform(self, batch: _Batch) -> None:
         self._running = batch
         self.commits += 1
@@ -979,7 +1003,7 @@ class GroupCommitter:
         try:
             with trio.CancelScope(shield=True):
                 durable = any(p.durable for p in batch.ops)
-                outcomes = await self._thread.run(self.store.apply, [p.op for p in batch.ops], durable)
+                outcomes = await self._thread.run(self._run_batch, batch.ops, durable)
             for pending, outcome in zip(batch.ops, outcomes, strict=True):
                 if isinstance(outcome, BaseException):
                     pending.error = outcome

@@ -1,11 +1,10 @@
 """One SMTP session: the trio adapter around the sans-IO server core.
 
 The core (:class:`meta1py.smtp.server.ServerConnection`) turns bytes into events and replies into
-bytes; this module answers the events.  Policy comes from smar (``SmarRecipientCheckRequest``),
-durability from the content file (its fsync and its directory's, batched across sessions by
-:class:`~meta1py.queue.content.ContentSyncer`) and from qmgr's group commit
-(``QueueEnvelopeCommitRequest``).  The 250 reply to the end of data is sent only after qmgr has
-answered that the envelope is durable.
+bytes; this module answers the events.  Policy comes from smar (``SmarRecipientCheckRequest``).
+smtps streams the content file and closes it; qmgr's group commit (``QueueEnvelopeCommitRequest``)
+fsyncs it and its directory and then commits the envelope, in one thread trip for a whole batch.
+The 250 reply to the end of data is sent only after qmgr has answered that both are durable.
 
 Replies are buffered while pipelined commands are waiting in the core and written when the core
 needs more input (RFC 2920 §3.1: the server may batch its responses).
@@ -37,7 +36,7 @@ import trio
 
 from meta1py import log as mlog
 from meta1py.conf import Config, ListenSocket, SmtpsConfig
-from meta1py.queue.content import ContentSyncer, ContentWriter
+from meta1py.queue.content import ContentWriter
 from meta1py.queue.errors import QueueStorageError
 from meta1py.rpc.errors import RpcError
 from meta1py.rpc.messages import (
@@ -167,8 +166,6 @@ class SmtpsContext:
     authenticators: dict[str | None, Authenticator] = field(default_factory=dict)
     #: Per smtps section: failed AUTH attempts per client IP.
     auth_limiters: dict[str | None, AuthFailureLimiter] = field(default_factory=dict)
-    #: Batches the fsyncs of finished content files (one worker-thread trip per batch).
-    content_syncer: ContentSyncer = field(default_factory=ContentSyncer)
     #: smar's recent RCPT verdicts (see _RcptCache).
     rcpt_cache: _RcptCache = field(default_factory=lambda: _RcptCache())
 
@@ -599,9 +596,11 @@ class Session:
             return Reply(554, "5.4.6", ("Too many hops: mail forwarding loop",))
         qid = writer.qid
         try:
-            await self.ctx.content_syncer.finish(writer)
+            # No fsync here: qmgr fsyncs the content file and its directory in the same thread
+            # trip as the envelope's commit, and smtps answers 250 only after that commit.
+            writer.close_unsynced()
         except QueueStorageError as exc:
-            log.error("session %s: cannot sync %s: %s", self.sid, qid, exc)
+            log.error("session %s: cannot write %s: %s", self.sid, qid, exc)
             writer.abort()
             return replies.insufficient_storage() if exc.disk_full else replies.local_error()
         sender = str(txn.sender) if isinstance(txn.sender, Address) else ""
