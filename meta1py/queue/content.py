@@ -245,18 +245,7 @@ class ContentWriter:
         Raises:
             QueueStorageError: the flush failed (the file is closed; call :meth:`abort`).
         """
-        if self._file is None:
-            raise ValueError(f"content file {self.qid} is closed")
-        file, self._file = self._file, None
-        try:
-            try:
-                file.flush()
-                _start_writeback(file.fileno())
-            finally:
-                file.close()
-        except OSError as exc:
-            raise _storage_error(f"cannot write content file {self.qid}", exc) from exc
-        self._finished = True
+        self._close(sync=False)
 
     def finish(self) -> None:
         """Flush, fsync and close the file. Blocking: call it through ``trio.to_thread``.
@@ -267,17 +256,24 @@ class ContentWriter:
         Raises:
             QueueStorageError: flush or fsync failed (the file is closed; call :meth:`abort`).
         """
+        self._close(sync=True)
+
+    def _close(self, sync: bool) -> None:
         if self._file is None:
             raise ValueError(f"content file {self.qid} is closed")
         file, self._file = self._file, None
         try:
             try:
                 file.flush()
-                os.fsync(file.fileno())
+                if sync:
+                    os.fsync(file.fileno())
+                else:
+                    _start_writeback(file.fileno())
             finally:
                 file.close()
         except OSError as exc:
-            raise _storage_error(f"cannot sync content file {self.qid}", exc) from exc
+            what = "sync" if sync else "write"
+            raise _storage_error(f"cannot {what} content file {self.qid}", exc) from exc
         self._finished = True
 
     def abort(self) -> None:
