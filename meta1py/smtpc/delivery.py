@@ -54,6 +54,7 @@ from meta1py.smtp.events import ConnectionClosed, MailParams, NeedData, RcptPara
 from meta1py.smtp.replies import Reply
 from meta1py.smtpc.maildir import deliver_maildir
 from meta1py.smtpc.tlspolicy import TlsPolicy, destination_nexthop, parse_tls_policy
+from meta1py.sockio import write_nowait
 from meta1py.tls import (
     ClientTlsSettings,
     TlsConfigError,
@@ -138,16 +139,12 @@ class _Client:
     async def send(self, data: bytes) -> None:
         fd = self.fd
         if fd is not None:
-            # The socket buffer almost always has room for a command group or a content chunk.
             try:
-                sent = os.write(fd, data)
-            except BlockingIOError:
-                sent = 0
+                data = write_nowait(fd, data)
             except OSError as exc:
                 raise _SessionError(_local(421, "4.4.2", f"{self.peer}: connection lost: {exc}")) from exc
-            if sent == len(data):
+            if not data:
                 return
-            data = data[sent:]
         try:
             with trio.fail_after(self.io_timeout):
                 await self.stream.send_all(data)
