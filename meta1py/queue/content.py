@@ -3,10 +3,12 @@
 Layout: ``queue_directory/content/<id[-2:]>/<id>``. The last two characters of an id are random
 (:mod:`meta1py.queue.ids`), so the 961 subdirectories fill evenly and no directory grows huge.
 
-Durability (design.md §4): before smtps may answer 250, the file's data must be fsync'd
-(:meth:`ContentWriter.finish`, one fsync per file: nothing can share it) *and* its directory entry
-must be durable (:class:`DirectorySyncer`: one directory fsync shared by every message that finished
-in that directory since the last one started). Subdirectories are created lazily; the first time a
+Durability (design.md §4): before smtps may answer 250, the file's data must be fsync'd *and* its
+directory entry must be durable. smtps closes the file (:meth:`ContentWriter.close_unsynced`) and
+qmgr does both with :func:`sync_content_files`, for a whole batch of new messages in the same thread
+trip as their envelopes' commit. qmgr's own bounces use :meth:`ContentWriter.finish` and
+:class:`DirectorySyncer` (one directory fsync shared by every message that finished in that
+directory since the last one started). Subdirectories are created lazily; the first time a
 process uses one it fsyncs ``content/`` once, whether it created the subdirectory or found it, because
 another process may have created it and not yet made it durable.
 
@@ -28,12 +30,10 @@ from typing import BinaryIO
 
 import trio
 
-from meta1py.offload import OffloadThread
 from meta1py.queue.errors import QueueStorageError
 from meta1py.queue.ids import is_queue_id, new_queue_id
 
 __all__ = [
-    "ContentSyncer",
     "ContentWriter",
     "DirectorySyncer",
     "content_file",
@@ -218,23 +218,6 @@ class ContentWriter:
             raise _storage_error(f"cannot write content file {self.qid}", exc) from exc
         self.size += len(data)
 
-    def start_writeback(self) -> None:
-        """Flush the buffer and start writing the file to disk without waiting (a hint).
-
-        :class:`ContentSyncer` calls it on every file of a batch before it fsyncs them one by one:
-        on ext4 (delayed allocation) the first fsync then commits the blocks of all of them in
-        one journal commit, and the others find nothing left to do; without it each fsync pays a
-        journal commit of its own (a batch of ten 4 KiB files: about half the time). Errors are
-        left for :meth:`finish` to report.
-        """
-        if self._file is None:
-            return
-        try:
-            self._file.flush()
-            _start_writeback(self._file.fileno())
-        except OSError:
-            pass
-
     def close_unsynced(self) -> None:
         """Flush and close the file without an fsync, and start its writeback.
 
@@ -395,84 +378,6 @@ class DirectorySyncer:
             self.fsyncs += 1
             state.running = None
             op.done.set()
-
-
-class ContentSyncer:
-    """Group commit for whole content files: many messages, one trip to a worker thread.
-
-    ``await syncer.finish(writer)`` returns once the writer's file is flushed, fsync'd and closed and
-    its directory entry is durable. Writers that arrive while a batch runs join the next batch; the
-    batch fsyncs each file, then each distinct directory, in one worker thread. On ext4 and XFS the
-    first fsync of a batch commits the journal that holds every file created before it, so the
-    following fsyncs of the batch are cheap; and the thread hop, the largest Python cost of a
-    durable write, is paid once per batch instead of twice per message.
-
-    An error in one file fails only that writer (:class:`QueueStorageError`); an error syncing a
-    directory fails every writer in that directory.
-
-    Attributes:
-        batches: batches run so far (for tests and statistics).
-    """
-
-    def __init__(self) -> None:
-        self._pending: list[tuple[ContentWriter, _DirSync]] = []
-        self._running = False
-        self._wake = trio.Event()
-        self._thread = OffloadThread("content-sync")
-        self.batches = 0
-
-    async def finish(self, writer: ContentWriter) -> None:
-        """Make ``writer``'s content and directory entry durable and close the file.
-
-        Raises:
-            QueueStorageError: the file or its directory could not be synced (the file is closed;
-                the caller should :meth:`ContentWriter.abort` it).
-        """
-        op = _DirSync()
-        self._pending.append((writer, op))
-        while not op.done.is_set():
-            if not self._running:
-                await self._run_batch()
-            else:
-                await self._wake.wait()
-        if op.error is not None:
-            if isinstance(op.error, QueueStorageError):
-                raise op.error
-            raise _storage_error(f"cannot sync content file {writer.qid}", op.error) from op.error
-
-    async def _run_batch(self) -> None:
-        batch, self._pending = self._pending, []
-        self._running = True
-        try:
-            with trio.CancelScope(shield=True):
-                await self._thread.run(_sync_batch, batch)
-        finally:
-            self.batches += 1
-            self._running = False
-            for _writer, op in batch:
-                op.done.set()
-            wake, self._wake = self._wake, trio.Event()
-            wake.set()
-
-
-def _sync_batch(batch: list[tuple[ContentWriter, _DirSync]]) -> None:
-    dirs: dict[str, list[_DirSync]] = {}
-    if len(batch) > 1:
-        for writer, _op in batch:
-            writer.start_writeback()
-    for writer, op in batch:
-        try:
-            writer.finish()
-        except (QueueStorageError, OSError) as exc:
-            op.error = exc
-            continue
-        dirs.setdefault(writer.dir_name, []).append(op)
-    for path, ops in dirs.items():
-        try:
-            _fsync_dir(path)
-        except OSError as exc:
-            for op in ops:
-                op.error = exc
 
 
 _SYNC_FILE_RANGE_WRITE = 2
