@@ -29,7 +29,6 @@ LMTP (RFC 2033): one reply per accepted recipient after the data.  Maildir: see
 from __future__ import annotations
 
 import logging
-import os
 import ssl
 import time
 from dataclasses import dataclass, field
@@ -54,7 +53,7 @@ from meta1py.smtp.events import ConnectionClosed, MailParams, NeedData, RcptPara
 from meta1py.smtp.replies import Reply
 from meta1py.smtpc.maildir import deliver_maildir
 from meta1py.smtpc.tlspolicy import TlsPolicy, destination_nexthop, parse_tls_policy
-from meta1py.sockio import write_nowait
+from meta1py.sockio import read_when_ready, write_nowait
 from meta1py.tls import (
     ClientTlsSettings,
     TlsConfigError,
@@ -169,7 +168,7 @@ class _Client:
                 with trio.fail_after(self.io_timeout):
                     data: bytes | bytearray
                     if self.fd is not None:
-                        data = await self._read_when_ready(self.fd)
+                        data = await read_when_ready(self.fd)
                     else:
                         data = await self.stream.receive_some(_READ_BYTES)
             except trio.TooSlowError as exc:
@@ -177,17 +176,6 @@ class _Client:
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 raise _SessionError(_local(421, "4.4.2", f"{self.peer}: connection lost: {exc}")) from exc
             self.conn.receive_data(bytes(data))
-
-    @staticmethod
-    async def _read_when_ready(fd: int) -> bytes:
-        while True:
-            await trio.lowlevel.wait_readable(fd)
-            try:
-                return os.read(fd, _READ_BYTES)
-            except BlockingIOError:
-                continue  # spurious wake-up
-            except OSError as exc:
-                raise trio.BrokenResourceError(str(exc)) from exc
 
     async def close(self, polite: bool) -> None:
         if polite and self.usable:
