@@ -153,3 +153,13 @@ EXT_FULL = Extensions(
     dsn=True,
     enhancedstatuscodes=True,
 )
+
+
+def run_in_halves(policy: Policy, data: bytes) -> bytes:
+    """Greet, feed ``data`` in two reads, then end of input; return everything the server sent."""
+    out = policy.greet()
+    half = len(data) // 2
+    for piece in (data[:half], data[half:], b""):
+        if not policy.closed:
+            out += policy.feed(piece)
+    return out

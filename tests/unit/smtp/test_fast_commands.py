@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from smtp_policy import EXT_FULL, Policy
+from smtp_policy import EXT_FULL, Policy, run_in_halves
 
 from meta1py.smtp.address import Address
 from meta1py.smtp.dotstuff import ContentChecker, DotDecoder, DotEncoder
@@ -395,11 +395,7 @@ def _session(cls: type[ServerConnection], data: bytes, ext: Extensions, **kw: An
     conn = cls("mx.test", extensions=ext, max_bad_commands=100, bare_newline="normalize", **kw)
     conn._parsed.clear()
     policy = Policy(conn)
-    out = policy.greet()
-    half = len(data) // 2
-    for piece in (data[:half], data[half:], b""):
-        if not policy.closed:
-            out += policy.feed(piece)
+    out = run_in_halves(policy, data)
     return out, policy.events, conn.bad_commands, policy.messages
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from smtp_policy import EXT_FULL, Policy
+from smtp_policy import EXT_FULL, Policy, run_in_halves
 
 from meta1py.smtp import replies
 from meta1py.smtp._frozen import fast_init
@@ -397,11 +397,7 @@ def _session(
     if not cache:
         conn._parsed = _NoCache()
     policy = Policy(conn)
-    out = policy.greet()
-    half = len(data) // 2
-    for piece in (data[:half], data[half:], b""):
-        if not policy.closed:
-            out += policy.feed(piece)
+    out = run_in_halves(policy, data)
     return out, policy.events, conn.bad_commands
 
 
