@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from meta1py.queue.content import (
+    FILES_PER_SUBDIR,
     ContentWriter,
     content_path,
     open_content,
@@ -33,6 +34,25 @@ def test_write_finish_read(tmp_path: Path) -> None:
         assert f.read() == b"".join(chunks)
     mode = stat.S_IMODE(writer.path.stat().st_mode)
     assert mode & ~0o640 == 0
+
+
+def test_files_written_together_share_a_subdirectory(tmp_path: Path) -> None:
+    # One directory fsync then covers a whole batch; the process moves on after FILES_PER_SUBDIR.
+    writers = [ContentWriter(tmp_path) for _ in range(3 * FILES_PER_SUBDIR)]
+    for writer in writers:
+        writer.finish()
+    assert len({w.qid for w in writers}) == len(writers)
+    runs: list[int] = []
+    previous = None
+    for writer in writers:
+        if writer.dir_name != previous:
+            runs.append(0)
+            previous = writer.dir_name
+        runs[-1] += 1
+    # Three full turns, split at most once more by a turn that began before this test.
+    assert 3 <= len(runs) <= 4
+    assert max(runs) <= FILES_PER_SUBDIR
+    assert sorted(scan_content_ids(tmp_path)) == sorted(w.qid for w in writers)
 
 
 def test_given_id_is_claimed_exclusively(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meta1py.queue.ids import ALPHABET, is_queue_id, new_queue_id, queue_id_time
+from meta1py.queue.ids import ALPHABET, SUFFIXES, is_queue_id, new_queue_id, queue_id_time
 
 
 def test_format() -> None:
@@ -81,3 +81,28 @@ def test_clock_out_of_range_is_clamped() -> None:
 def test_queue_id_time_rejects_bad_ids() -> None:
     with pytest.raises(ValueError):
         queue_id_time("nope")
+
+
+@given(
+    st.integers(min_value=0, max_value=SUFFIXES - 1),
+    st.integers(min_value=1_704_067_200, max_value=1_704_067_200 + 5 * 10**9),  # within 185 years
+)
+def test_a_fixed_suffix_keeps_the_second_and_sets_the_last_two_symbols(suffix: int, now: int) -> None:
+    qid = new_queue_id(now + 0.5, suffix=suffix)
+    assert is_queue_id(qid)
+    assert qid[-2:] == ALPHABET[suffix // 31] + ALPHABET[suffix % 31]
+    assert queue_id_time(qid) == float(now)
+
+
+def test_ids_with_one_suffix_stay_random() -> None:
+    now = time.time()
+    ids = [new_queue_id(now, suffix=5) for _ in range(200)]
+    # About 17 random bits are left: a collision among 200 draws is rare, several are a bug.
+    assert len(set(ids)) >= 198
+    assert {qid[-2:] for qid in ids} == {ALPHABET[0] + ALPHABET[5]}
+
+
+@pytest.mark.parametrize("suffix", [-1, SUFFIXES])
+def test_suffix_out_of_range_is_refused(suffix: int) -> None:
+    with pytest.raises(ValueError):
+        new_queue_id(suffix=suffix)
