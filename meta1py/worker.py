@@ -24,8 +24,6 @@ statuses: 0 clean, 1 crash (mcp restarts), 64 usage, 77 privileges, 78 configura
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import encodings.idna  # noqa: F401  -- imported before the privilege drop (see _preload)
 import grp
 import logging
@@ -49,6 +47,7 @@ from meta1py.conf import (
     SmtpsConfig,
     parse_config,
 )
+from meta1py.libc import PR_SET_PDEATHSIG, prctl
 from meta1py.log import setup_logging
 
 log = logging.getLogger(__name__)
@@ -68,7 +67,6 @@ ORPHAN_GRACE_S = 1.0
 # mcp -> worker: "stop accepting, finish your sessions, exit 0" (graceful smtps handover on reload).
 DRAIN_SIGNAL = signal.SIGUSR1
 
-_PR_SET_PDEATHSIG = 1
 
 
 class WorkerConfigError(Exception):
@@ -217,14 +215,7 @@ def drop_privileges(user: str, group: str | None = None) -> None:
 
 def set_parent_death_signal(sig: int = signal.SIGTERM) -> bool:
     """Ask the kernel to send ``sig`` when our parent (mcp) exits; False if unsupported."""
-    libc_name = ctypes.util.find_library("c")
-    if libc_name is None:
-        return False
-    try:
-        libc = ctypes.CDLL(libc_name, use_errno=True)
-        return int(libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)) == 0
-    except (OSError, AttributeError):
-        return False
+    return prctl(PR_SET_PDEATHSIG, int(sig))
 
 
 def _test_exit_status(name: str) -> int | None:

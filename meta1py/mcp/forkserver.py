@@ -48,6 +48,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from meta1py.libc import PR_SET_CHILD_SUBREAPER, PR_SET_NAME, prctl
 from meta1py.worker import WORKER_NAMES, format_fds, run_worker, set_parent_death_signal
 
 log = logging.getLogger(__name__)
@@ -58,20 +59,10 @@ MAX_FDS = 64
 #: How long mcp waits for the fork server's reply before it gives up on it.
 REPLY_TIMEOUT_S = 10.0
 
-_PR_SET_NAME = 15
-_PR_SET_CHILD_SUBREAPER = 36
 
 
 class ForkServerError(Exception):
     """The fork server could not start a worker (or is gone)."""
-
-
-def _prctl(option: int, arg: int | bytes) -> bool:
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return bool(libc.prctl(option, arg, 0, 0, 0) == 0)
-    except (OSError, AttributeError):
-        return False
 
 
 def preload() -> None:
@@ -89,7 +80,7 @@ def set_process_title(title: str) -> None:
     arguments (``arg_start``..``arg_end`` of ``/proc/self/stat``), padded with NULs; a title
     longer than that area is cut.
     """
-    _prctl(_PR_SET_NAME, title.replace(": ", "-").encode()[:15])
+    prctl(PR_SET_NAME, title.replace(": ", "-").encode()[:15])
     try:
         fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
         # Fields 48 and 49 of proc(5), counted after the ')' that ends field 2.
@@ -125,7 +116,7 @@ class ForkServer:
         if threading.active_count() != 1:
             log.warning("fork server not started: mcp already runs threads")
             return None
-        if not _prctl(_PR_SET_CHILD_SUBREAPER, 1):
+        if not prctl(PR_SET_CHILD_SUBREAPER, 1):
             log.warning("fork server not started: PR_SET_CHILD_SUBREAPER failed")
             return None
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)

@@ -22,18 +22,18 @@ recovery removes content files without an envelope (:func:`scan_content_ids`).
 
 from __future__ import annotations
 
-import ctypes
 import io
 import os
 import secrets
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
 
 import trio
 
+from meta1py.libc import start_writeback
 from meta1py.queue.errors import QueueStorageError
 from meta1py.queue.ids import SUFFIXES, is_queue_id, new_queue_id
 
@@ -278,7 +278,7 @@ class ContentWriter:
                 if sync:
                     os.fsync(file.fileno())
                 else:
-                    _start_writeback(file.fileno())
+                    start_writeback(file.fileno())
             finally:
                 file.close()
         except OSError as exc:
@@ -407,29 +407,6 @@ class DirectorySyncer:
             op.done.set()
 
 
-_SYNC_FILE_RANGE_WRITE = 2
-_sync_file_range: Callable[[int, int, int, int], int] | None = None
-
-
-def _start_writeback(fd: int) -> None:
-    """``sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE)``: start writeback, do not wait (Linux)."""
-    global _sync_file_range
-    if _sync_file_range is None:
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            func = libc.sync_file_range
-            func.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
-            func.restype = ctypes.c_int
-            _sync_file_range = func
-        except (OSError, AttributeError):
-            _sync_file_range = _no_writeback
-    _sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
-
-
-def _no_writeback(fd: int, offset: int, nbytes: int, flags: int) -> int:
-    return 0
-
-
 def sync_content_files(paths: list[str]) -> list[QueueStorageError | None]:
     """Make content files written by someone else durable: fsync each file, then each distinct
     directory; one outcome per path (None: durable). Blocking.
@@ -450,7 +427,7 @@ def sync_content_files(paths: list[str]) -> list[QueueStorageError | None]:
                 continue
             fds.append((i, fd))
             if len(paths) > 1:
-                _start_writeback(fd)
+                start_writeback(fd)
         for i, fd in fds:
             try:
                 os.fsync(fd)
