@@ -60,7 +60,6 @@ MAX_FDS = 64
 REPLY_TIMEOUT_S = 10.0
 
 
-
 class ForkServerError(Exception):
     """The fork server could not start a worker (or is gone)."""
 

@@ -52,8 +52,8 @@ CONTENT_DIRNAME = "content"
 _FILE_MODE = 0o640
 _DIR_MODE = 0o750
 _WRITE_BUFFER_BYTES = 64 * 1024
-# A fresh id collides with an existing file only when two messages arrive in the same second and
-# draw the same 27 random bits; a handful of draws is plenty.
+# A fresh id collides with an existing file only when two messages arrive in the same second, in
+# the same subdirectory, and draw the same random bits; a handful of draws is plenty.
 _MAX_ID_DRAWS = 16
 #: How many new files a process writes into one content subdirectory before it moves on. A group
 #: commit batch (up to the number of concurrent sessions) then spans one or two directories. Within a
