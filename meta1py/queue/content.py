@@ -114,32 +114,22 @@ def _storage_error(what: str, exc: OSError) -> QueueStorageError:
     return err
 
 
-# Subdirectories whose entry in content/ this process has made durable (see the module docstring).
-_durable_dirs: dict[tuple[Path, str], Path] = {}
+# Subdirectories whose entry in their parent this process has made durable (see the module
+# docstring), keyed by (parent, name).
+_durable_dirs: dict[tuple[str, str], str] = {}
 _durable_dirs_lock = threading.Lock()
 
 
-_durable_dir_names: dict[tuple[str, str], str] = {}
+def _ensure_dir(parent: str, name: str) -> str:
+    """Create ``parent/name`` if needed and make sure its entry in ``parent`` is on disk.
 
-
-def _ensure_dir_str(parent: str, name: str) -> str:
-    """:func:`_ensure_dir` on strings (the per-message path)."""
-    key = (parent, name)
-    known = _durable_dir_names.get(key)
-    if known is not None:
-        return known
-    path = os.fspath(_ensure_dir(Path(parent), name))
-    _durable_dir_names[key] = path
-    return path
-
-
-def _ensure_dir(parent: Path, name: str) -> Path:
-    """Create ``parent/name`` if needed and make sure its entry in ``parent`` is on disk."""
+    Plain strings, not pathlib: this runs twice per message.
+    """
     key = (parent, name)
     known = _durable_dirs.get(key)  # dict reads are atomic under the GIL
     if known is not None:
         return known
-    path = parent / name
+    path = os.path.join(parent, name)
     try:
         os.mkdir(path, _DIR_MODE)
     except FileExistsError:
@@ -208,10 +198,10 @@ class ContentWriter:
         # Plain strings on this path: it runs once per message, and pathlib costs more than the
         # system calls here.
         try:
-            content_dir = _ensure_dir_str(root, CONTENT_DIRNAME)
+            content_dir = _ensure_dir(root, CONTENT_DIRNAME)
             for _ in range(_MAX_ID_DRAWS):
                 candidate = new_queue_id(suffix=_SubdirTurn.next_suffix()) if qid is None else qid
-                subdir = _ensure_dir_str(content_dir, candidate[-2:])
+                subdir = _ensure_dir(content_dir, candidate[-2:])
                 path = f"{subdir}/{candidate}"
                 try:
                     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
