@@ -39,9 +39,41 @@ if [ ! -x "$VENV/bin/python" ] && ! python3 -c 'import ensurepip, venv' >/dev/nu
     fi
 fi
 
+# The workers drop to unprivileged users (meta1q, meta1r, meta1c, meta1s) and import the standard
+# library lazily after the drop, so the interpreter behind the venv must be readable by every user.
+# A pyenv build under /root (mode 0700) is not: prefer Debian's own python3 when that is the case.
+world_readable() {  # every directory from / to $1 lets others in, and $1 itself is readable
+    local d="$1"
+    [ -r "$d" ] || return 1
+    while [ "$d" != "/" ]; do
+        [ "$(( 0$(stat -c %a "$d") & 01 ))" -ne 0 ] || return 1
+        d="$(dirname "$d")"
+    done
+}
+PYTHON="$(command -v python3)"
+STDLIB="$("$PYTHON" -c 'import os; print(os.path.dirname(os.__file__))')"
+if ! world_readable "$STDLIB"; then
+    for candidate in /usr/bin/python3.11 /usr/bin/python3; do
+        if [ -x "$candidate" ] \
+                && "$candidate" -c 'import sys, ensurepip, venv; sys.exit(sys.version_info < (3, 11))' 2>/dev/null \
+                && world_readable "$("$candidate" -c 'import os; print(os.path.dirname(os.__file__))')"; then
+            step "$PYTHON keeps its standard library where other users cannot read it ($STDLIB); using $candidate"
+            PYTHON="$candidate"
+            break
+        fi
+    done
+fi
+
+if [ -x "$VENV/bin/python" ] && [ "$(id -u)" -eq 0 ] \
+        && ! world_readable "$("$VENV/bin/python" -c 'import os; print(os.path.dirname(os.__file__))')" \
+        && [ "$PYTHON" != "$(command -v python3)" ]; then
+    step "recreating $VENV on $PYTHON (the worker users could not read the old interpreter)"
+    rm -rf "$VENV"
+fi
+
 if [ ! -x "$VENV/bin/python" ]; then
-    step "creating $VENV"
-    python3 -m venv "$VENV" || die "python3 -m venv $VENV"
+    step "creating $VENV with $PYTHON"
+    "$PYTHON" -m venv "$VENV" || die "$PYTHON -m venv $VENV"
 fi
 
 TARGET="$ROOT"
