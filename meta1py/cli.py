@@ -19,6 +19,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "queue": ("meta1py.queuecli", "list, show, flush, delete, bounce, hold, release queued mail"),
     "sendmail": ("meta1py.sendmail", "sendmail-compatible submission from the command line"),
     "passwd": ("meta1py.passwd", "create a password file entry for AUTH"),
+    "setup": ("meta1py.setupcmd", "create the worker users and directories; --check only reports"),
+    "newaliases": ("meta1py.newaliases", "check the aliases file (smar reloads it by itself)"),
 }
 
 

@@ -6,7 +6,9 @@ starts ``python -m meta1py.<name>``, whose ``__main__`` calls ``sys.exit(run_wor
 
 1. parses ``META1_FDS`` (``rpc``, ``listen0..N``, ``ready``, ``lifeline``; exit 64 if malformed);
 2. reads the effective config text on stdin and parses it (exit 78 on errors);
-3. when ``META1_USER`` is set, drops privileges in a fixed order (setgroups, setresgid, setresuid),
+3. runs the worker's ``prepare(cfg)`` if it has one (smtps loads its TLS keys and password files
+   there, so that they can stay readable by root alone), then, when ``META1_USER`` is set, drops
+   privileges in a fixed order (setgroups, setresgid, setresuid),
    then proves that root cannot be regained; a worker never runs as root (exit 77 otherwise);
 4. asks the kernel for SIGTERM when mcp dies (``PR_SET_PDEATHSIG``, set after the drop because a
    credential change clears it) and also watches the lifeline pipe, whose EOF means mcp is gone;
@@ -24,7 +26,11 @@ statuses: 0 clean, 1 crash (mcp restarts), 64 usage, 77 privileges, 78 configura
 
 from __future__ import annotations
 
-import encodings.idna  # noqa: F401  -- imported before the privilege drop (see _preload)
+# Imported before the privilege drop because they are otherwise imported lazily, later: a worker
+# that runs as another user may not be able to read the standard library any more (mcp checks
+# that it can, meta1py.ownership.python_problems; this is a second line of defence).
+import encodings.idna
+import encodings.unicode_escape  # noqa: F401  -- log.format_value
 import grp
 import logging
 import os
@@ -102,6 +108,7 @@ class WorkerFds:
         drain: set when mcp asked this worker to drain (``DRAIN_SIGNAL``): stop accepting, let
             open sessions end normally, then return from serve.
         raw: the ``META1_FDS`` mapping as received (name -> descriptor).
+        prepared: what the worker's ``prepare(cfg)`` returned before the privilege drop, or None.
     """
 
     name: str
@@ -110,6 +117,7 @@ class WorkerFds:
     shutdown: trio.Event = field(default_factory=trio.Event)
     drain: trio.Event = field(default_factory=trio.Event)
     raw: dict[str, int] = field(default_factory=dict)
+    prepared: Any = None
 
 
 class TaskStatus(Protocol):
@@ -119,6 +127,8 @@ class TaskStatus(Protocol):
 
 
 Serve = Callable[["Config", WorkerFds, Any], Awaitable[None]]
+#: Runs before the privilege drop (as root when mcp is root); its result is ``WorkerFds.prepared``.
+Prepare = Callable[["Config"], Any]
 
 
 def process_config(cfg: Config, name: str) -> ProcessConfig | None:
@@ -296,7 +306,7 @@ def _listener(fd: int) -> trio.SocketListener:
     return trio.SocketListener(trio.socket.from_stdlib_socket(socket.socket(fileno=fd)))
 
 
-async def _run(name: str, serve: Serve, cfg: Config, raw: dict[str, int]) -> int:
+async def _run(name: str, serve: Serve, cfg: Config, raw: dict[str, int], prepared: Any) -> int:
     listen_fds = sorted(
         (int(key[len("listen") :]), fd)
         for key, fd in raw.items()
@@ -307,6 +317,7 @@ async def _run(name: str, serve: Serve, cfg: Config, raw: dict[str, int]) -> int
         rpc=_listener(raw["rpc"]) if "rpc" in raw else None,
         listeners=[_listener(fd) for _index, fd in listen_fds],
         raw=dict(raw),
+        prepared=prepared,
     )
     serve_scope = trio.CancelScope()
     finished_cleanly = False
@@ -340,7 +351,7 @@ async def _run(name: str, serve: Serve, cfg: Config, raw: dict[str, int]) -> int
     return EX_CRASH
 
 
-def run_worker(name: str, serve: Serve) -> int:
+def run_worker(name: str, serve: Serve, prepare: Prepare | None = None) -> int:
     """Start worker ``name``: fds, config, privilege drop, logging, signals, then ``serve``.
 
     Args:
@@ -372,6 +383,13 @@ def run_worker(name: str, serve: Serve) -> int:
         log.critical("exiting with status %d as META1_TEST_EXIT asks", forced)
         return forced
 
+    prepared = None
+    if prepare is not None:
+        try:
+            prepared = prepare(cfg)
+        except WorkerConfigError as exc:
+            log.critical("configuration error: %s", exc)
+            return EX_CONFIG
     user = os.environ.get("META1_USER")
     if user:
         try:
@@ -391,7 +409,7 @@ def run_worker(name: str, serve: Serve) -> int:
     except OSError:
         os.chdir("/")
     try:
-        return trio.run(_run, name, serve, cfg, raw)
+        return trio.run(_run, name, serve, cfg, raw, prepared)
     except Exception as exc:
         config_error = _find_config_error(exc)
         if config_error is not None:

@@ -63,10 +63,12 @@ def check_accounts(cfg: Config) -> list[ConfigError]:
                     grp.getgrnam(name)
             except KeyError:
                 reported.add((kind, name))
+                setup = f"meta1 setup -f {cfg.path}" if cfg.path is not None else "meta1 setup"
                 if kind == "user":
-                    hint = f"create it: useradd --system --no-create-home --shell /usr/sbin/nologin {name}"
+                    by_hand = f"useradd --system --no-create-home --shell /usr/sbin/nologin {name}"
                 else:
-                    hint = f"create it: groupadd --system {name}"
+                    by_hand = f"groupadd --system {name}"
+                hint = f"create the accounts and directories with: {setup} (or by hand: {by_hand})"
                 where = "" if f"{key}.{kind}" in cfg.locations else f" (the default for {section})"
                 errors.append(_error(cfg, f"{key}.{kind}", f"{kind} {name!r} does not exist{where}", hint))
     return errors

@@ -172,6 +172,11 @@ class SmarConfig(ProcessConfig):
     """``smar { }``: the address resolver (maps, DNS)."""
 
     user: str = _user("meta1r")
+    # smar needs no queue file and no other worker's socket: a group of its own keeps it out of the
+    # queue (meta1py.ownership).
+    group: str = opt(
+        "group", Word(), "meta1r", "group the process runs as (only used when started as root)", "meta1r"
+    )
     nameserver: tuple[tuple[str, int], ...] = opt(
         "nameserver",
         ListOf(HostPort(53)),

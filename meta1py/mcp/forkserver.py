@@ -303,7 +303,7 @@ def _become_worker(
         set_process_title(f"meta1py: {name}")
         gc.enable()
         module = importlib.import_module(f"meta1py.{name}.main")
-        status = run_worker(name, module.serve)
+        status = run_worker(name, module.serve, getattr(module, "prepare", None))
     except SystemExit as exc:
         status = exc.code if isinstance(exc.code, int) else 1
     except BaseException:

@@ -20,10 +20,11 @@ from meta1py.conf import Config, dump_config
 from meta1py.log import setup_logging
 from meta1py.mcp.forkserver import ForkServer
 from meta1py.mcp.privs import (
+    check_access,
     is_root,
     prepare_directories,
     resolve_accounts,
-    shared_gid,
+    rpc_socket_owner,
     write_pid_file,
 )
 from meta1py.mcp.spawn import StartupError, bind_listener, bind_rpc_socket
@@ -106,13 +107,15 @@ def _run(
     try:
         accounts = resolve_accounts(cfg) if root else None
         prepare_directories(cfg, accounts)
+        check_access(cfg, accounts)
         for _section, ls in listen_sockets(cfg):
             key = (ls.address, ls.port)
             if key not in listeners:
                 listeners[key] = bind_listener(ls.address, ls.port)
                 log.info("listening on %s:%d", *key)
         for name in RPC_SERVERS:
-            rpc_sockets[name] = bind_rpc_socket(cfg.run_directory / f"{name}.sock", shared_gid(accounts))
+            sock_path = cfg.run_directory / f"{name}.sock"
+            rpc_sockets[name] = bind_rpc_socket(sock_path, rpc_socket_owner(name, accounts))
         write_pid_file(pid_file)
     except StartupError as exc:
         log.critical("%s", exc)

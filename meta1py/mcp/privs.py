@@ -4,20 +4,8 @@ mcp itself never drops privileges (it must bind new ports on SIGHUP and restart 
 no network code and parses only its own config file. Workers drop privileges themselves, in
 ``meta1py.worker.drop_privileges``, before they read a byte from the network.
 
-Ownership when mcp runs as root (``group`` is the qmgr section's group, ``meta1`` by default, which
-every worker shares):
-
-================  ==================  =====  ============================================
-directory         owner:group         mode   why
-================  ==================  =====  ============================================
-queue_directory   qmgr user:group     0770   smtps writes content, smtpc reads, qmgr owns
-run_directory     root:group          0750   workers connect to sockets; cannot replace them
-mail_directory    smtpc user:group    0750   smtpc delivers Maildir mail
-RPC sockets       root:group          0660   any worker may connect
-mcp.pid           root:root           0644
-================  ==================  =====  ============================================
-
-When mcp is not root, everything is created as the invoking user with the same modes.
+Who owns which path, with which mode, is the ownership model in :mod:`meta1py.ownership` (the
+table is there and in docs/internals.md); :func:`prepare_directories` applies it at every start.
 """
 
 from __future__ import annotations
@@ -31,6 +19,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from meta1py.mcp.spawn import StartupError
+from meta1py.ownership import (
+    PRIVATE_SOCKET_MODE,
+    SHARED_SOCKET_MODE,
+    LayoutError,
+    Owners,
+    python_problems,
+    reach_problems,
+    repair_layout,
+)
 from meta1py.worker import WORKER_NAMES, process_config
 
 if TYPE_CHECKING:
@@ -75,43 +72,65 @@ def resolve_accounts(cfg: Config) -> dict[str, Account]:
     return accounts
 
 
-def _make_dir(path: Path, mode: int, uid: int | None, gid: int | None) -> None:
-    try:
-        path.mkdir(parents=True, exist_ok=True, mode=mode)
-        if uid is not None and gid is not None:
-            os.chown(path, uid, gid)
-        os.chmod(path, mode)
-    except OSError as exc:
-        raise StartupError(f"cannot create directory {path}: {exc.strerror or exc}") from exc
+def owners_of(accounts: dict[str, Account] | None) -> Owners:
+    """The owners of the layout: the workers' accounts, or the invoking user when unprivileged."""
+    if accounts is None:
+        return Owners.unprivileged()
+    return Owners.from_accounts({name: (a.uid, a.gid) for name, a in accounts.items()})
 
 
 def prepare_directories(cfg: Config, accounts: dict[str, Account] | None) -> None:
-    """Create queue, run and mail directories with the owners and modes in this module's table.
+    """Create and repair the queue, content, run and mail directories as the ownership model says.
 
     Args:
         cfg: the configuration.
         accounts: from ``resolve_accounts`` when root; None when unprivileged.
 
     Raises:
-        StartupError: a directory cannot be created or changed.
+        StartupError: a path cannot be made right (which path, what was found, what was expected).
+    """
+    try:
+        changes = repair_layout(cfg, owners_of(accounts))
+    except LayoutError as exc:
+        raise StartupError(str(exc)) from exc
+    created = [c for c in changes if c.startswith("created ")]
+    if len(created) > 3:
+        log.info("created %d directories under %s", len(created), cfg.queue_directory)
+    else:
+        for change in created:
+            log.info("%s", change)
+    for change in changes:
+        if not change.startswith("created "):
+            log.warning("%s", change)
+
+
+def check_access(cfg: Config, accounts: dict[str, Account] | None) -> None:
+    """Make sure every worker account can read the Python installation and reach its directories
+    (see :func:`meta1py.ownership.python_problems` and :func:`~meta1py.ownership.reach_problems`).
+
+    Raises:
+        StartupError: an account cannot; the message says which path and how to fix it.
     """
     if accounts is None:
-        _make_dir(cfg.queue_directory, 0o750, None, None)
-        _make_dir(cfg.run_directory, 0o750, None, None)
-        _make_dir(cfg.mail_directory, 0o750, None, None)
         return
-    qmgr = accounts["qmgr"]
-    smtpc = accounts.get("smtpc", qmgr)
-    _make_dir(cfg.queue_directory, 0o770, qmgr.uid, qmgr.gid)
-    _make_dir(cfg.run_directory, 0o750, 0, qmgr.gid)
-    _make_dir(cfg.mail_directory, 0o750, smtpc.uid, qmgr.gid)
+    resolved = {name: (a.user, a.uid, a.gid) for name, a in accounts.items()}
+    problems = python_problems(resolved) + reach_problems(cfg, resolved)
+    if problems:
+        raise StartupError("\n".join(problems))
 
 
-def shared_gid(accounts: dict[str, Account] | None) -> int | None:
-    """The group that owns the run directory and RPC sockets (None when unprivileged)."""
+def rpc_socket_owner(name: str, accounts: dict[str, Account] | None) -> tuple[int, int, int] | None:
+    """``(uid, gid, mode)`` for worker ``name``'s RPC socket (None: unprivileged, keep ours).
+
+    ``smtpc.sock`` is qmgr's alone (0600): no other worker may ask smtpc to deliver. The others
+    are root:shared 0660.
+    """
     if accounts is None:
         return None
-    return accounts["qmgr"].gid
+    shared = accounts["qmgr"].gid
+    if name == "smtpc":
+        return accounts["qmgr"].uid, 0, PRIVATE_SOCKET_MODE
+    return 0, shared, SHARED_SOCKET_MODE
 
 
 def write_pid_file(path: Path) -> None:

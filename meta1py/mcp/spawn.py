@@ -236,8 +236,9 @@ def bind_listener(address: str, port: int) -> socket.socket:
     return sock
 
 
-def bind_rpc_socket(path: Path, gid: int | None) -> socket.socket:
-    """Bind the Unix listening socket ``path`` (mode 0660, group ``gid`` when given).
+def bind_rpc_socket(path: Path, owner: tuple[int, int, int] | None) -> socket.socket:
+    """Bind the Unix listening socket ``path``: ``owner`` is ``(uid, gid, mode)``; None means ours,
+    mode 0660.
 
     A stale socket file is removed; a live one (something accepts connections on it) means
     another mcp runs with the same run directory, which is an error.
@@ -257,10 +258,18 @@ def bind_rpc_socket(path: Path, gid: int | None) -> socket.socket:
             probe.close()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.bind(str(path))
-        os.chmod(path, 0o660)
-        if gid is not None:
-            os.chown(path, 0, gid)
+        # Bound with a umask that lets nobody in, then opened up: never briefly too open.
+        old_umask = os.umask(0o177)
+        try:
+            sock.bind(str(path))
+        finally:
+            os.umask(old_umask)
+        if owner is not None:
+            uid, gid, mode = owner
+            os.chown(path, uid, gid, follow_symlinks=False)
+            os.chmod(path, mode)
+        else:
+            os.chmod(path, 0o660)
         sock.listen(LISTEN_BACKLOG)
     except OSError as exc:
         sock.close()

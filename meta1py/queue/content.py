@@ -50,7 +50,9 @@ __all__ = [
 
 CONTENT_DIRNAME = "content"
 _FILE_MODE = 0o640
-_DIR_MODE = 0o750
+# Normally mcp creates every subdirectory at start (meta1py.ownership: setgid, sticky, owner rwx,
+# group wx); a process that finds one missing creates it the same way.
+_DIR_MODE = 0o3730
 _WRITE_BUFFER_BYTES = 64 * 1024
 # A fresh id collides with an existing file only when two messages arrive in the same second, in
 # the same subdirectory, and draw the same random bits; a handful of draws is plenty.
@@ -131,9 +133,11 @@ def _ensure_dir(parent: str, name: str) -> str:
         return known
     path = os.path.join(parent, name)
     try:
-        os.mkdir(path, _DIR_MODE)
+        os.mkdir(path, 0o700)
     except FileExistsError:
         pass
+    else:
+        os.chmod(path, _DIR_MODE)  # mkdir's mode passes through the umask and may drop setgid
     _fsync_dir(parent)
     with _durable_dirs_lock:
         _durable_dirs[key] = path

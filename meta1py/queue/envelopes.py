@@ -428,7 +428,8 @@ class EnvelopeStore:
                 if created:
                     # An empty file is an empty database; creating it ourselves sets the mode
                     # (SQLite gives its -wal and -shm files the same one).
-                    fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o640)
+                    # qmgr's alone (meta1py.ownership): no other worker may read envelopes.
+                    fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
                     os.close(fd)
                 conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             conn.row_factory = sqlite3.Row

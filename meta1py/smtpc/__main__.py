@@ -2,7 +2,7 @@
 
 import sys
 
-from meta1py.smtpc.main import serve
+from meta1py.smtpc.main import prepare, serve
 from meta1py.worker import run_worker
 
-sys.exit(run_worker("smtpc", serve))
+sys.exit(run_worker("smtpc", serve, prepare))

@@ -224,6 +224,14 @@ class DeliveryAgents:
                 self._policy = ReloadingMap(smtpc.tls_policy, parse_tls_policy)
         except (TlsConfigError, MapErrors) as exc:
             raise WorkerConfigError(f"smtpc: {exc}") from exc
+        if smtpc.tls.key_file is not None:
+            # A client key is loaded into every context now, while the process may still read it
+            # (meta1py.smtpc.main.prepare runs before the privilege drop): it can stay root's.
+            for req in (TlsRequirements(level="verify"), TlsRequirements(level="verify", hostnames=("x",))):
+                try:
+                    self._context_for(req)
+                except TlsConfigError as exc:
+                    log.debug("smtpc: cannot preload the TLS context for %s: %s", req.level, exc)
         self.connections_opened = 0
         self.connections_reused = 0
         self.active = 0

@@ -1,5 +1,5 @@
 """smtpc's entry point for the worker skeleton (``python -m meta1py.smtpc``)."""
 
-from meta1py.smtpc.serve import serve
+from meta1py.smtpc.serve import prepare, serve
 
-__all__ = ["serve"]
+__all__ = ["prepare", "serve"]

@@ -15,9 +15,15 @@ from meta1py.worker import WorkerFds
 _DRAIN_S = 4.0
 
 
+def prepare(cfg: Config) -> DeliveryAgents:
+    """Build the delivery agents before the privilege drop: their TLS contexts load the client
+    certificate and key now, so the key file can stay readable by root alone."""
+    return DeliveryAgents(cfg)
+
+
 async def serve(cfg: Config, fds: WorkerFds, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
     """smtpc's worker entry point (see :func:`meta1py.worker.run_worker`)."""
-    agents = DeliveryAgents(cfg)
+    agents = fds.prepared if isinstance(fds.prepared, DeliveryAgents) else DeliveryAgents(cfg)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(agents.serve_cache_expiry)
         if fds.rpc is not None:

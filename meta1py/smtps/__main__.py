@@ -2,7 +2,7 @@
 
 import sys
 
-from meta1py.smtps.main import serve
+from meta1py.smtps.main import prepare, serve
 from meta1py.worker import run_worker
 
-sys.exit(run_worker("smtps", serve))
+sys.exit(run_worker("smtps", serve, prepare))

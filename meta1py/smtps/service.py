@@ -9,8 +9,10 @@ the listeners; a new smtps, started with the new configuration, already accepts 
 sockets. Every open session goes on normally (no 421) until the client quits or its
 ``session_timeout`` ends it; then the process exits 0. A SIGTERM while draining is a shutdown.
 
-TLS certificates and password files are loaded once, at start, before serving: a file that cannot
-be used is a configuration error (exit 78, no restart loop). On SIGHUP mcp hands the listeners to a
+TLS certificates, keys and password files are loaded once, at start, by :func:`prepare`, which the
+worker skeleton runs *before* the privilege drop: the files can stay root:root 0600 and this process
+cannot read them again once it serves. A file that cannot be used is a configuration error (exit
+78, no restart loop). On SIGHUP mcp hands the listeners to a
 new smtps, which loads the files again, while the old one drains with the certificates it has: a
 reload never drops a session.
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +90,28 @@ def tls_settings(section: SmtpsConfig) -> ServerTlsSettings | None:
     )
 
 
-def load_section_security(ctx: SmtpsContext, section: SmtpsConfig) -> None:
+@dataclass
+class SmtpsSecurity:
+    """Per smtps section (keyed by section name): what :func:`prepare` loaded before the drop."""
+
+    tls: dict[str | None, ReloadableServerContext] = field(default_factory=dict)
+    authenticators: dict[str | None, Authenticator] = field(default_factory=dict)
+    auth_limiters: dict[str | None, AuthFailureLimiter] = field(default_factory=dict)
+
+
+def prepare(cfg: Config) -> SmtpsSecurity:
+    """Load every section's certificates, keys and password files (run before the privilege drop).
+
+    Raises:
+        WorkerConfigError: a certificate, key or password file that cannot be used.
+    """
+    security = SmtpsSecurity()
+    for section in cfg.smtps:
+        load_section_security(security, section)
+    return security
+
+
+def load_section_security(ctx: SmtpsContext | SmtpsSecurity, section: SmtpsConfig) -> None:
     """Load one section's TLS context and password file into ``ctx`` (at start).
 
     Raises:
@@ -119,16 +143,19 @@ def load_section_security(ctx: SmtpsContext, section: SmtpsConfig) -> None:
 class SmtpsServer:
     """The sessions of one smtps process."""
 
-    def __init__(self, config: Config, smar: Any, qmgr: Any) -> None:
+    def __init__(self, config: Config, smar: Any, qmgr: Any, security: SmtpsSecurity | None = None) -> None:
+        if security is None:
+            security = prepare(config)
         self.ctx = SmtpsContext(
             config=config,
             smar=smar,
             qmgr=qmgr,
             limits=SessionLimits(),
             shutdown=trio.Event(),
+            tls=security.tls,
+            authenticators=security.authenticators,
+            auth_limiters=security.auth_limiters,
         )
-        for section in config.smtps:
-            load_section_security(self.ctx, section)
         self.sessions: set[Session] = set()
         self._ids = itertools.count(1)
         self._pid = os.getpid()
@@ -248,7 +275,8 @@ async def serve(cfg: Config, fds: WorkerFds, task_status: Any = trio.TASK_STATUS
     run_dir = Path(cfg.run_directory)
     smar = RpcClient(run_dir / "smar.sock", name="smtps->smar")
     qmgr = RpcClient(run_dir / "qmgr.sock", name="smtps->qmgr")
-    server = SmtpsServer(cfg, smar, qmgr)
+    security = fds.prepared if isinstance(fds.prepared, SmtpsSecurity) else None
+    server = SmtpsServer(cfg, smar, qmgr, security)
     sections = listen_sockets(cfg)
     if len(sections) != len(fds.listeners):
         raise RuntimeError(f"mcp passed {len(fds.listeners)} listeners for {len(sections)} listen_sockets")

@@ -62,6 +62,36 @@ def temporary_worker_account(prefix: str = "m1t") -> Iterator[str | None]:
         subprocess.run(["groupdel", name], check=False, stderr=subprocess.DEVNULL)
 
 
+#: The worker accounts of etc/meta1.conf, ``{worker: (user, group)}``: what ``meta1 setup`` creates.
+PRODUCTION_ACCOUNTS = {
+    "qmgr": ("meta1q", "meta1"),
+    "smar": ("meta1r", "meta1r"),
+    "smtpc": ("meta1c", "meta1"),
+    "smtps": ("meta1s", "meta1"),
+}
+
+
+@contextlib.contextmanager
+def production_accounts() -> Iterator[dict[str, tuple[str, str]] | None]:
+    """As root: make sure the worker users and groups of :data:`PRODUCTION_ACCOUNTS` exist, made
+    by the same code as ``meta1 setup``. They stay, as ``meta1 setup`` leaves them: removing them
+    would pull them from under another test run on the same machine.
+
+    Yields the accounts, or None when not root.
+    """
+    if os.geteuid() != 0:
+        yield None
+        return
+    from meta1py.conf import parse_config
+    from meta1py.setupcmd import Report, ensure_accounts
+
+    text = "\n".join(
+        f"{name} {{ user = {user}; group = {group}; }}" for name, (user, group) in PRODUCTION_ACCOUNTS.items()
+    )
+    ensure_accounts(parse_config(text), Report(), check=False)
+    yield dict(PRODUCTION_ACCOUNTS)
+
+
 class DaemonError(AssertionError):
     """The daemon did not do what the test waited for (subclass of AssertionError for pytest)."""
 
@@ -157,6 +187,8 @@ class Meta1Daemon:
         extra_config: top-level config text appended to the generated file.
         sections: text to put inside the generated ``qmgr``/``smar``/``smtpc``/``smtps`` sections.
         user: when mcp runs as root, the account every worker uses (``group`` likewise).
+        users: when mcp runs as root, each worker's own account as ``{worker: (user, group)}`` (see
+            :data:`PRODUCTION_ACCOUNTS`); overrides ``user`` and ``group``.
         port: SMTP port on 127.0.0.1 (default: a free high port).
         config_text: use this whole config instead of generating one (``{dir}`` and ``{port}``
             are substituted).
@@ -172,6 +204,7 @@ class Meta1Daemon:
         sections: Mapping[str, str] | None = None,
         user: str | None = None,
         group: str | None = None,
+        users: Mapping[str, tuple[str, str]] | None = None,
         port: int | None = None,
         config_text: str | None = None,
         env: Mapping[str, str] | None = None,
@@ -197,12 +230,19 @@ class Meta1Daemon:
         self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._notify.bind(b"\0" + self._notify_name[1:].encode())
         if config_text is None:
-            config_text = self._generate(extra_config, dict(sections or {}), user, group)
+            config_text = self._generate(extra_config, dict(sections or {}), user, group, users)
         else:
             config_text = config_text.replace("{dir}", str(self.dir)).replace("{port}", str(self.port))
         self.write_config(config_text)
 
-    def _generate(self, extra: str, sections: dict[str, str], user: str | None, group: str | None) -> str:
+    def _generate(
+        self,
+        extra: str,
+        sections: dict[str, str],
+        user: str | None,
+        group: str | None,
+        users: Mapping[str, tuple[str, str]] | None,
+    ) -> str:
         lines = [
             "hostname = localhost;",
             f"queue_directory = {self.queue_directory};",
@@ -210,10 +250,11 @@ class Meta1Daemon:
         ]
         for name in WORKER_NAMES:
             body = []
-            if user:
-                body.append(f"user = {user};")
-            if group or user:
-                body.append(f"group = {group or user};")
+            worker_user, worker_group = users[name] if users else (user, group or user)
+            if worker_user:
+                body.append(f"user = {worker_user};")
+            if worker_group:
+                body.append(f"group = {worker_group};")
             if name == "smtps":
                 body.append(f"listen_socket {{ address = 127.0.0.1; port = {self.port}; }}")
             body.append(sections.get(name, ""))

@@ -1,8 +1,8 @@
 """End-to-end supervision tests: the real ``meta1 run`` with its real (placeholder) workers.
 
 Each test starts mcp through ``Meta1Daemon`` on a free loopback port. As root the workers run as
-a throw-away account the ``worker_account`` fixture creates; otherwise everything runs as the
-invoking user (the unprivileged mode).
+the four users of etc/meta1.conf (or one throw-away user with ``META1_TEST_ACCOUNTS=one``; see
+tests/e2e/conftest.py); otherwise everything runs as the invoking user (the unprivileged mode).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -41,7 +42,9 @@ def test_start_reports_ready_and_serves(make_daemon: MakeDaemon) -> None:
         assert (daemon.run_directory / "mcp.pid").read_text().strip() == str(daemon.pid)
         for name in ("qmgr", "smar", "smtpc"):
             path = daemon.run_directory / f"{name}.sock"
-            assert oct(path.stat().st_mode & 0o777) == oct(0o660)
+            # As root smtpc.sock is qmgr's alone (meta1py.ownership).
+            want = 0o600 if name == "smtpc" and os.geteuid() == 0 else 0o660
+            assert oct(path.stat().st_mode & 0o777) == oct(want)
             with socket.socket(socket.AF_UNIX) as sock:
                 sock.connect(str(path))
         assert any(m.startswith("READY=1") for m in daemon.notifications)
@@ -189,26 +192,34 @@ def test_port_in_use_is_a_clear_error(make_daemon: MakeDaemon) -> None:
 @pytest.mark.root
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 def test_as_root_only_mcp_and_its_fork_server_keep_uid_0(
-    make_daemon: MakeDaemon, worker_account: str
+    make_daemon: MakeDaemon, worker_accounts: dict[str, Any]
 ) -> None:
     import grp
     import pwd
 
-    uid = pwd.getpwnam(worker_account).pw_uid
-    gid = grp.getgrnam(worker_account).gr_gid
+    one = worker_accounts.get("user")
+    users = worker_accounts.get("users") or dict.fromkeys(WORKER_NAMES, (one, one))
     with make_daemon() as daemon:
         assert proc_ids(daemon.pid)["Uid"][0] == 0
         forkserver = forkserver_pid(daemon.pid)
         assert forkserver is not None and proc_ids(forkserver)["Uid"][0] == 0
-        for name, pid in daemon.workers().items():
+        workers = daemon.workers()
+        assert sorted(workers) == sorted(WORKER_NAMES)
+        for name, pid in workers.items():
+            uid = pwd.getpwnam(users[name][0]).pw_uid
+            gid = grp.getgrnam(users[name][1]).gr_gid
             ids = proc_ids(pid)
             assert ids["Uid"] == (uid,) * 4, name
             assert ids["Gid"] == (gid,) * 4, name
             assert ids["Groups"] == (gid,), name
+        qmgr_uid = pwd.getpwnam(users["qmgr"][0]).pw_uid
+        gid = grp.getgrnam(users["qmgr"][1]).gr_gid
         queue = daemon.queue_directory.stat()
-        assert (queue.st_uid, queue.st_gid, queue.st_mode & 0o777) == (uid, gid, 0o770)
+        assert (queue.st_uid, queue.st_gid, queue.st_mode & 0o7777) == (qmgr_uid, gid, 0o750)
         sock = (daemon.run_directory / "qmgr.sock").stat()
-        assert (sock.st_uid, sock.st_gid) == (0, gid)
+        assert (sock.st_uid, sock.st_gid, sock.st_mode & 0o777) == (0, gid, 0o660)
+        sock = (daemon.run_directory / "smtpc.sock").stat()
+        assert (sock.st_uid, sock.st_mode & 0o777) == (qmgr_uid, 0o600)
         assert daemon.banner().startswith(b"220 ")
 
 

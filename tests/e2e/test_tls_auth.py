@@ -9,6 +9,7 @@ import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -38,18 +39,19 @@ class Setup:
 
 def _prepare_files(directory: Path) -> Pki:
     pki = make_pki(directory / "pki")
-    # Workers run as a throw-away user when the tests run as root: they must read the keys.
+    # As production wants them: keys and the password file readable by their owner alone (root
+    # when the tests run as root). smtps loads them before it drops privileges.
     (directory / "pki").chmod(0o755)
     for key in (directory / "pki").glob("*.key"):
-        key.chmod(0o644)
+        key.chmod(0o600)
     passwd = directory / "passwd"
     passwd.write_text(f"# test users\n{USER}:{hash_password(PASSWORD)}\n")
-    passwd.chmod(0o644)
+    passwd.chmod(0o600)
     return pki
 
 
 @pytest.fixture
-def setup(make_daemon: Callable[..., Meta1Daemon], worker_account: str | None) -> Iterator[Setup]:
+def setup(make_daemon: Callable[..., Meta1Daemon], worker_accounts: dict[str, Any]) -> Iterator[Setup]:
     """A daemon with STARTTLS + AUTH on its main port, an implicit-TLS port, and a submission section.
 
     The main section lets only 127.0.0.2 relay, so the loopback test client relays only after AUTH;
@@ -58,7 +60,9 @@ def setup(make_daemon: Callable[..., Meta1Daemon], worker_account: str | None) -
     with recording_sink() as sink:
         implicit_port = free_port()
         submission_port = free_port()
-        account = f"user = {worker_account}; group = {worker_account};" if worker_account else ""
+        users = worker_accounts.get("users")
+        user, group = users["smtps"] if users else (worker_accounts.get("user"),) * 2
+        account = f"user = {user}; group = {group};" if user else ""
         smtps = (
             f"listen_socket {{ address = 127.0.0.1; port = {implicit_port}; tls = implicit; }} "
             f"{TLS_SECTION} password_file = ../passwd; relay_clients = {{ 127.0.0.2 }}; "

@@ -42,7 +42,7 @@ def test_check_config_valid_file_is_silent(in_tmp: Path, capsys: pytest.CaptureF
     rc = main(["-f", str(conf)])
     out, err = capsys.readouterr()
     if os.geteuid() == 0:  # root: the default users must exist; here they usually do not
-        assert rc in (0, 1) and (rc == 0 or "useradd --system" in err)
+        assert rc in (0, 1) and (rc == 0 or f"meta1 setup -f {conf}" in err)
         return
     assert (rc, out, err) == (0, "", "")
 
@@ -101,8 +101,9 @@ def test_accounts_checked_only_as_root(monkeypatch: pytest.MonkeyPatch) -> None:
     errors = check_accounts(cfg)
     mine = [e for e in errors if "no_such_user_meta1x" in e.message]
     assert len(mine) == 1 and (mine[0].line, mine[0].column) == (2, 3)
+    assert mine[0].hint.startswith("create the accounts and directories with: meta1 setup -f u.conf")
     assert mine[0].hint.endswith(
-        "useradd --system --no-create-home --shell /usr/sbin/nologin no_such_user_meta1x"
+        "useradd --system --no-create-home --shell /usr/sbin/nologin no_such_user_meta1x)"
     )
 
 

@@ -1,0 +1,410 @@
+"""The ownership model: every path meta1py uses, who owns it, its mode, and who may do what there.
+
+mcp (as root) creates and repairs the directories at every start (:func:`repair_layout`), and
+``meta1 setup --check`` reports what differs (:func:`inspect_layout`) without changing anything.
+When mcp is not root every path belongs to the invoking user, with the same modes.
+
+With four worker users (``meta1q``, ``meta1r``, ``meta1c``, ``meta1s``) and one shared group
+(``meta1``: the qmgr section's group, which every worker also has as its primary group):
+
+========================  =============  ======  ==================================================
+path                      owner:group    mode    who does what
+========================  =============  ======  ==================================================
+queue_directory           qmgr:meta1     0750    mcp creates; every worker enters; qmgr writes
+queue/content             qmgr:meta1     0750    mcp creates; workers enter and read (not write)
+queue/content/XX (961)    qmgr:meta1     3730    mcp creates them all; smtps and qmgr create files;
+                                                 only qmgr lists and removes (sticky: smtps may
+                                                 remove only files it owns); setgid: new files
+                                                 are group meta1
+content files             creator:meta1  0640    smtps writes (qmgr: bounces); smtpc and qmgr
+                                                 read; qmgr removes
+envelopes.sqlite(-wal,    qmgr:meta1     0600    qmgr alone (the queue CLI runs as root)
+-shm)
+run_directory             root:meta1     0750    mcp creates; workers enter; no worker can
+                                                 replace a socket
+qmgr.sock, smar.sock      root:meta1     0660    mcp binds; any worker connects
+smtpc.sock                qmgr:root      0600    mcp binds; only qmgr connects (no other worker
+                                                 can make smtpc deliver)
+mcp.pid                   root:root      0644    mcp
+mail_directory            smtpc:meta1    0700    mcp creates; smtpc delivers Maildirs below it
+TLS keys, password_file   (operator)     0600    read by smtps and smtpc at start, *before* they
+                                                 drop privileges; root:root 0600 keeps them from
+                                                 every worker afterwards
+========================  =============  ======  ==================================================
+
+Repairs never follow symbolic links: a worker that owns a directory could otherwise plant a link
+and make root change the owner of an arbitrary file. Every path below the queue directory is
+opened relative to its parent with ``O_NOFOLLOW`` and changed through its descriptor.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import stat
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from meta1py.conf import Config
+
+#: Roles that own paths: the four workers, and root (mcp).
+Role = Literal["root", "qmgr", "smar", "smtpc", "smtps"]
+
+QUEUE_DIR_MODE = 0o750
+CONTENT_DIR_MODE = 0o750
+#: setgid (files take the shared group), sticky (only a file's owner or qmgr may remove it), owner
+#: rwx, group wx: workers may create and open files by name, but not list the directory.
+CONTENT_SUBDIR_MODE = 0o3730
+ENVELOPE_FILE_MODE = 0o600
+RUN_DIR_MODE = 0o750
+MAIL_DIR_MODE = 0o700
+SHARED_SOCKET_MODE = 0o660
+PRIVATE_SOCKET_MODE = 0o600
+
+ENVELOPE_FILES = ("envelopes.sqlite", "envelopes.sqlite-wal", "envelopes.sqlite-shm")
+
+
+@dataclass(frozen=True)
+class Ids:
+    """The uid and gid a role's paths get (resolved accounts, or the invoking user)."""
+
+    uid: int
+    gid: int
+
+
+@dataclass(frozen=True)
+class Owners:
+    """Who owns what: the uid/gid of each role, and the group every worker shares."""
+
+    roles: Mapping[str, Ids]
+    shared_gid: int
+    #: Owner of mcp's own paths: 0 when mcp is root, else the invoking user.
+    admin_uid: int = 0
+
+    def uid(self, role: Role) -> int:
+        """The uid of ``role`` (``root``: mcp's own uid)."""
+        return self.admin_uid if role == "root" else self.roles[role].uid
+
+    @classmethod
+    def unprivileged(cls) -> Owners:
+        """Everything belongs to the invoking user (mcp is not root)."""
+        me = Ids(os.getuid(), os.getgid())
+        return cls({name: me for name in ("qmgr", "smar", "smtpc", "smtps")}, me.gid, me.uid)
+
+    @classmethod
+    def from_accounts(cls, accounts: Mapping[str, tuple[int, int]]) -> Owners:
+        """From ``{worker: (uid, gid)}``; the shared group is qmgr's."""
+        roles = {name: Ids(uid, gid) for name, (uid, gid) in accounts.items()}
+        return cls(roles, roles["qmgr"].gid, 0)
+
+
+@dataclass(frozen=True)
+class Expected:
+    """One path of the layout and what it should look like."""
+
+    path: Path
+    kind: Literal["dir", "file"]
+    uid: int
+    gid: int
+    mode: int
+    #: Created by mcp when missing (directories); files are only checked when they exist.
+    create: bool
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A path that is not as the model says."""
+
+    path: Path
+    found: str
+    expected: str
+    #: False when only an operator can fix it (wrong type, a symbolic link, unreachable).
+    fixable: bool = True
+
+    def __str__(self) -> str:
+        return f"{self.path}: found {self.found}, expected {self.expected}"
+
+
+class LayoutError(Exception):
+    """A path that mcp cannot create or repair; the message names the path, what it found and
+    what it expected."""
+
+
+def content_subdirs() -> Iterator[str]:
+    """The names of the 961 content subdirectories (the last two symbols of a queue id)."""
+    from meta1py.queue.ids import ALPHABET
+
+    for first in ALPHABET:
+        for second in ALPHABET:
+            yield first + second
+
+
+def expected_layout(cfg: Config, owners: Owners) -> list[Expected]:
+    """Every directory and file of the model for ``cfg``, parents before children."""
+    shared = owners.shared_gid
+    qmgr = owners.uid("qmgr")
+    queue = Path(cfg.queue_directory)
+    content = queue / "content"
+    layout = [
+        Expected(queue, "dir", qmgr, shared, QUEUE_DIR_MODE, True),
+        Expected(content, "dir", qmgr, shared, CONTENT_DIR_MODE, True),
+    ]
+    layout += [
+        Expected(content / name, "dir", qmgr, shared, CONTENT_SUBDIR_MODE, True) for name in content_subdirs()
+    ]
+    layout += [
+        Expected(queue / name, "file", qmgr, shared, ENVELOPE_FILE_MODE, False) for name in ENVELOPE_FILES
+    ]
+    layout.append(Expected(Path(cfg.run_directory), "dir", owners.uid("root"), shared, RUN_DIR_MODE, True))
+    layout.append(Expected(Path(cfg.mail_directory), "dir", owners.uid("smtpc"), shared, MAIL_DIR_MODE, True))
+    return layout
+
+
+def _describe(st: os.stat_result) -> str:
+    kind = "directory" if stat.S_ISDIR(st.st_mode) else "file" if stat.S_ISREG(st.st_mode) else "other"
+    return f"{kind} {_user(st.st_uid)}:{_group(st.st_gid)} {stat.S_IMODE(st.st_mode):04o}"
+
+
+def _user(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def _group(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
+
+
+def _want(item: Expected) -> str:
+    kind = "directory" if item.kind == "dir" else "file"
+    return f"{kind} {_user(item.uid)}:{_group(item.gid)} {item.mode:04o}"
+
+
+def _compare(item: Expected, st: os.stat_result) -> Problem | None:
+    if stat.S_ISLNK(st.st_mode):
+        return Problem(item.path, "a symbolic link", _want(item) + " (links are never followed)", False)
+    is_dir = stat.S_ISDIR(st.st_mode)
+    if (item.kind == "dir") != is_dir or (item.kind == "file" and not stat.S_ISREG(st.st_mode)):
+        return Problem(item.path, _describe(st), _want(item), False)
+    if (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) != (item.uid, item.gid, item.mode):
+        return Problem(item.path, _describe(st), _want(item))
+    return None
+
+
+def inspect_layout(cfg: Config, owners: Owners) -> list[Problem]:
+    """What differs from the model, without changing anything (``meta1 setup --check``)."""
+    problems: list[Problem] = []
+    for item in expected_layout(cfg, owners):
+        try:
+            st = os.lstat(item.path)
+        except FileNotFoundError:
+            if item.create:
+                problems.append(Problem(item.path, "nothing", _want(item)))
+            continue
+        except OSError as exc:
+            problems.append(Problem(item.path, f"an error ({exc.strerror})", _want(item), False))
+            continue
+        problem = _compare(item, st)
+        if problem is not None:
+            problems.append(problem)
+    return problems
+
+
+def _open_nofollow(path: Path, directory: bool) -> int:
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+    if directory:
+        flags |= os.O_DIRECTORY
+    return os.open(path, flags)
+
+
+def repair_layout(cfg: Config, owners: Owners) -> list[str]:
+    """Create what is missing and set owners and modes as the model says.
+
+    Only the invoking user's own paths can be changed when mcp is not root; then owners are not
+    touched. Symbolic links are never followed.
+
+    Returns:
+        One line per change made (for the log).
+
+    Raises:
+        LayoutError: a path that cannot be made right: it is a link or of the wrong type, or a
+            system call failed. The message says which path, what was found and what was expected.
+    """
+    root = os.geteuid() == 0
+    changes: list[str] = []
+    created_dirs: set[Path] = set()
+    for item in expected_layout(cfg, owners):
+        try:
+            st = os.lstat(item.path)
+        except FileNotFoundError:
+            if not item.create:
+                continue
+            try:
+                item.path.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise LayoutError(f"{item.path}: cannot create the directory: {exc.strerror or exc}") from exc
+            created_dirs.add(item.path.parent)
+            st = os.lstat(item.path)
+            changes.append(f"created {item.path}")
+        except OSError as exc:
+            raise LayoutError(f"{item.path}: cannot inspect: {exc.strerror or exc}") from exc
+        problem = _compare(item, st)
+        if problem is None:
+            continue
+        if not problem.fixable:
+            raise LayoutError(f"{problem}; move it away, then start again")
+        try:
+            fd = _open_nofollow(item.path, item.kind == "dir")
+        except OSError as exc:
+            raise LayoutError(f"{problem}; cannot open it: {exc.strerror or exc}") from exc
+        try:
+            now = os.fstat(fd)
+            if root and (now.st_uid, now.st_gid) != (item.uid, item.gid):
+                os.fchown(fd, item.uid, item.gid)
+            elif not root and now.st_uid != item.uid:
+                raise LayoutError(f"{problem}; only root can change its owner")
+            if stat.S_IMODE(now.st_mode) != item.mode:
+                os.fchmod(fd, item.mode)
+                # The kernel drops setgid silently for a process without CAP_FSETID (a systemd
+                # unit that bounds it away): check rather than trust.
+                got = stat.S_IMODE(os.fstat(fd).st_mode)
+                if got != item.mode:
+                    raise LayoutError(f"{problem}; chmod gave {got:04o} (is CAP_FSETID missing?)")
+        except OSError as exc:
+            raise LayoutError(f"{problem}; cannot change it: {exc.strerror or exc}") from exc
+        finally:
+            os.close(fd)
+        if not changes or changes[-1] != f"created {item.path}":
+            changes.append(f"repaired {problem}")
+    for parent in created_dirs:
+        _fsync_dir(parent)
+    return changes
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# -- who can reach what -----------------------------------------------------------------------
+
+
+def access_problem(path: Path, uid: int, gids: set[int], want: int = os.R_OK) -> str | None:
+    """Why ``uid`` (with groups ``gids``) cannot reach and read ``path``; None when it can.
+
+    Walks every directory from ``/`` down, as the kernel does (search permission on each), then
+    checks ``want`` on the path itself, from the mode bits only (no ACLs, which meta1py never
+    sets). Root can do anything.
+    """
+    if uid == 0:
+        return None
+    path = Path(os.path.abspath(path))
+    parts = [*reversed(path.parents), path]
+    for i, part in enumerate(parts):
+        try:
+            st = os.stat(part)
+        except OSError as exc:
+            return f"{part}: {exc.strerror}"
+        last = i == len(parts) - 1
+        need = want if last else os.X_OK
+        if last and stat.S_ISDIR(st.st_mode) and want & os.R_OK:
+            need |= os.X_OK
+        if st.st_uid == uid:
+            bits = (st.st_mode >> 6) & 7
+        elif st.st_gid in gids:
+            bits = (st.st_mode >> 3) & 7
+        else:
+            bits = st.st_mode & 7
+        if bits & need != need:
+            what = "enter" if not last else "read"
+            return (
+                f"{part} is {_user(st.st_uid)}:{_group(st.st_gid)} {stat.S_IMODE(st.st_mode):04o}: "
+                f"{_user(uid)} cannot {what} it"
+            )
+    return None
+
+
+def python_paths() -> list[tuple[str, Path]]:
+    """The files a worker needs after it dropped privileges: the interpreter, the standard
+    library (modules are imported lazily, e.g. codecs), the installed packages, and meta1py."""
+    import sys
+    import sysconfig
+
+    import trio
+
+    import meta1py
+
+    paths = [
+        ("the Python interpreter", Path(sys.executable)),
+        ("the Python standard library", Path(os.__file__).parent),
+        ("Python's extension modules", Path(sysconfig.get_path("platstdlib")) / "lib-dynload"),
+        ("the installed packages", Path(trio.__file__).parent.parent),
+        ("the meta1py package", Path(meta1py.__file__).parent),
+    ]
+    return [(what, p) for what, p in paths if p.exists()]
+
+
+def python_problems(accounts: Mapping[str, tuple[str, int, int]]) -> list[str]:
+    """For each worker account ``{worker: (user, uid, gid)}``: what of the Python installation
+    it cannot read, as one message per account with the fix."""
+    problems: list[str] = []
+    seen: set[int] = set()
+    for worker, (user, uid, gid) in accounts.items():
+        if uid in seen:
+            continue
+        seen.add(uid)
+        # Workers keep only their primary group (setgroups([gid])).
+        gids = {gid}
+        for what, path in python_paths():
+            reason = access_problem(path, uid, gids)
+            if reason is not None:
+                problems.append(
+                    f"{worker} runs as {user}, which cannot read {what} ({path}): {reason}; "
+                    "workers import modules after they drop privileges. Install meta1py with a "
+                    "Python every user can read (scripts/install.sh picks Debian's /usr/bin/python3.11 "
+                    "when the default one is private), or let others enter the directory"
+                )
+                break
+    return problems
+
+
+def reach_problems(cfg: Config, accounts: Mapping[str, tuple[str, int, int]]) -> list[str]:
+    """Directories a worker must be able to enter but cannot, because of a directory *above* the
+    ones mcp manages (a queue under a 0700 home directory, say), one message per worker and path.
+
+    ``accounts`` is ``{worker: (user, uid, gid)}``.
+    """
+    needs = {
+        "qmgr": [Path(cfg.queue_directory), Path(cfg.run_directory)],
+        "smtps": [Path(cfg.queue_directory), Path(cfg.run_directory)],
+        "smtpc": [Path(cfg.queue_directory), Path(cfg.run_directory), Path(cfg.mail_directory)],
+    }
+    problems: list[str] = []
+    for worker, paths in needs.items():
+        if worker not in accounts:
+            continue
+        user, uid, gid = accounts[worker]
+        for path in paths:
+            # Only the part above the managed directory (mcp sets that one itself), as far as it
+            # exists yet.
+            above = path.parent
+            while not above.exists() and above != above.parent:
+                above = above.parent
+            reason = access_problem(above, uid, {gid}, want=os.X_OK)
+            if reason is not None:
+                problems.append(f"{worker} runs as {user}, which cannot reach {path}: {reason}")
+    return problems

@@ -1,0 +1,156 @@
+"""The ownership model (meta1py.ownership): layout, inspection, repair, reachability."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from meta1py.conf import Config, parse_config
+from meta1py.ownership import (
+    CONTENT_SUBDIR_MODE,
+    LayoutError,
+    Owners,
+    access_problem,
+    content_subdirs,
+    expected_layout,
+    inspect_layout,
+    repair_layout,
+)
+
+NOBODY = 65534
+
+
+def _config(tmp_path: Path) -> Config:
+    return parse_config(
+        f"queue_directory = {tmp_path / 'queue'}; run_directory = {tmp_path / 'run'};"
+        f" mail_directory = {tmp_path / 'mail'};"
+    )
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.lstat().st_mode)
+
+
+def test_there_is_one_content_subdirectory_per_id_suffix() -> None:
+    names = list(content_subdirs())
+    assert len(names) == len(set(names)) == 31 * 31
+    from meta1py.queue.ids import new_queue_id
+
+    for suffix in (0, 17, 960):
+        assert new_queue_id(suffix=suffix)[-2:] in names
+
+
+def test_a_fresh_layout_is_created_then_nothing_differs(tmp_path: Path) -> None:
+    cfg = _config(tmp_path)
+    owners = Owners.unprivileged()
+    assert any(p.found == "nothing" for p in inspect_layout(cfg, owners))
+    changes = repair_layout(cfg, owners)
+    assert sum(c.startswith("created ") for c in changes) == 31 * 31 + 4
+    assert inspect_layout(cfg, owners) == []
+    assert repair_layout(cfg, owners) == []
+    assert _mode(tmp_path / "queue") == 0o750
+    assert _mode(tmp_path / "queue" / "content" / "22") == CONTENT_SUBDIR_MODE
+    assert _mode(tmp_path / "run") == 0o750
+    assert _mode(tmp_path / "mail") == 0o700
+
+
+def test_wrong_modes_are_reported_then_repaired(tmp_path: Path) -> None:
+    cfg = _config(tmp_path)
+    owners = Owners.unprivileged()
+    repair_layout(cfg, owners)
+    subdir = tmp_path / "queue" / "content" / "ZZ"
+    subdir.chmod(0o755)
+    (tmp_path / "queue" / "envelopes.sqlite").write_bytes(b"")
+    (tmp_path / "queue" / "envelopes.sqlite").chmod(0o644)
+    problems = inspect_layout(cfg, owners)
+    assert sorted(p.path.name for p in problems) == ["ZZ", "envelopes.sqlite"]
+    text = str(next(p for p in problems if p.path == subdir))
+    assert str(subdir) in text and "0755" in text and "3730" in text
+    changes = repair_layout(cfg, owners)
+    assert len(changes) == 2 and all(c.startswith("repaired ") for c in changes)
+    assert _mode(subdir) == CONTENT_SUBDIR_MODE
+    assert _mode(tmp_path / "queue" / "envelopes.sqlite") == 0o600
+
+
+def test_a_symbolic_link_is_never_followed(tmp_path: Path) -> None:
+    cfg = _config(tmp_path)
+    owners = Owners.unprivileged()
+    repair_layout(cfg, owners)
+    victim = tmp_path / "victim"
+    victim.mkdir(mode=0o755)
+    victim.chmod(0o755)
+    link = tmp_path / "queue" / "content" / "AB"
+    link.rmdir()
+    link.symlink_to(victim)
+    problems = inspect_layout(cfg, owners)
+    assert [p.fixable for p in problems if p.path == link] == [False]
+    with pytest.raises(LayoutError) as info:
+        repair_layout(cfg, owners)
+    assert str(link) in str(info.value) and "symbolic link" in str(info.value)
+    assert _mode(victim) == 0o755
+
+
+def test_a_file_where_a_directory_belongs_is_an_error(tmp_path: Path) -> None:
+    cfg = _config(tmp_path)
+    (tmp_path / "run").write_text("oops")
+    with pytest.raises(LayoutError) as info:
+        repair_layout(cfg, Owners.unprivileged())
+    message = str(info.value)
+    assert str(tmp_path / "run") in message and "found file" in message and "expected directory" in message
+
+
+@pytest.mark.root
+def test_as_root_owners_follow_the_model(tmp_path: Path) -> None:
+    cfg = _config(tmp_path)
+    tmp_path.chmod(0o755)
+    owners = Owners.from_accounts(
+        {"qmgr": (4001, 4000), "smar": (4002, 4002), "smtpc": (4003, 4000), "smtps": (4004, 4000)}
+    )
+    repair_layout(cfg, owners)
+    st = (tmp_path / "queue" / "content" / "9Z").stat()
+    assert (st.st_uid, st.st_gid) == (4001, 4000)
+    st = (tmp_path / "run").stat()
+    assert (st.st_uid, st.st_gid) == (0, 4000)
+    st = (tmp_path / "mail").stat()
+    assert (st.st_uid, st.st_gid) == (4003, 4000)
+    os.chown(tmp_path / "queue", 0, 0)
+    assert [p.path for p in inspect_layout(cfg, owners)] == [tmp_path / "queue"]
+    assert repair_layout(cfg, owners) != []
+    assert inspect_layout(cfg, owners) == []
+    assert all(e.path.is_relative_to(tmp_path) for e in expected_layout(cfg, owners))
+
+
+@pytest.fixture
+def open_tmp() -> Iterator[Path]:
+    """A temporary directory that every user can enter (pytest's own lives under a 0700 one)."""
+    path = Path(tempfile.mkdtemp(prefix="meta1-own-", dir="/tmp"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path)
+
+
+def test_access_problem_names_the_directory_in_the_way(open_tmp: Path) -> None:
+    tmp_path = open_tmp
+    private = tmp_path / "home"
+    lib = private / "lib"
+    lib.mkdir(parents=True)
+    tmp_path.chmod(0o755)
+    private.chmod(0o700)
+    lib.chmod(0o755)
+    reason = access_problem(lib, NOBODY, {NOBODY})
+    assert reason is not None and str(private) in reason and "0700" in reason and "cannot enter" in reason
+    private.chmod(0o711)
+    assert access_problem(lib, NOBODY, {NOBODY}) is None
+    lib.chmod(0o700)
+    reason = access_problem(lib, NOBODY, {NOBODY})
+    assert reason is not None and "cannot read" in reason
+    # Group bits count for a member of the directory's group.
+    lib.chmod(0o750)
+    assert access_problem(lib, NOBODY, {lib.stat().st_gid}) is None
+    assert access_problem(lib, 0, set()) is None
