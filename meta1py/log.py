@@ -4,6 +4,12 @@ Every line carries the process name and pid (``meta1py/smtps[1234]: info: messag
 interleaved stderr of mcp and its workers stays readable in journald or a test's log file.
 ``maillog`` writes one ``key=value`` line per message state change under the logger
 ``meta1py.maillog``, so that operators can grep and parse them.
+
+On stderr each line starts with an RFC 3339 local time with milliseconds and the UTC offset
+(``2026-12-03T07:12:44.123+00:00 meta1py/qmgr[123]: info: ...``), except when stderr is
+journald's stream: systemd then sets ``JOURNAL_STREAM=<device>:<inode>`` and, as systemd.exec(5)
+advises, we compare it with ``fstat(stderr)`` (the variable alone may be inherited by a process
+whose stderr was redirected elsewhere). journald and syslog add their own timestamps.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import logging.handlers
 import os
 import re
 import sys
+import time
 from typing import TextIO
 
 MAILLOG_LOGGER = "meta1py.maillog"
@@ -35,15 +42,62 @@ _maillog_logger = logging.getLogger(MAILLOG_LOGGER)
 # Where maillog writes its lines directly (stderr, set by setup_logging; None: use logging).
 _fast_stream: TextIO | None = None
 _fast_prefix = ""
+# Whether maillog's fast path starts its lines with a timestamp (set by setup_logging).
+_fast_timestamps = False
+# (second since the epoch, "YYYY-MM-DDTHH:MM:SS", "+HH:MM") of the last timestamp: the part that
+# changes once a second is formatted once a second. One tuple, replaced whole, so that a thread
+# reading it never sees the date of one second with the offset of another.
+_second_cache: tuple[int, str, str] = (-1, "", "")
+
+
+def _format_second(second: int) -> tuple[int, str, str]:
+    local = time.localtime(second)
+    offset_min = (local.tm_gmtoff or 0) // 60
+    sign = "-" if offset_min < 0 else "+"
+    hours, minutes = divmod(abs(offset_min), 60)
+    return second, time.strftime("%Y-%m-%dT%H:%M:%S", local), f"{sign}{hours:02d}:{minutes:02d}"
+
+
+def format_timestamp(second: int, millisecond: int) -> str:
+    """RFC 3339 local time with milliseconds and UTC offset: ``2026-12-03T07:12:44.123+00:00``.
+
+    The date, time and offset are formatted once per second and cached; maillog writes hundreds of
+    lines a second.
+    """
+    global _second_cache
+    cached = _second_cache
+    if cached[0] != second:
+        cached = _second_cache = _format_second(second)
+    return f"{cached[1]}.{millisecond:03d}{cached[2]}"
+
+
+def stream_is_journal(stream: TextIO) -> bool:
+    """True when ``stream`` is the journald stream named by ``$JOURNAL_STREAM`` (``dev:inode``).
+
+    systemd sets the variable for a service whose stdout or stderr goes to the journal; comparing
+    it with the stream's own device and inode (systemd.exec(5)) tells whether this stream is still
+    that one, and not a file or pipe that an inherited variable no longer describes.
+    """
+    device, _, inode = os.environ.get("JOURNAL_STREAM", "").partition(":")
+    try:
+        st = os.fstat(stream.fileno())
+        return (st.st_dev, st.st_ino) == (int(device), int(inode))
+    except (OSError, ValueError, AttributeError):
+        # No file descriptor (a test's StringIO), a closed stream, or a malformed variable.
+        return False
 
 
 class _ProcessFormatter(logging.Formatter):
-    """``meta1py/<name>[<pid>]: <level>: <message>``; the pid is read per record (fork-safe)."""
+    """``[<timestamp> ]meta1py/<name>[<pid>]: <level>: <message>``; the pid is read per record
+    (fork-safe). Without ``with_prefix`` (syslog, whose ident carries name and pid) only
+    ``<level>: <message>``.
+    """
 
-    def __init__(self, process_name: str, with_prefix: bool = True) -> None:
+    def __init__(self, process_name: str, with_prefix: bool = True, timestamps: bool = False) -> None:
         super().__init__()
         self._process_name = process_name
         self._with_prefix = with_prefix
+        self._timestamps = timestamps and with_prefix
 
     def format(self, record: logging.LogRecord) -> str:
         text = record.getMessage()
@@ -52,9 +106,13 @@ class _ProcessFormatter(logging.Formatter):
         if record.stack_info:
             text = f"{text}\n{self.formatStack(record.stack_info)}"
         level = record.levelname.lower()
-        if self._with_prefix:
-            return f"meta1py/{self._process_name}[{os.getpid()}]: {level}: {text}"
-        return f"{level}: {text}"
+        if not self._with_prefix:
+            return f"{level}: {text}"
+        line = f"meta1py/{self._process_name}[{os.getpid()}]: {level}: {text}"
+        if self._timestamps:
+            # The record's own time (when it was made, not when it is written).
+            return f"{format_timestamp(int(record.created), int(record.msecs))} {line}"
+        return line
 
 
 def parse_level(level: str) -> int:
@@ -66,7 +124,8 @@ def setup_logging(process_name: str, level: str, syslog: bool = False) -> None:
     """Send this process's log records to stderr (default) or syslog.
 
     Replaces any handlers on the root logger, so calling it again (after a config reload)
-    just changes the level.
+    just changes the level. Lines on stderr start with a timestamp unless stderr is journald's
+    stream (:func:`stream_is_journal`).
 
     Args:
         process_name: ``mcp``, ``qmgr``, ``smar``, ``smtpc`` or ``smtps``.
@@ -78,6 +137,7 @@ def setup_logging(process_name: str, level: str, syslog: bool = False) -> None:
         root.removeHandler(old)
         old.close()
     handler: logging.Handler
+    timestamps = False
     if syslog:
         handler = logging.handlers.SysLogHandler(
             address="/dev/log", facility=logging.handlers.SysLogHandler.LOG_MAIL
@@ -87,10 +147,12 @@ def setup_logging(process_name: str, level: str, syslog: bool = False) -> None:
         handler.setFormatter(_ProcessFormatter(process_name, with_prefix=False))
     else:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(_ProcessFormatter(process_name))
-    global _fast_stream, _fast_prefix
+        timestamps = not stream_is_journal(sys.stderr)
+        handler.setFormatter(_ProcessFormatter(process_name, timestamps=timestamps))
+    global _fast_stream, _fast_prefix, _fast_timestamps
     _fast_stream = None if syslog else sys.stderr
     _fast_prefix = f"meta1py/{process_name}[{os.getpid()}]: "
+    _fast_timestamps = timestamps
     root.addHandler(handler)
     root.setLevel(parse_level(level))
 
@@ -146,8 +208,12 @@ def maillog(event: str, qid: str | None, **fields: object) -> None:
     if stream is not None:
         # The common case (stderr): the same line the handler would write, without building a
         # LogRecord; maillog lines are a large part of qmgr's logging work.
+        line = f"{_fast_prefix}info: {text}\n"
+        if _fast_timestamps:
+            now_ns = time.time_ns()
+            line = f"{format_timestamp(now_ns // 1_000_000_000, now_ns // 1_000_000 % 1000)} {line}"
         try:
-            stream.write(f"{_fast_prefix}info: {text}\n")
+            stream.write(line)
             stream.flush()
             return
         except (OSError, ValueError):
