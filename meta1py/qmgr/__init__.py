@@ -22,6 +22,7 @@ PEERS
 
 DIAGNOSTICS
     Log lines ``meta1py/qmgr[PID]: ...``; one maillog line per message state change (queued,
-    delivered, deferred, bounced). Exit statuses as every worker: 0, 1 crash (mcp restarts it),
-    64, 77, 78.
+    delivered, deferred, bounced, and requeued when smtpc went away during a delivery: no attempt
+    is counted and it is tried again as soon as qmgr is connected to smtpc again). Exit
+    statuses as every worker: 0, 1 crash (mcp restarts it), 64, 77, 78.
 """

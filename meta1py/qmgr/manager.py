@@ -11,6 +11,11 @@ Life of a message::
         ok -> delivered        perm -> bounced         temp -> deferred (retry) or expired
     every recipient final -> one DSN for the failed ones (if any, unless NOTIFY/null sender say
     no) committed in the same transaction that deletes the message -> content removed.
+
+When smtpc itself goes away in the middle of deliveries (it crashed, was killed, is being
+restarted by mcp), the jobs it was running learnt nothing about their destinations: they go back
+to the scheduler (``requeued`` in the maillog, no attempt counted, no retry delay) and dispatching
+pauses until qmgr is connected to smtpc again (:meth:`QueueManager._wait_for_agent`).
 """
 
 from __future__ import annotations
@@ -57,7 +62,7 @@ from meta1py.queue.envelopes import (
 )
 from meta1py.queue.errors import QueueStorageError
 from meta1py.queue.ids import is_queue_id
-from meta1py.rpc.errors import RpcError
+from meta1py.rpc.errors import RpcError, RpcPeerGoneError
 from meta1py.rpc.messages import (
     QueueControlReply,
     QueueControlRequest,
@@ -82,12 +87,28 @@ _MAX_REPLY_CHARS = 500
 # restart with a large deferred queue does not retry everything in one burst.
 _RECOVERY_SPREAD_S = 30.0
 _ORPHAN_SCAN_INTERVAL_S = 600.0
+# While smtpc is unreachable, dispatching pauses; qmgr looks again after this delay, doubling up
+# to the maximum.  The delay also grows when smtpc goes away again right after it came back (a
+# crash loop), and falls back to the minimum once smtpc answers a delivery.
+_AGENT_BACKOFF_MIN_S = 0.1
+_AGENT_BACKOFF_MAX_S = 2.0
+# A job whose delivery loses smtpc this many times is suspected of killing it (a message that
+# crashes the agent): that loss counts as an ordinary temporary failure, with retry_min/retry_max
+# backoff, so that one message cannot keep smtpc in a crash loop until mcp gives up on it.
+_AGENT_LOSSES_MAX = 3
 
 
 class Caller(Protocol):
     """An RPC client (``RpcClient``) as qmgr uses it."""
 
     async def call(self, msg: Any, *, timeout: float | None = None) -> Any: ...
+
+
+class AgentCaller(Caller, Protocol):
+    """The RPC client of the delivery agent (smtpc), which qmgr only calls while connected."""
+
+    @property
+    def connected(self) -> bool: ...
 
 
 @dataclass
@@ -139,7 +160,7 @@ class QueueManager:
         config: Config,
         store: EnvelopeStore,
         smar: Caller,
-        smtpc: Caller,
+        smtpc: AgentCaller,
         *,
         rng: random.Random | None = None,
     ) -> None:
@@ -175,6 +196,12 @@ class QueueManager:
         self._nursery: trio.Nursery | None = None
         self._stopping = False
         self._idle = trio.Event()
+        # The delivery agent: dispatching pauses while it is down (see _agent_lost).
+        self._agent_down = False
+        self._agent_gone = False  # this pause is because smtpc went away (not just "not connected yet")
+        self._agent_backoff_s = _AGENT_BACKOFF_MIN_S
+        self.agent_outages = 0
+        """How many times dispatching paused because smtpc was gone (for tests and diagnostics)."""
         self.started_at = time.time()
         delivery_timeout = config.smtpc.io_timeout * 12 + 60
         self._delivery_timeout_s = delivery_timeout
@@ -398,7 +425,12 @@ class QueueManager:
     # -- dispatch ------------------------------------------------------------------------------
 
     def _dispatch(self, now: float) -> None:
-        if self._stopping:
+        if self._stopping or self._agent_down:
+            return
+        if not self.smtpc.connected:
+            # Not even connected (qmgr just started, or the socket is gone): a call would only
+            # wait for the connection inside its delivery deadline; wait here instead.
+            self._pause_for_agent(None)
             return
         start, deferred = self.scheduler.take_ready(now)
         assert self._nursery is not None
@@ -420,10 +452,12 @@ class QueueManager:
             await self._record(msg, results, session_failed=True)
             return
         updates = []
+        now = time.time()
         for idx in idxs:
             r = msg.rcpts[idx]
-            when = max(until, time.time()) + self.rng.uniform(0, max(1.0, self.qcfg.retry_min * 0.2))
-            updates.append((idx, r.attempts, when))
+            # Spread out after the probe time, but never past retry_max from now.
+            when = max(until, now) + self.rng.uniform(0, max(1.0, self.qcfg.retry_min * 0.2))
+            updates.append((idx, r.attempts, min(when, now + self.qcfg.retry_max)))
         await self._apply_deferrals(msg, updates, reply, destination)
 
     async def _apply_deferrals(
@@ -516,7 +550,9 @@ class QueueManager:
         msg = self.messages.get(job.qid)
         route: SmarRouteValue = job.route
         if msg is None or msg.deleted:
-            self.scheduler.finish(job, delivered_any=False, session_failed=False, now=time.time())
+            self.scheduler.abandon(job)
+            if not self.scheduler.active:
+                self._idle.set()
             self.wake()
             return
         env = msg.env
@@ -540,6 +576,7 @@ class QueueManager:
             route=route,
         )
         session_failed = False
+        verdict = True  # the outcome says something about the destination
         try:
             answer: SmtpcDeliveryReply = await self.smtpc.call(request, timeout=self._delivery_timeout_s)
             results = [(r.idx, r.status, r.reply, r.remote_mta, route.destination) for r in answer.results]
@@ -548,16 +585,41 @@ class QueueManager:
             missing = [i for i in job.recipients if i not in known]
             reply = SmtpReplyValue(code=451, enhanced="4.3.0", text="no result from delivery agent")
             results += [(i, "temp", reply, None, route.destination) for i in missing]
+            self._agent_backoff_s = _AGENT_BACKOFF_MIN_S  # smtpc works: the next outage starts afresh
+        except RpcPeerGoneError as exc:
+            # The connection to smtpc broke before it answered: smtpc crashed, was killed or is
+            # being restarted. That is no news about the destination, so the job goes back as it
+            # was, unless this job keeps losing the agent (then it is suspected of killing it).
+            job.agent_losses += 1
+            if job.agent_losses < _AGENT_LOSSES_MAX:
+                self._agent_lost(job, msg, exc)
+                return
+            log.warning(
+                "%s: delivery agent lost %d times while delivering to %s; deferring it",
+                env.qid,
+                job.agent_losses,
+                route.destination,
+            )
+            self._pause_for_agent(exc)
+            verdict = False
+            text = f"delivery agent unavailable: {exc} (lost {job.agent_losses} times on this message)"
+            reply = SmtpReplyValue(code=451, enhanced="4.3.0", text=text)
+            results = [(i, "temp", reply, None, route.destination) for i in job.recipients]
         except RpcError as exc:
+            # smtpc is there but did not answer in time, or refused the request: an attempt.
             log.warning("%s: delivery agent failed: %s", env.qid, exc)
             reply = SmtpReplyValue(code=451, enhanced="4.3.0", text=f"delivery agent unavailable: {exc}")
             results = [(i, "temp", reply, None, route.destination) for i in job.recipients]
         delivered_any = any(status == "ok" for _i, status, _r, _m, _d in results)
         if session_failed and results:
             self._dest_reason[route.destination] = _reply_text(results[0][2])
-        revived = self.scheduler.finish(
-            job, delivered_any=delivered_any, session_failed=session_failed, now=time.time()
-        )
+        revived = False
+        if verdict:
+            revived = self.scheduler.finish(
+                job, delivered_any=delivered_any, session_failed=session_failed, now=time.time()
+            )
+        else:
+            self.scheduler.abandon(job)
         try:
             await self._record(msg, results, session_failed=session_failed)
         finally:
@@ -566,6 +628,71 @@ class QueueManager:
             if not self.scheduler.active:
                 self._idle.set()
             self.wake()
+
+    def _agent_lost(self, job: Job, msg: _Msg, exc: RpcError) -> None:
+        """smtpc went away while delivering ``job``: give it back untouched, wait for smtpc.
+
+        No attempt is counted and no retry time set: the recipients stay busy in the scheduler
+        and are delivered as soon as dispatching resumes. The maillog says ``requeued`` (not
+        ``deferred``, which would blame the destination).
+        """
+        self.scheduler.requeue(job)
+        reason = f"delivery agent unavailable: {exc}"[:_MAX_REPLY_CHARS]
+        for idx in job.recipients:
+            mlog.maillog(
+                "requeued",
+                msg.env.qid,
+                to=msg.rcpts[idx].address,
+                relay=job.destination,
+                status="requeued",
+                reason=reason,
+            )
+        self._pause_for_agent(exc)
+        if not self.scheduler.active:
+            self._idle.set()
+        self.wake()
+
+    def _pause_for_agent(self, lost: RpcError | None) -> None:
+        """Start no delivery until smtpc is reachable again (``lost``: why it went away, if it did)."""
+        if lost is not None and not self._agent_gone:
+            # Once per outage, even if the loop noticed the lost connection before a delivery did.
+            self._agent_gone = True
+            self.agent_outages += 1
+            log.warning("delivery agent unavailable (%s): deliveries wait until smtpc is back", lost)
+        if self._agent_down:
+            return
+        self._agent_down = True
+        assert self._nursery is not None
+        self._nursery.start_soon(self._wait_for_agent)
+
+    async def _wait_for_agent(self) -> None:
+        """Resume dispatching once qmgr is connected to smtpc again.
+
+        The connection is made by the RPC client, which reconnects by itself; this only looks
+        at it after a short delay that doubles up to a cap, so that a missing smtpc costs
+        nothing but a check now and then. Because mcp keeps smtpc's listening socket open
+        across restarts, qmgr is connected again within milliseconds of a crash, and the jobs
+        sent then wait in the socket's backlog until the new smtpc accepts them: they are
+        delivered as soon as it is ready, without polling it. If smtpc goes away again before
+        answering any delivery (a crash loop), the next pause starts with a longer delay.
+        """
+        started = time.monotonic()
+        delay = self._agent_backoff_s
+        while True:
+            await trio.sleep(delay)
+            if self.smtpc.connected:
+                break
+            delay = min(delay * 2, _AGENT_BACKOFF_MAX_S)
+        self._agent_down = False
+        if self._agent_gone:
+            self._agent_gone = False
+            self._agent_backoff_s = min(self._agent_backoff_s * 2, _AGENT_BACKOFF_MAX_S)
+            log.info(
+                "delivery agent reachable after %.2fs: resuming deliveries (%d waiting)",
+                time.monotonic() - started,
+                self.scheduler.waiting(),
+            )
+        self.wake()
 
     def _release(self, destination: str) -> None:
         """A dead destination works again: retry what was deferred because of it, now."""
@@ -720,7 +847,8 @@ class QueueManager:
                 if finals:
                     await self.committer.update_recipients(env.qid, finals)
                 msg.finishing = False
-                self._schedule(env.qid, time.time() + max(60.0, self.qcfg.retry_min))
+                retry_s = min(self.qcfg.retry_max, max(60.0, self.qcfg.retry_min))
+                self._schedule(env.qid, time.time() + retry_s)
                 return
         ops.append(DeleteMessage(env.qid))
         try:

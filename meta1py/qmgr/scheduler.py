@@ -17,7 +17,11 @@ Rules (Postfix's qmgr is the model):
 * Any success to a destination clears its failure count, and the messages that were deferred
   because of it are released at once ("releases the others early").
 * Retry delays grow from ``retry_min`` doubling per attempt up to ``retry_max``, with ±20 % jitter so
-  that a queue of 100,000 deferred messages does not come back in lockstep.
+  that a queue of 100,000 deferred messages does not come back in lockstep.  The jitter stays
+  inside ``[retry_min, retry_max]``: ``retry_max`` is the longest wait there is.
+* A job whose delivery agent went away before it answered (smtpc crashed or was restarted) is
+  given back (:meth:`Scheduler.requeue`): that says nothing about the destination, so it neither
+  counts against it nor revives it, and the job goes back to the front of its destination's line.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ class Job:
     recipients: tuple[int, ...]
     route: Any = None  # the route smar gave (opaque here)
     probe: bool = False
+    agent_losses: int = 0  # times its delivery agent went away while delivering it
 
 
 @dataclass(slots=True)
@@ -53,11 +58,17 @@ class _Destination:
 def retry_delay(attempts: int, retry_min: float, retry_max: float, rng: random.Random) -> float:
     """Seconds to wait before the next attempt after ``attempts`` failed ones (>= 1).
 
-    Doubles from ``retry_min`` up to ``retry_max``, then jitters by ±20 %, never below ``retry_min``.
+    Doubles from ``retry_min`` up to ``retry_max``, then jitters by ±20 %, clipped to
+    ``[retry_min, retry_max]``: at the cap the jitter only shortens the wait, so ``retry_max``
+    really is the longest one (``retry_max = 1h`` never means 72 minutes).  The range is clipped
+    rather than the drawn value, so that the delays at either end stay spread out instead of
+    piling up on exactly ``retry_min`` or ``retry_max``.
     """
     exponent = max(0, min(attempts - 1, 62))
     base = min(retry_max, retry_min * (2.0**exponent))
-    return max(retry_min, base * rng.uniform(0.8, 1.2))
+    low = max(retry_min, base * 0.8)
+    high = max(low, min(retry_max, base * 1.2))
+    return rng.uniform(low, high)
 
 
 class Scheduler:
@@ -193,6 +204,38 @@ class Scheduler:
         elif d.active == 0 and d.failures == 0:
             del self._dests[d.key]
         return revived
+
+    def requeue(self, job: Job) -> None:
+        """Give back a started job whose delivery agent went away before it answered.
+
+        Nothing was learnt about the destination: its failure count and down time are left as
+        they were (a probe that was running may be started again), and the job goes to the
+        front of its destination's line, to start as soon as :meth:`take_ready` is called again.
+        """
+        d = self._release_slot(job)
+        d.waiting.appendleft(job)
+        self._ready.setdefault(d.key)
+
+    def abandon(self, job: Job) -> None:
+        """Forget a started job that ended without news of its destination.
+
+        Its message was deleted meanwhile, or its delivery agent kept dying under it: unlike
+        :meth:`finish`, this neither counts a failure against the destination nor revives it.
+        """
+        d = self._release_slot(job)
+        if d.waiting:
+            self._ready.setdefault(d.key)
+        elif d.active == 0 and d.failures == 0 and d.down_until == 0:
+            del self._dests[d.key]
+
+    def _release_slot(self, job: Job) -> _Destination:
+        d = self._dest(job.destination)
+        d.active -= 1
+        self.active -= 1
+        if job.probe:
+            d.probing = False
+            job.probe = False
+        return d
 
     def revive(self, destinations: Iterable[str] | None = None) -> None:
         """Forget that destinations are down (``meta1 queue flush``); None means all."""
