@@ -28,10 +28,22 @@ trap on_exit EXIT
 declare -A NEEDED=(
     [postfix]=/usr/sbin/smtp-sink
     [swaks]=/usr/bin/swaks
+    # swaks --tls needs IO::Socket::SSL (and, through it, Net::SSLeay); swaks only recommends it.
+    [libio-socket-ssl-perl]=/usr/share/perl5/IO/Socket/SSL.pm
     [knot]=/usr/sbin/knotd
     [knot-dnsutils]=/usr/bin/kdig
     [dovecot-lmtpd]=/usr/lib/dovecot/lmtp
     [openssl]=/usr/bin/openssl
+    # tests/e2e/test_container.py: rootful podman with runc, netavark (which needs iptables for
+    # published ports) and mmdebstrap for the base image. None starts a daemon on installation
+    # (with policy-rc.d as below); podman enables podman.socket, podman.service,
+    # podman-restart.service and podman-auto-update.timer for the next boot.
+    [podman]=/usr/bin/podman
+    [runc]=/usr/sbin/runc
+    [netavark]=/usr/lib/podman/netavark
+    [aardvark-dns]=/usr/lib/podman/aardvark-dns
+    [iptables]=/usr/sbin/iptables
+    [mmdebstrap]=/usr/bin/mmdebstrap
 )
 MISSING=()
 for pkg in "${!NEEDED[@]}"; do
@@ -59,7 +71,7 @@ if [ "${#MISSING[@]}" -gt 0 ]; then
     apt-get install -y -q --no-install-recommends "${MISSING[@]}"
     if [ -n "${ADDED_POLICY:-}" ]; then rm -f /usr/sbin/policy-rc.d; ADDED_POLICY=; fi
     step "stopping services the packages may have started"
-    for svc in postfix dovecot knot; do
+    for svc in postfix dovecot knot podman.socket podman-restart podman-auto-update.timer; do
         if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$svc" 2>/dev/null; then
             systemctl stop "$svc" && systemctl disable "$svc" >/dev/null 2>&1 || true
             echo "stopped $svc" >&2
@@ -74,15 +86,24 @@ step "installing meta1py and test dependencies into .venv"
 "$ROOT/scripts/install.sh" test
 
 if [ "$(id -u)" -eq 0 ]; then
-    # As root, the end-to-end tests start mcp as root and mcp drops every worker to an
-    # unprivileged account, which must be able to reach the Python installation and the project
-    # (pyenv-style interpreters live under /root, mode 0700). Grant traversal (o+x) only.
-    step "letting unprivileged worker accounts reach the Python installation"
-    for start in "$("$VENV/bin/python" -c 'import sys; print(sys.base_prefix)')" "$ROOT"; do
-        d="$start"
-        while [ "$d" != "/" ]; do chmod o+x "$d"; d="$(dirname "$d")"; done
+    # As root the end-to-end tests run the production mode: mcp as root, each worker as its own
+    # user (meta1q, meta1r, meta1c, meta1s). Workers import modules after they drop privileges, so
+    # the venv's interpreter must be readable by them; install.sh sees to it (Debian's python3
+    # rather than a pyenv build under /root). Nothing here opens up the file system for them:
+    # if this check fails, mcp would refuse to start the same way.
+    step "checking that an unprivileged user can run the venv's Python and import meta1py"
+    # The checkout itself (with .venv inside it) must be reachable too. A clone under a private
+    # directory (a home of mode 0700) is opened for traversal only (o+x), loudly; the Python
+    # installation is never touched here.
+    d="$ROOT"
+    while [ "$d" != "/" ]; do
+        if [ "$(( 0$(stat -c %a "$d") & 01 ))" -eq 0 ]; then
+            echo "test.sh: $d is closed to other users; chmod o+x so the worker users reach the checkout" >&2
+            chmod o+x "$d"
+        fi
+        d="$(dirname "$d")"
     done
-    runuser -u nobody -- "$VENV/bin/python" -c 'import meta1py.smtps.main, meta1py.qmgr.main' \
+    runuser -u nobody -- "$VENV/bin/python" -c 'import encodings.unicode_escape, meta1py.smtps.main, meta1py.qmgr.main' \
         || { echo "test.sh: the nobody account cannot import meta1py with $VENV/bin/python" >&2; exit 1; }
 fi
 
@@ -96,6 +117,12 @@ step "mypy"
 
 step "pytest -q $*"
 "$VENV/bin/pytest" -q "$@"
+
+if [ "$(id -u)" -eq 0 ] && [ "$#" -eq 0 ]; then
+    # The second configuration: every worker as one throw-away user (tests/e2e/conftest.py).
+    step "pytest -q tests/e2e (every worker as one user)"
+    META1_TEST_ACCOUNTS=one "$VENV/bin/pytest" -q tests/e2e -p no:cacheprovider
+fi
 
 CURRENT_STEP="done"
 printf '\n==> all checks passed\n' >&2
