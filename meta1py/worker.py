@@ -53,6 +53,7 @@ from meta1py.conf import (
     SmtpsConfig,
     parse_config,
 )
+from meta1py.crashpoints import set_process_name
 from meta1py.libc import PR_SET_PDEATHSIG, prctl
 from meta1py.log import setup_logging
 
@@ -378,6 +379,7 @@ def run_worker(name: str, serve: Serve, prepare: Prepare | None = None) -> int:
         log.critical("cannot read the configuration on stdin: %s", exc)
         return EX_CONFIG
     setup_logging(name, process_log_level(cfg, name), syslog=syslog)
+    set_process_name(name)
     forced = _test_exit_status(name)
     if forced is not None:
         log.critical("exiting with status %d as META1_TEST_EXIT asks", forced)
