@@ -165,6 +165,20 @@ class QmgrConfig(ProcessConfig):
         "Received: headers after which a message bounces as looping",
         "50",
     )
+    orphan_sweep_interval: float = opt(
+        "orphan_sweep_interval",
+        Time(1, 86400),
+        "5m",
+        "how often content files with no envelope are looked for (and at start)",
+        "10m",
+    )
+    orphan_min_age: float = opt(
+        "orphan_min_age",
+        Time(1, 86400),
+        "5m",
+        "age (unchanged, not open for writing) after which such a file is removed; keep above 2m",
+        "15m",
+    )
 
 
 @dataclass(frozen=True)
@@ -327,6 +341,20 @@ class SmtpcConfig(ProcessConfig):
     max_connections_total: int = opt(
         "max_connections_total", Integer(1, 100000), "100", "most concurrent outgoing connections", "500"
     )
+    mx_address_limit: int = opt(
+        "mx_address_limit",
+        Integer(1, 64),
+        "5",
+        "most MX host addresses tried for one delivery, best preference first (Postfix's default)",
+        "10",
+    )
+    mx_session_limit: int = opt(
+        "mx_session_limit",
+        Integer(1, 64),
+        "2",
+        "most SMTP sessions (greeting received) tried for one delivery (Postfix's default)",
+        "3",
+    )
     tls_requirements: str = opt(
         "tls_requirements",
         _TlsRequirementsText(),
@@ -454,6 +482,78 @@ class SmtpsConfig(ProcessConfig):
     max_sessions_per_client: int = opt(
         "max_sessions_per_client", Integer(1, 100000), "50", "most concurrent sessions from one IP", "10"
     )
+    max_sessions_per_network: int = opt(
+        "max_sessions_per_network",
+        Integer(1, 100000),
+        "200",
+        "most concurrent sessions from one /24 (IPv4) or /64 (IPv6) network",
+        "100",
+    )
+    connection_rate_per_client: int = opt(
+        "connection_rate_per_client",
+        Integer(0, 1000000),
+        "300",
+        "most connections per minute from one IP (0: no limit)",
+        "60",
+    )
+    connection_rate_per_network: int = opt(
+        "connection_rate_per_network",
+        Integer(0, 1000000),
+        "1000",
+        "most connections per minute from one /24 or /64 network (0: no limit)",
+        "300",
+    )
+    session_reserve: int = opt(
+        "session_reserve",
+        Integer(0, 90),
+        "20",
+        "percent of max_sessions kept for clients below their fair share of the rest",
+        "10",
+    )
+    limit_relay_clients: bool = opt(
+        "limit_relay_clients",
+        Boolean(),
+        "no",
+        "apply the per-client and per-network limits to relay_clients too",
+        "yes",
+    )
+    stress_threshold: int = opt(
+        "stress_threshold",
+        Integer(1, 100),
+        "80",
+        "percent of max_sessions open at which stress mode starts (shorter timeouts)",
+        "70",
+    )
+    stress_io_timeout: float = opt(
+        "stress_IO_timeout", Time(1, 3600), "10s", "IO_timeout in stress mode", "20s"
+    )
+    greet_pause: float = opt(
+        "greet_pause",
+        Time(0, 60),
+        "0",
+        "wait before the greeting; a client that talks first is dropped (554 5.5.1)",
+        "2s",
+    )
+    stress_greet_pause: float = opt(
+        "stress_greet_pause", Time(0, 60), "1s", "greet_pause in stress mode", "3s"
+    )
+    command_time_limit: float = opt(
+        "command_time_limit",
+        Time(1, 3600),
+        "1m",
+        "longest time one command line may take to arrive, however its octets trickle in",
+        "2m",
+    )
+    min_data_rate: int = opt(
+        "min_data_rate",
+        Integer(0, 1000000000),
+        "500",
+        "lowest average rate of DATA/BDAT in bytes/s after data_rate_grace (0: no limit)",
+        "1000",
+    )
+    data_rate_grace: float = opt(
+        "data_rate_grace", Time(1, 3600), "1m", "time allowed before min_data_rate applies", "30s"
+    )
     flags: frozenset[str] = opt(
         "flags",
         Flags(SMTPS_FLAGS, SMTPS_DEFAULT_FLAGS),
@@ -545,6 +645,14 @@ class Config:
         "/run/meta1",
         base="queue",
     )
+    queue_minfree: int | None = opt(
+        "queue_minfree",
+        Size(0, 2**50),
+        None,
+        "free space the queue file system must keep: less refuses MAIL with 452 4.3.1 (0: off)",
+        "100M",
+        default_doc="1.5 times the largest smtps max_message_size",
+    )
     mail_directory: Path = opt(
         "mail_directory",
         PathType(),
@@ -573,3 +681,13 @@ class Config:
     locations: dict[str, tuple[str, int, int]] = field(
         default_factory=dict, compare=False, repr=False, hash=False
     )
+
+    def queue_minfree_bytes(self) -> int:
+        """``queue_minfree``, or its default: 1.5 times the largest smtps ``max_message_size``.
+
+        Postfix refuses MAIL when the queue file system has less than 1.5 times its message size
+        limit free, so that a client never sends a body that cannot be stored.
+        """
+        if self.queue_minfree is not None:
+            return self.queue_minfree
+        return max((s.max_message_size for s in self.smtps), default=0) * 3 // 2

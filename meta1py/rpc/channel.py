@@ -15,8 +15,11 @@ Error semantics, as seen by a caller of `RpcChannel.call`:
   at once.
 
 A peer that sends a malformed, oversize or unknown frame is logged and disconnected; `run` then
-returns normally, so a compromised peer cannot crash the receiver. An exception other than
-`RpcRemoteError` in a handler is a bug and propagates out of `run`.
+returns normally, so a compromised peer cannot crash the receiver. A reply that cannot be encoded
+(it breaks its schema or the frame cap) is logged as an error and the caller gets an
+`RpcRemoteError` with code ``encode`` instead: one oversized answer must not take down the
+worker and every other call in flight. Any other exception in a handler (not `RpcRemoteError`) is
+a bug and propagates out of `run`.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import trio
 
 from meta1py.rpc.codec import DEFAULT_MAX_FRAME_BYTES, Frame, FrameDecoder, decode_frame, encode_frame
 from meta1py.rpc.errors import (
+    RpcEncodeError,
     RpcPeerGoneError,
     RpcProtocolError,
     RpcRemoteError,
@@ -421,7 +425,22 @@ class RpcChannel:
                     raise TypeError(f"handler answered {type(msg).__name__} with {type(reply).__name__}")
             assert reply is not None
             try:
-                await self._send(encode_frame(kind, frame.request_id, reply, self.max_frame_bytes))  # type: ignore[arg-type]
+                data = encode_frame(kind, frame.request_id, reply, self.max_frame_bytes)  # type: ignore[arg-type]
+            except RpcEncodeError as exc:
+                # A reply that breaks its schema or the frame cap is a bug, but usually one that
+                # input from outside triggers (a DNS answer with 300 MX records, a huge batch).
+                # Killing the worker would fail every other call in flight, and the same input
+                # would kill it again after the restart: answer this one call with an error (the
+                # caller sees RpcRemoteError and defers) and keep serving the others.
+                log.error("%s: reply to %s cannot be sent: %s", self.name, type(msg).__name__, exc)
+                data = encode_frame(
+                    "error",
+                    frame.request_id,
+                    RpcErrorReply("encode", f"reply could not be encoded: {exc}"[:1024]),
+                    self.max_frame_bytes,
+                )
+            try:
+                await self._send(data)
             except RpcPeerGoneError:
                 pass  # the caller is gone; there is nobody to answer
         finally:

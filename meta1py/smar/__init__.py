@@ -11,7 +11,9 @@ DESCRIPTION
 
 SECURITY
     Runs as the ``smar`` section's user (``meta1r``) when mcp is root. It reads maps and talks
-    DNS; it never touches the queue. It treats DNS answers as untrusted input.
+    DNS; it never touches the queue. It treats DNS answers as untrusted input: a route holds at
+    most ``smtpc { mx_address_limit }`` addresses (default 5), and every reply is cut to the RPC
+    schema's caps (see meta1py.smar.mx and docs/smar.md).
 
 PEERS
     Serves ``smar.sock`` (clients: smtps, qmgr). Message names are in docs/rpc.md.

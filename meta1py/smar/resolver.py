@@ -16,6 +16,13 @@ SERVFAIL, REFUSED, timeout               temporary, 451 4.4.3
 ``[1.2.3.4]`` / ``[IPv6:...]`` literal   that address, no DNS at all
 =======================================  =====================================
 
+Caps (issue 16; see :mod:`meta1py.smar.mx`): an answer is hostile input, so a result holds at
+most ``mx_address_limit`` addresses in all (``smtpc { mx_address_limit }``, default 5, as
+Postfix), best preference first; only the first ``2 * mx_address_limit`` MX hosts are looked up;
+one MX answer keeps its 100 most preferred records and one A/AAAA answer 16 addresses. When the
+hosts that were looked up have no address but further MX hosts were skipped, the failure is
+temporary (the domain is broken, not proven undeliverable).
+
 Null MX: RFC 7505 §4.3 names 5.1.10 for "recipient address has null MX"
 and RFC 7504 introduced reply code 556 ("domain does not accept mail") for
 exactly this case; 5.7.27 is the *sender* variant, which is smtps' business.
@@ -31,6 +38,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import itertools
 import logging
 import random
 import time
@@ -47,7 +55,17 @@ import dns.rdatatype
 import dns.resolver
 import trio
 
-from meta1py.conf import SmarConfig
+from meta1py.conf import SmarConfig, SmtpcConfig
+from meta1py.smar.mx import (
+    MAX_ADDRESSES_PER_ANSWER,
+    MxHost,
+    hosts_to_look_up,
+    keep_mx_records,
+    limit_addresses,
+    order_mx,
+)
+
+__all__ = ["DnsFailure", "MxHost", "MxResult", "Resolver", "parse_domain_literal"]
 
 log = logging.getLogger(__name__)
 
@@ -60,15 +78,6 @@ class DnsFailure:
     code: int
     enhanced: str
     text: str
-
-
-@dataclass(frozen=True, slots=True)
-class MxHost:
-    """One mail exchanger: its name, MX preference and addresses (IPv4 first)."""
-
-    name: str
-    preference: int
-    addresses: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +171,7 @@ class Resolver:
         max_ttl_s: cap on positive TTLs.
         rng: random source for shuffling ties (seedable in tests).
         clock: monotonic seconds, for cache expiry.
+        mx_address_limit: most addresses in one result (``smtpc { mx_address_limit }``).
     """
 
     def __init__(
@@ -176,6 +186,7 @@ class Resolver:
         max_ttl_s: float = 86_400.0,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
+        mx_address_limit: int = 5,
     ) -> None:
         if nameservers:
             self._dns = dns.asyncresolver.Resolver(configure=False)
@@ -194,13 +205,15 @@ class Resolver:
         self._max_ttl_s = max_ttl_s
         self._rng = rng or random.Random()
         self._clock = clock
+        self.mx_address_limit = max(1, mx_address_limit)
         #: Queries actually sent (cache misses); useful for tests and stats.
         self.queries_sent = 0
 
     @classmethod
-    def from_config(cls, smar: SmarConfig) -> Resolver:
-        """A resolver for the ``smar { }`` section (``nameserver``, ``DNS_timeout``)."""
-        return cls(smar.nameserver, smar.dns_timeout)
+    def from_config(cls, smar: SmarConfig, smtpc: SmtpcConfig | None = None) -> Resolver:
+        """A resolver for ``smar { nameserver, DNS_timeout }`` and ``smtpc { mx_address_limit }``."""
+        limit = (smtpc or SmtpcConfig()).mx_address_limit
+        return cls(smar.nameserver, smar.dns_timeout, mx_address_limit=limit)
 
     @property
     def cached_answers(self) -> int:
@@ -241,7 +254,7 @@ class Resolver:
         with trio.move_on_after(self.timeout_s):
             addresses, a_failure = await self._addresses(name)
             if addresses:
-                return MxResult(name, hosts=(MxHost(name, 0, addresses),))
+                return MxResult(name, hosts=(MxHost(name, 0, addresses[: self.mx_address_limit]),))
             assert a_failure is not None
             return MxResult(name, failure=a_failure)
         return MxResult(name, failure=_temp(f"DNS lookup for {name} timed out"))
@@ -284,15 +297,11 @@ class Resolver:
             return MxResult(
                 name, failure=_perm(556, "5.1.10", f"domain {name} does not accept mail (null MX)")
             )
-        by_pref: dict[int, list[str]] = {}
-        for pref, host in sorted(real):
-            if host not in by_pref.setdefault(pref, []):
-                by_pref[pref].append(host)
-        ordered: list[tuple[int, str]] = []
-        for pref in sorted(by_pref):
-            group = by_pref[pref]
-            self._rng.shuffle(group)  # RFC 5321 §5.1: spread load over equal preferences
-            ordered.extend((pref, h) for h in group)
+        # RFC 5321 §5.1: by preference, ties shuffled to spread load over equal hosts. Then
+        # only the first few hosts are looked up (a hostile answer may list hundreds).
+        ordered = order_mx(real, self._rng)
+        chosen = hosts_to_look_up(ordered, self.mx_address_limit)
+        skipped = len(ordered) - len(chosen)
 
         lookups: dict[str, tuple[tuple[str, ...], DnsFailure | None]] = {}
 
@@ -300,12 +309,12 @@ class Resolver:
             lookups[host] = await self._addresses(host)
 
         async with trio.open_nursery() as nursery:
-            for host in {h for _, h in ordered}:
+            for _pref, host in chosen:
                 nursery.start_soon(lookup, host)
 
         hosts = []
         any_temp = False
-        for pref, host in ordered:
+        for pref, host in chosen:
             addresses, failure = lookups[host]
             if addresses:
                 hosts.append(MxHost(host, pref, addresses))
@@ -313,16 +322,17 @@ class Resolver:
                 any_temp = any_temp or (failure is not None and not failure.permanent)
                 log.info("MX host %s of %s has no usable address", host, name)
         if hosts:
-            return MxResult(name, hosts=tuple(hosts))
-        if any_temp:
-            return MxResult(name, failure=_temp(f"address lookup of the MX hosts of {name} failed"))
+            return MxResult(name, hosts=limit_addresses(hosts, self.mx_address_limit))
+        if any_temp or skipped:
+            why = "failed" if any_temp else f"found none in the first {len(chosen)} hosts"
+            return MxResult(name, failure=_temp(f"address lookup of the MX hosts of {name} {why}"))
         return MxResult(name, failure=_perm(550, "5.4.4", f"no MX host of {name} has an address"))
 
     async def _implicit_mx(self, name: str) -> MxResult:
         # RFC 5321 §5.1: no MX records -> the domain itself is the only host.
         addresses, failure = await self._addresses(name)
         if addresses:
-            return MxResult(name, hosts=(MxHost(name, 0, addresses),), implicit=True)
+            return MxResult(name, hosts=(MxHost(name, 0, addresses[: self.mx_address_limit]),), implicit=True)
         assert failure is not None
         if failure.permanent:
             return MxResult(name, failure=_perm(550, "5.1.2", f"domain {name} has no MX or address records"))
@@ -387,11 +397,16 @@ class Resolver:
             return _Answer(_Kind.NODATA, self._negative_expiry(ttl), "no data")
         expires = self._clock() + min(float(result.rrset.ttl), self._max_ttl_s)
         if rdtype == "MX":
-            mx = tuple(
+            records = [
                 (int(r.preference), r.exchange.to_text(omit_final_dot=True).lower()) for r in result.rrset
-            )
+            ]
+            mx = keep_mx_records(records, self._rng)
+            if len(mx) < len(records):
+                log.info("MX answer for %s has %d records; using the %d best", name, len(records), len(mx))
             return _Answer(_Kind.OK, expires, mx=mx)
-        return _Answer(_Kind.OK, expires, addresses=tuple(str(r.address) for r in result.rrset))
+        # One answer contributes a bounded number of addresses, whatever the server sent.
+        addresses = tuple(str(r.address) for r in itertools.islice(result.rrset, MAX_ADDRESSES_PER_ANSWER))
+        return _Answer(_Kind.OK, expires, addresses=addresses)
 
     def _negative_expiry(self, ttl: float | None) -> float:
         ttl = self._default_negative_ttl_s if ttl is None else ttl

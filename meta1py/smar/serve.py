@@ -18,7 +18,7 @@ from meta1py.worker import WorkerConfigError, WorkerFds
 async def serve(cfg: Config, fds: WorkerFds, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
     """smar's worker entry point (see :func:`meta1py.worker.run_worker`)."""
     try:
-        router = Router(cfg, Resolver.from_config(cfg.smar))
+        router = Router(cfg, Resolver.from_config(cfg.smar, cfg.smtpc))
     except MapErrors as exc:
         raise WorkerConfigError(str(exc)) from exc
     service = SmarService(cfg, router)

@@ -25,12 +25,29 @@ one reply per accepted recipient; each comes out as its own event with
 ``recipient`` set to that recipient's index in the transaction.
 
 Raises :class:`~meta1py.smtp.errors.SmtpProtocolError` for a server that
-breaks the protocol (malformed or oversized replies, replies nobody asked
-for, data buffered after the 220 to STARTTLS).
+breaks the protocol (replies nobody asked for, data buffered after the 220 to
+STARTTLS), and its subclass :class:`MalformedReplyError` for a reply that is
+not well-formed.
+
+Replies are read strictly (issue 16: a reply ``250 ok<LF>`` was taken as a
+250 and the message marked delivered). Every line must have the form of RFC
+5321 §4.2: three digits whose first is 2 to 5, then a space, a hyphen or the
+line end, text without NUL, CR, LF or other control characters (TAB is
+allowed), and CRLF at the end; a bare LF, a NUL, ``999``, ``abc`` or a line
+past ``max_reply_line_bytes`` is a :class:`MalformedReplyError`. smtpc turns
+it into a temporary failure (``451 4.5.0 malformed reply from ...``): the
+message stays queued, and nothing read from such a server counts as an
+answer. Reading is bounded: a line that runs past the cap without its CRLF
+is cut off as it arrives (the rest is never buffered), and a reply has at
+most ``max_reply_lines`` lines. The default cap of 2,048 bytes per line is
+four times RFC 5321 §4.5.3.1.5's 512, because real servers send longer
+lines (EHLO keywords, long error texts); codes with a second digit past 5
+(RFC 5321 §4.2 defines 0 to 5) are accepted because some servers use them.
 """
 
 from __future__ import annotations
 
+import re
 from collections import deque
 
 from meta1py.smtp.address import Address, NullPath
@@ -45,9 +62,106 @@ from meta1py.smtp.events import (
     ReplyReceived,
 )
 from meta1py.smtp.extensions import Extensions
-from meta1py.smtp.replies import ReplyParser
+from meta1py.smtp.replies import Reply
 
-__all__ = ["ClientConnection", "xtext_encode"]
+__all__ = ["ClientConnection", "MalformedReplyError", "xtext_encode"]
+
+
+class MalformedReplyError(SmtpProtocolError):
+    """The server sent a reply that is not well-formed (see the module docstring)."""
+
+
+# Anything but TAB among the C0 controls, and DEL: never in a reply's text (RFC 5321 §4.2, textstring).
+_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_ENHANCED = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})(?: |$)")
+
+
+def _show(raw: bytes | bytearray) -> str:
+    return repr(bytes(raw[:40])) + ("..." if len(raw) > 40 else "")
+
+
+class _ReplyReader:
+    """Strict, bounded reader of replies from an untrusted server.
+
+    Args:
+        max_line_bytes: longest line, CRLF included.
+        max_lines: most lines in one reply.
+    """
+
+    def __init__(self, max_line_bytes: int, max_lines: int) -> None:
+        self.max_line_bytes = max_line_bytes
+        self.max_lines = max_lines
+        self._buf = bytearray()
+        self._lines: list[str] = []
+        self._code = 0
+        self._error: str | None = None
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet parsed into a reply."""
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> None:
+        if self._error is not None:
+            return  # the session is over; nothing more is kept
+        self._buf += data
+        tail = len(self._buf) - (self._buf.rfind(b"\n") + 1)
+        if tail > self.max_line_bytes:
+            # A line past the cap without its line end: drop it now rather than buffer up to
+            # whatever the server sends; the complete lines before it are still read.
+            self._error = f"reply line longer than {self.max_line_bytes} bytes: {_show(self._buf[-tail:])}"
+            del self._buf[-tail:]
+
+    def next_reply(self) -> Reply | None:
+        """The next complete reply, or None when more bytes are needed.
+
+        Raises:
+            MalformedReplyError: the next line is malformed or too long.
+        """
+        buf = self._buf
+        while True:
+            end = buf.find(b"\n")
+            if end < 0:
+                if self._error is not None:
+                    raise MalformedReplyError(self._error)
+                return None
+            if end + 1 > self.max_line_bytes:
+                raise MalformedReplyError(f"reply line longer than {self.max_line_bytes} bytes: {_show(buf)}")
+            if end == 0 or buf[end - 1] != 0x0D:
+                raise MalformedReplyError(f"reply line ends in a bare LF: {_show(buf[: end + 1])}")
+            raw = bytes(buf[: end - 1])
+            del buf[: end + 1]
+            bad = _CONTROL.search(raw)
+            if bad is not None:
+                what = {0: "a NUL", 13: "a bare CR"}.get(raw[bad.start()], "a control character")
+                raise MalformedReplyError(f"reply line contains {what}: {_show(raw)}")
+            if (
+                len(raw) < 3
+                or not raw[:3].isdigit()
+                or raw[0] not in b"2345"
+                or raw[3:4] not in (b"", b" ", b"-")
+            ):
+                raise MalformedReplyError(f"reply line without a valid reply code: {_show(raw)}")
+            code = int(raw[:3])
+            if self._lines and code != self._code:
+                raise MalformedReplyError(f"reply code changed inside a multi-line reply: {_show(raw)}")
+            self._code = code
+            self._lines.append(raw[4:].decode("utf-8", errors="replace"))
+            if len(self._lines) > self.max_lines:
+                raise MalformedReplyError(f"more than {self.max_lines} lines in one reply")
+            if raw[3:4] == b"-":
+                continue
+            lines, self._lines = self._lines, []
+            return _reply(code, lines)
+
+
+def _reply(code: int, lines: list[str]) -> Reply:
+    enhanced: str | None = None
+    m = _ENHANCED.match(lines[0])
+    if m and int(m.group(1)) == code // 100:
+        enhanced = f"{m.group(1)}.{m.group(2)}.{m.group(3)}"
+        lines = [line[len(enhanced) :].lstrip(" ") if line.startswith(enhanced) else line for line in lines]
+    return Reply(code, enhanced, tuple(lines))
 
 
 def xtext_encode(text: str) -> str:
@@ -73,7 +187,8 @@ class ClientConnection:
 
     Args:
         lmtp: Speak LMTP: per-recipient replies after the content.
-        max_reply_line_bytes: Longest reply line accepted from the server.
+        max_reply_line_bytes: Longest reply line accepted from the server, CRLF included
+            (default 2,048: four times RFC 5321 §4.5.3.1.5's 512).
         max_reply_lines: Most lines in one reply.
     """
 
@@ -82,7 +197,7 @@ class ClientConnection:
     ) -> None:
         self.lmtp = lmtp
         self.extensions: Extensions | None = None
-        self._parser = ReplyParser(max_reply_line_bytes, max_reply_lines)
+        self._parser = _ReplyReader(max_reply_line_bytes, max_reply_lines)
         self._expected: deque[tuple[str, int | None]] = deque([("GREETING", None)])
         self._eof = False
         self._closed = False
@@ -230,7 +345,8 @@ class ClientConnection:
         """Return the next reply, ConnectionClosed, or NEED_DATA.
 
         Raises:
-            SmtpProtocolError: For malformed, oversized or unexpected replies.
+            MalformedReplyError: For malformed or oversized replies.
+            SmtpProtocolError: For replies nobody asked for.
         """
         if self._closed:
             return ConnectionClosed()

@@ -12,7 +12,10 @@ DESCRIPTION
 
 SECURITY
     Runs as the ``smtpc`` section's user (``meta1c``) when mcp is root. It reads content files
-    but never writes the envelope store; it treats remote servers' replies as untrusted input.
+    but never writes the envelope store; it treats remote servers' replies as untrusted input:
+    a malformed one (bare LF, NUL, bad code, a line past 2,048 bytes) is a temporary failure
+    (``451 4.5.0 malformed reply from HOST: ...``), and at most ``mx_session_limit`` hosts that
+    answer are tried for one delivery.
 
 PEERS
     Serves ``smtpc.sock`` (client: qmgr); client of ``qmgr.sock``. Message names are in

@@ -2,15 +2,19 @@
 
 qmgr sends one ``SmtpcDeliveryRequest`` per job (one message, one destination, some recipients);
 the answer carries one result per recipient: ``ok``, ``temp`` or ``perm`` with the reply that
-explains it.  Remote replies are hostile input: the core's reply parser caps their size, and the
-text is cut again before it crosses the RPC boundary.
+explains it.  Remote replies are hostile input: the core's reply parser caps their size and
+refuses malformed ones (bare LF, NUL, a bad code, an over-long line), which leave the host with
+``451 4.5.0 malformed reply from HOST: ...`` so the message stays queued; the text is cut again
+before it crosses the RPC boundary.
 
 SMTP: hosts are tried in the order smar gave (MX preference, then addresses).  A host is left for
 the next one when the connection fails, when it answers the greeting, EHLO or MAIL with an
 error, or when every recipient got a 4xx; recipients that got a 4xx at one host are tried at the
-next.  ``session_failed`` tells qmgr that no host got as far as the recipients (the destination
-looks dead).  Connections are cached for a few seconds after a successful transaction and reused
-for the next job to the same host (after RSET), as Postfix's scache does.
+next, up to ``mx_session_limit`` hosts that answered (default 2, as Postfix's
+``smtp_mx_session_limit``; hosts that refuse the connection do not count).  ``session_failed``
+tells qmgr that no host got as far as the recipients (the destination looks dead).  Connections
+are cached for a few seconds after a successful transaction and reused for the next job to the
+same host (after RSET), as Postfix's scache does.
 
 TLS (RFC 3207): STARTTLS whenever the server offers it, unless the destination's
 ``tls_requirements`` say ``none``.  The requirements come from the ``tls_policy`` map (see
@@ -38,6 +42,7 @@ from typing import Any, Literal
 import trio
 
 from meta1py.conf import Config
+from meta1py.crashpoints import crash_point
 from meta1py.maps import MapErrors, ReloadingMap
 from meta1py.queue.content import open_content
 from meta1py.rpc.messages import (
@@ -47,7 +52,7 @@ from meta1py.rpc.messages import (
     SmtpcRecipientResult,
     SmtpReplyValue,
 )
-from meta1py.smtp.client import ClientConnection
+from meta1py.smtp.client import ClientConnection, MalformedReplyError
 from meta1py.smtp.errors import SmtpProtocolError
 from meta1py.smtp.events import ConnectionClosed, MailParams, NeedData, RcptParams, ReplyReceived
 from meta1py.smtp.replies import Reply
@@ -96,6 +101,10 @@ class _SessionError(Exception):
     def __init__(self, reply: SmtpReplyValue) -> None:
         super().__init__(reply.text)
         self.reply = reply
+
+
+class _ConnectError(_SessionError):
+    """No connection to the host (refused, unreachable, timeout): not a session for mx_session_limit."""
 
 
 class _HandshakeError(_SessionError):
@@ -157,6 +166,11 @@ class _Client:
         while True:
             try:
                 event = self.conn.next_event()
+            except MalformedReplyError as exc:
+                # Nothing from this server can be trusted any more (a bare-LF "250" must never
+                # count as delivered): the host is left with a temporary failure, and no QUIT.
+                self.usable = False
+                raise _SessionError(_local(451, "4.5.0", f"malformed reply from {self.peer}: {exc}")) from exc
             except SmtpProtocolError as exc:
                 raise _SessionError(_local(421, "4.5.0", f"{self.peer}: protocol error: {exc}")) from exc
             if isinstance(event, ReplyReceived):
@@ -309,7 +323,7 @@ class DeliveryAgents:
                 stream = await trio.open_tcp_stream(host.address, host.port)
         except (OSError, trio.TooSlowError) as exc:
             reason = "timeout" if isinstance(exc, trio.TooSlowError) else (exc.strerror or str(exc))
-            raise _SessionError(_local(421, "4.4.1", f"connect to {peer}: {reason}")) from exc
+            raise _ConnectError(_local(421, "4.4.1", f"connect to {peer}: {reason}")) from exc
         self.connections_opened += 1
         return _Client(stream, ClientConnection(lmtp=lmtp), peer, self.io_timeout)
 
@@ -511,8 +525,21 @@ class DeliveryAgents:
                 i: SmtpcRecipientResult(idx=i, status="temp", reply=reply, remote_mta=None) for i in pending
             }, True
         session_reply = _local(451, "4.4.1", "no host could be reached")
-        for host in hosts:
+        # mx_session_limit (Postfix's smtp_mx_session_limit): hosts that answered at all count,
+        # hosts that could not be connected to do not; smar already cut the list to
+        # mx_address_limit addresses.
+        sessions = 0
+        session_limit = self.config.smtpc.mx_session_limit
+        for n, host in enumerate(hosts):
             if not pending:
+                break
+            if sessions >= session_limit:
+                log.info(
+                    "%s: %d sessions (mx_session_limit) without delivery; %d more hosts not tried",
+                    req.qid,
+                    sessions,
+                    len(hosts) - n,
+                )
                 break
             client = self._cached(host, tls_req)
             reused = client is not None
@@ -532,8 +559,10 @@ class DeliveryAgents:
                     client = await self._open(host, tls_req, req.qid)
             except _SessionError as exc:
                 session_reply = exc.reply
+                sessions += not isinstance(exc, _ConnectError)
                 log.info("%s: %s[%s]:%d: %s", req.qid, host.name, host.address, host.port, exc.reply.text)
                 continue
+            sessions += 1
             if reused:
                 self.connections_reused += 1
             try:
@@ -685,6 +714,8 @@ class DeliveryAgents:
             return _Outcome(results, reached_rcpt=True, reusable=True)
         await self._send_content(client, req.qid)
         end = await client.reply()
+        if end.reply.code < 400:
+            crash_point("after-delivery")  # tests: the remote said 250, qmgr not told yet
         for i in accepted:
             results.append(
                 SmtpcRecipientResult(

@@ -15,6 +15,8 @@ Peers:
 - :func:`dovecot_lmtp`: Dovecot's LMTP service with a private minimal configuration, delivering into
   Maildirs under a directory the test owns.
 - :func:`swaks`: run the ``swaks`` SMTP client with a timeout.
+- :func:`raw_smtp_server`: a minimal scripted server in a thread that answers the end of data with
+  raw bytes (malformed replies a delivery agent must not trust).
 
 Running as root: ``smtp-sink`` insists on ``-u user`` and Dovecot refuses to deliver mail as uid 0, so
 both use the ``nobody`` account and files they write are owned by it (root can still read them).
@@ -42,6 +44,7 @@ from typing import Any
 __all__ = [
     "DovecotLmtp",
     "PeerStartError",
+    "RawSmtpServer",
     "RecordedMessage",
     "RecordingSink",
     "SinkDump",
@@ -49,6 +52,7 @@ __all__ = [
     "SmtpSink",
     "dovecot_lmtp",
     "free_port",
+    "raw_smtp_server",
     "recording_sink",
     "smtp_sink",
     "stop_process",
@@ -989,3 +993,136 @@ def swaks(
         proc.stdout.decode(errors="replace"),
         proc.stderr.decode(errors="replace"),
     )
+
+
+# --------------------------------------------------------------------------------------------
+# A raw scripted SMTP server (hostile downstream replies)
+
+
+@dataclasses.dataclass
+class RawSmtpServer:
+    """A minimal SMTP server that answers the end of data with raw bytes; see :func:`raw_smtp_server`.
+
+    Attributes:
+        address: loopback address it listens on.
+        port: its TCP port.
+        sessions: connections accepted so far.
+        messages: messages whose data was read completely, as ``(recipients, data)``.
+        replies_sent: the raw end-of-data replies sent, in order.
+    """
+
+    address: str
+    port: int
+    sessions: int = 0
+    messages: list[tuple[tuple[str, ...], bytes]] = dataclasses.field(default_factory=list)
+    replies_sent: list[bytes] = dataclasses.field(default_factory=list)
+
+
+@contextlib.contextmanager
+def raw_smtp_server(
+    end_of_data_reply: Callable[[tuple[str, ...]], bytes],
+    address: str = "127.0.0.1",
+    port: int | None = None,
+) -> Iterator[RawSmtpServer]:
+    """Run a scripted SMTP server in a thread that sends ``end_of_data_reply(recipients)`` verbatim.
+
+    Everything before the end of data is well-behaved (220, 250 to EHLO/MAIL/RCPT/RSET, 354 to
+    DATA, 221 to QUIT); the reply to the end of data is whatever bytes the callable returns (a bare
+    LF, a NUL, a bad code, a megabyte without a line end, ...). The session then waits for the
+    client to close. It is not a full SMTP server: one command per line, no PIPELINING, no TLS.
+
+    Yields:
+        The running server (its ``port`` is set).
+    """
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((address, port or 0))
+    listener.listen(64)
+    server = RawSmtpServer(address, listener.getsockname()[1])
+    stop = threading.Event()
+    lock = threading.Lock()
+    conns: list[socket.socket] = []
+
+    def session(conn: socket.socket) -> None:
+        conn.settimeout(60)
+        buf = b""
+        rcpts: list[str] = []
+
+        def line() -> bytes | None:
+            nonlocal buf
+            while b"\r\n" not in buf:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return None
+                buf += chunk
+            got, _sep, buf = buf.partition(b"\r\n")
+            return got
+
+        conn.sendall(b"220 raw.test ESMTP scripted\r\n")
+        while not stop.is_set():
+            cmd = line()
+            if cmd is None:
+                return
+            verb = cmd[:4].upper()
+            if verb in (b"EHLO", b"HELO", b"LHLO"):
+                conn.sendall(b"250-raw.test\r\n250 8BITMIME\r\n")
+            elif verb == b"MAIL":
+                rcpts = []
+                conn.sendall(b"250 2.1.0 ok\r\n")
+            elif verb == b"RCPT":
+                rcpts.append(cmd.decode(errors="replace").partition(":")[2].strip().strip("<>"))
+                conn.sendall(b"250 2.1.5 ok\r\n")
+            elif verb == b"DATA":
+                conn.sendall(b"354 go ahead\r\n")
+                while b"\r\n.\r\n" not in buf:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    buf += chunk
+                data, _sep, buf = buf.partition(b"\r\n.\r\n")
+                reply = end_of_data_reply(tuple(rcpts))
+                with lock:
+                    server.messages.append((tuple(rcpts), data + b"\r\n"))
+                    server.replies_sent.append(reply)
+                conn.sendall(reply)
+            elif verb == b"QUIT":
+                conn.sendall(b"221 2.0.0 bye\r\n")
+                return
+            else:
+                conn.sendall(b"250 2.0.0 ok\r\n")
+
+    def run_session(conn: socket.socket) -> None:
+        try:
+            session(conn)
+        except OSError:
+            pass  # the client hung up on us, as it should after a bad reply
+        finally:
+            conn.close()
+
+    def accept() -> None:
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with lock:
+                server.sessions += 1
+                conns.append(conn)
+            threading.Thread(target=run_session, args=(conn,), daemon=True).start()
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        stop.set()
+        thread.join(timeout=STOP_TIMEOUT_S)
+        listener.close()
+        with lock:
+            for conn in conns:
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)
