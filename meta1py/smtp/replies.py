@@ -351,6 +351,43 @@ def line_too_long() -> Reply:
     return _r(500, "5.5.2", "Line too long")
 
 
+def line_too_long_close() -> Reply:
+    """421: a command line went on past the hard limit without its line end; the session ends."""
+    return _r(421, "4.7.0", "Line too long, closing connection")
+
+
+def command_too_slow() -> Reply:
+    """421: one command line took longer than command_time_limit (a slow-drip client)."""
+    return _r(421, "4.4.2", "Command line took too long, closing connection")
+
+
+def data_too_slow() -> Reply:
+    """421: the message data arrived slower than min_data_rate allows."""
+    return _r(421, "4.4.2", "Data rate too low, closing connection")
+
+
+def pregreet() -> Reply:
+    """554: the client talked before the greeting (RFC 5321 §4.3.1: the client waits for it)."""
+    return _r(554, "5.5.1", "Protocol error: talking before the greeting")
+
+
+def too_many_sessions_client() -> Reply:
+    """421: this client (or its network) has too many sessions or connects too often."""
+    return _r(421, "4.7.0", "Too many connections from your host, try again later")
+
+
+_RELAYED_ENHANCED = re.compile(r"[45]\.\d{1,3}\.\d{1,3}")
+
+
+def relayed(code: int, enhanced: str | None, text: str) -> Reply:
+    """A reply another process decided (qmgr refusing a commit): its code and text, cleaned."""
+    if not 400 <= code < 600:
+        code, enhanced = 451, "4.3.0"
+    if enhanced is None or not _RELAYED_ENHANCED.fullmatch(enhanced) or enhanced[0] != str(code)[0]:
+        enhanced = f"{code // 100}.0.0"  # every reply carries an enhanced code of its own class
+    return _r(code, enhanced, _clean(text) or "Refused")
+
+
 def bare_newline_in_command() -> Reply:
     """500 command line ended with a bare LF."""
     return _r(500, "5.5.2", "Syntax error, bare <LF> received")

@@ -276,7 +276,12 @@ class ServerConnection:
             (default: nothing, i.e. plain RFC 5321). Its ``size`` field is
             advertised as is; ``max_message_bytes`` is what is enforced.
         max_command_bytes: Longest command line including CRLF (512, RFC 5321
-            §4.5.3.1.4). AUTH lines may be 12288 (RFC 4954).
+            §4.5.3.1.4). AUTH lines may be 12288 (RFC 4954). A longer line
+            is read to its end, discarded, and answered 500 5.5.2.
+        max_command_hard_bytes: A command line still without its line end
+            after this many octets (65536) is not waited for: the core
+            answers 421 4.7.0 at once and closes (an endless line is an
+            attack or a broken client, and nothing useful follows it).
         max_line_bytes: Longest content line including CRLF (1000, RFC 5321
             §4.5.3.1.6); longer lines reject the message with 552 5.3.4.
         max_recipients: Accepted recipients per transaction (1000); more get
@@ -307,6 +312,7 @@ class ServerConnection:
         "_pos",
         "_profile",
         "_seen",
+        "_skipped",
         "_skipping",
         "_state",
         "authenticated",
@@ -321,6 +327,7 @@ class ServerConnection:
         "mail_params",
         "max_bad_commands",
         "max_command_bytes",
+        "max_command_hard_bytes",
         "max_line_bytes",
         "max_message_bytes",
         "max_recipients",
@@ -334,6 +341,7 @@ class ServerConnection:
         *,
         extensions: Extensions | None = None,
         max_command_bytes: int = 512,
+        max_command_hard_bytes: int = 65536,
         max_line_bytes: int = 1000,
         max_recipients: int = 1000,
         max_bad_commands: int = 20,
@@ -346,6 +354,7 @@ class ServerConnection:
         self.hostname = hostname
         self.extensions = extensions if extensions is not None else Extensions()
         self.max_command_bytes = max_command_bytes
+        self.max_command_hard_bytes = max_command_hard_bytes
         self.max_line_bytes = max_line_bytes
         self.max_recipients = max_recipients
         self.max_bad_commands = max_bad_commands
@@ -362,6 +371,7 @@ class ServerConnection:
         self._pos = 0
         self._eof = False
         self._skipping = False  # discarding the rest of an overlong command line
+        self._skipped = 0  # octets of the overlong line discarded so far
         self._owed: str | None = None  # what the owed reply answers (state.py names)
         self._owed_count = 0
         self._owed_event: Event | None = None
@@ -395,6 +405,17 @@ class ServerConnection:
     def pending_input(self) -> int:
         """Octets received and not yet turned into events."""
         return len(self._buf) - self._pos
+
+    @property
+    def receiving_line(self) -> bool:
+        """True while part of a command line (or of an overlong one being skipped) has arrived.
+
+        An adapter uses it to bound the time one command line may take, whatever the pace of its
+        octets (a client sending one octet every few seconds resets every idle timeout).
+        """
+        if self._skipping:
+            return True
+        return self._state in _COMMAND_STATES and not self._chunk_active and self._pos < len(self._buf)
 
     @property
     def reply_owed(self) -> bool:
@@ -629,10 +650,16 @@ class ServerConnection:
         nl = buf.find(b"\n", pos)
         if self._skipping:
             if nl < 0:
+                self._skipped += len(buf) - pos
                 self._buf, self._pos = b"", 0
+                if self._skipped >= self.max_command_hard_bytes:
+                    return self._endless_line()
                 return self._closed() if self._eof else NEED_DATA
+            self._skipped += nl + 1 - pos
             self._pos = nl + 1
             self._skipping = False
+            if self._skipped > self.max_command_hard_bytes:
+                return self._endless_line()
             return self._invalid(replies.line_too_long(), "command line too long")
         st = self._state
         # The limit only matters for lines longer than max_command_bytes, so
@@ -640,8 +667,13 @@ class ServerConnection:
         if nl < 0:
             have = len(buf) - pos
             if have >= self.max_command_bytes and have >= self._command_limit(st, buf, pos):
-                # Never buffer an endless line: drop it and answer at its end.
+                if have >= self.max_command_hard_bytes:
+                    self._buf, self._pos = b"", 0
+                    return self._endless_line()
+                # Never buffer an endless line: drop it and answer at its end
+                # (or at the hard cap).
                 self._skipping = True
+                self._skipped = have
                 self._buf, self._pos = b"", 0
             if self._eof:
                 return self._closed()
@@ -649,6 +681,8 @@ class ServerConnection:
         self._pos = nl + 1
         size = nl + 1 - pos
         if size > self.max_command_bytes and size > self._command_limit(st, buf, pos):
+            if size > self.max_command_hard_bytes:
+                return self._endless_line()
             return self._invalid(replies.line_too_long(), "command line too long")
         if nl > pos and buf[nl - 1] == 13:
             raw = buf[pos : nl - 1]
@@ -657,6 +691,15 @@ class ServerConnection:
             if self.bare_newline == "reject":
                 return self._invalid(replies.bare_newline_in_command(), "bare LF in command", repr(raw))
         return self._command_line(raw, st, None)
+
+    def _endless_line(self) -> Event:
+        """A command line past max_command_hard_bytes: 421 4.7.0, the session ends."""
+        self._skipping = False
+        self._skipped = 0
+        return self._owe(
+            "INVALID",
+            InvalidCommand(replies.line_too_long_close(), "command line past the hard limit", ""),
+        )
 
     def _fast_mail_rcpt(self, raw: bytes, st: State, key: tuple[bytes, bool, bool]) -> Event | None:
         """Parse the usual MAIL or RCPT line in one regex match, or return None.

@@ -11,6 +11,13 @@ DESCRIPTION
     stable storage. On shutdown it stops accepting and ends open sessions with
     ``421 4.3.2 Service shutting down``.
 
+    Under load and attack (``meta1py.smtps.limits``, docs/smtps.md "Limits"): sessions and
+    connections per minute are limited per client address and per /24 or /64 network, with a
+    reserve of ``max_sessions`` for clients below their fair share (relay_clients exempt);
+    past ``stress_threshold`` timeouts shrink and the greeting waits (a client talking first
+    gets 554 5.5.1); a command line has ``command_time_limit`` and DATA ``min_data_rate``; MAIL
+    gets 452 4.3.1 when the queue file system is below ``queue_minfree``.
+
 SECURITY
     Runs as the ``smtps`` section's user (``meta1s``) when mcp is root. It is the process that
     reads untrusted network input; it can only write content files and ask qmgr to commit, never
@@ -21,6 +28,9 @@ PEERS
     docs/rpc.md.
 
 DIAGNOSTICS
-    Log lines ``meta1py/smtps[PID]: ...`` with a session id; maillog ``rejected`` lines. Exit
+    Log lines ``meta1py/smtps[PID]: ...`` with a session id; maillog ``rejected`` lines
+    (``reason=pregreet`` for a client that talked first). Connection refusals are logged once
+    per client per minute. Test builds: ``META1_TEST_CRASH=smtps:after-content`` or
+    ``smtps:before-250`` (meta1py.crashpoints). Exit
     statuses as every worker: 0, 1 crash (mcp restarts it), 64, 77, 78.
 """

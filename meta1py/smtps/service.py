@@ -22,6 +22,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import resource
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,8 @@ from meta1py.passwords import PasswordFileError
 from meta1py.rpc.channel import RpcClient
 from meta1py.smtp import replies
 from meta1py.smtps.auth import Authenticator, AuthFailureLimiter
-from meta1py.smtps.session import Session, SessionLimits, SmtpsContext
+from meta1py.smtps.limits import QueueSpace, SessionLimits, is_trusted
+from meta1py.smtps.session import Session, SmtpsContext
 from meta1py.tls import ReloadableServerContext, ServerTlsSettings, TlsConfigError, parse_protocols
 from meta1py.worker import WorkerConfigError, WorkerFds, listen_sockets
 
@@ -155,6 +157,7 @@ class SmtpsServer:
             tls=security.tls,
             authenticators=security.authenticators,
             auth_limiters=security.auth_limiters,
+            space=_queue_space(config),
         )
         self.sessions: set[Session] = set()
         self._ids = itertools.count(1)
@@ -189,17 +192,38 @@ class SmtpsServer:
         client = _peer_address(stream)
         sid = f"{self._pid:x}.{next(self._ids)}"
         limits = self.ctx.limits
-        if self.ctx.shutdown.is_set() or not limits.admit(client, service):
-            reply = replies.shutting_down() if self.ctx.shutdown.is_set() else replies.too_many_sessions()
-            log.info("session %s from %s refused: %s", sid, client, reply)
+        trusted = is_trusted(client, service)
+        refusal: replies.Reply | None = None
+        if self.ctx.shutdown.is_set():
+            refusal = replies.shutting_down()
+            log.info("session %s from %s refused: %s", sid, client, refusal)
+        else:
+            admission = limits.admit(client, service, trio.current_time(), trusted)
+            if not admission.admitted:
+                refusal = (
+                    replies.too_many_sessions()
+                    if admission.reason == "total"
+                    else replies.too_many_sessions_client()
+                )
+                if admission.log:
+                    # Once per client per minute: a flood must not flood the log too.
+                    log.info(
+                        "session %s from %s refused (%s limit; further refusals of this client "
+                        "within a minute are not logged): %s",
+                        sid,
+                        client,
+                        admission.reason,
+                        refusal,
+                    )
+        if refusal is not None:
             with trio.move_on_after(5):
                 try:
-                    await stream.send_all(reply.to_bytes())
+                    await stream.send_all(refusal.to_bytes())
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                     pass
             await _close(stream)
             return
-        session = Session(self.ctx, service, stream, client, sid, listen_socket)
+        session = Session(self.ctx, service, stream, client, sid, listen_socket, trusted)
         self.sessions.add(session)
         self.idle = trio.Event()
         try:
@@ -218,6 +242,44 @@ class SmtpsServer:
         self.ctx.shutdown.set()
         for session in list(self.sessions):
             session.interrupt()
+
+
+# Descriptors besides the sessions' sockets: listeners, RPC, logs, content files being written.
+_FD_MARGIN = 256
+
+
+def _raise_open_files(cfg: Config) -> None:
+    """Raise the soft RLIMIT_NOFILE to what max_sessions needs (up to the hard limit).
+
+    Each session holds a socket and, while it receives a message, a content file. The soft limit
+    is often 1024 (systemd's default), which would make accept() fail with EMFILE long before
+    max_sessions; the hard limit (524288 under systemd) is usually plenty.
+    """
+    need = sum(s.max_sessions for s in cfg.smtps) * 2 + _FD_MARGIN
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= need:
+        return
+    target = need if hard == resource.RLIM_INFINITY else min(need, hard)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    if target < need:
+        log.warning(
+            "open files limit %d is below what max_sessions needs (%d): raise LimitNOFILE", target, need
+        )
+
+
+def _queue_space(cfg: Config) -> QueueSpace | None:
+    """The queue_minfree check on the queue directory (None when queue_minfree is 0)."""
+    minfree = cfg.queue_minfree_bytes()
+    if not minfree:
+        return None
+    directory = str(cfg.queue_directory)
+
+    def free_bytes() -> int:
+        st = os.statvfs(directory)
+        return st.f_bavail * st.f_frsize
+
+    return QueueSpace(minfree, free_bytes)
 
 
 async def _close(stream: trio.abc.Stream) -> None:
@@ -272,6 +334,7 @@ async def serve(cfg: Config, fds: WorkerFds, task_status: Any = trio.TASK_STATUS
     ``fds.drain`` (stop accepting, close this process's copies of the listeners, let every open
     session end normally within :func:`drain_limit_s`, return).
     """
+    _raise_open_files(cfg)
     run_dir = Path(cfg.run_directory)
     smar = RpcClient(run_dir / "smar.sock", name="smtps->smar")
     qmgr = RpcClient(run_dir / "qmgr.sock", name="smtps->qmgr")

@@ -17,13 +17,20 @@ AUTH (RFC 4954): PLAIN and LOGIN against the section's password file, offered on
 ``require_tls_for_auth = no`` (or ``auth_plaintext_loopback`` for loopback clients). Failed attempts
 are counted per client IP; over ``max_auth_failures`` the client gets 421 4.7.0.
 
-Timeouts (RFC 5321 §4.5.3.2): ``io_timeout`` bounds every wait for input and every write;
-``session_timeout`` bounds the whole session.  Both end the session with 421 4.4.2.
+Timeouts (RFC 5321 §4.5.3.2): ``io_timeout`` bounds every wait for input and every write
+(``stress_io_timeout`` in stress mode); ``session_timeout`` bounds the whole session;
+``command_time_limit`` bounds one command line from its first octet, and ``min_data_rate`` (after
+``data_rate_grace``) the DATA/BDAT phase, so that a client dripping an octet every few seconds
+cannot hold a session. All end the session with 421 4.4.2. See docs/smtps.md "Slow clients".
+
+Disk space: MAIL, DATA and each BDAT chunk are refused with 452 4.3.1 when the queue file system
+is below ``queue_minfree`` (``SmtpsContext.space``, see :mod:`meta1py.smtps.limits`).
 """
 
 from __future__ import annotations
 
 import email.utils
+import errno
 import logging
 import os
 import re
@@ -36,6 +43,7 @@ import trio
 
 from meta1py import log as mlog
 from meta1py.conf import Config, ListenSocket, SmtpsConfig
+from meta1py.crashpoints import crash_point
 from meta1py.queue.content import ContentWriter
 from meta1py.queue.errors import QueueStorageError
 from meta1py.rpc.errors import RpcError
@@ -61,18 +69,26 @@ from meta1py.smtps.auth import (
     is_loopback,
     sender_matches_login,
 )
+from meta1py.smtps.limits import QueueSpace, SessionLimits
 from meta1py.sockio import write_nowait
 from meta1py.tls import ReloadableServerContext, TlsFacts, received_clause, tls_facts
 
 log = logging.getLogger(__name__)
 
 _READ_BYTES = 65536
+# Replies queued for a pipelining client are written once they pass this much, even with more
+# commands waiting: a client that pipelines cheap commands with long replies (EHLO, HELP) and
+# never reads must not grow this buffer (RFC 2920 §3.1 allows flushing at any time).
+_OUT_MAX = 65536
 _HEADER_SCAN_BYTES = 65536
 _RECEIVED_RE = re.compile(rb"(?im)^received:")
 # RPC deadlines: smar may be doing DNS; qmgr waits for a group commit.
 _POLICY_TIMEOUT_S = 30.0
 _COMMIT_TIMEOUT_S = 60.0
 _RCPT_CACHE_S = 5.0
+# A command line still without its end after this many octets gets 421 4.7.0 (the core's default,
+# stated here so that the session's limits are in one place: docs/smtps.md "Slow clients").
+_COMMAND_HARD_BYTES = 65536
 _RCPT_CACHE_MAX = 10_000
 _date_cache: tuple[int, str] = (0, "")
 
@@ -91,33 +107,6 @@ class RpcCaller:
     """What the session needs of an RPC client: ``await call(msg, timeout=...)``."""
 
     call: Callable[..., Awaitable[object]]
-
-
-@dataclass
-class SessionLimits:
-    """Counters shared by every session of one smtps process (max_sessions, per client)."""
-
-    total: int = 0
-    per_client: dict[str, int] = field(default_factory=dict)
-
-    def admit(self, client: str, service: SmtpsConfig) -> bool:
-        """Count a new session; False when a limit is reached (answer 421 4.7.0)."""
-        if self.total >= service.max_sessions:
-            return False
-        if self.per_client.get(client, 0) >= service.max_sessions_per_client:
-            return False
-        self.total += 1
-        self.per_client[client] = self.per_client.get(client, 0) + 1
-        return True
-
-    def release(self, client: str) -> None:
-        """Forget a finished session."""
-        self.total -= 1
-        left = self.per_client.get(client, 1) - 1
-        if left:
-            self.per_client[client] = left
-        else:
-            self.per_client.pop(client, None)
 
 
 _RcptKey = tuple[str, str, str | None, str, str]
@@ -169,6 +158,8 @@ class SmtpsContext:
     auth_limiters: dict[str | None, AuthFailureLimiter] = field(default_factory=dict)
     #: smar's recent RCPT verdicts (see _RcptCache).
     rcpt_cache: _RcptCache = field(default_factory=lambda: _RcptCache())
+    #: Room in the queue file system (queue_minfree); None: never checked.
+    space: QueueSpace | None = None
 
 
 @dataclass
@@ -194,6 +185,42 @@ def _proto(esmtp: bool, tls: bool, auth: bool) -> str:
 class Session:
     """One client connection on one smtps service (listener section)."""
 
+    # Slots: thousands of idle sessions are the common case under a flood, and an instance
+    # __dict__ of this many attributes costs about 1.3 KB more per session than slots do.
+    __slots__ = (
+        "_data_bytes",
+        "_data_started",
+        "_fd",
+        "_interrupted",
+        "_line_started",
+        "_sasl",
+        "_scope",
+        "_session_deadline",
+        "_wait_limit",
+        "_waiting",
+        "auth_limiter",
+        "authenticated",
+        "authenticator",
+        "client_address",
+        "core",
+        "ctx",
+        "esmtp",
+        "extensions",
+        "helo",
+        "hostname",
+        "implicit_tls",
+        "messages",
+        "out",
+        "service",
+        "sid",
+        "stream",
+        "tls",
+        "tls_active",
+        "tls_facts",
+        "trusted",
+        "txn",
+    )
+
     def __init__(
         self,
         ctx: SmtpsContext,
@@ -202,6 +229,7 @@ class Session:
         client_address: str,
         session_id: str,
         listener: ListenSocket | None = None,
+        trusted: bool = False,
     ) -> None:
         self.ctx = ctx
         self.service = service
@@ -213,6 +241,8 @@ class Session:
         self.tls = ctx.tls.get(service.name)
         self.implicit_tls = listener is not None and listener.tls == "implicit"
         self.authenticator = ctx.authenticators.get(service.name)
+        #: In relay_clients: exempt from the pregreet test (and from the per-client limits).
+        self.trusted = trusted
         self.auth_limiter = ctx.auth_limiters.get(service.name) or AuthFailureLimiter(
             service.max_auth_failures, service.auth_failure_window
         )
@@ -224,6 +254,7 @@ class Session:
         self.core = ServerConnection(
             self.hostname,
             extensions=self.extensions,
+            max_command_hard_bytes=_COMMAND_HARD_BYTES,
             max_recipients=service.max_recipients,
             max_message_bytes=service.max_message_size,
             bare_newline="normalize" if "bare_newline_normalize" in service.flags else "reject",
@@ -243,6 +274,13 @@ class Session:
         self._scope = trio.CancelScope(deadline=self._session_deadline)
         self._waiting = False
         self._interrupted = False
+        # Deadlines beyond the idle timeout (docs/smtps.md "Slow clients"): when the command line
+        # being received began to arrive, and when the data phase began and how much came since.
+        self._line_started: float | None = None
+        self._data_started: float | None = None
+        self._data_bytes = 0
+        # What the deadline of the current wait is ("io", "line", "rate"), to answer its expiry.
+        self._wait_limit = "io"
         # The plain TCP socket's descriptor for fast writes (None for TLS streams).
         self._fd: int | None = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else None
 
@@ -283,14 +321,14 @@ class Session:
                 raise trio.BrokenResourceError(str(exc)) from exc
             else:
                 await trio.lowlevel.checkpoint()  # stay fair to the other sessions
-                self.core.receive_data(data)
+                self._received(data)
                 return
         # The wait runs under the session's own cancel scope, its deadline brought forward to
         # io_timeout for the wait only: no cancel scope of its own per wait. A session spends its
         # idle life here, and one scope fewer is a fifth of an idle session's memory.
         scope = self._scope
         session_deadline = self._session_deadline
-        scope.deadline = min(session_deadline, trio.current_time() + self.service.io_timeout)
+        scope.deadline = self._wait_deadline(trio.current_time())
         self._waiting = True
         try:
             if fd is None:
@@ -308,7 +346,43 @@ class Session:
         finally:
             self._waiting = False
             scope.deadline = session_deadline
+        self._received(data)
+
+    def _received(self, data: bytes) -> None:
+        if self._data_started is not None:
+            self._data_bytes += len(data)
         self.core.receive_data(data)
+
+    def _wait_deadline(self, now: float) -> float:
+        """When the wait for input starting ``now`` must end, and why (in ``_wait_limit``).
+
+        The idle timeout (``io_timeout``, ``stress_IO_timeout`` in stress mode) bounds each wait;
+        ``command_time_limit`` bounds a whole command line from its first octet; in DATA/BDAT,
+        ``min_data_rate`` after ``data_rate_grace`` bounds the data phase: the deadline is the
+        moment the average rate since the 354 (or the first BDAT) would fall below the minimum.
+        """
+        service = self.service
+        io_timeout = service.io_timeout
+        if self.ctx.limits.stressed:
+            io_timeout = min(io_timeout, service.stress_io_timeout)
+        deadline = min(self._session_deadline, now + io_timeout)
+        limit = "io"
+        if self.core.receiving_line:
+            if self._line_started is None:
+                self._line_started = now
+            line_deadline = self._line_started + service.command_time_limit
+            if line_deadline < deadline:
+                deadline, limit = line_deadline, "line"
+        else:
+            self._line_started = None
+        if self._data_started is not None and service.min_data_rate:
+            rate_deadline = (
+                self._data_started + service.data_rate_grace + self._data_bytes / service.min_data_rate
+            )
+            if rate_deadline < deadline:
+                deadline, limit = max(rate_deadline, now), "rate"
+        self._wait_limit = limit
+        return deadline
 
     def interrupt(self) -> None:
         """Shutdown: stop waiting for the client (the session answers 421 4.3.2).
@@ -342,7 +416,7 @@ class Session:
                 timed_out = not shutdown
             if timed_out:
                 self.out.clear()
-                await self._send_and_close(replies.timeout())
+                await self._send_and_close(self._timeout_reply())
             elif shutdown:
                 await self._send_and_close(replies.shutting_down())
         except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
@@ -353,6 +427,28 @@ class Session:
                 "disconnect", None, session=self.sid, client=self.client_address, messages=self.messages
             )
 
+    def _timeout_reply(self) -> Reply:
+        limit = self._wait_limit
+        if limit == "line":
+            log.info(
+                "session %s: command line from %s took longer than %gs; closing",
+                self.sid,
+                self.client_address,
+                self.service.command_time_limit,
+            )
+            return replies.command_too_slow()
+        if limit == "rate":
+            log.info(
+                "session %s: data from %s slower than %d bytes/s (%d bytes); closing",
+                self.sid,
+                self.client_address,
+                self.service.min_data_rate,
+                self._data_bytes,
+            )
+            return replies.data_too_slow()
+        log.info("session %s: timeout waiting for %s", self.sid, self.client_address)
+        return replies.timeout()
+
     async def _send_and_close(self, reply: Reply) -> None:
         try:
             with trio.move_on_after(5):
@@ -361,7 +457,9 @@ class Session:
             pass
 
     async def _serve(self) -> None:
-        self.reply(replies.greeting(self.hostname))
+        if await self._pregreet():
+            return
+        self.reply(_greeting(self.hostname))
         while True:
             event = self.core.next_event()
             if isinstance(event, ev.NeedData):
@@ -369,10 +467,52 @@ class Session:
                 continue
             if isinstance(event, ev.ConnectionClosed):
                 return
+            self._line_started = None  # a command line (or data) came through: a new clock
             done = await self.handle(event)
             if done:
                 await self.flush()
                 return
+            if len(self.out) > _OUT_MAX:
+                await self.flush()
+
+    async def _pregreet(self) -> bool:
+        """Wait ``greet_pause`` (``stress_greet_pause`` in stress mode) before the greeting.
+
+        RFC 5321 §4.3.1: the client waits for the greeting. A client that talks first is a
+        spam engine that does not listen (Postfix's postscreen "pregreet" test): 554 5.5.1,
+        logged, closed. Returns True when the session must end. Not for implicit TLS (the
+        handshake already needed the client to talk first) nor for trusted clients.
+        """
+        service = self.service
+        pause = service.greet_pause
+        if self.ctx.limits.stressed:
+            pause = max(pause, service.stress_greet_pause)
+        if not pause or self.tls_active or self.trusted:
+            return False
+        fd = self._fd
+        if fd is None:
+            return False  # not a plain socket (a test's memory stream): nothing to peek at
+        with trio.move_on_after(pause):
+            await trio.lowlevel.wait_readable(fd)
+            try:
+                data = os.read(fd, 512)
+            except BlockingIOError:
+                return False
+            except OSError as exc:
+                raise trio.BrokenResourceError(str(exc)) from exc
+            if not data:
+                return True  # closed before the greeting: nothing to answer
+            log.info(
+                "session %s: pregreet: %s sent %r before the greeting; dropped",
+                self.sid,
+                self.client_address,
+                data[:64],
+            )
+            mlog.maillog("rejected", None, session=self.sid, client=self.client_address, reason="pregreet")
+            self.out += replies.pregreet().to_bytes()
+            await self.flush()
+            return True
+        return False
 
     async def handle(self, event: object) -> bool:
         """Answer one event. Returns True when the session must end."""
@@ -389,7 +529,7 @@ class Session:
                 self.reply(replies.helo(self.hostname))
             return False
         if isinstance(event, ev.MailFrom):
-            refusal = self._check_sender(event.address)
+            refusal = self._check_sender(event.address) or self._check_space(event.params.size)
             if refusal is not None:
                 self.reply(refusal)
                 return False
@@ -406,20 +546,33 @@ class Session:
                 self.reply(replies.no_valid_recipients())
                 return False
             self._start_content()
+            if txn.storage_error is None and self._check_space(None) is not None:
+                self._discard_content(txn)
             if txn.storage_error is not None:
                 err, txn.storage_error = txn.storage_error, None  # the client may try DATA again
                 self.reply(replies.insufficient_storage() if err.disk_full else replies.local_error())
             else:
+                self._start_data()
                 self.reply(replies.data_start())
             return False
         if isinstance(event, ev.Bdat):
             self._start_content()
+            txn = self.txn
+            if txn is not None and txn.storage_error is None:
+                # Each chunk: is there still room? (The chunk's octets are read and dropped; the
+                # refusal is the reply to the chunk, see BdatChunkEnd below.)
+                if self._check_space(event.size) is not None:
+                    self._discard_content(txn)
+                elif self._data_started is None:
+                    self._start_data()
             return False
         if isinstance(event, ev.EndOfData):
+            self._data_started = None
             self.reply(await self._end_of_data(event.error))
             return False
         if isinstance(event, ev.BdatChunkEnd):
             if event.error is not None or event.last:
+                self._data_started = None
                 self.reply(await self._end_of_data(event.error))
             elif self.txn is not None and self.txn.storage_error is not None:
                 self.reply(await self._end_of_data(None))
@@ -455,6 +608,35 @@ class Session:
         raise AssertionError(f"unhandled SMTP event {event!r}")
 
     # -- commands --------------------------------------------------------------------------------
+
+    def _check_space(self, size: int | None) -> Reply | None:
+        """``queue_minfree``: 452 4.3.1 when the queue has no room for a message of ``size``."""
+        space = self.ctx.space
+        now = trio.current_time()
+        if space is None or space.room_for(size, now):
+            return None
+        if space.should_log(now):
+            log.warning(
+                "session %s: no room for new mail: queue file system below queue_minfree "
+                "(%d bytes free, %d kept%s) or qmgr's store full: 452 4.3.1 to %s (logged once a minute)",
+                self.sid,
+                space.free(now) or 0,
+                space.minfree,
+                f", SIZE={size}" if size is not None else "",
+                self.client_address,
+            )
+        return replies.insufficient_storage()
+
+    def _start_data(self) -> None:
+        self._data_started = trio.current_time()
+        self._data_bytes = 0
+
+    def _discard_content(self, txn: _Transaction) -> None:
+        """No room: drop the content file; the end of this DATA or BDAT chunk gets 452 4.3.1."""
+        if txn.writer is not None:
+            txn.writer.abort()
+            txn.writer = None
+        txn.storage_error = QueueStorageError("queue below queue_minfree", errno.ENOSPC)
 
     async def _rcpt(self, event: ev.RcptTo) -> None:
         txn = self.txn
@@ -567,6 +749,7 @@ class Session:
         """Finish the content, commit the envelope, and return the reply for the end of data."""
         txn = self.txn
         self.txn = None
+        self._data_started = None
         if txn is None:
             return replies.bad_sequence()
         writer = txn.writer
@@ -598,6 +781,9 @@ class Session:
             log.error("session %s: cannot write %s: %s", self.sid, qid, exc)
             writer.abort()
             return replies.insufficient_storage() if exc.disk_full else replies.local_error()
+        # The content is written and closed; no envelope yet: a crash here must give no 250 and
+        # deliver nothing (qmgr's orphan sweep removes the file).
+        crash_point("after-content")
         sender = str(txn.sender) if isinstance(txn.sender, Address) else ""
         request = QueueEnvelopeCommitRequest(
             qid=qid,
@@ -629,7 +815,10 @@ class Session:
         if not answer.ok:  # type: ignore[attr-defined]
             r = answer.reply  # type: ignore[attr-defined]
             writer.abort()
-            return Reply(r.code, r.enhanced or None, (r.text,))
+            return self._commit_refused(qid, r.code, r.enhanced or "", r.text)
+        # qmgr committed: a crash before the 250 leaves a message the client will send again
+        # (a duplicate, never a loss).
+        crash_point("before-250")
         self.messages += 1
         mlog.maillog(
             "queued",
@@ -643,7 +832,26 @@ class Session:
         )
         return replies.queued(qid)
 
+    def _commit_refused(self, qid: str, code: int, enhanced: str, text: str) -> Reply:
+        """The reply for a commit qmgr refused.
+
+        "The store cannot be written" (452, or the enhanced code 4.3.1: disk full, a full or
+        locked database) is 452 4.3.1 Insufficient system storage, and new messages are refused
+        at MAIL for a few seconds (qmgr answers this while it waits for space; clients should not
+        send bodies meanwhile). Any other temporary refusal is 451 4.3.0: the client retries
+        later. A permanent one (a bad envelope) is passed on as qmgr wrote it.
+        """
+        log.warning("session %s: qmgr refused %s: %d %s %r", self.sid, qid, code, enhanced, text[:200])
+        if code == 452 or enhanced == "4.3.1":
+            if self.ctx.space is not None:
+                self.ctx.space.store_full(trio.current_time())
+            return replies.insufficient_storage()
+        if 400 <= code < 500:
+            return replies.local_error()
+        return replies.relayed(code, enhanced or None, text)
+
     def _abort_transaction(self) -> None:
+        self._data_started = None
         txn, self.txn = self.txn, None
         if txn is not None and txn.writer is not None:
             txn.writer.abort()
@@ -805,6 +1013,19 @@ class Session:
                 )
                 return replies.sender_rejected(text)
         return None
+
+
+_GREETINGS: dict[str, Reply] = {}
+
+
+def _greeting(hostname: str) -> Reply:
+    """The 220 greeting, one Reply per host name: built once, its bytes encoded once."""
+    reply = _GREETINGS.get(hostname)
+    if reply is None:
+        if len(_GREETINGS) > 16:  # host names changed by reloads
+            _GREETINGS.clear()
+        reply = _GREETINGS[hostname] = replies.greeting(hostname)
+    return reply
 
 
 def _tls_comment_lines(facts: TlsFacts) -> list[str]:

@@ -271,7 +271,9 @@ def test_aliases_chain_loop_and_unknown_user(make_daemon: Callable[..., Meta1Dae
 
 
 def test_per_client_session_limit(make_daemon: Callable[..., Meta1Daemon]) -> None:
-    with make_daemon(sections={"smtps": "max_sessions_per_client = 2;"}) as daemon:
+    # 127.0.0.1 is a relay client, exempt from per-client limits unless limit_relay_clients.
+    smtps = "max_sessions_per_client = 2; limit_relay_clients = yes;"
+    with make_daemon(sections={"smtps": smtps}) as daemon:
         first, second = daemon.connect(), daemon.connect()
         try:
             assert daemon.read_line(first).startswith(b"220 ")

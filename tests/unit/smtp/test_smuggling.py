@@ -118,10 +118,46 @@ def test_starttls_injection_is_discarded() -> None:
 
 
 def test_endless_line_is_not_buffered() -> None:
-    conn = ServerConnection("mx.test")
+    # Below the hard cap (raised here): the line is dropped as it arrives, answered at its end.
+    conn = ServerConnection("mx.test", max_command_hard_bytes=8 * 1024 * 1024)
     policy = Policy(conn)
     policy.greet()
     for _ in range(1000):
         policy.feed(b"A" * 4096)
         assert conn.pending_input <= 512
     assert policy.feed(b"\r\nNOOP\r\n") == b"500 5.5.2 Line too long\r\n250 2.0.0 Ok\r\n"
+
+
+def test_endless_line_past_the_hard_cap_is_cut_at_once() -> None:
+    # Issue 16: 94 MiB of 'A' without CRLF were read for 45 s with no reply. Past
+    # max_command_hard_bytes (64 KiB by default) the core answers 421 4.7.0 without waiting for
+    # the line end, however the octets arrive, and reads nothing more.
+    for step in (1, 4096, 65536, 200_000):
+        conn = ServerConnection("mx.test")
+        policy = Policy(conn)
+        policy.greet()
+        out = b""
+        sent = 0
+        while not out and sent < 300_000:
+            out = policy.feed(b"A" * step)
+            sent += step
+            assert conn.pending_input <= 512
+        assert out == b"421 4.7.0 Line too long, closing connection\r\n", (step, out)
+        assert 65536 <= sent < 65536 + max(step, 512) + 1
+        assert conn.state is State.CLOSED
+        assert not conn.receiving_line
+
+
+def test_receiving_line_tracks_a_partial_command() -> None:
+    conn = ServerConnection("mx.test")
+    policy = Policy(conn)
+    policy.greet()
+    assert not conn.receiving_line
+    policy.feed(b"EHL")
+    assert conn.receiving_line
+    policy.feed(b"O c.example\r\n")
+    assert not conn.receiving_line
+    policy.feed(b"NOOP " + b"x" * 600)  # past max_command_bytes: being skipped
+    assert conn.receiving_line and conn.pending_input == 0
+    assert policy.feed(b"\r\n") == b"500 5.5.2 Line too long\r\n"
+    assert not conn.receiving_line

@@ -89,6 +89,8 @@ def test_every_named_reply_has_an_enhanced_code() -> None:
             args = ("x",)
         if name == "bdat_ok":
             args = (1,)
+        if name == "relayed":
+            args = (554, None, "x")  # a missing enhanced code is filled in
         r = fn(*args)
         assert isinstance(r, Reply)
         assert (r.enhanced is None) == (name in exempt), name
@@ -177,3 +179,10 @@ def test_greeting_554_only_quit() -> None:
     assert s.send(ev.reply).startswith(b"503")  # type: ignore[union-attr]
     s.next_event()
     assert s.send(replies.closing()).startswith(b"221")
+
+
+def test_relayed_replies_keep_a_matching_enhanced_code() -> None:
+    assert replies.relayed(554, "5.5.0", "bad envelope").to_bytes() == b"554 5.5.0 bad envelope\r\n"
+    assert replies.relayed(452, "5.3.1", "x").enhanced == "4.0.0"  # class must match the code
+    assert replies.relayed(250, "2.0.0", "x").code == 451  # never a success from a refusal
+    assert replies.relayed(451, "4.3.0", "a\r\nb").lines == ("a  b",)
