@@ -6,16 +6,20 @@ NAME
 DESCRIPTION
     mcp reads meta1.conf (``-f``, else ``$META1_CONF``, else /etc/meta1/meta1.conf if it exists,
     else the built-in defaults) and reports every error before doing anything else. It then
-    creates the queue, run and mail directories, binds every smtps ``listen_socket`` and the RPC
-    sockets ``qmgr.sock``, ``smar.sock`` and ``smtpc.sock`` in ``run_directory``, writes
-    ``mcp.pid`` there, and starts qmgr, smar, smtpc and smtps, each inheriting only its own
-    descriptors: forked from a preloaded fork server (meta1py.mcp.forkserver), so that they share
-    the interpreter's memory, or as a fresh interpreter (``python -m meta1py.<name>``) without
-    one. It reports ``READY=1`` to ``$NOTIFY_SOCKET`` once every worker said it is ready.
+    creates and repairs the queue, content, run and mail directories as the ownership model
+    says (meta1py.ownership), checks that the worker users can read Python, binds every smtps
+    ``listen_socket`` and the RPC sockets ``qmgr.sock``, ``smar.sock`` and ``smtpc.sock`` in
+    ``run_directory``, writes ``mcp.pid`` there, and starts qmgr, smar, smtpc and smtps, each
+    inheriting only its own descriptors: forked from a preloaded fork server
+    (meta1py.mcp.forkserver), so that they share the interpreter's memory, or as a fresh
+    interpreter (``python -m meta1py.<name>``) without one. It reports ``READY=1`` to
+    ``$NOTIFY_SOCKET`` once every worker said it is ready.
 
-    A worker that dies is restarted with exponential backoff (0.1 s doubling to 10 s);
-    ``restart_dependencies`` are restarted with it. Exit status 64, 77 or 78, or 10 deaths
-    within 60 s, is a hard failure: mcp stops every worker and exits. SIGTERM/SIGINT stop the
+    A worker that dies is restarted with exponential backoff (0.1 s doubling to 60 s, back to
+    0.1 s after 30 s of steady running); ``restart_dependencies`` are restarted with it. mcp
+    never gives up on a worker that keeps dying: the other workers keep serving meanwhile. Only
+    exit status 64, 77 or 78 (usage, privileges, configuration: a restart cannot fix them) is a
+    hard failure: mcp stops every worker and exits. SIGTERM/SIGINT stop the
     workers in reverse order (smtps first) and mcp exits 0. SIGHUP re-reads the configuration;
     a valid one is applied by restarting the workers one at a time while the listening sockets
     stay open, an invalid one is logged and ignored. See docs/mcp.md.
@@ -33,7 +37,7 @@ PEERS
 
 DIAGNOSTICS
     Log lines ``meta1py/mcp[PID]: LEVEL: ...`` on stderr (or syslog with ``--syslog``).
-    Exit statuses: 0 clean stop; 1 a worker kept dying or could not start; 64 usage error (mcp
+    Exit statuses: 0 clean stop; 1 a worker could not be started; 64 usage error (mcp
     or a worker); 71 a socket, directory or pid file could not be set up (the message names the
     address or path); 77 a worker could not drop privileges; 78 configuration error.
 """

@@ -6,11 +6,15 @@ request (a signal or a hard failure) and then stops the workers in reverse start
 Restart policy (documented for operators in docs/mcp.md):
 
 - A worker that exits or is killed is restarted after a backoff that starts at
-  ``BACKOFF_INITIAL_S`` and doubles up to ``BACKOFF_MAX_S``; a worker that ran for
-  ``STABLE_S`` before dying starts again from the initial backoff.
+  ``BACKOFF_INITIAL_S`` and doubles up to ``BACKOFF_MAX_S`` (:class:`RestartPolicy`); a worker
+  that ran for ``STABLE_S`` before dying starts again from the initial backoff.
+- A worker that keeps dying (``RESTART_LIMIT`` deaths within ``RESTART_WINDOW_S``) is in a crash
+  loop: mcp says so once at critical level and restarts it at the longest delay until it stays
+  up, but never gives up on it. Giving up stopped the whole MTA for a fault of one worker (a
+  full disk under qmgr, one hostile DNS answer in smar) that is often gone a minute later, while
+  the other workers can still serve: smtps answers 4xx while qmgr is down, and nothing is lost.
 - Exit status 64 (usage), 77 (privileges) or 78 (configuration) is a hard failure: restarting
-  cannot help. So is dying ``RESTART_LIMIT`` times within ``RESTART_WINDOW_S`` (a crash loop).
-  On a hard failure mcp stops every worker and exits with the worker's status (64/77/78) or 1.
+  cannot help. mcp stops every worker and exits with the worker's status.
 - ``restart_dependencies`` of a worker that died are restarted with it (their exit is planned,
   so it is neither backed off nor counted).
 
@@ -65,7 +69,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BACKOFF_INITIAL_S = 0.1
-BACKOFF_MAX_S = 10.0
+BACKOFF_MAX_S = 60.0
 STABLE_S = 30.0
 RESTART_LIMIT = 10
 RESTART_WINDOW_S = 60.0
@@ -77,7 +81,7 @@ HARD_FAILURE_STATUSES = frozenset({EX_USAGE, EX_NOPERM, EX_CONFIG})
 
 
 def restart_limit_from_env() -> tuple[int, float]:
-    """``(deaths, window_s)`` for the crash-loop rule; ``META1_RESTART_LIMIT=N/SECONDS`` overrides.
+    """``(deaths, window_s)`` that make a crash loop; ``META1_RESTART_LIMIT=N/SECONDS`` overrides.
 
     The override exists for tests and for operators who want a different tolerance; malformed
     values are ignored with a warning.
@@ -95,6 +99,68 @@ def restart_limit_from_env() -> tuple[int, float]:
     return RESTART_LIMIT, RESTART_WINDOW_S
 
 
+def backoff_max_from_env() -> float:
+    """The longest restart delay; ``META1_RESTART_BACKOFF_MAX=SECONDS`` overrides (tests)."""
+    text = os.environ.get("META1_RESTART_BACKOFF_MAX")
+    if text:
+        try:
+            value = float(text)
+            if value >= BACKOFF_INITIAL_S:
+                return value
+        except ValueError:
+            pass
+        log.warning(
+            "ignoring malformed META1_RESTART_BACKOFF_MAX=%r (want SECONDS >= %g)", text, BACKOFF_INITIAL_S
+        )
+    return BACKOFF_MAX_S
+
+
+@dataclass(frozen=True, slots=True)
+class RestartDecision:
+    """What to do after a worker died (not for a planned exit or a hard-failure status)."""
+
+    delay_s: float
+    #: The worker has just entered a crash loop (said once per loop, not at every death).
+    crash_loop_started: bool
+    #: Deaths counted within the window, this one included.
+    recent_deaths: int
+
+
+@dataclass
+class RestartPolicy:
+    """Pure restart backoff for one worker: capped exponential, never giving up.
+
+    The delay starts at ``initial_s`` and doubles at each death up to ``max_s``; a worker that
+    ran ``stable_s`` before it died starts again from ``initial_s`` (and leaves its crash loop).
+    ``loop_deaths`` deaths within ``loop_window_s`` is a crash loop: the delay goes straight to
+    ``max_s`` and stays there until the worker runs ``stable_s``.
+    """
+
+    initial_s: float = BACKOFF_INITIAL_S
+    max_s: float = BACKOFF_MAX_S
+    stable_s: float = STABLE_S
+    loop_deaths: int = RESTART_LIMIT
+    loop_window_s: float = RESTART_WINDOW_S
+    deaths: deque[float] = field(default_factory=deque)
+    in_loop: bool = False
+    _next_s: float = -1.0
+
+    def on_death(self, now: float, ran_s: float) -> RestartDecision:
+        """Record a death at ``now`` of a worker that ran ``ran_s``; return the restart delay."""
+        if self._next_s < 0 or ran_s >= self.stable_s:
+            self._next_s = self.initial_s
+            self.in_loop = False
+        self.deaths.append(now)
+        while self.deaths and self.deaths[0] < now - self.loop_window_s:
+            self.deaths.popleft()
+        started = False
+        if len(self.deaths) >= self.loop_deaths and not self.in_loop:
+            self.in_loop = started = True
+        delay = self.max_s if self.in_loop else min(self._next_s, self.max_s)
+        self._next_s = min(self._next_s * 2, self.max_s)
+        return RestartDecision(delay, started, len(self.deaths))
+
+
 @dataclass
 class WorkerState:
     """mcp's bookkeeping for one worker name across restarts."""
@@ -102,7 +168,7 @@ class WorkerState:
     name: str
     child: Child | None = None
     generation: int = 0
-    deaths: deque[float] = field(default_factory=deque)
+    policy: RestartPolicy = field(default_factory=RestartPolicy)
     changed: trio.Event = field(default_factory=trio.Event)
     #: Set to retire the current child without waiting for it to exit (smtps handover on reload):
     #: the supervising task starts a successor at once and the old child drains on its own.
@@ -150,14 +216,23 @@ class Supervisor:
         self.rpc_sockets = rpc_sockets
         self.accounts = accounts
         self.syslog = syslog
-        self.states = {name: WorkerState(name) for name in WORKER_NAMES}
+        self.restart_limit, self.restart_window_s = restart_limit_from_env()
+        backoff_max_s = backoff_max_from_env()
+        self.states = {
+            name: WorkerState(
+                name,
+                policy=RestartPolicy(
+                    max_s=backoff_max_s, loop_deaths=self.restart_limit, loop_window_s=self.restart_window_s
+                ),
+            )
+            for name in WORKER_NAMES
+        }
         #: Old smtps processes finishing their sessions after a handover.
         self.draining: set[Child] = set()
         self.stopping = False
         self.failure: tuple[int, str] | None = None
         self.shutdown_requested = trio.Event()
         self.announced_ready = False
-        self.restart_limit, self.restart_window_s = restart_limit_from_env()
         self._reload_lock = trio.Lock()
         # The lifeline: workers hold the read end; when mcp dies for any reason the kernel closes
         # the write end and every worker sees EOF. Nobody ever writes to it.
@@ -210,7 +285,6 @@ class Supervisor:
         return child
 
     async def _supervise(self, state: WorkerState) -> None:
-        backoff = BACKOFF_INITIAL_S
         name = state.name
         while not self.stopping:
             try:
@@ -241,27 +315,31 @@ class Supervisor:
                 assert status is not None
                 self._hard_fail(status, f"{name} (pid {child.pid}) {what}: not restarting it")
                 return
-            state.deaths.append(now)
-            while state.deaths and state.deaths[0] < now - self.restart_window_s:
-                state.deaths.popleft()
-            if len(state.deaths) >= self.restart_limit:
-                self._hard_fail(
-                    EX_CRASH,
-                    f"{name} died {len(state.deaths)} times within "
-                    f"{self.restart_window_s:g}s (last: pid {child.pid} {what})",
+            decision = state.policy.on_death(now, ran_s)
+            if decision.crash_loop_started:
+                log.critical(
+                    "%s is in a crash loop: died %d times within %gs (last: pid %d %s); "
+                    "restarting it every %gs until it stays up",
+                    name,
+                    decision.recent_deaths,
+                    self.restart_window_s,
+                    child.pid,
+                    what,
+                    decision.delay_s,
                 )
-                return
-            if ran_s >= STABLE_S:
-                backoff = BACKOFF_INITIAL_S
             log.error(
-                "%s (pid %d) %s after %.1fs; restarting in %.2fs", name, child.pid, what, ran_s, backoff
+                "%s (pid %d) %s after %.1fs; restarting in %.2fs",
+                name,
+                child.pid,
+                what,
+                ran_s,
+                decision.delay_s,
             )
-            notify(f"STATUS={name} {what}; restarting")
+            notify(f"STATUS={name} {what}; restarting in {decision.delay_s:g}s")
             section = process_config(self.cfg, name)
             for dependent in getattr(section, "restart_dependencies", ()):
                 self._restart_soon(dependent, reason=f"it depends on {name}")
-            await trio.sleep(backoff)
-            backoff = min(backoff * 2, BACKOFF_MAX_S)
+            await trio.sleep(decision.delay_s)
 
     async def _await_ready(self, child: Child) -> None:
         with trio.move_on_after(READY_TIMEOUT_S):

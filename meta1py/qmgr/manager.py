@@ -16,6 +16,13 @@ When smtpc itself goes away in the middle of deliveries (it crashed, was killed,
 restarted by mcp), the jobs it was running learnt nothing about their destinations: they go back
 to the scheduler (``requeued`` in the maillog, no attempt counted, no retry delay) and dispatching
 pauses until qmgr is connected to smtpc again (:meth:`QueueManager._wait_for_agent`).
+
+When the store cannot be written (disk full, quota, I/O error, a locked database), qmgr does not
+die: see :meth:`QueueManager._store_failed`. What it could not write and may safely keep in memory
+(recipient results and retry times) waits in ``_unsaved`` and is written again with backoff;
+nothing is finished (deleted, its content removed) until that is recorded; new messages are
+refused with 452 4.3.1 (451 4.3.0 for other errors) by the failing commit itself; deliveries
+pause until a write succeeds again.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ import trio
 
 from meta1py import log as mlog
 from meta1py.conf import Config
+from meta1py.crashpoints import crash_point
 from meta1py.offload import OffloadThread
 from meta1py.qmgr.bounce import DsnRecipient, build_dsn
 from meta1py.qmgr.scheduler import Job, Scheduler
@@ -40,6 +48,7 @@ from meta1py.queue.content import (
     ContentWriter,
     DirectorySyncer,
     content_file,
+    content_in_use,
     content_path,
     open_content,
     remove_content,
@@ -58,11 +67,12 @@ from meta1py.queue.envelopes import (
     RecipientStatus,
     RecipientUpdate,
     StoreOp,
+    UnknownMessageError,
     UpdateRecipients,
 )
 from meta1py.queue.errors import QueueStorageError
 from meta1py.queue.ids import is_queue_id
-from meta1py.rpc.errors import RpcError, RpcPeerGoneError
+from meta1py.rpc.errors import RpcError, RpcPeerGoneError, RpcRemoteError
 from meta1py.rpc.messages import (
     QueueControlReply,
     QueueControlRequest,
@@ -86,7 +96,15 @@ _MAX_REPLY_CHARS = 500
 # Recovered recipients that were due while qmgr was down come back spread over this window, so a
 # restart with a large deferred queue does not retry everything in one burst.
 _RECOVERY_SPREAD_S = 30.0
-_ORPHAN_SCAN_INTERVAL_S = 600.0
+# While the envelope store cannot be written, qmgr tries again after this delay, doubling up to the
+# maximum, until a write succeeds (then everything kept in memory is written and deliveries go on).
+_STORE_RETRY_MIN_S = 0.5
+_STORE_RETRY_MAX_S = 15.0
+# Content removals that failed (EIO on the WAL's fsync or an unlink) are tried again this much later.
+_REMOVAL_RETRY_S = 5.0
+# Written by a qmgr that stopped with no delivery in flight, removed at start: without it, the
+# recipients that were due may have been in delivery when qmgr died (see recover()).
+CLEAN_STOP_NAME = "qmgr.stopped"
 # While smtpc is unreachable, dispatching pauses; qmgr looks again after this delay, doubling up
 # to the maximum.  The delay also grows when smtpc goes away again right after it came back (a
 # crash loop), and falls back to the minimum once smtpc answers a delivery.
@@ -94,7 +112,7 @@ _AGENT_BACKOFF_MIN_S = 0.1
 _AGENT_BACKOFF_MAX_S = 2.0
 # A job whose delivery loses smtpc this many times is suspected of killing it (a message that
 # crashes the agent): that loss counts as an ordinary temporary failure, with retry_min/retry_max
-# backoff, so that one message cannot keep smtpc in a crash loop until mcp gives up on it.
+# backoff, so that one message cannot keep smtpc in a crash loop (slower and slower restarts).
 _AGENT_LOSSES_MAX = 3
 
 
@@ -205,6 +223,16 @@ class QueueManager:
         self.started_at = time.time()
         delivery_timeout = config.smtpc.io_timeout * 12 + 60
         self._delivery_timeout_s = delivery_timeout
+        # The envelope store's health (see _store_failed): the error of the last write that
+        # failed, None while writes succeed; recipient updates that could not be written yet.
+        self.store_error: QueueStorageError | None = None
+        self._unsaved: dict[str, set[int]] = {}
+        self._store_trouble = trio.Event()
+        self.store_outages = 0
+        """How many times the store stopped taking writes (for tests and diagnostics)."""
+        # Recipients whose last delivery may have reached the destination although no result
+        # came back (smtpc went away in the middle): their next delivery may be a duplicate.
+        self._maybe_sent: dict[str, set[int]] = {}
 
     # -- start-up ------------------------------------------------------------------------------
 
@@ -219,6 +247,12 @@ class QueueManager:
         """
         now = time.time()
         spread = min(_RECOVERY_SPREAD_S, max(1.0, self.qcfg.retry_min))
+        marker = self.queue_dir / CLEAN_STOP_NAME
+        clean = marker.exists()
+        try:
+            marker.unlink(missing_ok=True)
+        except OSError as exc:
+            log.warning("cannot remove %s: %s", marker, exc)
         envelopes = self.store.load_unfinished()
         finished = set(self.store.finished_ids())
         if finished:
@@ -232,6 +266,10 @@ class QueueManager:
             updates = []
             for r in msg.pending():
                 if r.next_attempt <= now:
+                    if not clean:
+                        # It was due when qmgr died, so it may have been in delivery: smtpc may
+                        # have got the destination's 250 with nobody left to tell.
+                        self._maybe_sent.setdefault(env.qid, set()).add(r.idx)
                     when = now + self.rng.uniform(0, spread)
                     msg.rcpts[r.idx] = replace(r, next_attempt=when)
                     updates.append(
@@ -240,29 +278,62 @@ class QueueManager:
                 if r.status == "deferred" and r.destination:
                     self._deferred_by_dest.setdefault(r.destination, set()).add(env.qid)
             if updates:
-                self.store.update_recipients(env.qid, updates)
+                try:
+                    self.store.update_recipients(env.qid, updates)
+                except QueueStorageError as exc:
+                    # A full disk must not keep qmgr from starting: the spread times live in memory
+                    # and are written once the store takes writes again.
+                    self._store_failed(exc, f"{env.qid}: recovered retry times")
+                    self._keep_unsaved(env.qid, (u.idx for u in updates))
             pending = msg.pending()
             self._schedule(env.qid, min((r.next_attempt for r in pending), default=now))
             loaded += 1
         self._remove_orphans(now)
         log.info("recovery: %d messages in the queue (%d finished)", loaded, len(finished))
+        if self._maybe_sent:
+            log.warning(
+                "recovery after qmgr stopped uncleanly: %d recipients were due and may have been "
+                "in delivery; if delivered again they are logged with dup=possible",
+                sum(len(v) for v in self._maybe_sent.values()),
+            )
+
+    def mark_clean_stop(self) -> None:
+        """Note that qmgr stops with no delivery in flight (read by the next :meth:`recover`)."""
+        try:
+            (self.queue_dir / CLEAN_STOP_NAME).touch()
+        except OSError as exc:
+            log.warning("cannot write %s: %s", CLEAN_STOP_NAME, exc)
 
     def _remove_orphans(self, now: float) -> int:
-        """Remove content files that no envelope refers to and that no session can still be writing."""
-        grace = max((s.session_timeout for s in self.config.smtps), default=3600.0) + 60
-        known = self.store.all_ids()
+        """Remove content files that no envelope refers to and that no session can still be writing.
+
+        A content file is an orphan when no envelope (in the store or in memory) names it, no
+        process holds it open for writing (its writer's lock, :func:`content_in_use`), and it has
+        not changed for ``qmgr { orphan_min_age }``: longer than smtps waits for qmgr's answer to
+        a commit after it closed the file (twice 60 s), so a message on its way to the store is
+        never taken for one. Runs at start and every ``orphan_sweep_interval``.
+        """
+        min_age = self.qcfg.orphan_min_age
+        try:
+            known = self.store.all_ids()
+        except QueueStorageError as exc:
+            log.warning("orphan sweep skipped: %s", exc)
+            return 0
         removed = 0
         for qid in scan_content_ids(self.queue_dir):
             if qid in known or qid in self.messages:
                 continue
             path = content_path(self.queue_dir, qid)
             try:
-                if now - path.stat().st_mtime < grace:
+                if now - path.stat().st_mtime < min_age or content_in_use(path):
                     continue
+                if remove_content(self.queue_dir, qid):
+                    removed += 1
+                    log.info("%s: removed orphaned content file (no envelope)", qid)
             except FileNotFoundError:
                 continue
-            remove_content(self.queue_dir, qid)
-            removed += 1
+            except OSError as exc:
+                log.warning("%s: cannot remove orphaned content file: %s", qid, exc)
         if removed:
             log.info("removed %d orphaned content files", removed)
         return removed
@@ -275,6 +346,7 @@ class QueueManager:
             self._nursery = nursery
             nursery.start_soon(self._orphan_loop)
             nursery.start_soon(self._removal_loop)
+            nursery.start_soon(self._store_repair_loop)
             task_status.started()
             await self._loop()
 
@@ -299,11 +371,14 @@ class QueueManager:
     async def _loop(self) -> None:
         while True:
             now = time.time()
-            while self._timers and self._timers[0][0] <= now:
+            # While the store cannot be written, nothing is started: a delivery's result could
+            # not be recorded either (the timers stay; they fire once the store is back).
+            while self.store_error is None and self._timers and self._timers[0][0] <= now:
                 _when, _seq, qid = heapq.heappop(self._timers)
                 self._make_due(qid, now)
-            self._dispatch(now)
-            delay = self._timers[0][0] - now if self._timers else 3600.0
+            if self.store_error is None:
+                self._dispatch(now)
+            delay = self._timers[0][0] - now if self._timers and self.store_error is None else 3600.0
             with trio.move_on_after(max(0.0, min(delay, 3600.0))):
                 await self._wake.wait()
             self._wake = trio.Event()
@@ -311,27 +386,154 @@ class QueueManager:
     async def _removal_loop(self) -> None:
         """Remove the content files of finished messages, many per trip to a worker thread.
 
-        A crash before a removal leaves an orphan, which the start-up scan removes.
+        A crash before a removal leaves an orphan, which the sweep removes. A removal that fails
+        (the WAL cannot be fsync'd, an I/O error) is tried again later, never skipped: the
+        content may go only once the deletion is durable.
         """
         while True:
             await self._removals_wake.wait()
             self._removals_wake = trio.Event()
             batch, self._removals = self._removals, []
 
-            def remove_all(qids: list[str] = batch) -> None:
+            def remove_all(qids: list[str] = batch) -> list[str]:
                 # The deletions were committed without an fsync (GroupCommitter, durable=False):
                 # make them durable before their content goes, or a system crash could bring
                 # back a message without its content.
                 self.committer.store.sync()
+                failed = []
                 for qid in qids:
-                    remove_content(self.queue_dir, qid)
+                    try:
+                        remove_content(self.queue_dir, qid)
+                    except OSError as exc:
+                        log.warning("%s: cannot remove content file: %s; will retry", qid, exc)
+                        failed.append(qid)
+                return failed
 
-            await self._removal_thread.run(remove_all)
+            try:
+                failed = await self._removal_thread.run(remove_all)
+            except OSError as exc:
+                log.error("cannot sync the envelope store before removing content: %s; will retry", exc)
+                failed = batch
+            if failed:
+                self._removals.extend(failed)
+                await trio.sleep(_REMOVAL_RETRY_S)
+                self._removals_wake.set()
 
     async def _orphan_loop(self) -> None:
         while True:
-            await trio.sleep(_ORPHAN_SCAN_INTERVAL_S)
+            await trio.sleep(self.qcfg.orphan_sweep_interval)
             await trio.to_thread.run_sync(self._remove_orphans, time.time())
+
+    # -- store faults ----------------------------------------------------------------------------
+
+    def _store_failed(self, exc: QueueStorageError, what: str) -> None:
+        """A write to the envelope store failed: remember it, pause, and start trying again.
+
+        Until a write succeeds again (:meth:`_store_repair_loop`), no delivery starts and what
+        could not be written stays in memory. The first failure of an outage is an error in the
+        log; the others of the same outage are only debug lines.
+        """
+        if self.store_error is None:
+            self.store_outages += 1
+            log.error(
+                "envelope store cannot be written (%s: %s): new mail is refused with 4xx and "
+                "deliveries pause until it can; trying again in %gs",
+                what,
+                exc,
+                _STORE_RETRY_MIN_S,
+            )
+            self._store_trouble.set()
+        else:
+            log.debug("envelope store still cannot be written (%s: %s)", what, exc)
+        self.store_error = exc
+
+    def _store_ok(self) -> None:
+        if self.store_error is not None:
+            log.info("envelope store can be written again: resuming")
+            self.store_error = None
+            self.wake()
+
+    def _keep_unsaved(self, qid: str, idxs: Iterable[int]) -> None:
+        self._unsaved.setdefault(qid, set()).update(idxs)
+
+    def _current_updates(self, msg: _Msg, idxs: Iterable[int]) -> list[RecipientUpdate]:
+        """Recipient updates that write the in-memory state of ``idxs`` (memory is the truth)."""
+        out = []
+        for idx in idxs:
+            r = msg.rcpts.get(idx)
+            if r is not None:
+                out.append(
+                    RecipientUpdate(
+                        idx, r.status, r.attempts, r.next_attempt, r.last_reply, r.destination, r.last_attempt
+                    )
+                )
+        return out
+
+    async def _write_updates(self, msg: _Msg, updates: tuple[RecipientUpdate, ...], what: str) -> bool:
+        """Record recipient updates (no fsync of their own); keep them in memory if that fails.
+
+        The caller updates ``msg.rcpts`` with the same values whatever happens: memory is the
+        truth, and the store catches up. Recipients of the message still unsaved go along.
+
+        Returns:
+            True when written, False when left to :meth:`_store_repair_loop`.
+        """
+        qid = msg.env.qid
+        waiting = self._unsaved.pop(qid, set()) - {u.idx for u in updates}
+        if waiting:
+            updates = (*updates, *self._current_updates(msg, sorted(waiting)))
+        try:
+            await self.committer.update_recipients(qid, updates, durable=False)
+        except QueueStorageError as exc:
+            self._store_failed(exc, f"{qid}: {what}")
+            self._keep_unsaved(qid, (u.idx for u in updates))
+            return False
+        except UnknownMessageError:
+            return True  # deleted meanwhile (by an operator): nothing left to record
+        self._store_ok()
+        return True
+
+    async def _flush_unsaved(self) -> None:
+        """Write what the store refused before; raise QueueStorageError if it still refuses."""
+        if not self._unsaved:
+            await self.committer.probe()
+            return
+        for qid in list(self._unsaved):
+            idxs = self._unsaved.pop(qid, None)
+            msg = self.messages.get(qid)
+            if not idxs or msg is None or msg.deleted:
+                continue
+            # Built from memory now, not from what failed earlier: a newer result always wins.
+            updates = tuple(self._current_updates(msg, sorted(idxs)))
+            try:
+                await self.committer.update_recipients(qid, updates, durable=False)
+            except QueueStorageError:
+                self._keep_unsaved(qid, idxs)
+                raise
+            except UnknownMessageError:
+                continue
+
+    async def _store_repair_loop(self) -> None:
+        """While the store cannot be written, try again with backoff; resume once it can."""
+        while True:
+            await self._store_trouble.wait()
+            self._store_trouble = trio.Event()
+            delay = _STORE_RETRY_MIN_S
+            started = time.monotonic()
+            while self.store_error is not None or self._unsaved:
+                await trio.sleep(delay)
+                try:
+                    await self._flush_unsaved()
+                except QueueStorageError as exc:
+                    self._store_failed(exc, "retry")
+                    delay = min(delay * 2, _STORE_RETRY_MAX_S)
+                    continue
+                if self.store_error is not None:
+                    log.info(
+                        "envelope store writable again after %.1fs: resuming", time.monotonic() - started
+                    )
+                    self.store_error = None
+                self.wake()
 
     def _make_due(self, qid: str, now: float) -> None:
         msg = self.messages.get(qid)
@@ -469,7 +671,9 @@ class QueueManager:
             for idx, attempts, when in updates
         )
         if not msg.deleted:
-            await self.committer.update_recipients(msg.env.qid, ups, durable=False)
+            # If the store refuses it, the retry time is kept in memory (safe: a crash before it
+            # is written only makes the recipient due earlier) and written later.
+            await self._write_updates(msg, ups, "deferral")
         for idx, attempts, when in updates:
             msg.rcpts[idx] = replace(
                 msg.rcpts[idx],
@@ -601,6 +805,7 @@ class QueueManager:
                 route.destination,
             )
             self._pause_for_agent(exc)
+            self._maybe_sent.setdefault(env.qid, set()).update(job.recipients)
             verdict = False
             text = f"delivery agent unavailable: {exc} (lost {job.agent_losses} times on this message)"
             reply = SmtpReplyValue(code=451, enhanced="4.3.0", text=text)
@@ -638,6 +843,9 @@ class QueueManager:
         """
         self.scheduler.requeue(job)
         reason = f"delivery agent unavailable: {exc}"[:_MAX_REPLY_CHARS]
+        # smtpc may have died after the destination accepted the message: the next delivery of
+        # these recipients may be a second copy. Both lines say so (dup=possible).
+        self._maybe_sent.setdefault(msg.env.qid, set()).update(job.recipients)
         for idx in job.recipients:
             mlog.maillog(
                 "requeued",
@@ -646,6 +854,7 @@ class QueueManager:
                 relay=job.destination,
                 status="requeued",
                 reason=reason,
+                dup="possible",
             )
         self._pause_for_agent(exc)
         if not self.scheduler.active:
@@ -738,6 +947,12 @@ class QueueManager:
             if remote:
                 msg.remote_mta[idx] = remote
             attempts = r.attempts + 1
+            maybe_sent = self._maybe_sent.get(env.qid)
+            dup: dict[str, str] = {}
+            if maybe_sent is not None and idx in maybe_sent and status != "temp":
+                maybe_sent.discard(idx)
+                if status == "ok":
+                    dup = {"dup": "possible"}
             if status == "ok":
                 finals.append(RecipientUpdate(idx, "delivered", attempts, 0.0, text, dest, now))
                 mlog.maillog(
@@ -748,6 +963,7 @@ class QueueManager:
                     status="sent",
                     delay=f"{now - env.arrival_time:.2f}",
                     reply=text,
+                    **dup,
                 )
             elif status == "perm" or expired:
                 final_status: RecipientStatus = "bounced" if status == "perm" else "expired"
@@ -783,7 +999,9 @@ class QueueManager:
             msg.finishing = True
             await self._finish(msg, tuple(finals))
         elif not msg.deleted:
-            await self.committer.update_recipients(env.qid, tuple(finals), durable=False)
+            # Kept in memory if the store refuses it; the message is not finished before it is
+            # written (a crash meanwhile means these recipients are tried again: a duplicate).
+            await self._write_updates(msg, tuple(finals), "delivery results")
 
     # -- the end of a message ----------------------------------------------------------------------
 
@@ -845,7 +1063,7 @@ class QueueManager:
                 # too) and try the bounce again later; never redeliver what was delivered.
                 log.error("%s: cannot write bounce: %s; will retry", env.qid, exc)
                 if finals:
-                    await self.committer.update_recipients(env.qid, finals)
+                    await self._write_updates(msg, finals, "final results")
                 msg.finishing = False
                 retry_s = min(self.qcfg.retry_max, max(60.0, self.qcfg.retry_min))
                 self._schedule(env.qid, time.time() + retry_s)
@@ -855,11 +1073,19 @@ class QueueManager:
             # Not durable by itself: the removal loop syncs the store before it removes content.
             await self.committer.apply_atomic(ops, durable=False)
         except QueueStorageError as exc:
-            log.error("%s: cannot finish message: %s", env.qid, exc)
+            # Nothing is finished that could not be recorded: the message stays (its results in
+            # memory, written when the store is back) and is finished again later.
+            self._store_failed(exc, f"{env.qid}: finishing the message")
             if bounce_writer is not None:
                 bounce_writer.abort()
+            if finals:
+                self._keep_unsaved(env.qid, (u.idx for u in finals))
             msg.finishing = False
-            raise
+            self._schedule(env.qid, time.time() + _STORE_RETRY_MIN_S)
+            return
+        self._store_ok()
+        self._unsaved.pop(env.qid, None)
+        self._maybe_sent.pop(env.qid, None)
         msg.deleted = True
         self.messages.pop(env.qid, None)
         if bounce_writer is not None:
@@ -945,7 +1171,12 @@ class QueueManager:
         if isinstance(msg, QueueEnvelopeCommitRequest):
             return await self._commit(msg)
         if isinstance(msg, QueueControlRequest):
-            return await self._control(msg)
+            try:
+                return await self._control(msg)
+            except QueueStorageError as exc:
+                # The operator learns it (meta1 queue prints the error); qmgr goes on.
+                self._store_failed(exc, f"operator command {msg.action}")
+                raise RpcRemoteError("tempfail", f"envelope store cannot be written: {exc}") from exc
         return None
 
     async def _commit(self, req: QueueEnvelopeCommitRequest) -> QueueEnvelopeCommitReply:
@@ -984,6 +1215,7 @@ class QueueManager:
             # it must then be scheduled (_add below), or it would sit in the store unseen until
             # qmgr restarts.
             with trio.CancelScope(shield=True):
+                crash_point("before-commit")
                 await self.committer.commit_new(env, prepare=str(path))
         except DuplicateMessageError:
             # smtps repeats a commit whose answer it lost (qmgr restarted or the call timed out).
@@ -992,6 +1224,9 @@ class QueueManager:
             log.info("commit of %s repeated: already queued", req.qid)
             return QueueEnvelopeCommitReply(ok=True, reply=_ok_reply())
         except (QueueStorageError, ValueError) as exc:
+            # The store (or this message's content file) cannot be written: this message is
+            # refused with a 4xx (smtps passes the reply on), and so is every new message for
+            # as long as that lasts, because each commit fails the same way. Nothing to keep.
             log.error("commit of %s failed: %s", req.qid, exc)
             full = isinstance(exc, QueueStorageError) and exc.disk_full
             return QueueEnvelopeCommitReply(
@@ -1002,6 +1237,8 @@ class QueueManager:
                     text="Insufficient system storage" if full else "Local error in processing",
                 ),
             )
+        crash_point("after-commit")
+        self._store_ok()
         self._add(env)
         return QueueEnvelopeCommitReply(ok=True, reply=_ok_reply())
 
@@ -1051,6 +1288,8 @@ class QueueManager:
                 await self.committer.delete(msg.env.qid)
                 msg.deleted = True
                 self.messages.pop(msg.env.qid, None)
+                self._unsaved.pop(msg.env.qid, None)
+                self._maybe_sent.pop(msg.env.qid, None)
                 await trio.to_thread.run_sync(remove_content, self.queue_dir, msg.env.qid)
                 mlog.maillog("removed", msg.env.qid, reason="deleted by operator")
                 count += 1

@@ -11,7 +11,10 @@ import trio
 from meta1py.conf import Config
 from meta1py.qmgr.manager import QueueManager
 from meta1py.queue.envelopes import EnvelopeStore, envelope_store_path
+from meta1py.queue.errors import QueueStorageError
 from meta1py.rpc.channel import RpcClient, serve_unix
+from meta1py.rpc.errors import RpcRemoteError
+from meta1py.rpc.messages import QueueEnvelopeCommitReply, QueueEnvelopeCommitRequest, SmtpReplyValue
 from meta1py.worker import WorkerFds
 
 log = logging.getLogger(__name__)
@@ -21,26 +24,98 @@ log = logging.getLogger(__name__)
 _DRAIN_S = 4.0
 
 
-async def serve(cfg: Config, fds: WorkerFds, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-    """qmgr's worker entry point (see :func:`meta1py.worker.run_worker`)."""
-    run_dir = Path(cfg.run_directory)
+_OPEN_RETRY_MIN_S = 0.5
+_OPEN_RETRY_MAX_S = 15.0
+
+
+def _refusal(exc: QueueStorageError) -> QueueEnvelopeCommitReply:
+    """The answer to a commit while the store cannot even be opened (see :func:`serve`)."""
+    full = exc.disk_full
+    return QueueEnvelopeCommitReply(
+        ok=False,
+        reply=SmtpReplyValue(
+            code=452 if full else 451,
+            enhanced="4.3.1" if full else "4.3.0",
+            text="Insufficient system storage" if full else "Local error in processing",
+        ),
+    )
+
+
+def _open_and_recover(cfg: Config, smar: RpcClient, smtpc: RpcClient) -> QueueManager:
+    """Open the envelope store and load the queue (blocking: run it in a thread)."""
     store = EnvelopeStore(envelope_store_path(cfg.queue_directory))
+    try:
+        manager = QueueManager(cfg, store, smar, smtpc)
+        manager.recover()
+    except BaseException:
+        store.close()
+        raise
+    return manager
+
+
+async def serve(cfg: Config, fds: WorkerFds, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    """qmgr's worker entry point (see :func:`meta1py.worker.run_worker`).
+
+    If the envelope store cannot be opened or read at start (a full disk: SQLite must create its
+    WAL and shared-memory files), qmgr does not exit, which would only make mcp restart it into
+    the same wall: it reports ready, answers every commit with 452 4.3.1 (451 4.3.0 for other
+    errors) and every operator command with an error, and opens the store again with backoff
+    until it works; then it recovers the queue and serves as usual.
+    """
+    run_dir = Path(cfg.run_directory)
     smar = RpcClient(run_dir / "smar.sock", name="qmgr->smar")
     smtpc = RpcClient(run_dir / "smtpc.sock", name="qmgr->smtpc")
-    manager = QueueManager(cfg, store, smar, smtpc)
-    await trio.to_thread.run_sync(manager.recover)
+    manager: QueueManager | None = None
+    failure: QueueStorageError | None = None
+    try:
+        manager = await trio.to_thread.run_sync(_open_and_recover, cfg, smar, smtpc)
+    except QueueStorageError as exc:
+        failure = exc
+        log.error("cannot open the queue (%s): refusing new mail until it can be opened", exc)
+
+    async def handle(msg: Any) -> Any:
+        if manager is not None:
+            return await manager.handle(msg)
+        assert failure is not None
+        if isinstance(msg, QueueEnvelopeCommitRequest):
+            return _refusal(failure)
+        raise RpcRemoteError("tempfail", f"the queue cannot be opened: {failure}")
+
+    async def reopen(nursery: trio.Nursery) -> None:
+        nonlocal manager, failure
+        delay = _OPEN_RETRY_MIN_S
+        while True:
+            await trio.sleep(delay)
+            try:
+                opened = await trio.to_thread.run_sync(_open_and_recover, cfg, smar, smtpc)
+            except QueueStorageError as exc:
+                failure = exc
+                delay = min(delay * 2, _OPEN_RETRY_MAX_S)
+                log.debug("still cannot open the queue: %s", exc)
+                continue
+            manager = opened
+            await nursery.start(opened.run)
+            log.info("queue opened: accepting mail again")
+            return
+
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(smar.run)
             await nursery.start(smtpc.run)
             if fds.rpc is not None:
-                await nursery.start(serve_unix, fds.rpc, manager.handle)
-            await nursery.start(manager.run)
+                await nursery.start(serve_unix, fds.rpc, handle)
+            if manager is not None:
+                await nursery.start(manager.run)
+            else:
+                nursery.start_soon(reopen, nursery)
             task_status.started()
             await fds.shutdown.wait()
-            manager.stop_dispatching()
-            with trio.move_on_after(_DRAIN_S):
-                await manager.idle()
+            if manager is not None:
+                manager.stop_dispatching()
+                with trio.move_on_after(_DRAIN_S):
+                    await manager.idle()
+                    manager.mark_clean_stop()
             nursery.cancel_scope.cancel()
     finally:
-        store.close()
+        if manager is not None:
+            manager.store.close()

@@ -22,6 +22,7 @@ recovery removes content files without an envelope (:func:`scan_content_ids`).
 
 from __future__ import annotations
 
+import fcntl
 import io
 import os
 import secrets
@@ -41,6 +42,7 @@ __all__ = [
     "ContentWriter",
     "DirectorySyncer",
     "content_file",
+    "content_in_use",
     "content_path",
     "open_content",
     "remove_content",
@@ -213,6 +215,14 @@ class ContentWriter:
                     if qid is not None:
                         raise
                     continue
+                # Held while the file is open for writing (the kernel drops it when the writer
+                # closes it or dies): qmgr's orphan sweep never removes a file that is locked.
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    os.close(fd)
+                    os.unlink(path)
+                    raise
                 break
             else:
                 raise QueueStorageError(f"no free queue id after {_MAX_ID_DRAWS} draws")
@@ -449,6 +459,29 @@ def open_content(queue_dir: str | os.PathLike[str], qid: str) -> io.BufferedRead
         FileNotFoundError: there is no such content file.
     """
     return open(content_file(queue_dir, qid), "rb")
+
+
+def content_in_use(path: str | os.PathLike[str]) -> bool:
+    """True if a :class:`ContentWriter` still holds ``path`` open (its lock), or if we cannot tell.
+
+    qmgr's orphan sweep asks this before it removes a content file with no envelope: smtps may be
+    writing it (a long DATA) however old its modification time looks.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+    return False
 
 
 def remove_content(queue_dir: str | os.PathLike[str], qid: str) -> bool:

@@ -340,7 +340,12 @@ def _domain_of(address: str | None) -> str | None:
     return address.rpartition("@")[2].lower()
 
 
-def _storage_error(what: str, exc: sqlite3.Error) -> QueueStorageError:
+# Below this much free space, an I/O error of SQLite's is taken for a full disk: SQLite reports
+# some ENOSPC failures (growing its shared-memory file, creating the WAL) as SQLITE_IOERR.
+_NEARLY_FULL_BYTES = 256 * 1024
+
+
+def _storage_error(what: str, exc: sqlite3.Error, directory: Path | None = None) -> QueueStorageError:
     code = getattr(exc, "sqlite_errorcode", None)
     os_errno = None
     if code is not None:
@@ -348,9 +353,19 @@ def _storage_error(what: str, exc: sqlite3.Error) -> QueueStorageError:
             os_errno = errno.ENOSPC
         elif code & 0xFF == _SQLITE_IOERR:
             os_errno = errno.EIO
+            if directory is not None and _nearly_full(directory):
+                os_errno = errno.ENOSPC
     err = QueueStorageError(f"{what}: {exc}", os_errno)
     err.__cause__ = exc
     return err
+
+
+def _nearly_full(directory: Path) -> bool:
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < _NEARLY_FULL_BYTES or (st.f_files > 0 and st.f_favail == 0)
 
 
 def _recipient_from_row(row: sqlite3.Row) -> Recipient:
@@ -417,6 +432,7 @@ class EnvelopeStore:
         self._durable = True
 
     def _connect(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = None
         try:
             if self.readonly:
                 if not self.path.exists():
@@ -447,9 +463,13 @@ class EnvelopeStore:
                     os.fsync(fd)
                 finally:
                     os.close(fd)
-        except sqlite3.Error as exc:
-            raise _storage_error(f"cannot open envelope store {self.path}", exc) from exc
-        except OSError as exc:
+        except (sqlite3.Error, OSError) as exc:
+            if conn is not None:
+                conn.close()  # a failed open (a full disk at start) must not leak the file
+            if isinstance(exc, sqlite3.Error):
+                raise _storage_error(
+                    f"cannot open envelope store {self.path}", exc, self.path.parent
+                ) from exc
             if isinstance(exc, FileNotFoundError) and self.readonly:
                 raise
             raise QueueStorageError(
@@ -548,11 +568,37 @@ class EnvelopeStore:
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 self._rollback()
-                raise _storage_error("envelope transaction failed", exc) from exc
+                raise _storage_error("envelope transaction failed", exc, self.path.parent) from exc
             except BaseException:
                 self._rollback()
                 raise
             return outcomes
+
+    def probe(self) -> None:
+        """Commit one small durable write (the schema version, rewritten unchanged).
+
+        qmgr uses it to learn when a store that failed (disk full, I/O error, locked) can be
+        written again, when it has nothing else to write: the transaction puts one page in the
+        WAL and fsyncs it, as a real commit would.
+
+        Raises:
+            QueueStorageError: the store still cannot be written; the transaction was rolled back.
+        """
+        if self.readonly:
+            raise QueueStorageError(f"{self.path}: the envelope store is open read-only")
+        with self._lock:
+            conn = self._conn
+            try:
+                if not self._durable:
+                    conn.execute("PRAGMA synchronous = FULL")
+                    self._durable = True
+                version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute(f"PRAGMA user_version = {version}")
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback()
+                raise _storage_error("envelope store still cannot be written", exc, self.path.parent) from exc
 
     def sync(self) -> None:
         """Make every transaction committed so far durable: fsync the WAL file.
@@ -706,7 +752,7 @@ class EnvelopeStore:
                 self._conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 self._rollback()
-                raise _storage_error("envelope transaction failed", exc) from exc
+                raise _storage_error("envelope transaction failed", exc, self.path.parent) from exc
             except BaseException:
                 self._rollback()
                 raise
@@ -952,6 +998,14 @@ class GroupCommitter:
             raise TypeError("Atomic operations do not nest")
         result: list[Any] = await self._submit(Atomic(inner), durable)
         return result
+
+    async def probe(self) -> None:
+        """Run :meth:`EnvelopeStore.probe` in the store's thread, between transactions.
+
+        Raises:
+            QueueStorageError: the store still cannot be written.
+        """
+        await self._thread.run(self.store.probe)
 
     async def read(self, fn: Callable[[EnvelopeStore], T]) -> T:
         """Run ``fn(store)`` in the store's worker thread, between commits (for queries)."""

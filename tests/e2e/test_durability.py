@@ -258,7 +258,11 @@ def _fill(directory: Path) -> Path:
 def test_full_disk_answers_452_and_loses_nothing(make_daemon: Callable[..., Meta1Daemon]) -> None:
     # Short retries: a delivery whose result could not be recorded while the disk was full is
     # tried again within seconds once there is room.
-    daemon = make_daemon(sections={"qmgr": "retry_min = 1s; retry_max = 2s;"})
+    # queue_minfree = 0: this test is about what happens when the disk fills *during* DATA and
+    # while committing, not about the up-front check at MAIL (tests/e2e/test_smtps_limits.py).
+    daemon = make_daemon(
+        sections={"qmgr": "retry_min = 1s; retry_max = 2s;"}, extra_config="queue_minfree = 0;"
+    )
     queue = daemon.queue_directory
     queue.mkdir()
     subprocess.run(
