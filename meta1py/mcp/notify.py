@@ -31,8 +31,15 @@ def notify(*lines: str) -> bool:
         return False
     payload = "\n".join(lines).encode()
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+        # Non-blocking: a reader that stopped reading (its queue holds net.unix.max_dgram_qlen
+        # datagrams, 10 by default) must not freeze mcp's event loop in sendto(); the message is
+        # dropped instead, as a lost STATUS= costs nothing.
+        kind = socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK
+        with socket.socket(socket.AF_UNIX, kind) as sock:
             sock.sendto(payload, _address(name))
+    except BlockingIOError:
+        log.debug("notify socket %s is full: dropped %r", name, lines)
+        return False
     except OSError as exc:
         log.warning("cannot notify %s: %s", name, exc)
         return False

@@ -180,6 +180,39 @@ class SessionLimits:
                 return "reserve"
         return None
 
+    def eviction_victim(self, client: str, service: SmtpsConfig) -> str | None:
+        """Whose session should make room for ``client``, refused for the total cap or the reserve.
+
+        Only a client with no session of its own is let in this way, and only at the expense of
+        the client holding the most sessions, if that one holds at least two and more than its
+        fair share of ``max_sessions`` (divided by the clients holding sessions). So a flood
+        from many addresses that each keep several idle sessions cannot lock out a newcomer:
+        every new client gets in at once, and the flood only replaces its own sessions. (A flood
+        of one session per address is not told apart from real clients this way.)
+
+        Returns:
+            The victim's address, or None: refuse the newcomer as decided.
+        """
+        if self.per_client.get(client, 0) or not self.per_client:
+            return None
+        victim, held = max(self.per_client.items(), key=lambda item: item[1])
+        fair = service.max_sessions // max(len(self.per_client), 1)
+        if held < 2 or held <= fair or victim == client:
+            return None
+        return victim
+
+    def admit_over_cap(self, client: str, service: SmtpsConfig, now: float) -> Admission:
+        """Count a session let in by :meth:`eviction_victim` (the evicted one leaves at once)."""
+        network = network_of(client)
+        self.total += 1
+        self.per_client[client] = self.per_client.get(client, 0) + 1
+        self.per_network[network] = self.per_network.get(network, 0) + 1
+        if service.connection_rate_per_client:
+            self._client_rate.add(client, now, service.connection_rate_per_client)
+        if service.connection_rate_per_network:
+            self._network_rate.add(network, now, service.connection_rate_per_network)
+        return _ADMITTED
+
     def _should_log(self, client: str, now: float) -> bool:
         last = self._logged.get(client)
         if last is not None and now - last < RATE_WINDOW_S:

@@ -34,7 +34,7 @@ from meta1py.passwords import PasswordFileError
 from meta1py.rpc.channel import RpcClient
 from meta1py.smtp import replies
 from meta1py.smtps.auth import Authenticator, AuthFailureLimiter
-from meta1py.smtps.limits import QueueSpace, SessionLimits, is_trusted
+from meta1py.smtps.limits import Admission, QueueSpace, SessionLimits, is_trusted
 from meta1py.smtps.session import Session, SmtpsContext
 from meta1py.tls import ReloadableServerContext, ServerTlsSettings, TlsConfigError, parse_protocols
 from meta1py.worker import WorkerConfigError, WorkerFds, listen_sockets
@@ -160,6 +160,8 @@ class SmtpsServer:
             space=_queue_space(config),
         )
         self.sessions: set[Session] = set()
+        # The open sessions of each client address (to find one to evict at the cap).
+        self._by_client: dict[str, set[Session]] = {}
         self._ids = itertools.count(1)
         self._pid = os.getpid()
         self.idle = trio.Event()
@@ -198,7 +200,10 @@ class SmtpsServer:
             refusal = replies.shutting_down()
             log.info("session %s from %s refused: %s", sid, client, refusal)
         else:
-            admission = limits.admit(client, service, trio.current_time(), trusted)
+            now = trio.current_time()
+            admission = limits.admit(client, service, now, trusted)
+            if not admission.admitted and admission.reason in ("total", "reserve"):
+                admission = self._make_room(client, service, now, sid) or admission
             if not admission.admitted:
                 refusal = (
                     replies.too_many_sessions()
@@ -225,17 +230,44 @@ class SmtpsServer:
             return
         session = Session(self.ctx, service, stream, client, sid, listen_socket, trusted)
         self.sessions.add(session)
+        self._by_client.setdefault(client, set()).add(session)
         self.idle = trio.Event()
         try:
             await session.run()
         finally:
             self.sessions.discard(session)
+            mine = self._by_client.get(client)
+            if mine is not None:
+                mine.discard(session)
+                if not mine:
+                    del self._by_client[client]
             limits.release(client)
             # The session's stream may be a TLS stream wrapping ``stream``: closing it sends
             # close_notify and closes the socket too.
             await _close(session.stream)
             if not self.sessions:
                 self.idle.set()
+
+    def _make_room(self, client: str, service: SmtpsConfig, now: float, sid: str) -> Admission | None:
+        """At the cap: evict an idle session of the heaviest client for a client with none
+        (:meth:`SessionLimits.eviction_victim`); the admission, or None if nobody can make room."""
+        limits = self.ctx.limits
+        victim = limits.eviction_victim(client, service)
+        if victim is None:
+            return None
+        for other in self._by_client.get(victim, ()):
+            if other.evict():
+                log.info(
+                    "session %s from %s: at the session cap; closing idle session %s of %s "
+                    "(%d sessions) to make room",
+                    sid,
+                    client,
+                    other.sid,
+                    victim,
+                    limits.per_client.get(victim, 0),
+                )
+                return limits.admit_over_cap(client, service, now)
+        return None
 
     def begin_shutdown(self) -> None:
         """Stop sessions at their next wait for input (they answer 421 4.3.2)."""

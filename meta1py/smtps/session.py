@@ -190,6 +190,7 @@ class Session:
     __slots__ = (
         "_data_bytes",
         "_data_started",
+        "_evicted",
         "_fd",
         "_interrupted",
         "_line_started",
@@ -274,6 +275,7 @@ class Session:
         self._scope = trio.CancelScope(deadline=self._session_deadline)
         self._waiting = False
         self._interrupted = False
+        self._evicted = False
         # Deadlines beyond the idle timeout (docs/smtps.md "Slow clients"): when the command line
         # being received began to arrive, and when the data phase began and how much came since.
         self._line_started: float | None = None
@@ -394,6 +396,24 @@ class Session:
             self._interrupted = True
             self._scope.cancel()
 
+    @property
+    def waiting_for_client(self) -> bool:
+        """True while the session waits for the client's next bytes (it can be evicted now)."""
+        return self._waiting and not self._interrupted
+
+    def evict(self) -> bool:
+        """Make room for a client with no session (the cap is full and this session's client holds
+        far more than its share): stop waiting, answer ``421 4.7.0``, close.
+
+        Returns:
+            False when the session is busy (not waiting for its client), so nothing was done.
+        """
+        if not self.waiting_for_client:
+            return False
+        self._evicted = self._interrupted = True
+        self._scope.cancel()
+        return True
+
     # -- the session -----------------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -417,6 +437,9 @@ class Session:
             if timed_out:
                 self.out.clear()
                 await self._send_and_close(self._timeout_reply())
+            elif shutdown and self._evicted:
+                self.out.clear()
+                await self._send_and_close(replies.too_many_sessions_client())
             elif shutdown:
                 await self._send_and_close(replies.shutting_down())
         except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):

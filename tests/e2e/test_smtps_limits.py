@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import smtplib
 import socket
 import subprocess
@@ -146,3 +147,31 @@ def test_a_client_talking_before_the_greeting_is_dropped(make_daemon: Callable[.
         assert _line(polite).startswith(b"220 ")
         assert time.monotonic() - began >= 0.9
         polite.close()
+
+
+def test_a_newcomer_gets_in_at_the_cap_and_an_idle_flood_session_makes_room(
+    make_daemon: Callable[..., Meta1Daemon],
+) -> None:
+    # Two flooding addresses hold every session; a client with none still gets a greeting at
+    # once, and one idle session of the heaviest flooder is closed with 421 4.7.0.
+    smtps = "relay_clients = { 127.0.0.1 }; max_sessions = 20; session_reserve = 0;"
+    daemon = make_daemon(sections={"smtps": smtps})
+    with daemon:
+        flood: list[socket.socket] = []
+        try:
+            for i in range(20):
+                flood.append(_connect(daemon.port, "127.0.0.2" if i < 12 else "127.0.0.3"))
+            assert all(_line(s).startswith(b"220 ") for s in flood)
+            with smtplib.SMTP(timeout=30, source_address=("127.0.0.4", 0)) as client:
+                code, _banner = client.connect("127.0.0.1", daemon.port)
+                assert code == 220
+                client.sendmail("a@localhost", ["b@localhost"], b"Subject: room\r\n\r\nmade\r\n")
+            evicted = r"127\.0\.0\.4: at the session cap; closing idle session \S+ of 127\.0\.0\.2 "
+            daemon.wait_for_log(evicted)
+            # Exactly one of the heaviest flooder's sessions was told and closed.
+            readable, _, _ = select.select(flood, [], [], 30)
+            assert len(readable) == 1 and readable[0] in flood[:12], readable
+            assert _line(readable[0]) == b"421 4.7.0 Too many connections from your host, try again later\r\n"
+        finally:
+            for s in flood:
+                s.close()

@@ -193,3 +193,27 @@ def test_network_keys_are_networks(prefix: str) -> None:
 def test_space_refusals_are_logged_once_a_minute() -> None:
     space = QueueSpace(10, FakeDisk(0))
     assert [space.should_log(t) for t in (0.0, 1.0, 59.0, 60.0)] == [True, False, False, True]
+
+
+def test_a_newcomer_at_the_cap_evicts_the_heaviest_client_above_its_share() -> None:
+    svc = service(max_sessions=10, session_reserve=0)
+    limits = SessionLimits()
+    for i in range(10):  # two flooders hold the whole cap: 6 and 4 sessions
+        assert limits.admit(f"198.51.100.{1 + (i % 10 >= 6)}", svc, 0.0).admitted
+    refused = limits.admit("203.0.113.9", svc, 1.0)
+    assert (refused.admitted, refused.reason) == (False, "total")
+    assert limits.eviction_victim("203.0.113.9", svc) == "198.51.100.1"
+    assert limits.admit_over_cap("203.0.113.9", svc, 1.0).admitted
+    assert (limits.total, limits.per_client["203.0.113.9"]) == (11, 1)
+    limits.release("198.51.100.1")  # the evicted session ends
+    assert limits.total == 10
+    # A client that already has a session is not let in this way.
+    assert limits.eviction_victim("203.0.113.9", svc) is None
+
+
+def test_nobody_is_evicted_when_no_client_holds_more_than_its_share() -> None:
+    svc = service(max_sessions=10, session_reserve=0)
+    limits = SessionLimits()
+    for i in range(10):  # ten clients with one session each: all at their fair share
+        assert limits.admit(f"198.51.100.{i + 1}", svc, 0.0).admitted
+    assert limits.eviction_victim("203.0.113.9", svc) is None
