@@ -32,6 +32,7 @@ LMTP (RFC 2033): one reply per accepted recipient after the data.  Maildir: see
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import ssl
 import time
@@ -39,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import outcome
 import trio
 
 from meta1py.conf import Config
@@ -50,6 +52,7 @@ from meta1py.rpc.messages import (
     SmtpcDeliveryReply,
     SmtpcDeliveryRequest,
     SmtpcRecipientResult,
+    SmtpcRecipientValue,
     SmtpReplyValue,
 )
 from meta1py.smtp.client import ClientConnection, MalformedReplyError
@@ -207,6 +210,60 @@ class _Client:
                 pass
 
 
+class RecentResults:
+    """Final results (delivered, bounced) of recent deliveries, by queue id and recipient index.
+
+    Bounded: at most ``max_entries``, each kept ``ttl_s`` seconds (qmgr asks again within
+    seconds of its restart).
+    """
+
+    def __init__(self, max_entries: int = 100_000, ttl_s: float = 3600.0) -> None:
+        self.max_entries = max_entries
+        self.ttl_s = ttl_s
+        self._results: dict[tuple[str, int], tuple[float, str, SmtpcRecipientResult]] = {}
+
+    def split(
+        self, req: SmtpcDeliveryRequest, now: float | None = None
+    ) -> tuple[list[SmtpcRecipientResult], list[SmtpcRecipientValue]]:
+        """The recipients of ``req`` with a known final result, and those still to deliver."""
+        if not self._results:
+            return [], list(req.recipients)
+        now = time.monotonic() if now is None else now
+        known: list[SmtpcRecipientResult] = []
+        todo: list[SmtpcRecipientValue] = []
+        for r in req.recipients:
+            entry = self._results.get((req.qid, r.idx))
+            if entry is not None and entry[1] == r.address and now - entry[0] < self.ttl_s:
+                known.append(entry[2])
+            else:
+                todo.append(r)
+        return known, todo
+
+    def record(
+        self, req: SmtpcDeliveryRequest, reply: SmtpcDeliveryReply, now: float | None = None
+    ) -> None:
+        """Remember the final results of ``reply`` (temporary ones are retried anyway)."""
+        now = time.monotonic() if now is None else now
+        addresses = {r.idx: r.address for r in req.recipients}
+        for result in reply.results:
+            if result.status == "temp" or result.idx not in addresses:
+                continue
+            if len(self._results) >= self.max_entries:
+                self._expire(now)
+                if len(self._results) >= self.max_entries:
+                    # Still full of young entries: drop the oldest half (dicts keep insertion order).
+                    for key in list(self._results)[: self.max_entries // 2]:
+                        del self._results[key]
+            self._results[(req.qid, result.idx)] = (now, addresses[result.idx], result)
+
+    def _expire(self, now: float) -> None:
+        horizon = now - self.ttl_s
+        self._results = {k: v for k, v in self._results.items() if v[0] > horizon}
+
+    def __len__(self) -> int:
+        return len(self._results)
+
+
 class DeliveryAgents:
     """Answers ``SmtpcDeliveryRequest`` calls."""
 
@@ -250,18 +307,70 @@ class DeliveryAgents:
         self.connections_reused = 0
         self.active = 0
         self._idle = trio.Event()
+        #: Where deliveries run, detached from the qmgr call that asked for them (set by serve):
+        #: a delivery goes on when qmgr goes away, so that its result lands in ``recent``.
+        self.nursery: trio.Nursery | None = None
+        self.recent = RecentResults()
 
     async def handle(self, msg: Any) -> Any:
         """RPC entry point."""
         if isinstance(msg, SmtpcDeliveryRequest):
+            return await self.deliver_once(msg)
+        return None
+
+    async def deliver_once(self, req: SmtpcDeliveryRequest) -> SmtpcDeliveryReply:
+        """Deliver ``req``, but never a recipient this process already delivered (or bounced).
+
+        When qmgr dies while smtpc delivers, the remote server may accept the message after qmgr
+        stopped listening; the new qmgr, which never recorded the result, asks again. The
+        delivery therefore runs in :attr:`nursery`, not in the call's task, so it finishes and
+        records its final results in :attr:`recent`; a repeated request for the same queue id,
+        recipient index and address is answered from there instead of sending the message a
+        second time. (A kill of smtpc itself, or of the whole tree, still leaves that window.)
+        """
+        known, todo = self.recent.split(req)
+        if known:
+            log.info(
+                "%s: %d recipient(s) already delivered or bounced by this smtpc (qmgr had not "
+                "recorded it): not sent again",
+                req.qid,
+                len(known),
+            )
+        if not todo:
+            return SmtpcDeliveryReply(results=tuple(known), session_failed=False)
+        if len(todo) != len(req.recipients):
+            req = dataclasses.replace(req, recipients=tuple(todo))
+        box: list[outcome.Outcome[SmtpcDeliveryReply]] = []
+        done = trio.Event()
+
+        async def run() -> None:
             self.active += 1
             try:
-                return await self.deliver(msg)
+                try:
+                    reply = await self.deliver(req)
+                except Exception as exc:  # a bug: the caller re-raises it (a cancellation ends us)
+                    box.append(outcome.Error(exc))
+                else:
+                    box.append(outcome.Value(reply))
+                    self.recent.record(req, reply)
             finally:
                 self.active -= 1
                 if not self.active:
                     self._idle.set()
-        return None
+                done.set()
+
+        if self.nursery is None:
+            await run()
+        else:
+            self.nursery.start_soon(run)
+            await done.wait()
+        if not box:  # the delivery was cancelled (smtpc is stopping)
+            await trio.lowlevel.checkpoint()
+            raise RuntimeError(f"{req.qid}: delivery cancelled")
+        reply = box[0].unwrap()
+        if known:
+            reply = dataclasses.replace(reply, results=tuple(known) + reply.results)
+        return reply
 
     async def idle(self) -> None:
         """Wait until no delivery is running."""

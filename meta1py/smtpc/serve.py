@@ -25,6 +25,9 @@ async def serve(cfg: Config, fds: WorkerFds, task_status: Any = trio.TASK_STATUS
     """smtpc's worker entry point (see :func:`meta1py.worker.run_worker`)."""
     agents = fds.prepared if isinstance(fds.prepared, DeliveryAgents) else DeliveryAgents(cfg)
     async with trio.open_nursery() as nursery:
+        # Deliveries run here, so that one whose qmgr went away still finishes and is remembered
+        # (DeliveryAgents.deliver_once); the shutdown below cancels them after _DRAIN_S.
+        agents.nursery = nursery
         nursery.start_soon(agents.serve_cache_expiry)
         if fds.rpc is not None:
             await nursery.start(serve_unix, fds.rpc, agents.handle)
