@@ -36,7 +36,7 @@ import trio
 
 from meta1py.libc import start_writeback
 from meta1py.queue.errors import QueueStorageError
-from meta1py.queue.ids import SUFFIXES, is_queue_id, new_queue_id
+from meta1py.queue.ids import SUFFIXES, is_queue_id, new_queue_id, queue_id_time
 
 __all__ = [
     "ContentWriter",
@@ -82,6 +82,34 @@ class _SubdirTurn:
             cls.left = FILES_PER_SUBDIR
         cls.left -= 1
         return cls.suffix
+
+
+class _IssuedIds:
+    """The ids this process drew in the current second.
+
+    O_EXCL alone does not keep an id unique: a message delivered within the second it arrived has
+    its content file removed, and the next message of that second may draw the same id. A queue
+    id must name one message only (logs, ``meta1 queue``, smtpc's memory of what it delivered),
+    so an id already issued in this second is drawn again. Ids carry their second, so the set
+    is emptied when the second changes. (Two processes, smtps and qmgr's bounces, can still meet
+    the same id, once in many millions.)
+    """
+
+    second = -1.0
+    ids: set[str] = set()  # one per process, on purpose
+    lock = threading.Lock()
+
+    @classmethod
+    def claim(cls, qid: str) -> bool:
+        second = queue_id_time(qid)
+        with cls.lock:
+            if second != cls.second:
+                cls.second = second
+                cls.ids = set()
+            if qid in cls.ids:
+                return False
+            cls.ids.add(qid)
+            return True
 
 
 def content_path(queue_dir: str | os.PathLike[str], qid: str) -> Path:
@@ -207,6 +235,8 @@ class ContentWriter:
             content_dir = _ensure_dir(root, CONTENT_DIRNAME)
             for _ in range(_MAX_ID_DRAWS):
                 candidate = new_queue_id(suffix=_SubdirTurn.next_suffix()) if qid is None else qid
+                if qid is None and not _IssuedIds.claim(candidate):
+                    continue
                 subdir = _ensure_dir(content_dir, candidate[-2:])
                 path = f"{subdir}/{candidate}"
                 try:

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import ssl
 import time
 from dataclasses import dataclass, field
@@ -46,7 +47,7 @@ import trio
 from meta1py.conf import Config
 from meta1py.crashpoints import crash_point
 from meta1py.maps import MapErrors, ReloadingMap
-from meta1py.queue.content import open_content
+from meta1py.queue.content import content_file, open_content
 from meta1py.rpc.messages import (
     SmarHostValue,
     SmtpcDeliveryReply,
@@ -213,6 +214,11 @@ class _Client:
 class RecentResults:
     """Final results (delivered, bounced) of recent deliveries, by queue id and recipient index.
 
+    A queue id can come back: once a message is delivered and its content file removed, a new
+    message may draw the same id (ids carry the arrival second and random bits). So every entry
+    also holds the content file's identity (``stamp``: its ctime in ns, which a new file never
+    shares with a removed one in practice) and the recipient's address; all must match.
+
     Bounded: at most ``max_entries``, each kept ``ttl_s`` seconds (qmgr asks again within
     seconds of its restart).
     """
@@ -220,29 +226,42 @@ class RecentResults:
     def __init__(self, max_entries: int = 100_000, ttl_s: float = 3600.0) -> None:
         self.max_entries = max_entries
         self.ttl_s = ttl_s
-        self._results: dict[tuple[str, int], tuple[float, str, SmtpcRecipientResult]] = {}
+        self._results: dict[tuple[str, int], tuple[float, str, int, SmtpcRecipientResult]] = {}
 
     def split(
-        self, req: SmtpcDeliveryRequest, now: float | None = None
+        self, req: SmtpcDeliveryRequest, stamp: int | None, now: float | None = None
     ) -> tuple[list[SmtpcRecipientResult], list[SmtpcRecipientValue]]:
-        """The recipients of ``req`` with a known final result, and those still to deliver."""
-        if not self._results:
+        """The recipients of ``req`` with a known final result, and those still to deliver.
+
+        ``stamp`` identifies the content file (None: unknown, nothing is known)."""
+        if not self._results or stamp is None:
             return [], list(req.recipients)
         now = time.monotonic() if now is None else now
         known: list[SmtpcRecipientResult] = []
         todo: list[SmtpcRecipientValue] = []
         for r in req.recipients:
             entry = self._results.get((req.qid, r.idx))
-            if entry is not None and entry[1] == r.address and now - entry[0] < self.ttl_s:
-                known.append(entry[2])
+            if (
+                entry is not None
+                and entry[1] == r.address
+                and entry[2] == stamp
+                and now - entry[0] < self.ttl_s
+            ):
+                known.append(entry[3])
             else:
                 todo.append(r)
         return known, todo
 
     def record(
-        self, req: SmtpcDeliveryRequest, reply: SmtpcDeliveryReply, now: float | None = None
+        self,
+        req: SmtpcDeliveryRequest,
+        reply: SmtpcDeliveryReply,
+        stamp: int | None,
+        now: float | None = None,
     ) -> None:
         """Remember the final results of ``reply`` (temporary ones are retried anyway)."""
+        if stamp is None:
+            return
         now = time.monotonic() if now is None else now
         addresses = {r.idx: r.address for r in req.recipients}
         for result in reply.results:
@@ -254,7 +273,7 @@ class RecentResults:
                     # Still full of young entries: drop the oldest half (dicts keep insertion order).
                     for key in list(self._results)[: self.max_entries // 2]:
                         del self._results[key]
-            self._results[(req.qid, result.idx)] = (now, addresses[result.idx], result)
+            self._results[(req.qid, result.idx)] = (now, addresses[result.idx], stamp, result)
 
     def _expire(self, now: float) -> None:
         horizon = now - self.ttl_s
@@ -318,6 +337,13 @@ class DeliveryAgents:
             return await self.deliver_once(msg)
         return None
 
+    def _content_stamp(self, qid: str) -> int | None:
+        """The identity of ``qid``'s content file (its ctime in ns), None if it cannot be read."""
+        try:
+            return os.stat(content_file(self.queue_dir, qid)).st_ctime_ns
+        except (OSError, ValueError):
+            return None
+
     async def deliver_once(self, req: SmtpcDeliveryRequest) -> SmtpcDeliveryReply:
         """Deliver ``req``, but never a recipient this process already delivered (or bounced).
 
@@ -328,7 +354,8 @@ class DeliveryAgents:
         recipient index and address is answered from there instead of sending the message a
         second time. (A kill of smtpc itself, or of the whole tree, still leaves that window.)
         """
-        known, todo = self.recent.split(req)
+        stamp = self._content_stamp(req.qid)
+        known, todo = self.recent.split(req, stamp)
         if known:
             log.info(
                 "%s: %d recipient(s) already delivered or bounced by this smtpc (qmgr had not "
@@ -352,7 +379,7 @@ class DeliveryAgents:
                     box.append(outcome.Error(exc))
                 else:
                     box.append(outcome.Value(reply))
-                    self.recent.record(req, reply)
+                    self.recent.record(req, reply, stamp)
             finally:
                 self.active -= 1
                 if not self.active:

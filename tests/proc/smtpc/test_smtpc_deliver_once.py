@@ -144,11 +144,14 @@ def test_recent_results_keep_final_results_only_and_are_bounded() -> None:
         ),
         session_failed=False,
     )
-    recent.record(req, reply, now=0.0)
-    known, todo = recent.split(req, now=1.0)
+    recent.record(req, reply, stamp=7, now=0.0)
+    known, todo = recent.split(req, stamp=7, now=1.0)
     assert [r.idx for r in known] == [0, 2] and [r.idx for r in todo] == [1]
-    assert recent.split(req, now=11.0)[0] == []  # expired
+    # The same queue id on a new content file (a new message that drew the id again): unknown.
+    assert recent.split(req, stamp=8, now=1.0)[0] == []
+    assert recent.split(req, stamp=None, now=1.0)[0] == []
+    assert recent.split(req, stamp=7, now=11.0)[0] == []  # expired
     other = dataclasses.replace(req, qid="2H55Q94U2R7F")
     for _ in range(3):
-        recent.record(other, reply, now=2.0)
+        recent.record(other, reply, stamp=9, now=2.0)
     assert len(recent) <= 4
