@@ -137,13 +137,7 @@ class SessionLimits:
         reason = self._refusal(client, network, service, now, trusted)
         if reason is not None:
             return Admission(False, reason, self._should_log(client, now))
-        self.total += 1
-        self.per_client[client] = self.per_client.get(client, 0) + 1
-        self.per_network[network] = self.per_network.get(network, 0) + 1
-        if service.connection_rate_per_client:
-            self._client_rate.add(client, now, service.connection_rate_per_client)
-        if service.connection_rate_per_network:
-            self._network_rate.add(network, now, service.connection_rate_per_network)
+        self._count(client, network, service, now)
         self._max_sessions = max(self._max_sessions, service.max_sessions)
         stress_at = max(1, service.max_sessions * service.stress_threshold // 100)
         self._stress_at = stress_at if not self._stress_at else min(self._stress_at, stress_at)
@@ -203,7 +197,10 @@ class SessionLimits:
 
     def admit_over_cap(self, client: str, service: SmtpsConfig, now: float) -> Admission:
         """Count a session let in by :meth:`eviction_victim` (the evicted one leaves at once)."""
-        network = network_of(client)
+        self._count(client, network_of(client), service, now)
+        return _ADMITTED
+
+    def _count(self, client: str, network: str, service: SmtpsConfig, now: float) -> None:
         self.total += 1
         self.per_client[client] = self.per_client.get(client, 0) + 1
         self.per_network[network] = self.per_network.get(network, 0) + 1
@@ -211,7 +208,6 @@ class SessionLimits:
             self._client_rate.add(client, now, service.connection_rate_per_client)
         if service.connection_rate_per_network:
             self._network_rate.add(network, now, service.connection_rate_per_network)
-        return _ADMITTED
 
     def _should_log(self, client: str, now: float) -> bool:
         last = self._logged.get(client)
