@@ -99,7 +99,7 @@ def test_a_gateway_day_with_the_sample_config(make_daemon: Callable[..., Meta1Da
                     client.sendmail("me@localhost", [rcpt], body)
 
             # Local delivery.
-            poll(lambda: _messages(_maildir(daemon, "alice")), 30, "alice's Maildir")
+            poll(lambda: _messages(_maildir(daemon, "alice")) or None, 30, "alice's Maildir")
             assert b"hi alice" in _messages(_maildir(daemon, "alice"))[0]
             # Relay: the sink's first DATA got 451 (a 4xx), the retry is delivered.
             poll(lambda: any(m.rcpt_tos == ("bob@relay.test",) and m.accepted for m in sink.messages), 60,
@@ -107,7 +107,7 @@ def test_a_gateway_day_with_the_sample_config(make_daemon: Callable[..., Meta1Da
             log = daemon.log_text()
             assert re.search(r"deferred qid=\S+ to=bob@relay\.test .*reason=\"451 4\.3\.0", log), log
             # 550 at RCPT: an RFC 3464 bounce back to me@localhost.
-            poll(lambda: _messages(_maildir(daemon, "me")), 60, "the bounce in me's Maildir")
+            poll(lambda: _messages(_maildir(daemon, "me")) or None, 60, "the bounce in me's Maildir")
             raw_bounce = _messages(_maildir(daemon, "me"))[0]
             bounce = email.message_from_bytes(raw_bounce, policy=email.policy.default)
             assert bounce.get_content_type() == "multipart/report"
