@@ -69,6 +69,16 @@ ENVELOPE_FILES = ("envelopes.sqlite", "envelopes.sqlite-wal", "envelopes.sqlite-
 
 
 @dataclass(frozen=True)
+class Account:
+    """A worker's account, resolved (mcp's ``resolve_accounts``)."""
+
+    user: str
+    group: str
+    uid: int
+    gid: int
+
+
+@dataclass(frozen=True)
 class Ids:
     """The uid and gid a role's paths get (resolved accounts, or the invoking user)."""
 
@@ -96,9 +106,9 @@ class Owners:
         return cls({name: me for name in ("qmgr", "smar", "smtpc", "smtps")}, me.gid, me.uid)
 
     @classmethod
-    def from_accounts(cls, accounts: Mapping[str, tuple[int, int]]) -> Owners:
-        """From ``{worker: (uid, gid)}``; the shared group is qmgr's."""
-        roles = {name: Ids(uid, gid) for name, (uid, gid) in accounts.items()}
+    def from_accounts(cls, accounts: Mapping[str, Account]) -> Owners:
+        """From the workers' accounts; the shared group is qmgr's."""
+        roles = {name: Ids(a.uid, a.gid) for name, a in accounts.items()}
         return cls(roles, roles["qmgr"].gid, 0)
 
 
@@ -358,12 +368,13 @@ def python_paths() -> list[tuple[str, Path]]:
     return [(what, p) for what, p in paths if p.exists()]
 
 
-def python_problems(accounts: Mapping[str, tuple[str, int, int]]) -> list[str]:
-    """For each worker account ``{worker: (user, uid, gid)}``: what of the Python installation
-    it cannot read, as one message per account with the fix."""
+def python_problems(accounts: Mapping[str, Account]) -> list[str]:
+    """For each worker account: what of the Python installation it cannot read, as one message
+    per account with the fix."""
     problems: list[str] = []
     seen: set[int] = set()
-    for worker, (user, uid, gid) in accounts.items():
+    for worker, account in accounts.items():
+        user, uid, gid = account.user, account.uid, account.gid
         if uid in seen:
             continue
         seen.add(uid)
@@ -382,11 +393,9 @@ def python_problems(accounts: Mapping[str, tuple[str, int, int]]) -> list[str]:
     return problems
 
 
-def reach_problems(cfg: Config, accounts: Mapping[str, tuple[str, int, int]]) -> list[str]:
+def reach_problems(cfg: Config, accounts: Mapping[str, Account]) -> list[str]:
     """Directories a worker must be able to enter but cannot, because of a directory *above* the
     ones mcp manages (a queue under a 0700 home directory, say), one message per worker and path.
-
-    ``accounts`` is ``{worker: (user, uid, gid)}``.
     """
     needs = {
         "qmgr": [Path(cfg.queue_directory), Path(cfg.run_directory)],
@@ -397,7 +406,8 @@ def reach_problems(cfg: Config, accounts: Mapping[str, tuple[str, int, int]]) ->
     for worker, paths in needs.items():
         if worker not in accounts:
             continue
-        user, uid, gid = accounts[worker]
+        account = accounts[worker]
+        user, uid, gid = account.user, account.uid, account.gid
         for path in paths:
             # Only the part above the managed directory (mcp sets that one itself), as far as it
             # exists yet.

@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from meta1py.conf import Config, ConfigErrors, config_file, load_config
+from meta1py.conf.accounts import process_sections
+from meta1py.ownership import Account
 
 EX_OK, EX_PROBLEMS, EX_USAGE, EX_NOPERM, EX_CONFIG = 0, 1, 64, 77, 78
 
@@ -55,14 +57,6 @@ class Report:
     done: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
-
-
-def _accounts(cfg: Config) -> list[tuple[str, str, str]]:
-    """``(worker, user, group)`` for every worker section, in start order."""
-    items = [("qmgr", cfg.qmgr.user, cfg.qmgr.group), ("smar", cfg.smar.user, cfg.smar.group)]
-    items.append(("smtpc", cfg.smtpc.user, cfg.smtpc.group))
-    items += [("smtps", s.user, s.group) for s in cfg.smtps]
-    return items
 
 
 def _group_exists(name: str) -> bool:
@@ -91,7 +85,8 @@ def ensure_accounts(cfg: Config, report: Report, check: bool) -> None:
     """Create the missing groups and users (``--check``: report them)."""
     groups: list[str] = []
     users: dict[str, str] = {}
-    for _worker, user, group in _accounts(cfg):
+    for _key, section in process_sections(cfg):
+        user, group = section.user, section.group
         if group not in groups:
             groups.append(group)
         users.setdefault(user, group)
@@ -123,17 +118,15 @@ def ensure_accounts(cfg: Config, report: Report, check: bool) -> None:
         report.done.append(f"created user {user} (group {group})")
 
 
-def _resolved(cfg: Config) -> dict[str, tuple[str, int, int]] | None:
-    """``{worker: (user, uid, gid)}``, or None when an account is missing."""
-    resolved: dict[str, tuple[str, int, int]] = {}
-    for worker, user, group in _accounts(cfg):
-        if worker in resolved:
-            continue
-        try:
-            resolved[worker] = (user, pwd.getpwnam(user).pw_uid, grp.getgrnam(group).gr_gid)
-        except KeyError:
-            return None
-    return resolved
+def _resolved(cfg: Config) -> dict[str, Account] | None:
+    """The workers' accounts as mcp resolves them, or None when one is missing."""
+    from meta1py.mcp.privs import resolve_accounts
+    from meta1py.mcp.spawn import StartupError
+
+    try:
+        return resolve_accounts(cfg)
+    except StartupError:
+        return None
 
 
 def ensure_layout(cfg: Config, report: Report, check: bool) -> None:
@@ -154,7 +147,7 @@ def ensure_layout(cfg: Config, report: Report, check: bool) -> None:
         if resolved is None:
             report.problems.append("the directories are not checked until the accounts exist")
             return
-        owners = Owners.from_accounts({w: (uid, gid) for w, (_u, uid, gid) in resolved.items()})
+        owners = Owners.from_accounts(resolved)
         report.problems.extend(python_problems(resolved))
     else:
         owners = Owners.unprivileged()

@@ -32,7 +32,8 @@ def _error(cfg: Config, key: str, message: str, hint: str) -> ConfigError:
     return ConfigError(path, line, col, message, hint, _source_line(path, line))
 
 
-def _processes(cfg: Config) -> list[tuple[str, ProcessConfig]]:
+def process_sections(cfg: Config) -> list[tuple[str, ProcessConfig]]:
+    """Every process section with its location key: ``qmgr``, ``smar``, ``smtpc``, ``smtps[i]``."""
     procs: list[tuple[str, ProcessConfig]] = [("qmgr", cfg.qmgr), ("smar", cfg.smar), ("smtpc", cfg.smtpc)]
     procs += [(f"smtps[{i}]", s) for i, s in enumerate(cfg.smtps)]
     return procs
@@ -51,7 +52,7 @@ def check_accounts(cfg: Config) -> list[ConfigError]:
 
     errors: list[ConfigError] = []
     reported: set[tuple[str, str]] = set()
-    for key, proc in _processes(cfg):
+    for key, proc in process_sections(cfg):
         section = key.split("[")[0]
         for kind, name in (("user", proc.user), ("group", proc.group)):
             if (kind, name) in reported:

@@ -14,7 +14,6 @@ import grp
 import logging
 import os
 import pwd
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,6 +21,7 @@ from meta1py.mcp.spawn import StartupError
 from meta1py.ownership import (
     PRIVATE_SOCKET_MODE,
     SHARED_SOCKET_MODE,
+    Account,
     LayoutError,
     Owners,
     python_problems,
@@ -34,16 +34,6 @@ if TYPE_CHECKING:
     from meta1py.conf import Config
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Account:
-    """A worker's account, resolved."""
-
-    user: str
-    group: str
-    uid: int
-    gid: int
 
 
 def is_root() -> bool:
@@ -76,7 +66,7 @@ def owners_of(accounts: dict[str, Account] | None) -> Owners:
     """The owners of the layout: the workers' accounts, or the invoking user when unprivileged."""
     if accounts is None:
         return Owners.unprivileged()
-    return Owners.from_accounts({name: (a.uid, a.gid) for name, a in accounts.items()})
+    return Owners.from_accounts(accounts)
 
 
 def prepare_directories(cfg: Config, accounts: dict[str, Account] | None) -> None:
@@ -113,8 +103,7 @@ def check_access(cfg: Config, accounts: dict[str, Account] | None) -> None:
     """
     if accounts is None:
         return
-    resolved = {name: (a.user, a.uid, a.gid) for name, a in accounts.items()}
-    problems = python_problems(resolved) + reach_problems(cfg, resolved)
+    problems = python_problems(accounts) + reach_problems(cfg, accounts)
     if problems:
         raise StartupError("\n".join(problems))
 

@@ -14,6 +14,7 @@ import pytest
 from meta1py.conf import Config, parse_config
 from meta1py.ownership import (
     CONTENT_SUBDIR_MODE,
+    Account,
     LayoutError,
     Owners,
     access_problem,
@@ -110,7 +111,12 @@ def test_as_root_owners_follow_the_model(tmp_path: Path) -> None:
     cfg = _config(tmp_path)
     tmp_path.chmod(0o755)
     owners = Owners.from_accounts(
-        {"qmgr": (4001, 4000), "smar": (4002, 4002), "smtpc": (4003, 4000), "smtps": (4004, 4000)}
+        {
+            "qmgr": Account("q", "g", 4001, 4000),
+            "smar": Account("r", "r", 4002, 4002),
+            "smtpc": Account("c", "g", 4003, 4000),
+            "smtps": Account("s", "g", 4004, 4000),
+        }
     )
     repair_layout(cfg, owners)
     st = (tmp_path / "queue" / "content" / "9Z").stat()
