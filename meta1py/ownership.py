@@ -48,6 +48,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from meta1py.contract import WORKER_NAMES
+
 if TYPE_CHECKING:
     from meta1py.conf import Config
 
@@ -103,7 +105,7 @@ class Owners:
     def unprivileged(cls) -> Owners:
         """Everything belongs to the invoking user (mcp is not root)."""
         me = Ids(os.getuid(), os.getgid())
-        return cls({name: me for name in ("qmgr", "smar", "smtpc", "smtps")}, me.gid, me.uid)
+        return cls({name: me for name in WORKER_NAMES}, me.gid, me.uid)
 
     @classmethod
     def from_accounts(cls, accounts: Mapping[str, Account]) -> Owners:

@@ -18,10 +18,10 @@ import email.policy
 import json
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from meta1py.conf import Config, ConfigErrors, config_file, load_config
+from meta1py.contract import rpc_socket_path
 from meta1py.queue.content import open_content, remove_content
 from meta1py.queue.envelopes import Envelope, EnvelopeStore, envelope_store_path
 from meta1py.queue.ids import is_queue_id
@@ -211,7 +211,7 @@ def _control(cfg: Config, action: str, ids: list[str], to: str | None, all_defer
     from meta1py.rpc.errors import RpcError
     from meta1py.rpc.messages import QueueControlRequest
 
-    sock = Path(cfg.run_directory) / "qmgr.sock"
+    sock = rpc_socket_path(cfg.run_directory, "qmgr")
     request = QueueControlRequest(
         action=action,  # type: ignore[arg-type]
         qids=tuple(ids),

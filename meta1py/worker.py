@@ -53,26 +53,35 @@ from meta1py.conf import (
     SmtpsConfig,
     parse_config,
 )
+from meta1py.contract import (
+    DRAIN_SIGNAL,
+    EX_CONFIG,
+    EX_CRASH,
+    EX_NOPERM,
+    EX_OK,
+    EX_USAGE,
+    FD_LIFELINE,
+    FD_READY,
+    FD_RPC,
+    FDS_ENV,
+    GROUP_ENV,
+    READY_LINE,
+    SYSLOG_ENV,
+    USER_ENV,
+    listen_fd_index,
+    parse_fds,
+)
 from meta1py.crashpoints import set_process_name
 from meta1py.libc import PR_SET_PDEATHSIG, prctl
 from meta1py.log import setup_logging
 
 log = logging.getLogger(__name__)
 
-EX_OK = 0
-EX_CRASH = 1
-EX_USAGE = 64
-EX_NOPERM = 77
-EX_CONFIG = 78
-
-WORKER_NAMES = ("qmgr", "smar", "smtpc", "smtps")
 # How long serve() may take to wind down after SIGTERM before it is cancelled; mcp waits longer
 # (its SIGKILL deadline) so that a worker normally exits on its own.
 SHUTDOWN_GRACE_S = 5.0
 # After the lifeline breaks nobody can restart us or receive our results: wind down fast.
 ORPHAN_GRACE_S = 1.0
-# mcp -> worker: "stop accepting, finish your sessions, exit 0" (graceful smtps handover on reload).
-DRAIN_SIGNAL = signal.SIGUSR1
 
 
 
@@ -155,31 +164,6 @@ def listen_sockets(cfg: Config) -> list[tuple[SmtpsConfig, ListenSocket]]:
     smtps knows which section's policy applies to each descriptor.
     """
     return [(section, sock) for section in cfg.smtps for sock in section.listen_socket]
-
-
-def format_fds(fds: dict[str, int]) -> str:
-    """Encode a descriptor map as ``META1_FDS`` (``name=fd,name=fd``)."""
-    return ",".join(f"{name}={fd}" for name, fd in fds.items())
-
-
-def parse_fds(text: str) -> dict[str, int]:
-    """Decode ``META1_FDS``.
-
-    Raises:
-        ValueError: malformed text, duplicate names or negative descriptors.
-    """
-    fds: dict[str, int] = {}
-    if not text.strip():
-        return fds
-    for item in text.split(","):
-        name, sep, value = item.partition("=")
-        name = name.strip()
-        if not sep or not name or not value.strip().isdigit():
-            raise ValueError(f"malformed META1_FDS entry {item!r}")
-        if name in fds:
-            raise ValueError(f"duplicate META1_FDS entry {name!r}")
-        fds[name] = int(value)
-    return fds
 
 
 def drop_privileges(user: str, group: str | None = None) -> None:
@@ -296,7 +280,7 @@ def _report_ready(fd: int | None) -> None:
     if fd is None:
         return
     try:
-        os.write(fd, b"READY\n")
+        os.write(fd, READY_LINE)
     except OSError as exc:  # mcp gone: the lifeline watcher handles it
         log.warning("cannot report readiness: %s", exc)
     finally:
@@ -309,13 +293,11 @@ def _listener(fd: int) -> trio.SocketListener:
 
 async def _run(name: str, serve: Serve, cfg: Config, raw: dict[str, int], prepared: Any) -> int:
     listen_fds = sorted(
-        (int(key[len("listen") :]), fd)
-        for key, fd in raw.items()
-        if key.startswith("listen") and key[len("listen") :].isdigit()
+        (index, fd) for key, fd in raw.items() if (index := listen_fd_index(key)) is not None
     )
     fds = WorkerFds(
         name=name,
-        rpc=_listener(raw["rpc"]) if "rpc" in raw else None,
+        rpc=_listener(raw[FD_RPC]) if FD_RPC in raw else None,
         listeners=[_listener(fd) for _index, fd in listen_fds],
         raw=dict(raw),
         prepared=prepared,
@@ -332,8 +314,8 @@ async def _run(name: str, serve: Serve, cfg: Config, raw: dict[str, int], prepar
 
     async with trio.open_nursery() as nursery:
         await nursery.start(_watch_signals, fds, serve_scope)
-        if "lifeline" in raw:
-            nursery.start_soon(_watch_lifeline, raw["lifeline"], fds, serve_scope)
+        if FD_LIFELINE in raw:
+            nursery.start_soon(_watch_lifeline, raw[FD_LIFELINE], fds, serve_scope)
         try:
             await nursery.start(serve_task)
         except RuntimeError:
@@ -341,7 +323,7 @@ async def _run(name: str, serve: Serve, cfg: Config, raw: dict[str, int], prepar
             if not fds.shutdown.is_set():
                 raise
         else:
-            _report_ready(raw.get("ready"))
+            _report_ready(raw.get(FD_READY))
             log.info("ready")
     if fds.shutdown.is_set() or fds.drain.is_set():
         if not finished_cleanly:
@@ -363,10 +345,10 @@ def run_worker(name: str, serve: Serve, prepare: Prepare | None = None) -> int:
     Returns:
         The exit status for ``sys.exit``: 0, 1 (crash), 64, 77 or 78.
     """
-    syslog = os.environ.get("META1_SYSLOG") == "1"
+    syslog = os.environ.get(SYSLOG_ENV) == "1"
     setup_logging(name, "info", syslog=syslog)
     try:
-        raw = parse_fds(os.environ.get("META1_FDS", ""))
+        raw = parse_fds(os.environ.get(FDS_ENV, ""))
     except ValueError as exc:
         log.critical("%s", exc)
         return EX_USAGE
@@ -392,10 +374,10 @@ def run_worker(name: str, serve: Serve, prepare: Prepare | None = None) -> int:
         except WorkerConfigError as exc:
             log.critical("configuration error: %s", exc)
             return EX_CONFIG
-    user = os.environ.get("META1_USER")
+    user = os.environ.get(USER_ENV)
     if user:
         try:
-            drop_privileges(user, os.environ.get("META1_GROUP") or None)
+            drop_privileges(user, os.environ.get(GROUP_ENV) or None)
         except PrivilegeError as exc:
             log.critical("privilege drop failed: %s", exc)
             return EX_NOPERM

@@ -42,9 +42,10 @@ from meta1py.conf.schema import (
     opt,
     sect,
 )
+from meta1py.contract import WORKER_NAMES
 
 LOG_LEVELS = Choice("debug", "info", "warning", "error")
-PROCESS_NAMES = ("qmgr", "smar", "smtpc", "smtps")
+PROCESS_NAMES = WORKER_NAMES
 
 #: Every SMTP server flag, in documentation order.
 SMTPS_FLAGS: tuple[str, ...] = (

@@ -48,8 +48,9 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from meta1py.contract import FDS_ENV, WORKER_NAMES, format_fds
 from meta1py.libc import PR_SET_CHILD_SUBREAPER, PR_SET_NAME, prctl
-from meta1py.worker import WORKER_NAMES, format_fds, run_worker, set_parent_death_signal
+from meta1py.worker import run_worker, set_parent_death_signal
 
 log = logging.getLogger(__name__)
 
@@ -298,7 +299,7 @@ def _become_worker(
         _close_fds_except({0, 1, 2, *fds.values()})
         os.environ.clear()
         os.environ.update(env)
-        os.environ["META1_FDS"] = format_fds(fds)
+        os.environ[FDS_ENV] = format_fds(fds)
         sys.argv = [f"meta1py.{name}"]
         set_process_title(f"meta1py: {name}")
         gc.enable()

@@ -17,6 +17,7 @@ from pathlib import Path
 import trio
 
 from meta1py.conf import Config, dump_config
+from meta1py.contract import EX_CONFIG, EX_OSERR, EX_USAGE, RPC_SERVERS, rpc_socket_path
 from meta1py.log import setup_logging
 from meta1py.mcp.forkserver import ForkServer
 from meta1py.mcp.privs import (
@@ -29,13 +30,10 @@ from meta1py.mcp.privs import (
 )
 from meta1py.mcp.spawn import StartupError, bind_listener, bind_rpc_socket
 from meta1py.mcp.supervise import Supervisor
-from meta1py.worker import EX_CONFIG, EX_USAGE, listen_sockets
+from meta1py.worker import listen_sockets
 
 log = logging.getLogger("meta1py.mcp")
 
-EX_OSERR = 71
-# Workers that serve an RPC socket; smtps is only a client.
-RPC_SERVERS = ("qmgr", "smar", "smtpc")
 
 
 def config_path(option: str | None) -> Path | None:
@@ -114,7 +112,7 @@ def _run(
                 listeners[key] = bind_listener(ls.address, ls.port)
                 log.info("listening on %s:%d", *key)
         for name in RPC_SERVERS:
-            sock_path = cfg.run_directory / f"{name}.sock"
+            sock_path = rpc_socket_path(cfg.run_directory, name)
             rpc_sockets[name] = bind_rpc_socket(sock_path, rpc_socket_owner(name, accounts))
         write_pid_file(pid_file)
     except StartupError as exc:
@@ -148,4 +146,4 @@ def _close_all(
         sock.close()
     for name, sock in rpc_sockets.items():
         sock.close()
-        (run_directory / f"{name}.sock").unlink(missing_ok=True)
+        rpc_socket_path(run_directory, name).unlink(missing_ok=True)

@@ -17,6 +17,7 @@ import pwd
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from meta1py.contract import WORKER_NAMES
 from meta1py.mcp.spawn import StartupError
 from meta1py.ownership import (
     PRIVATE_SOCKET_MODE,
@@ -28,7 +29,7 @@ from meta1py.ownership import (
     reach_problems,
     repair_layout,
 )
-from meta1py.worker import WORKER_NAMES, process_config
+from meta1py.worker import process_config
 
 if TYPE_CHECKING:
     from meta1py.conf import Config

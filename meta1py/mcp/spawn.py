@@ -25,8 +25,17 @@ from pathlib import Path
 
 import trio
 
+from meta1py.contract import (
+    FD_LIFELINE,
+    FD_READY,
+    FDS_ENV,
+    GROUP_ENV,
+    READY_LINE,
+    SYSLOG_ENV,
+    USER_ENV,
+    format_fds,
+)
 from meta1py.mcp.forkserver import ForkServer, ForkServerError
-from meta1py.worker import format_fds
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +108,7 @@ class Child:
             if not chunk:
                 return False
             data += chunk
-        if data.startswith(b"READY"):
+        if data.startswith(READY_LINE.rstrip()):
             self.ready.set()
             return True
         log.warning("%s sent %r on its ready pipe", self.name, data[:64])
@@ -156,17 +165,17 @@ def spawn_worker(
     try:
         os.write(conf_fd, config_text.encode("utf-8"))
         os.lseek(conf_fd, 0, os.SEEK_SET)
-        child_fds = {**fds, "ready": ready_w, "lifeline": lifeline_fd}
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("META1_USER", "META1_GROUP"))}
+        child_fds = {**fds, FD_READY: ready_w, FD_LIFELINE: lifeline_fd}
+        env = {k: v for k, v in os.environ.items() if not k.startswith((USER_ENV, GROUP_ENV))}
         # Only mcp talks to systemd.
         env.pop("NOTIFY_SOCKET", None)
-        env["META1_FDS"] = format_fds(child_fds)
+        env[FDS_ENV] = format_fds(child_fds)
         if syslog:
-            env["META1_SYSLOG"] = "1"
+            env[SYSLOG_ENV] = "1"
         if user:
-            env["META1_USER"] = user
+            env[USER_ENV] = user
             if group:
-                env["META1_GROUP"] = group
+                env[GROUP_ENV] = group
         if forkserver is not None and forkserver.alive:
             try:
                 pid = forkserver.spawn(name, env, child_fds, conf_fd)

@@ -41,6 +41,14 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from meta1py.contract import (
+    DRAIN_SIGNAL,
+    EX_CRASH,
+    FD_RPC,
+    HARD_FAILURE_STATUSES,
+    WORKER_NAMES,
+    listen_fd_name,
+)
 from meta1py.log import setup_logging
 from meta1py.mcp.forkserver import ForkServer
 from meta1py.mcp.notify import notify
@@ -52,16 +60,7 @@ from meta1py.mcp.spawn import (
     describe_status,
     spawn_worker,
 )
-from meta1py.worker import (
-    DRAIN_SIGNAL,
-    EX_CONFIG,
-    EX_CRASH,
-    EX_NOPERM,
-    EX_USAGE,
-    WORKER_NAMES,
-    listen_sockets,
-    process_config,
-)
+from meta1py.worker import listen_sockets, process_config
 
 if TYPE_CHECKING:
     from meta1py.conf import Config
@@ -77,7 +76,6 @@ READY_TIMEOUT_S = 30.0
 # Beyond a draining smtps's own limit (longest session_timeout + its margin), before mcp SIGTERMs it.
 DRAIN_BACKSTOP_S = 30.0
 STOP_TIMEOUT_S = 10.0
-HARD_FAILURE_STATUSES = frozenset({EX_USAGE, EX_NOPERM, EX_CONFIG})
 
 
 def restart_limit_from_env() -> tuple[int, float]:
@@ -264,10 +262,10 @@ class Supervisor:
     def _spawn(self, name: str) -> Child:
         fds: dict[str, int] = {}
         if name in self.rpc_sockets:
-            fds["rpc"] = self.rpc_sockets[name].fileno()
+            fds[FD_RPC] = self.rpc_sockets[name].fileno()
         if name == "smtps":
             for index, (_section, ls) in enumerate(listen_sockets(self.cfg)):
-                fds[f"listen{index}"] = self.listeners[(ls.address, ls.port)].fileno()
+                fds[listen_fd_name(index)] = self.listeners[(ls.address, ls.port)].fileno()
         account = self.accounts.get(name) if self.accounts else None
         child = spawn_worker(
             name,

@@ -9,6 +9,7 @@ from typing import Any
 import trio
 
 from meta1py.conf import Config
+from meta1py.contract import rpc_socket_path
 from meta1py.qmgr.manager import QueueManager
 from meta1py.queue.envelopes import EnvelopeStore, envelope_store_path
 from meta1py.queue.errors import QueueStorageError
@@ -63,8 +64,8 @@ async def serve(cfg: Config, fds: WorkerFds, task_status: Any = trio.TASK_STATUS
     until it works; then it recovers the queue and serves as usual.
     """
     run_dir = Path(cfg.run_directory)
-    smar = RpcClient(run_dir / "smar.sock", name="qmgr->smar")
-    smtpc = RpcClient(run_dir / "smtpc.sock", name="qmgr->smtpc")
+    smar = RpcClient(rpc_socket_path(run_dir, "smar"), name="qmgr->smar")
+    smtpc = RpcClient(rpc_socket_path(run_dir, "smtpc"), name="qmgr->smtpc")
     manager: QueueManager | None = None
     failure: QueueStorageError | None = None
     try:

@@ -30,6 +30,7 @@ from typing import Any
 import trio
 
 from meta1py.conf import Config, ListenSocket, SmtpsConfig
+from meta1py.contract import rpc_socket_path
 from meta1py.passwords import PasswordFileError
 from meta1py.rpc.channel import RpcClient
 from meta1py.smtp import replies
@@ -368,8 +369,8 @@ async def serve(cfg: Config, fds: WorkerFds, task_status: Any = trio.TASK_STATUS
     """
     _raise_open_files(cfg)
     run_dir = Path(cfg.run_directory)
-    smar = RpcClient(run_dir / "smar.sock", name="smtps->smar")
-    qmgr = RpcClient(run_dir / "qmgr.sock", name="smtps->qmgr")
+    smar = RpcClient(rpc_socket_path(run_dir, "smar"), name="smtps->smar")
+    qmgr = RpcClient(rpc_socket_path(run_dir, "qmgr"), name="smtps->qmgr")
     security = fds.prepared if isinstance(fds.prepared, SmtpsSecurity) else None
     server = SmtpsServer(cfg, smar, qmgr, security)
     sections = listen_sockets(cfg)

@@ -32,9 +32,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
 
+from meta1py.contract import WORKER_NAMES
+
 _T = TypeVar("_T")
 
-WORKER_NAMES = ("qmgr", "smar", "smtpc", "smtps")
 _POLL_S = 0.02
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from meta1py.mcp.supervise import HARD_FAILURE_STATUSES, STOP_TIMEOUT_S
-from meta1py.worker import WORKER_NAMES
+from meta1py.contract import WORKER_NAMES
 
 UNIT = Path(__file__).resolve().parents[2] / "contrib" / "systemd" / "meta1.service"
 INSTALLED_COMMAND = "/usr/local/sbin/meta1"

@@ -1,0 +1,110 @@
+"""The contract between mcp and the workers, in one place (as Postfix keeps it in master_proto.h).
+
+mcp and every worker import their side of it from here and nowhere else:
+
+* **names**: the four workers (`WORKER_NAMES`) and which of them serve RPC (`RPC_SERVERS`);
+* **sockets**: ``<run_directory>/<name>.sock`` (`rpc_socket_path`), bound by mcp;
+* **descriptors**: mcp passes each worker the map `FDS_ENV` (``name=fd,...``): `FD_RPC` (its RPC
+  listening socket), ``listen0..N`` (`listen_fd_name`: smtps's SMTP sockets, in
+  ``worker.listen_sockets`` order), `FD_READY` (the ready pipe) and `FD_LIFELINE` (EOF: mcp died);
+* **readiness**: the worker writes `READY_LINE` on the ready pipe once it serves;
+* **signals**: SIGTERM stops a worker, `DRAIN_SIGNAL` makes smtps drain (reload handover);
+* **exit statuses** (sysexits): `EX_OK`, `EX_CRASH` (mcp restarts), and `HARD_FAILURE_STATUSES`
+  (`EX_USAGE`, `EX_NOPERM`, `EX_CONFIG`), which a restart cannot fix;
+* **environment**: `USER_ENV`/`GROUP_ENV` (the account to drop to), `SYSLOG_ENV`.
+
+Pure data and string functions: importable by ``conf`` and the CLI without trio or sockets.
+"""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from typing import Final
+
+# Start order: qmgr first (smtps and smtpc call it), smtps last (it accepts mail).
+WORKER_NAMES: Final[tuple[str, ...]] = ("qmgr", "smar", "smtpc", "smtps")
+# The workers that serve RPC on <run_directory>/<name>.sock; smtps only calls.
+RPC_SERVERS: Final[tuple[str, ...]] = ("qmgr", "smar", "smtpc")
+
+# Environment mcp sets for a worker.
+FDS_ENV: Final = "META1_FDS"
+USER_ENV: Final = "META1_USER"
+GROUP_ENV: Final = "META1_GROUP"
+SYSLOG_ENV: Final = "META1_SYSLOG"
+
+# Names in the META1_FDS map.
+FD_RPC: Final = "rpc"
+FD_READY: Final = "ready"
+FD_LIFELINE: Final = "lifeline"
+_LISTEN_PREFIX: Final = "listen"
+
+# What a worker writes on its ready pipe once it serves.
+READY_LINE: Final = b"READY\n"
+
+# mcp -> smtps: "stop accepting, finish your sessions, exit 0" (graceful handover on reload).
+DRAIN_SIGNAL: Final = signal.SIGUSR1
+
+# Exit statuses (sysexits.h).
+EX_OK: Final = 0
+EX_CRASH: Final = 1
+EX_USAGE: Final = 64
+EX_OSERR: Final = 71
+EX_NOPERM: Final = 77
+EX_CONFIG: Final = 78
+# A worker that exits with one of these is not restarted: a restart cannot fix it.
+HARD_FAILURE_STATUSES: Final = frozenset({EX_USAGE, EX_NOPERM, EX_CONFIG})
+
+
+def is_worker_name(name: str) -> bool:
+    """True for one of `WORKER_NAMES`."""
+    return name in WORKER_NAMES
+
+
+def rpc_socket_name(name: str) -> str:
+    """The file name of worker ``name``'s RPC socket in the run directory."""
+    return f"{name}.sock"
+
+
+def rpc_socket_path(run_directory: Path | str, name: str) -> Path:
+    """``<run_directory>/<name>.sock``: where mcp binds ``name``'s RPC socket and clients connect."""
+    return Path(run_directory) / rpc_socket_name(name)
+
+
+def listen_fd_name(index: int) -> str:
+    """The META1_FDS name of the ``index``-th SMTP listening socket (``listen0``, ...)."""
+    return f"{_LISTEN_PREFIX}{index}"
+
+
+def listen_fd_index(name: str) -> int | None:
+    """The index of a ``listenN`` name, or None for any other name."""
+    if name.startswith(_LISTEN_PREFIX):
+        digits = name[len(_LISTEN_PREFIX) :]
+        if digits.isdigit():
+            return int(digits)
+    return None
+
+
+def format_fds(fds: dict[str, int]) -> str:
+    """Encode a descriptor map as the value of `FDS_ENV` (``name=fd,name=fd``)."""
+    return ",".join(f"{name}={fd}" for name, fd in fds.items())
+
+
+def parse_fds(text: str) -> dict[str, int]:
+    """Decode the value of `FDS_ENV`.
+
+    Raises:
+        ValueError: malformed text, duplicate names or negative descriptors.
+    """
+    fds: dict[str, int] = {}
+    if not text.strip():
+        return fds
+    for item in text.split(","):
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not sep or not name or not value.strip().isdigit():
+            raise ValueError(f"malformed {FDS_ENV} entry {item!r}")
+        if name in fds:
+            raise ValueError(f"duplicate {FDS_ENV} entry {name!r}")
+        fds[name] = int(value)
+    return fds
