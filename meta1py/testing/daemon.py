@@ -83,8 +83,8 @@ def production_accounts() -> Iterator[dict[str, tuple[str, str]] | None]:
     if os.geteuid() != 0:
         yield None
         return
+    from meta1py.cli.setup import Report, ensure_accounts
     from meta1py.conf import parse_config
-    from meta1py.setupcmd import Report, ensure_accounts
 
     text = "\n".join(
         f"{name} {{ user = {user}; group = {group}; }}" for name, (user, group) in PRODUCTION_ACCOUNTS.items()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
+from meta1py.cli.queue import build_parser, envelope_json, format_list, message_state
 from meta1py.queue.envelopes import Envelope, Recipient
-from meta1py.queuecli import build_parser, envelope_json, format_list, message_state
 
 QID = "3Q8W4K2XF7TB"
 

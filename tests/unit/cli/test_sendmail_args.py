@@ -4,7 +4,7 @@ import io
 
 import pytest
 
-from meta1py.sendmail import UsageError, parse_args, prepare, read_message
+from meta1py.cli.sendmail import UsageError, parse_args, prepare, read_message
 
 
 def test_flags_with_attached_and_separate_values() -> None:

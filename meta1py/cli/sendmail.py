@@ -272,7 +272,7 @@ def main(argv: list[str]) -> int:
         print(f"meta1 sendmail: configuration error:\n{exc}", file=sys.stderr)
         return EX_TEMPFAIL
     if args.list_queue:
-        from meta1py.queuecli import main as queue_main
+        from meta1py.cli.queue import main as queue_main
 
         return queue_main(["list", *(["-f", config_path] if config_path else [])])
     try:

@@ -1,6 +1,6 @@
-"""The ``meta1`` command: one entry point, one module per subcommand.
+"""The ``meta1`` command: one entry point, one module per subcommand in this package.
 
-Each subcommand lives next to the code it drives and exposes ``main(argv: list[str]) -> int``;
+Each subcommand module exposes ``main(argv: list[str]) -> int``;
 this module only dispatches, so that ``meta1 check-config`` never imports trio and
 ``meta1 run`` never imports the queue tools.
 """
@@ -16,11 +16,11 @@ from meta1py import __version__
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "run": ("meta1py.mcp.main", "start mcp and the workers in the foreground"),
     "check-config": ("meta1py.conf.checkcmd", "check meta1.conf; -n prints non-default settings"),
-    "queue": ("meta1py.queuecli", "list, show, flush, delete, bounce, hold, release queued mail"),
-    "sendmail": ("meta1py.sendmail", "sendmail-compatible submission from the command line"),
-    "passwd": ("meta1py.passwd", "create a password file entry for AUTH"),
-    "setup": ("meta1py.setupcmd", "create the worker users and directories; --check only reports"),
-    "newaliases": ("meta1py.newaliases", "check the aliases file (smar reloads it by itself)"),
+    "queue": ("meta1py.cli.queue", "list, show, flush, delete, bounce, hold, release queued mail"),
+    "sendmail": ("meta1py.cli.sendmail", "sendmail-compatible submission from the command line"),
+    "passwd": ("meta1py.cli.passwd", "create a password file entry for AUTH"),
+    "setup": ("meta1py.cli.setup", "create the worker users and directories; --check only reports"),
+    "newaliases": ("meta1py.cli.newaliases", "check the aliases file (smar reloads it by itself)"),
 }
 
 
@@ -49,7 +49,3 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(entry[0])
     result: int = module.main(rest)
     return result
-
-
-if __name__ == "__main__":
-    sys.exit(main())
