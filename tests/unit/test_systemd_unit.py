@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from meta1py.mcp.supervise import HARD_FAILURE_STATUSES, STOP_TIMEOUT_S
-from meta1py.contract import WORKER_NAMES
+from meta1py.contract import HARD_FAILURE_STATUSES, WORKER_NAMES
+from meta1py.mcp.supervise import STOP_TIMEOUT_S
 
 UNIT = Path(__file__).resolve().parents[2] / "contrib" / "systemd" / "meta1.service"
 INSTALLED_COMMAND = "/usr/local/sbin/meta1"
