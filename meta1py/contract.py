@@ -6,7 +6,7 @@ mcp and every worker import their side of it from here and nowhere else:
 * **sockets**: ``<run_directory>/<name>.sock`` (`rpc_socket_path`), bound by mcp;
 * **descriptors**: mcp passes each worker the map `FDS_ENV` (``name=fd,...``): `FD_RPC` (its RPC
   listening socket), ``listen0..N`` (`listen_fd_name`: smtps's SMTP sockets, in
-  ``worker.listen_sockets`` order), `FD_READY` (the ready pipe) and `FD_LIFELINE` (EOF: mcp died);
+  ``conf.listen_sockets`` order), `FD_READY` (the ready pipe) and `FD_LIFELINE` (EOF: mcp died);
 * **readiness**: the worker writes `READY_LINE` on the ready pipe once it serves;
 * **signals**: SIGTERM stops a worker, `DRAIN_SIGNAL` makes smtps drain (reload handover);
 * **exit statuses** (sysexits): `EX_OK`, `EX_CRASH` (mcp restarts), and `HARD_FAILURE_STATUSES`

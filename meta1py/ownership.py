@@ -72,12 +72,39 @@ ENVELOPE_FILES = ("envelopes.sqlite", "envelopes.sqlite-wal", "envelopes.sqlite-
 
 @dataclass(frozen=True)
 class Account:
-    """A worker's account, resolved (mcp's ``resolve_accounts``)."""
+    """A worker's account, resolved (`resolve_accounts`)."""
 
     user: str
     group: str
     uid: int
     gid: int
+
+
+class UnknownAccountError(LookupError):
+    """A worker's ``user`` or ``group`` does not exist on this system."""
+
+
+def resolve_accounts(cfg: Config) -> dict[str, Account]:
+    """Look up every worker's ``user``/``group``, as mcp does at start and ``meta1 setup`` checks.
+
+    Raises:
+        UnknownAccountError: an account does not exist (``conf.check_accounts`` normally reports
+            this earlier, with the ``useradd`` line to fix it).
+    """
+    from meta1py.conf import process_config
+
+    accounts: dict[str, Account] = {}
+    for name in WORKER_NAMES:
+        section = process_config(cfg, name)
+        if section is None:
+            continue
+        try:
+            uid = pwd.getpwnam(section.user).pw_uid
+            gid = grp.getgrnam(section.group).gr_gid
+        except KeyError as exc:
+            raise UnknownAccountError(f"{name}: unknown account {exc.args[0]}") from None
+        accounts[name] = Account(section.user, section.group, uid, gid)
+    return accounts
 
 
 @dataclass(frozen=True)

@@ -48,10 +48,8 @@ import trio
 from meta1py.conf import (
     Config,
     ConfigErrors,
-    ListenSocket,
-    ProcessConfig,
-    SmtpsConfig,
     parse_config,
+    process_log_level,
 )
 from meta1py.contract import (
     DRAIN_SIGNAL,
@@ -139,31 +137,6 @@ class TaskStatus(Protocol):
 Serve = Callable[["Config", WorkerFds, Any], Awaitable[None]]
 #: Runs before the privilege drop (as root when mcp is root); its result is ``WorkerFds.prepared``.
 Prepare = Callable[["Config"], Any]
-
-
-def process_config(cfg: Config, name: str) -> ProcessConfig | None:
-    """The ``ProcessConfig`` section of worker ``name`` (smtps: the first ``smtps`` section)."""
-    if name == "smtps":
-        return cfg.smtps[0] if cfg.smtps else None
-    section: ProcessConfig = getattr(cfg, name)
-    return section
-
-
-def process_log_level(cfg: Config, name: str) -> str:
-    """A worker's effective ``log_level``: its section's, else the global one."""
-    section = process_config(cfg, name)
-    level = getattr(section, "log_level", None) if section is not None else None
-    return str(level or cfg.log_level)
-
-
-def listen_sockets(cfg: Config) -> list[tuple[SmtpsConfig, ListenSocket]]:
-    """Every SMTP listening socket as ``(SmtpsConfig, ListenSocket)``, in ``listenN`` order.
-
-    mcp binds them and passes them to the single smtps process as ``listen0``, ``listen1``, ...
-    in exactly this order (sections in file order, then ``listen_socket`` entries in order), so
-    smtps knows which section's policy applies to each descriptor.
-    """
-    return [(section, sock) for section in cfg.smtps for sock in section.listen_socket]
 
 
 def drop_privileges(user: str, group: str | None = None) -> None:

@@ -35,9 +35,10 @@ from pathlib import Path
 
 from meta1py.conf import Config, ConfigErrors, config_file, load_config
 from meta1py.conf.accounts import process_sections
-from meta1py.ownership import Account
+from meta1py.contract import EX_CONFIG, EX_NOPERM, EX_OK, EX_USAGE
+from meta1py.ownership import Account, UnknownAccountError, resolve_accounts
 
-EX_OK, EX_PROBLEMS, EX_USAGE, EX_NOPERM, EX_CONFIG = 0, 1, 64, 77, 78
+EX_PROBLEMS = 1  # --check found something missing or wrong
 
 #: The mark that tells our wrappers apart from other programs' files.
 WRAPPER_MARK = "# installed by meta1 setup"
@@ -120,12 +121,9 @@ def ensure_accounts(cfg: Config, report: Report, check: bool) -> None:
 
 def _resolved(cfg: Config) -> dict[str, Account] | None:
     """The workers' accounts as mcp resolves them, or None when one is missing."""
-    from meta1py.mcp.privs import resolve_accounts
-    from meta1py.mcp.spawn import StartupError
-
     try:
         return resolve_accounts(cfg)
-    except StartupError:
+    except UnknownAccountError:
         return None
 
 

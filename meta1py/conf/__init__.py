@@ -21,6 +21,9 @@ from meta1py.conf.model import (
     SmarConfig,
     SmtpcConfig,
     SmtpsConfig,
+    listen_sockets,
+    process_config,
+    process_log_level,
 )
 from meta1py.conf.parser import load_config, parse_config
 
@@ -42,6 +45,9 @@ __all__ = [
     "config_file",
     "defaults_text",
     "dump_config",
+    "listen_sockets",
     "load_config",
     "parse_config",
+    "process_config",
+    "process_log_level",
 ]

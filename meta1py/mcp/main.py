@@ -16,7 +16,7 @@ from pathlib import Path
 
 import trio
 
-from meta1py.conf import Config, dump_config
+from meta1py.conf import Config, dump_config, listen_sockets
 from meta1py.contract import EX_CONFIG, EX_OSERR, EX_USAGE, RPC_SERVERS, rpc_socket_path
 from meta1py.log import setup_logging
 from meta1py.mcp.forkserver import ForkServer
@@ -30,7 +30,6 @@ from meta1py.mcp.privs import (
 )
 from meta1py.mcp.spawn import StartupError, bind_listener, bind_rpc_socket
 from meta1py.mcp.supervise import Supervisor
-from meta1py.worker import listen_sockets
 
 log = logging.getLogger("meta1py.mcp")
 

@@ -10,14 +10,12 @@ table is there and in docs/internals.md); :func:`prepare_directories` applies it
 
 from __future__ import annotations
 
-import grp
 import logging
 import os
-import pwd
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from meta1py.contract import WORKER_NAMES
+from meta1py import ownership
 from meta1py.mcp.spawn import StartupError
 from meta1py.ownership import (
     PRIVATE_SOCKET_MODE,
@@ -29,7 +27,6 @@ from meta1py.ownership import (
     reach_problems,
     repair_layout,
 )
-from meta1py.worker import process_config
 
 if TYPE_CHECKING:
     from meta1py.conf import Config
@@ -43,24 +40,15 @@ def is_root() -> bool:
 
 
 def resolve_accounts(cfg: Config) -> dict[str, Account]:
-    """Look up every worker's ``user``/``group``.
+    """Look up every worker's ``user``/``group`` (`meta1py.ownership.resolve_accounts`).
 
     Raises:
-        StartupError: an account does not exist (``conf.check_accounts`` normally reports this
-            earlier, with the ``useradd`` line to fix it).
+        StartupError: an account does not exist.
     """
-    accounts: dict[str, Account] = {}
-    for name in WORKER_NAMES:
-        section = process_config(cfg, name)
-        if section is None:
-            continue
-        try:
-            uid = pwd.getpwnam(section.user).pw_uid
-            gid = grp.getgrnam(section.group).gr_gid
-        except KeyError as exc:
-            raise StartupError(f"{name}: unknown account {exc.args[0]}") from None
-        accounts[name] = Account(section.user, section.group, uid, gid)
-    return accounts
+    try:
+        return ownership.resolve_accounts(cfg)
+    except ownership.UnknownAccountError as exc:
+        raise StartupError(str(exc)) from None
 
 
 def owners_of(accounts: dict[str, Account] | None) -> Owners:

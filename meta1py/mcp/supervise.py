@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from meta1py.conf import listen_sockets, process_config
 from meta1py.contract import (
     DRAIN_SIGNAL,
     EX_CRASH,
@@ -60,7 +61,6 @@ from meta1py.mcp.spawn import (
     describe_status,
     spawn_worker,
 )
-from meta1py.worker import listen_sockets, process_config
 
 if TYPE_CHECKING:
     from meta1py.conf import Config

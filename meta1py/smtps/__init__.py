@@ -5,7 +5,7 @@ NAME
 
 DESCRIPTION
     smtps serves every ``listen_socket`` of every ``smtps`` section (inherited from mcp as
-    ``listen0..N`` in ``meta1py.worker.listen_sockets`` order). It speaks ESMTP through the
+    ``listen0..N`` in ``meta1py.conf.listen_sockets`` order). It speaks ESMTP through the
     sans-IO core, asks smar whether each client, sender and recipient may pass, streams message
     content to a file in the queue, and answers 250 only after qmgr committed the transaction to
     stable storage. On shutdown it stops accepting and ends open sessions with

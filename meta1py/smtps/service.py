@@ -29,7 +29,7 @@ from typing import Any
 
 import trio
 
-from meta1py.conf import Config, ListenSocket, SmtpsConfig
+from meta1py.conf import Config, ListenSocket, SmtpsConfig, listen_sockets
 from meta1py.contract import rpc_socket_path
 from meta1py.passwords import PasswordFileError
 from meta1py.rpc.channel import RpcClient
@@ -38,7 +38,7 @@ from meta1py.smtps.auth import Authenticator, AuthFailureLimiter
 from meta1py.smtps.limits import Admission, QueueSpace, SessionLimits, is_trusted
 from meta1py.smtps.session import Session, SmtpsContext
 from meta1py.tls import ReloadableServerContext, ServerTlsSettings, TlsConfigError, parse_protocols
-from meta1py.worker import WorkerConfigError, WorkerFds, listen_sockets
+from meta1py.worker import WorkerConfigError, WorkerFds
 
 log = logging.getLogger(__name__)
 
