@@ -140,3 +140,39 @@ def check_files(cfg: Config) -> list[ConfigError]:
         )
         errors.append(_error(cfg, key, f"{name} {kind} {str(path)!r} {problem}", hint))
     return errors
+
+
+def check_tls_support(cfg: Config) -> list[ConfigError]:
+    """smtps sections that ask clients for a certificate where this Python cannot do that.
+
+    ``request_cert`` (on by default once a section has a ``cert_file``) needs the verify hook of
+    :mod:`meta1py.tls.hook`; without it smtps refuses to start the section, so say so here first.
+
+    Returns:
+        One error per such section, located at its ``tls { flags }`` (or ``cert_file`` when the
+        flag is the default).
+    """
+    wanted = [
+        i
+        for i, s in enumerate(cfg.smtps)
+        if s.tls.cert_file is not None and "request_cert" in s.tls.flags and "request_cert" in s.flags
+    ]
+    if not wanted:
+        return []
+    # Imported here: the hook loads ssl and ctypes, which conf needs only when a section asks.
+    from meta1py.tls import hook
+
+    problem = hook.probe()
+    if problem is None:
+        return []
+    errors: list[ConfigError] = []
+    for i in wanted:
+        explicit = f"smtps[{i}].tls.flags" in cfg.locations
+        key = f"smtps[{i}].tls.flags" if explicit else f"smtps[{i}].tls.cert_file"
+        what = "request_cert" if explicit else "request_cert (on by default with a cert_file)"
+        hint = (
+            "turn it off with tls { flags = { dont_request_cert }; } (clients are then not asked for a"
+            " certificate), or run CPython 3.11 to 3.13"
+        )
+        errors.append(_error(cfg, key, f"{what} cannot be honoured on this Python: {problem}", hint))
+    return errors

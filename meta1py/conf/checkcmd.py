@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from meta1py.conf.accounts import check_accounts, check_files
+from meta1py.conf.accounts import check_accounts, check_files, check_tls_support
 from meta1py.conf.dump import defaults_text, dump_config
 from meta1py.conf.errors import ConfigErrors
 from meta1py.conf.location import config_file
@@ -41,7 +41,7 @@ def main(argv: list[str]) -> int:
     except ConfigErrors as e:
         print(str(e), file=sys.stderr)
         return EX_INVALID
-    problems = check_files(cfg) + check_accounts(cfg)
+    problems = check_files(cfg) + check_accounts(cfg) + check_tls_support(cfg)
     if problems:
         print(str(ConfigErrors(problems)), file=sys.stderr)
         return EX_INVALID

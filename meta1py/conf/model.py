@@ -43,6 +43,7 @@ from meta1py.conf.schema import (
     sect,
 )
 from meta1py.contract import WORKER_NAMES
+from meta1py.tls.requirements import parse_tls_requirements
 
 LOG_LEVELS = Choice("debug", "info", "warning", "error")
 PROCESS_NAMES = WORKER_NAMES
@@ -219,17 +220,13 @@ class SmarConfig(ProcessConfig):
 
 
 class _TlsRequirementsText(ValueType):
-    """smtpc's ``tls_requirements`` text (kept as written; checked with meta1py.tls's parser)."""
+    """smtpc's ``tls_requirements`` text (kept as written; checked with the pure parser of
+    :mod:`meta1py.tls.requirements`)."""
 
     kind = "TLS requirements"
     expected = 'TLS requirements such as "verify; hostnames=mx.example.com" (see docs/tls.md)'
 
     def parse_one(self, raw: Scalar) -> str:
-        if raw.text.strip().lower() in ("none", "may", "encrypt", "verify"):
-            return raw.text  # the common case, and the default (parsed when this module is imported)
-        # Imported here: meta1py.tls imports ssl (and so socket), which conf must not load at import.
-        from meta1py.tls import parse_tls_requirements
-
         try:
             parse_tls_requirements(raw.text)
         except ValueError as exc:
@@ -244,7 +241,7 @@ class _TlsProtocols(ListOf):
         super().__init__(Word())
         self.expected = "a list of TLS versions (TLSv1.2, TLSv1.3)"
 
-    # The same rule as meta1py.tls.parse_protocols, which cannot be imported here (it loads ssl).
+    # The same rule as meta1py.tls.contexts.parse_protocols, which cannot be imported here (it loads ssl).
     _ORDER = ("tlsv1", "tlsv1.1", "tlsv1.2", "tlsv1.3")
     _ALIASES = {"tlsv1.0": "tlsv1"}
 

@@ -64,6 +64,7 @@ def main(argv: list[str]) -> int:
     if getattr(args, "help", False):
         return 0
     from meta1py.conf import ConfigErrors, check_accounts, check_files, load_config
+    from meta1py.conf.accounts import check_tls_support
 
     path = config_path(args.config)
     root = is_root()
@@ -71,7 +72,7 @@ def main(argv: list[str]) -> int:
         cfg = load_config(path)
         # Files the workers would fail on (maps, certificates, password files): report them here,
         # all at once and with file:line:col, rather than as a worker exiting 78.
-        problems = check_files(cfg) + (check_accounts(cfg) if root else [])
+        problems = check_files(cfg) + check_tls_support(cfg) + (check_accounts(cfg) if root else [])
         if problems:
             raise ConfigErrors(problems)
     except ConfigErrors as exc:

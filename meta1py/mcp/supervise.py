@@ -514,13 +514,16 @@ class Supervisor:
 
     async def _reload_locked(self) -> None:
         from meta1py.conf import ConfigErrors, check_accounts, check_files, dump_config, load_config
+        from meta1py.conf.accounts import check_tls_support
 
         source = self.conf_path or "the built-in defaults"
         log.info("SIGHUP: reloading %s", source)
         notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}", "STATUS=reloading")
         try:
             new = load_config(self.conf_path)
-            problems = check_files(new) + (check_accounts(new) if self.accounts is not None else [])
+            problems = check_files(new) + check_tls_support(new)
+            if self.accounts is not None:
+                problems += check_accounts(new)
             if problems:
                 raise ConfigErrors(problems)
         except ConfigErrors as exc:
