@@ -33,10 +33,12 @@ duplicates removed, first occurrence kept.
 from __future__ import annotations
 
 import os
-from collections.abc import Collection, Iterable
+from collections.abc import Collection
 from dataclasses import dataclass
 
-from meta1py.maps import MapError, MapErrors, read_map_file
+from meta1py.maps.errors import MapError, MapErrors
+from meta1py.maps.lines import map_entries
+from meta1py.maps.source import MapSource, Table, first_entry, lookup_first, read_map_file
 
 RECIPIENT_DELIMITER = "+"
 DEFAULT_MAX_DEPTH = 20
@@ -99,7 +101,27 @@ def _check_target(target: str) -> str | None:
     return None
 
 
-class Aliases:
+def alias_keys(local: str) -> list[str]:
+    """The keys tried for ``local``, in order: ``local+ext`` (lower-cased), then ``local``."""
+    key = local.lower()
+    base = base_local_part(key)
+    return [key] if base == key else [key, base]
+
+
+async def lookup_alias(
+    source: MapSource[tuple[str, ...]], local: str, *, deadline: float
+) -> tuple[str, ...] | None:
+    """The targets of ``local`` in ``source`` (one level: :meth:`Aliases.lookup` over a source).
+
+    Expansion (:meth:`Aliases.expand`) still runs on the in-memory file map only.
+
+    Raises:
+        MapTempError: the source cannot answer now.
+    """
+    return await lookup_first(source, alias_keys(local), deadline=deadline)
+
+
+class Aliases(Table[tuple[str, ...]]):
     """A parsed aliases map. Build it with :func:`parse_aliases` or :func:`load_aliases`.
 
     Args:
@@ -122,20 +144,20 @@ class Aliases:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def get(self, key: str) -> tuple[str, ...] | None:
+        """The targets of exactly ``key`` (a lower-case name), or None."""
+        return self._entries.get(key)
+
     def lookup_key(self, local: str) -> str | None:
         """The entry name that ``local`` matches (exact, then without ``+ext``), or None."""
-        key = local.lower()
-        if key in self._entries:
-            return key
-        base = base_local_part(key)
-        if base != key and base in self._entries:
-            return base
+        for key in alias_keys(local):
+            if key in self._entries:
+                return key
         return None
 
     def lookup(self, local: str) -> tuple[str, ...] | None:
         """The targets of ``local`` as written in the file, or None."""
-        key = self.lookup_key(local)
-        return None if key is None else self._entries[key]
+        return first_entry(self, alias_keys(local))
 
     def expand(self, address: str, local_domains: Collection[str] = ()) -> ExpansionResult:
         """Expand ``address`` into its final recipients.
@@ -212,29 +234,6 @@ class _Failure(Exception):
         self.text = text
 
 
-def _logical_lines(text: str) -> Iterable[tuple[int, list[tuple[int, str]]]]:
-    """Yield ``(first line number, [(line number, text), ...])`` per logical line."""
-    current: list[tuple[int, str]] | None = None
-    orphans: list[tuple[int, str]] = []
-    for lineno, raw in enumerate(text.splitlines(), start=1):
-        stripped = raw.strip()
-        if not stripped or stripped.startswith("#"):
-            continue
-        if raw[0].isspace():
-            if current is None:
-                orphans.append((lineno, stripped))
-            else:
-                current.append((lineno, stripped))
-            continue
-        if current is not None:
-            yield current[0][0], current
-        current = [(lineno, stripped)]
-    if current is not None:
-        yield current[0][0], current
-    for lineno, _stripped in orphans:
-        yield lineno, [(lineno, "")]  # marker: continuation with nothing to continue
-
-
 def parse_aliases(text: str, path: str = "<string>", **limits: int) -> Aliases:
     """Parse the text of an aliases file.
 
@@ -249,15 +248,18 @@ def parse_aliases(text: str, path: str = "<string>", **limits: int) -> Aliases:
     errors: list[MapError] = []
     entries: dict[str, tuple[str, ...]] = {}
     first_seen: dict[str, int] = {}
-    for first, pieces in _logical_lines(text):
-        head = pieces[0][1]
-        if not head:
-            errors.append(MapError(path, first, "continuation line without an alias before it"))
-            continue
-        name, colon, rest = head.partition(":")
-        name = name.strip()
-        if not colon:
-            errors.append(MapError(path, first, f"expected 'name: target, ...', got {head!r}"))
+    lines = map_entries(
+        text,
+        path,
+        errors,
+        separator=":",
+        continuation="join",
+        continuation_error="continuation line without an alias before it",
+    )
+    for entry in lines:
+        first, name, rest = entry.line, entry.key, entry.value
+        if rest is None:
+            errors.append(MapError(path, first, f"expected 'name: target, ...', got {entry.text!r}"))
             continue
         if not name or any(c.isspace() for c in name):
             errors.append(MapError(path, first, f"bad alias name {name!r}"))
@@ -270,7 +272,7 @@ def parse_aliases(text: str, path: str = "<string>", **limits: int) -> Aliases:
         key = name.lower()
         targets: list[str] = []
         ok = True
-        for lineno, chunk in [(first, rest), *pieces[1:]]:
+        for lineno, chunk in [(first, rest), *entry.more]:
             for part in chunk.split(","):
                 target = part.strip()
                 if not target:

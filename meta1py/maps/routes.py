@@ -38,7 +38,10 @@ import os
 import re
 from dataclasses import dataclass
 
-from meta1py.maps import MapError, MapErrors, read_map_file
+from meta1py.maps.errors import MapError, MapErrors
+from meta1py.maps.lines import map_entries
+from meta1py.maps.source import MapSource, Table, first_entry, lookup_first, read_map_file
+from meta1py.smtp.status import PERM_UNDEFINED
 
 LMTP_DEFAULT_PORT = 24
 
@@ -163,7 +166,7 @@ def parse_route(value: str) -> Route:
         m = _ERROR_RE.match(nexthop)
         assert m is not None  # the pattern matches any text
         code = int(m["code"]) if m["code"] else None
-        enhanced = m["enhanced"] or "5.0.0"
+        enhanced = m["enhanced"] or PERM_UNDEFINED
         text = m["text"].strip() or "delivery not allowed"
         cls = enhanced[0]
         if cls == "2":
@@ -178,7 +181,7 @@ def parse_route(value: str) -> Route:
     raise ValueError(f"unknown transport {transport!r} (smtp, lmtp, maildir, error)")
 
 
-class Routes:
+class Routes(Table[Route]):
     """A parsed routes map. Build it with :func:`parse_routes` or :func:`load_routes`."""
 
     def __init__(
@@ -194,20 +197,42 @@ class Routes:
     def __len__(self) -> int:
         return len(self._exact) + len(self._subdomains) + (self.default is not None)
 
+    def get(self, key: str) -> Route | None:
+        """The route of exactly ``key``: ``domain``, ``.domain`` or ``*`` (normalised), or None."""
+        if key == "*":
+            return self.default
+        if key.startswith("."):
+            return self._subdomains.get(key[1:])
+        return self._exact.get(key)
+
     def lookup(self, domain: str, *, use_default: bool = True) -> Route | None:
         """The route for ``domain``: exact entry, else the most specific ``.parent``
         entry, else ``*`` (when ``use_default``), else None."""
-        name = _normalize_domain(domain)
-        found = self._exact.get(name)
-        if found is not None:
-            return found
-        if not name.startswith("["):
-            labels = name.split(".")
-            for i in range(1, len(labels)):
-                found = self._subdomains.get(".".join(labels[i:]))
-                if found is not None:
-                    return found
-        return self.default if use_default else None
+        return first_entry(self, route_keys(domain, use_default=use_default))
+
+
+def route_keys(domain: str, *, use_default: bool = True) -> list[str]:
+    """The keys tried for ``domain``, in order: ``domain``, ``.parent`` from the most specific
+    (not for an address literal ``[...]``), then ``*`` when ``use_default``."""
+    name = _normalize_domain(domain)
+    keys = [] if name == "*" or name.startswith(".") else [name]  # never an exact key
+    if not name.startswith("["):
+        labels = name.split(".")
+        keys += ["." + ".".join(labels[i:]) for i in range(1, len(labels))]
+    if use_default:
+        keys.append("*")
+    return keys
+
+
+async def lookup_route(
+    source: MapSource[Route], domain: str, *, use_default: bool = True, deadline: float
+) -> Route | None:
+    """:meth:`Routes.lookup` over a source.
+
+    Raises:
+        MapTempError: the source cannot answer now.
+    """
+    return await lookup_first(source, route_keys(domain, use_default=use_default), deadline=deadline)
 
 
 def parse_routes(text: str, path: str = "<string>") -> Routes:
@@ -221,18 +246,12 @@ def parse_routes(text: str, path: str = "<string>") -> Routes:
     subdomains: dict[str, Route] = {}
     default: Route | None = None
     seen: dict[str, int] = {}
-    for lineno, raw in enumerate(text.splitlines(), start=1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
+    lines = map_entries(text, path, errors, continuation_error="continuation lines are not allowed in routes")
+    for entry in lines:
+        lineno, key, value = entry.line, entry.key, entry.value
+        if value is None:
+            errors.append(MapError(path, lineno, f"expected 'domain transport:nexthop', got {entry.text!r}"))
             continue
-        if raw[0].isspace():
-            errors.append(MapError(path, lineno, "continuation lines are not allowed in routes"))
-            continue
-        parts = line.split(None, 1)
-        if len(parts) < 2:
-            errors.append(MapError(path, lineno, f"expected 'domain transport:nexthop', got {line!r}"))
-            continue
-        key, value = parts[0], parts[1].strip()
         key_norm = key if key == "*" else _normalize_domain(key)
         if key_norm != "*":
             is_parent = key_norm.startswith(".")
@@ -256,6 +275,7 @@ def parse_routes(text: str, path: str = "<string>") -> Routes:
         else:
             exact[key_norm] = route
     if errors:
+        errors.sort(key=lambda e: e.line)
         raise MapErrors(errors)
     return Routes(exact, subdomains, default)
 

@@ -1,10 +1,11 @@
 """smar: the meta1py address resolver.
 
 NAME
-    smar -- answers policy and routing questions: maps, aliases, DNS (MX, A/AAAA, DNSBL).
+    smar -- answers recipient and routing questions: aliases, routes, DNS (MX, A/AAAA).
 
 DESCRIPTION
-    smar decides whether a client, sender or recipient may pass and whether relaying is allowed
+    smar decides whether a recipient is accepted -- a local one must exist after alias
+    expansion, any other needs relay permission (``relay_clients`` or an authenticated client) --
     (for smtps), and where a recipient goes -- Maildir, LMTP, or SMTP hosts in MX order -- (for
     qmgr). It reads the ``aliases`` and ``routes`` maps and queries DNS (``nameserver``,
     ``DNS_timeout``), caching answers.

@@ -18,8 +18,8 @@ SECURITY
     answer are tried for one delivery.
 
 PEERS
-    Serves ``smtpc.sock`` (client: qmgr); client of ``qmgr.sock``. Message names are in
-    docs/rpc.md.
+    Serves ``smtpc.sock`` (client: qmgr, which sends the deliveries and gets the results as the
+    replies); smtpc itself calls no other worker. Message names are in docs/rpc.md.
 
 DIAGNOSTICS
     Log lines ``meta1py/smtpc[PID]: ...``. Exit statuses as every worker: 0, 1 crash (mcp

@@ -27,14 +27,16 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import BinaryIO
+
+from meta1py.envelope import DeliveryStatus
+from meta1py.message.delivered_to import delivered_to_header, has_delivered_to
+from meta1py.smtp.status import PERM_ROUTING_LOOP, SUCCESS, TEMP_MAIL_SYSTEM_ERROR, TEMP_MAILBOX_FULL
 
 __all__ = ["DeliveryOutcome", "deliver_maildir", "maildir_unique_name"]
 
 #: Bytes copied per read; messages are streamed, never held whole in memory.
 _CHUNK_BYTES = 64 * 1024
-#: How much of the header block loop detection scans: headers past this are not examined.
-_MAX_HEADER_SCAN_BYTES = 1024 * 1024
 
 _counter = itertools.count(1)
 _counter_lock = threading.Lock()
@@ -51,7 +53,7 @@ class DeliveryOutcome:
         text: Human-readable detail (never contains secrets; may name the file).
     """
 
-    status: Literal["ok", "temp", "perm"]
+    status: DeliveryStatus
     code: int
     enhanced: str
     text: str
@@ -113,39 +115,6 @@ def _ensure_maildir(maildir: Path) -> None:
         _fsync_dir(parent)
 
 
-def _has_delivered_to(content: BinaryIO, recipient: str) -> bool:
-    """Whether the header block has ``Delivered-To: <recipient>`` (case-insensitive).
-
-    Reads at most :data:`_MAX_HEADER_SCAN_BYTES`; the caller rewinds the stream afterwards.
-    """
-    wanted = recipient.strip().lower()
-    scanned = 0
-    current: bytes | None = None  # the header field being assembled (unfolded)
-
-    def matches(field: bytes | None) -> bool:
-        if field is None:
-            return False
-        name, sep, value = field.partition(b":")
-        if not sep or name.strip().lower() != b"delivered-to":
-            return False
-        return value.strip().decode("utf-8", "replace").lower() == wanted
-
-    for raw in content:
-        scanned += len(raw)
-        line = raw.rstrip(b"\r\n")
-        if not line:  # the blank line ends the header
-            return matches(current)
-        if line[:1] in (b" ", b"\t"):
-            current = (current or b"") + b" " + line.strip()
-        else:
-            if matches(current):
-                return True
-            current = line
-        if scanned > _MAX_HEADER_SCAN_BYTES:
-            break
-    return matches(current)
-
-
 def _copy_lf(content: BinaryIO, out: BinaryIO) -> None:
     """Copy ``content`` to ``out`` converting CRLF to LF, across chunk boundaries."""
     pending_cr = False
@@ -164,8 +133,10 @@ def _copy_lf(content: BinaryIO, out: BinaryIO) -> None:
 
 def _temp_failure(exc: OSError, what: str) -> DeliveryOutcome:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return DeliveryOutcome("temp", 452, "4.2.2", f"mailbox full: {what}: {exc.strerror}")
-    return DeliveryOutcome("temp", 451, "4.3.0", f"maildir delivery failed: {what}: {exc.strerror}")
+        return DeliveryOutcome("temp", 452, TEMP_MAILBOX_FULL, f"mailbox full: {what}: {exc.strerror}")
+    return DeliveryOutcome(
+        "temp", 451, TEMP_MAIL_SYSTEM_ERROR, f"maildir delivery failed: {what}: {exc.strerror}"
+    )
 
 
 def deliver_maildir(
@@ -178,9 +149,10 @@ def deliver_maildir(
 ) -> DeliveryOutcome:
     """Deliver one message into a Maildir.
 
-    Adds ``Delivered-To: <recipient>`` at the top of the message. If the header already holds that
-    same ``Delivered-To`` the message has looped back to us (an alias or forward pointing at
-    itself), so it is refused permanently instead of delivered again.
+    Adds ``Delivered-To: <recipient>`` (:mod:`meta1py.message.delivered_to`) at the top of the
+    message. If the header already holds that same ``Delivered-To`` the message has looped back to
+    us (an alias or forward pointing at itself), so it is refused permanently instead of delivered
+    again.
 
     Args:
         maildir: The Maildir (the directory holding ``tmp``, ``new`` and ``cur``).
@@ -196,15 +168,15 @@ def deliver_maildir(
         (never a partial file in ``new/``).
     """
     start = content.tell()
-    if _has_delivered_to(content, recipient):
-        return DeliveryOutcome("perm", 554, "5.4.6", f"mail loop: already delivered to {recipient}")
+    if has_delivered_to(content, recipient):
+        return DeliveryOutcome("perm", 554, PERM_ROUTING_LOOP, f"mail loop: already delivered to {recipient}")
     content.seek(start)
 
     try:
         if create:
             _ensure_maildir(maildir)
         elif not (maildir / "tmp").is_dir() or not (maildir / "new").is_dir():
-            return DeliveryOutcome("temp", 451, "4.3.0", f"no such maildir: {maildir}")
+            return DeliveryOutcome("temp", 451, TEMP_MAIL_SYSTEM_ERROR, f"no such maildir: {maildir}")
     except OSError as exc:
         return _temp_failure(exc, "creating maildir")
 
@@ -219,7 +191,7 @@ def deliver_maildir(
     linked = False  # whether new_path is ours to remove on failure
     try:
         with os.fdopen(fd, "wb") as out:
-            out.write(b"Delivered-To: " + recipient.encode("utf-8") + b"\n")
+            out.write(delivered_to_header(recipient, newline=b"\n"))
             _copy_lf(content, out)
             out.flush()
             os.fsync(out.fileno())
@@ -247,4 +219,4 @@ def deliver_maildir(
             with contextlib.suppress(OSError):
                 new_path.unlink()
         return _temp_failure(exc, "writing message")
-    return DeliveryOutcome("ok", 250, "2.0.0", f"delivered to maildir as {name}")
+    return DeliveryOutcome("ok", 250, SUCCESS, f"delivered to maildir as {name}")

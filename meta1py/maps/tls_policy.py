@@ -1,6 +1,7 @@
 """The ``tls_policy`` map: which ``tls_requirements`` apply to which destination.
 
-File format (one entry per line, ``#`` comments on whole lines)::
+File format (one entry per line, ``#`` comments on whole lines; the line syntax is
+:mod:`meta1py.maps.lines`, and a line starting with whitespace is an entry like any other)::
 
     # key                 tls_requirements
     example.com           verify; hostnames=mx1.example.com,mx2.example.com
@@ -19,7 +20,7 @@ Keys:
 - ``*``: everything else (default: the ``tls_requirements`` option).
 
 The rest of the line is a ``tls_requirements`` value in the syntax of
-:func:`meta1py.tls.parse_tls_requirements` (no quotes needed around the whole value). Keys are
+:func:`meta1py.tls.requirements.parse_tls_requirements` (no quotes needed around the whole value). Keys are
 case-insensitive and a trailing dot is ignored.
 """
 
@@ -27,10 +28,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from meta1py.maps import MapError, MapErrors
-from meta1py.tls import TlsRequirements, parse_tls_requirements
+from meta1py.maps.errors import MapError, MapErrors
+from meta1py.maps.lines import map_entries
+from meta1py.maps.source import MapSource, Table, first_entry, lookup_first
+from meta1py.tls.requirements import TlsRequirements, parse_tls_requirements
 
-__all__ = ["TlsPolicy", "destination_nexthop", "parse_tls_policy"]
+__all__ = ["TlsPolicy", "destination_nexthop", "lookup_tls_policy", "parse_tls_policy", "tls_policy_keys"]
 
 
 def _norm(key: str) -> str:
@@ -38,7 +41,7 @@ def _norm(key: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class TlsPolicy:
+class TlsPolicy(Table[TlsRequirements]):
     """A parsed ``tls_policy`` map (build it with :func:`parse_tls_policy`).
 
     Attributes:
@@ -51,6 +54,15 @@ class TlsPolicy:
     subdomains: dict[str, TlsRequirements]
     default: TlsRequirements | None = None
 
+    def get(self, key: str) -> TlsRequirements | None:
+        """The entry of exactly ``key``: ``domain``, ``.domain``, ``[host]:port``, ``[host]`` or
+        ``*`` (normalised), or None."""
+        if key == "*":
+            return self.default
+        if key.startswith("."):
+            return self.subdomains.get(key[1:])
+        return self.exact.get(key)
+
     def lookup(self, nexthop: str | None, domain: str) -> TlsRequirements | None:
         """The requirements for one recipient of a job.
 
@@ -61,23 +73,40 @@ class TlsPolicy:
         Returns:
             The most specific entry, or None when the map has none (use the configured default).
         """
-        if nexthop is not None:
-            nexthop = _norm(nexthop)
-            found = self.exact.get(nexthop)
-            if found is None and not nexthop.endswith("]"):
-                found = self.exact.get(nexthop.rpartition(":")[0])
-            if found is not None:
-                return found
-        name = _norm(domain)
-        found = self.exact.get(name)
-        if found is not None:
-            return found
-        labels = name.split(".")
-        for i in range(1, len(labels)):
-            found = self.subdomains.get(".".join(labels[i:]))
-            if found is not None:
-                return found
-        return self.default
+        return first_entry(self, tls_policy_keys(nexthop, domain))
+
+
+def tls_policy_keys(nexthop: str | None, domain: str) -> list[str]:
+    """The keys tried for one recipient, in order: the bracketed ``nexthop`` with its port, then
+    without, then ``domain``, ``.parent`` from the most specific, then ``*``."""
+    keys: list[str] = []
+    if nexthop is not None:
+        nexthop = _norm(nexthop)
+        keys += _exact(nexthop)
+        if not nexthop.endswith("]"):
+            keys += _exact(nexthop.rpartition(":")[0])
+    name = _norm(domain)
+    keys += _exact(name)
+    labels = name.split(".")
+    keys += ["." + ".".join(labels[i:]) for i in range(1, len(labels))]
+    keys.append("*")
+    return keys
+
+
+def _exact(name: str) -> list[str]:
+    """``[name]`` as an exact key; nothing for ``*`` and ``.x``, which no exact entry has."""
+    return [] if name == "*" or name.startswith(".") else [name]
+
+
+async def lookup_tls_policy(
+    source: MapSource[TlsRequirements], nexthop: str | None, domain: str, *, deadline: float
+) -> TlsRequirements | None:
+    """:meth:`TlsPolicy.lookup` over a source.
+
+    Raises:
+        MapTempError: the source cannot answer now.
+    """
+    return await lookup_first(source, tls_policy_keys(nexthop, domain), deadline=deadline)
 
 
 def destination_nexthop(destination: str) -> str | None:
@@ -96,12 +125,8 @@ def parse_tls_policy(text: str, path: str = "<string>") -> TlsPolicy:
     exact: dict[str, TlsRequirements] = {}
     subdomains: dict[str, TlsRequirements] = {}
     default: TlsRequirements | None = None
-    for number, line in enumerate(text.splitlines(), 1):
-        stripped = line.strip()
-        if not stripped or stripped.startswith("#"):
-            continue
-        key, *rest = stripped.split(None, 1)
-        value = rest[0].strip() if rest else ""
+    for entry in map_entries(text, path, errors, continuation="entry"):
+        number, key, value = entry.line, entry.key, entry.value
         if not value:
             errors.append(MapError(path, number, f"{key!r} has no tls_requirements"))
             continue
@@ -126,5 +151,6 @@ def parse_tls_policy(text: str, path: str = "<string>") -> TlsPolicy:
             continue
         table[name] = req
     if errors:
+        errors.sort(key=lambda e: e.line)
         raise MapErrors(errors)
     return TlsPolicy(exact, subdomains, default)

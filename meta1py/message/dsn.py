@@ -1,7 +1,7 @@
-"""Delivery status notifications (RFC 3464) built by qmgr.
+"""Delivery status notifications (RFC 3464): the builder of bounces, delay warnings and success reports.
 
-A bounce is an ordinary message from the null sender ``<>``: qmgr writes its content file with
-this module's output and queues it with the same durability as any other message.  The content is
+A bounce is an ordinary message from the null sender ``<>``: qmgr (its only user) writes its content
+file with this module's output and queues it with the same durability as any other message.  The content is
 ``multipart/report; report-type=delivery-status`` (RFC 6522) with three parts:
 
 1. a short human-readable explanation,

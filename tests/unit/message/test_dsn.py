@@ -5,7 +5,7 @@ import email.policy
 import io
 from typing import Any
 
-from meta1py.qmgr.bounce import DsnRecipient, build_dsn
+from meta1py.message.dsn import DsnRecipient, build_dsn
 
 ORIGINAL = b"From: a@example.org\r\nTo: b@example.net\r\nSubject: hi\r\n\r\nbody line\r\n.dot\r\n"
 
