@@ -64,6 +64,13 @@ from meta1py.smar.mx import (
     limit_addresses,
     order_mx,
 )
+from meta1py.smtp.status import (
+    PERM_BAD_DESTINATION_SYNTAX,
+    PERM_BAD_DESTINATION_SYSTEM,
+    PERM_NULL_MX,
+    PERM_UNABLE_TO_ROUTE,
+    TEMP_ROUTING_SERVER_FAILURE,
+)
 
 __all__ = ["DnsFailure", "MxHost", "MxResult", "Resolver", "parse_domain_literal"]
 
@@ -118,7 +125,7 @@ class _Answer:
 
 
 def _temp(text: str) -> DnsFailure:
-    return DnsFailure(False, 451, "4.4.3", text)
+    return DnsFailure(False, 451, TEMP_ROUTING_SERVER_FAILURE, text)
 
 
 def _perm(code: int, enhanced: str, text: str) -> DnsFailure:
@@ -268,7 +275,9 @@ class Resolver:
     def _literal(self, literal: str) -> MxResult:
         ip = parse_domain_literal(literal)
         if ip is None:
-            return MxResult(literal, failure=_perm(553, "5.1.3", f"bad address literal {literal}"))
+            return MxResult(
+                literal, failure=_perm(553, PERM_BAD_DESTINATION_SYNTAX, f"bad address literal {literal}")
+            )
         return MxResult(literal, hosts=(MxHost(literal, 0, (ip,)),))
 
     @staticmethod
@@ -276,9 +285,9 @@ class Resolver:
         try:
             dns.name.from_text(name)
         except (dns.exception.DNSException, UnicodeError) as e:
-            return _perm(553, "5.1.3", f"bad domain name {name!r}: {e}")
+            return _perm(553, PERM_BAD_DESTINATION_SYNTAX, f"bad domain name {name!r}: {e}")
         if not name:
-            return _perm(553, "5.1.3", "empty domain name")
+            return _perm(553, PERM_BAD_DESTINATION_SYNTAX, "empty domain name")
         return None
 
     async def _resolve_mx(self, name: str) -> MxResult:
@@ -286,7 +295,9 @@ class Resolver:
         if mx.kind is _Kind.TEMP:
             return MxResult(name, failure=_temp(f"MX lookup for {name} failed: {mx.detail}"))
         if mx.kind is _Kind.NXDOMAIN:
-            return MxResult(name, failure=_perm(550, "5.1.2", f"domain {name} does not exist"))
+            return MxResult(
+                name, failure=_perm(550, PERM_BAD_DESTINATION_SYSTEM, f"domain {name} does not exist")
+            )
         if mx.kind is _Kind.NODATA:
             return await self._implicit_mx(name)
         records = list(mx.mx)
@@ -295,7 +306,7 @@ class Resolver:
         real = [(p, h) for p, h in records if h not in (".", "")]
         if not real:
             return MxResult(
-                name, failure=_perm(556, "5.1.10", f"domain {name} does not accept mail (null MX)")
+                name, failure=_perm(556, PERM_NULL_MX, f"domain {name} does not accept mail (null MX)")
             )
         # RFC 5321 §5.1: by preference, ties shuffled to spread load over equal hosts. Then
         # only the first few hosts are looked up (a hostile answer may list hundreds).
@@ -326,7 +337,9 @@ class Resolver:
         if any_temp or skipped:
             why = "failed" if any_temp else f"found none in the first {len(chosen)} hosts"
             return MxResult(name, failure=_temp(f"address lookup of the MX hosts of {name} {why}"))
-        return MxResult(name, failure=_perm(550, "5.4.4", f"no MX host of {name} has an address"))
+        return MxResult(
+            name, failure=_perm(550, PERM_UNABLE_TO_ROUTE, f"no MX host of {name} has an address")
+        )
 
     async def _implicit_mx(self, name: str) -> MxResult:
         # RFC 5321 §5.1: no MX records -> the domain itself is the only host.
@@ -335,7 +348,12 @@ class Resolver:
             return MxResult(name, hosts=(MxHost(name, 0, addresses[: self.mx_address_limit]),), implicit=True)
         assert failure is not None
         if failure.permanent:
-            return MxResult(name, failure=_perm(550, "5.1.2", f"domain {name} has no MX or address records"))
+            return MxResult(
+                name,
+                failure=_perm(
+                    550, PERM_BAD_DESTINATION_SYSTEM, f"domain {name} has no MX or address records"
+                ),
+            )
         return MxResult(name, failure=failure)
 
     async def _addresses(self, host: str) -> tuple[tuple[str, ...], DnsFailure | None]:
@@ -355,8 +373,8 @@ class Resolver:
         if temps:
             return (), _temp(f"address lookup for {host} failed: {temps[0].detail}")
         if any(a.kind is _Kind.NXDOMAIN for a in answers.values()):
-            return (), _perm(550, "5.1.2", f"host {host} does not exist")
-        return (), _perm(550, "5.1.2", f"host {host} has no address records")
+            return (), _perm(550, PERM_BAD_DESTINATION_SYSTEM, f"host {host} does not exist")
+        return (), _perm(550, PERM_BAD_DESTINATION_SYSTEM, f"host {host} has no address records")
 
     # -- queries and cache -----------------------------------------------------
 

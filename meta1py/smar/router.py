@@ -63,6 +63,13 @@ from meta1py.maps.routes import (
     parse_routes,
 )
 from meta1py.smar.resolver import DnsFailure, MxResult, Resolver
+from meta1py.smtp.status import (
+    PERM_BAD_DESTINATION_MAILBOX,
+    PERM_BAD_DESTINATION_SYNTAX,
+    PERM_BAD_DESTINATION_SYSTEM,
+    PERM_ROUTING_LOOP,
+    TEMP_UNABLE_TO_ROUTE,
+)
 
 log = logging.getLogger(__name__)
 
@@ -222,7 +229,7 @@ class Router:
         result = aliases.expand(qualified, self.local_domains)
         if isinstance(result, ExpansionFailure):
             log.error("aliases: %s (for %s)", result.text, qualified)
-            return PermanentFailure(550, "5.4.6", result.text)
+            return PermanentFailure(550, PERM_ROUTING_LOOP, result.text)
         return list(result.recipients)
 
     async def route(self, address: str) -> RouteResult:
@@ -269,16 +276,20 @@ class Router:
             return None
         if base_local_part(local).lower() == "postmaster":
             return None
-        return PermanentFailure(550, "5.1.1", f"<{local}@{domain}>: user unknown")
+        return PermanentFailure(550, PERM_BAD_DESTINATION_MAILBOX, f"<{local}@{domain}>: user unknown")
 
     def _maildir(self, local: str, domain: str) -> RouteResult:
         name = base_local_part(local).lower()
         # The local part and domain become path components: refuse anything
         # that could leave mail_directory or hide files.
         if not name or name.startswith(".") or _UNSAFE_LOCAL.search(name):
-            return PermanentFailure(550, "5.1.3", f"<{local}@{domain}>: mailbox name not allowed")
+            return PermanentFailure(
+                550, PERM_BAD_DESTINATION_SYNTAX, f"<{local}@{domain}>: mailbox name not allowed"
+            )
         if not _SAFE_DOMAIN.match(domain):
-            return PermanentFailure(550, "5.1.2", f"domain {domain!r} not allowed for Maildir")
+            return PermanentFailure(
+                550, PERM_BAD_DESTINATION_SYSTEM, f"domain {domain!r} not allowed for Maildir"
+            )
         path = Path(self.config.mail_directory) / domain / name
         return Delivery("maildir", "maildir", f"{local}@{domain}", maildir=path)
 
@@ -328,5 +339,5 @@ def _dns_failure(failure: DnsFailure, host: str, configured: bool) -> RouteResul
         return TemporaryFailure(failure.code, failure.enhanced, failure.text)
     if configured:
         log.error("configured nexthop %s does not resolve: %s", host, failure.text)
-        return TemporaryFailure(451, "4.4.4", f"nexthop {host}: {failure.text}")
+        return TemporaryFailure(451, TEMP_UNABLE_TO_ROUTE, f"nexthop {host}: {failure.text}")
     return PermanentFailure(failure.code, failure.enhanced, failure.text)

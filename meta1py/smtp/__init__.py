@@ -7,6 +7,7 @@ No I/O, no trio, no sockets: bytes in, events out; replies in, bytes out
 * :mod:`~meta1py.smtp.client` -- :class:`ClientConnection` (smtpc)
 * :mod:`~meta1py.smtp.events` -- event values and the NEED_DATA sentinel
 * :mod:`~meta1py.smtp.replies` -- :class:`Reply` and every reply we send
+* :mod:`~meta1py.smtp.status` -- named enhanced status codes of the delivery side
 * :mod:`~meta1py.smtp.address` -- RFC 5321 path parsing
 * :mod:`~meta1py.smtp.extensions` -- ESMTP extension sets
 * :mod:`~meta1py.smtp.dotstuff` -- content framing and anti-smuggling rules

@@ -333,6 +333,42 @@ def bare_newline() -> Reply:
     return _r(550, "5.6.0", "Message contains bare CR or LF or NUL, rejected")
 
 
+def too_many_hops() -> Reply:
+    """554 the message has more Received: lines than ``max_hops`` (RFC 5321 §6.3: a loop)."""
+    return _r(554, "5.4.6", "Too many hops: mail forwarding loop")
+
+
+def too_many_auth_failures() -> Reply:
+    """421 after too many failed AUTH attempts.
+
+    421 closes the session (RFC 5321 §3.8); 4.7.0: a temporary security refusal (RFC 4954 §6).
+    """
+    return _r(421, "4.7.0", "Too many authentication failures, try again later")
+
+
+def auth_data_undecodable() -> Reply:
+    """501 the client's SASL response is not valid base64 (RFC 4954 §4)."""
+    return _r(501, "5.5.2", "Cannot decode the authentication data")
+
+
+# --- policy decisions without a reply of their own (smtps stages) -----------
+
+
+def policy_tempfail_greeting(hostname: str) -> Reply:
+    """421 at connect: a policy check failed temporarily (the greeting can only be 421, RFC 5321 §3.1)."""
+    return _r(421, "4.7.0", f"{_clean(hostname)} Service temporarily unavailable, closing connection")
+
+
+def policy_tempfail() -> Reply:
+    """451 4.7.1: a policy check failed temporarily (a map or DNS lookup); the client retries."""
+    return _r(451, "4.7.1", "Temporarily refused by policy, try again later")
+
+
+def policy_held() -> Reply:
+    """451 4.7.1 at the end of data: policy holds the message, which qmgr cannot queue on hold."""
+    return _r(451, "4.7.1", "Message held by policy, try again later")
+
+
 # --- protocol errors (chosen by the core) -----------------------------------
 
 

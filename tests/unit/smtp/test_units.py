@@ -85,7 +85,14 @@ def test_every_named_reply_has_an_enhanced_code() -> None:
         if fn.__module__ != replies.__name__ or name in ("parse_reply",):
             continue
         args: tuple[object, ...] = {"greeting": ("h",), "ehlo": ("h", ()), "helo": ("h",)}.get(name, ())
-        if name in ("queued", "relay_denied", "user_unknown", "sender_rejected", "greeting_rejected"):
+        if name in (
+            "queued",
+            "relay_denied",
+            "user_unknown",
+            "sender_rejected",
+            "greeting_rejected",
+            "policy_tempfail_greeting",
+        ):
             args = ("x",)
         if name == "bdat_ok":
             args = (1,)
