@@ -18,19 +18,20 @@ from pathlib import Path
 
 import trio
 
-from meta1py.rpc import RpcChannel, connect_unix, serve_unix
+from meta1py.rpc import Handlers, RpcChannel, connect_unix, serve_unix
 from meta1py.rpc.messages import RpcPingReply, RpcPingRequest
-from meta1py.rpc.schema import RpcMessage
 
 
-async def _answer(msg: RpcMessage) -> RpcMessage:
-    assert isinstance(msg, RpcPingRequest)
+async def _answer(msg: RpcPingRequest) -> RpcPingReply:
     return RpcPingReply(nonce=msg.nonce, pid=os.getpid(), payload=msg.payload, process="bench")
 
 
 async def _serve(path: str) -> None:
+    # Served through Handlers, as the workers serve their sockets.
+    handlers = Handlers()
+    handlers.on(RpcPingRequest).answer(_answer)
     async with trio.open_nursery() as nursery:
-        await nursery.start(serve_unix, path, _answer)
+        await nursery.start(serve_unix, path, handlers)
         print("READY", flush=True)
         await trio.to_thread.run_sync(sys.stdin.read)  # EOF on stdin: stop
         nursery.cancel_scope.cancel()

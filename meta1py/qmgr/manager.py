@@ -34,15 +34,16 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import trio
 
 from meta1py import log as mlog
 from meta1py.conf import Config
 from meta1py.crashpoints import crash_point
+from meta1py.envelope import envelope_params
+from meta1py.message.dsn import DsnRecipient, build_dsn
 from meta1py.offload import OffloadThread
-from meta1py.qmgr.bounce import DsnRecipient, build_dsn
 from meta1py.qmgr.scheduler import Job, Scheduler
 from meta1py.queue.content import (
     ContentWriter,
@@ -72,18 +73,31 @@ from meta1py.queue.envelopes import (
 )
 from meta1py.queue.errors import QueueStorageError
 from meta1py.queue.ids import is_queue_id
+from meta1py.rpc.caller import Caller
 from meta1py.rpc.errors import RpcError, RpcPeerGoneError, RpcRemoteError
+from meta1py.rpc.handlers import Handlers
 from meta1py.rpc.messages import (
     QueueControlReply,
     QueueControlRequest,
     QueueEnvelopeCommitReply,
     QueueEnvelopeCommitRequest,
+    SmarHostValue,
     SmarRouteRequest,
     SmarRouteValue,
-    SmtpcDeliveryReply,
     SmtpcDeliveryRequest,
     SmtpcRecipientValue,
     SmtpReplyValue,
+)
+from meta1py.smtp.status import (
+    PERM_PROTOCOL_ERROR,
+    PERM_UNDEFINED,
+    SUCCESS,
+    TEMP_DELIVERY_TIME_EXPIRED,
+    TEMP_MAIL_SYSTEM_ERROR,
+    TEMP_MAIL_SYSTEM_FULL,
+    TEMP_NO_ANSWER_FROM_HOST,
+    TEMP_ROUTING_SERVER_FAILURE,
+    TEMP_UNDEFINED,
 )
 
 log = logging.getLogger(__name__)
@@ -116,14 +130,15 @@ _AGENT_BACKOFF_MAX_S = 2.0
 _AGENT_LOSSES_MAX = 3
 
 
-class Caller(Protocol):
-    """An RPC client (``RpcClient``) as qmgr uses it."""
-
-    async def call(self, msg: Any, *, timeout: float | None = None) -> Any: ...
+_RouteKey = tuple[str, str, str | None, tuple[SmarHostValue, ...]]
+"""Recipients whose routes agree on (destination, transport, path, hosts) share one delivery."""
 
 
 class AgentCaller(Caller, Protocol):
-    """The RPC client of the delivery agent (smtpc), which qmgr only calls while connected."""
+    """The RPC client of the delivery agent (smtpc), which qmgr only calls while connected.
+
+    ``RpcClient`` is one; so is any typed `Caller` that can tell whether it is connected.
+    """
 
     @property
     def connected(self) -> bool: ...
@@ -146,7 +161,7 @@ class _Msg:
 
 
 def _ok_reply() -> SmtpReplyValue:
-    return SmtpReplyValue(code=250, enhanced="2.0.0", text="Ok")
+    return SmtpReplyValue(code=250, enhanced=SUCCESS, text="Ok")
 
 
 def _reply_text(reply: SmtpReplyValue) -> str:
@@ -233,6 +248,8 @@ class QueueManager:
         # Recipients whose last delivery may have reached the destination although no result
         # came back (smtpc went away in the middle): their next delivery may be a duplicate.
         self._maybe_sent: dict[str, set[int]] = {}
+        self.handle = self._handlers()
+        """Answers the calls qmgr serves on qmgr.sock (the channel's handler)."""
 
     # -- start-up ------------------------------------------------------------------------------
 
@@ -579,7 +596,7 @@ class QueueManager:
         if missing:
             async with self._route_limiter:
                 answer = await self.smar.call(SmarRouteRequest(addresses=missing), timeout=_ROUTE_TIMEOUT_S)
-            routes: tuple[SmarRouteValue, ...] = answer.routes
+            routes = answer.routes
             if len(routes) != len(missing):
                 raise RpcError(f"smar answered {len(routes)} routes for {len(missing)} addresses")
             if len(cache) >= _ROUTE_CACHE_MAX:
@@ -597,19 +614,23 @@ class QueueManager:
             routes = await self._routes_for(addresses)
         except RpcError as exc:
             log.warning("%s: routing failed: %s", qid, exc)
-            reply = SmtpReplyValue(code=451, enhanced="4.3.0", text=f"address resolver unavailable: {exc}")
+            reply = SmtpReplyValue(
+                code=451, enhanced=TEMP_MAIL_SYSTEM_ERROR, text=f"address resolver unavailable: {exc}"
+            )
             await self._record(msg, [(i, "temp", reply, None, None) for i in idxs], session_failed=False)
             return
         now = time.time()
-        groups: dict[tuple[Any, ...], list[int]] = {}
+        groups: dict[_RouteKey, list[int]] = {}
         failures: list[tuple[int, str, SmtpReplyValue, str | None, str | None]] = []
-        route_of: dict[tuple[Any, ...], SmarRouteValue] = {}
+        route_of: dict[_RouteKey, SmarRouteValue] = {}
         for idx, route in zip(idxs, routes, strict=True):
             if route.status != "ok":
-                reply = route.reply or SmtpReplyValue(code=451, enhanced="4.4.3", text="routing failed")
+                reply = route.reply or SmtpReplyValue(
+                    code=451, enhanced=TEMP_ROUTING_SERVER_FAILURE, text="routing failed"
+                )
                 failures.append((idx, route.status, reply, None, route.destination or None))
                 continue
-            key = (route.destination, route.transport, route.path, route.hosts)
+            key: _RouteKey = (route.destination, route.transport, route.path, route.hosts)
             groups.setdefault(key, []).append(idx)
             route_of[key] = route
         if failures:
@@ -647,7 +668,9 @@ class QueueManager:
         """Defer recipients whose destination is marked dead, until it may be tried again."""
         until = self.scheduler.down_until(destination)
         reason = self._dest_reason.get(destination, "destination temporarily unavailable")
-        reply = SmtpReplyValue(code=451, enhanced="4.4.1", text=f"delivery temporarily suspended: {reason}")
+        reply = SmtpReplyValue(
+            code=451, enhanced=TEMP_NO_ANSWER_FROM_HOST, text=f"delivery temporarily suspended: {reason}"
+        )
         if self._expired(msg.env, time.time()):
             # Mail waiting for a dead destination must expire too, not only the probe's.
             results = [(i, "temp", reply, None, destination) for i in idxs]
@@ -716,7 +739,7 @@ class QueueManager:
             DsnRecipient(
                 r.address,
                 "delayed",
-                _enhanced_of(r.last_reply, "4.0.0"),
+                _enhanced_of(r.last_reply, TEMP_UNDEFINED),
                 orcpt=r.orcpt,
                 remote_mta=msg.remote_mta.get(r.idx),
                 diagnostic=r.last_reply,
@@ -761,13 +784,8 @@ class QueueManager:
             return
         env = msg.env
         request = SmtpcDeliveryRequest(
+            **envelope_params(env),
             qid=env.qid,
-            sender=env.sender,
-            envid=env.envid,
-            ret=env.ret,
-            body=env.body,
-            smtputf8=env.smtputf8,
-            size=env.size,
             recipients=tuple(
                 SmtpcRecipientValue(
                     idx=i,
@@ -782,12 +800,14 @@ class QueueManager:
         session_failed = False
         verdict = True  # the outcome says something about the destination
         try:
-            answer: SmtpcDeliveryReply = await self.smtpc.call(request, timeout=self._delivery_timeout_s)
+            answer = await self.smtpc.call(request, timeout=self._delivery_timeout_s)
             results = [(r.idx, r.status, r.reply, r.remote_mta, route.destination) for r in answer.results]
             session_failed = answer.session_failed
             known = {r.idx for r in answer.results}
             missing = [i for i in job.recipients if i not in known]
-            reply = SmtpReplyValue(code=451, enhanced="4.3.0", text="no result from delivery agent")
+            reply = SmtpReplyValue(
+                code=451, enhanced=TEMP_MAIL_SYSTEM_ERROR, text="no result from delivery agent"
+            )
             results += [(i, "temp", reply, None, route.destination) for i in missing]
             self._agent_backoff_s = _AGENT_BACKOFF_MIN_S  # smtpc works: the next outage starts afresh
         except RpcPeerGoneError as exc:
@@ -808,12 +828,14 @@ class QueueManager:
             self._maybe_sent.setdefault(env.qid, set()).update(job.recipients)
             verdict = False
             text = f"delivery agent unavailable: {exc} (lost {job.agent_losses} times on this message)"
-            reply = SmtpReplyValue(code=451, enhanced="4.3.0", text=text)
+            reply = SmtpReplyValue(code=451, enhanced=TEMP_MAIL_SYSTEM_ERROR, text=text)
             results = [(i, "temp", reply, None, route.destination) for i in job.recipients]
         except RpcError as exc:
             # smtpc is there but did not answer in time, or refused the request: an attempt.
             log.warning("%s: delivery agent failed: %s", env.qid, exc)
-            reply = SmtpReplyValue(code=451, enhanced="4.3.0", text=f"delivery agent unavailable: {exc}")
+            reply = SmtpReplyValue(
+                code=451, enhanced=TEMP_MAIL_SYSTEM_ERROR, text=f"delivery agent unavailable: {exc}"
+            )
             results = [(i, "temp", reply, None, route.destination) for i in job.recipients]
         delivered_any = any(status == "ok" for _i, status, _r, _m, _d in results)
         if session_failed and results:
@@ -1012,13 +1034,13 @@ class QueueManager:
             if r.status in ("bounced", "expired"):
                 if notify is not None and "FAILURE" not in notify:
                     continue
-                status = "5.0.0"
+                status = PERM_UNDEFINED
                 text = r.last_reply or ""
                 parts = text.split()
                 if len(parts) > 1 and parts[1][:1] in "45" and parts[1].count(".") == 2:
                     status = "5" + parts[1][1:]
                 if r.status == "expired":
-                    status = "4.4.7"
+                    status = TEMP_DELIVERY_TIME_EXPIRED
                 out.append(
                     DsnRecipient(
                         r.address,
@@ -1035,7 +1057,7 @@ class QueueManager:
                     DsnRecipient(
                         r.address,
                         "delivered",
-                        "2.0.0",
+                        SUCCESS,
                         orcpt=r.orcpt,
                         remote_mta=msg.remote_mta.get(r.idx),
                         diagnostic=r.last_reply,
@@ -1166,35 +1188,32 @@ class QueueManager:
 
     # -- RPC handlers --------------------------------------------------------------------------
 
-    async def handle(self, msg: Any) -> Any:
-        """Answer the calls qmgr serves on qmgr.sock."""
-        if isinstance(msg, QueueEnvelopeCommitRequest):
-            return await self._commit(msg)
-        if isinstance(msg, QueueControlRequest):
-            try:
-                return await self._control(msg)
-            except QueueStorageError as exc:
-                # The operator learns it (meta1 queue prints the error); qmgr goes on.
-                self._store_failed(exc, f"operator command {msg.action}")
-                raise RpcRemoteError("tempfail", f"envelope store cannot be written: {exc}") from exc
-        return None
+    def _handlers(self) -> Handlers:
+        """qmgr.sock's handler (`handle`): commits from smtps, operator commands from the CLI."""
+        handlers = Handlers()
+        handlers.on(QueueEnvelopeCommitRequest).answer(self._commit)
+        handlers.on(QueueControlRequest).answer(self._answer_control)
+        return handlers
+
+    async def _answer_control(self, req: QueueControlRequest) -> QueueControlReply:
+        try:
+            return await self._control(req)
+        except QueueStorageError as exc:
+            # The operator learns it (meta1 queue prints the error); qmgr goes on.
+            self._store_failed(exc, f"operator command {req.action}")
+            raise RpcRemoteError("tempfail", f"envelope store cannot be written: {exc}") from exc
 
     async def _commit(self, req: QueueEnvelopeCommitRequest) -> QueueEnvelopeCommitReply:
         if not is_queue_id(req.qid) or not req.recipients:
             return QueueEnvelopeCommitReply(
-                ok=False, reply=SmtpReplyValue(code=554, enhanced="5.5.0", text="bad envelope")
+                ok=False, reply=SmtpReplyValue(code=554, enhanced=PERM_PROTOCOL_ERROR, text="bad envelope")
             )
         path = content_file(self.queue_dir, req.qid)
         now = time.time()
         env = Envelope(
+            **envelope_params(req),
             qid=req.qid,
-            sender=req.sender,
             arrival_time=now,
-            size=req.size,
-            envid=req.envid,
-            ret=req.ret,
-            body=req.body,
-            smtputf8=req.smtputf8,
             client_address=req.client_address,
             client_helo=req.client_helo,
             recipients=tuple(
@@ -1233,7 +1252,7 @@ class QueueManager:
                 ok=False,
                 reply=SmtpReplyValue(
                     code=452 if full else 451,
-                    enhanced="4.3.1" if full else "4.3.0",
+                    enhanced=TEMP_MAIL_SYSTEM_FULL if full else TEMP_MAIL_SYSTEM_ERROR,
                     text="Insufficient system storage" if full else "Local error in processing",
                 ),
             )
@@ -1294,7 +1313,9 @@ class QueueManager:
                 mlog.maillog("removed", msg.env.qid, reason="deleted by operator")
                 count += 1
         elif req.action == "bounce":
-            reply = SmtpReplyValue(code=550, enhanced="5.0.0", text="message bounced by the administrator")
+            reply = SmtpReplyValue(
+                code=550, enhanced=PERM_UNDEFINED, text="message bounced by the administrator"
+            )
             for msg in selected:
                 idxs = [r.idx for r in msg.pending() if r.idx not in msg.busy]
                 await self._record(msg, [(i, "perm", reply, None, None) for i in idxs], session_failed=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,10 @@ from meta1py.queue.envelopes import EnvelopeStore, envelope_store_path
 from meta1py.queue.errors import QueueStorageError
 from meta1py.rpc.channel import RpcClient, serve_unix
 from meta1py.rpc.errors import RpcRemoteError
+from meta1py.rpc.handlers import Handlers
 from meta1py.rpc.messages import QueueEnvelopeCommitReply, QueueEnvelopeCommitRequest, SmtpReplyValue
+from meta1py.rpc.schema import RpcMessage
+from meta1py.smtp.status import TEMP_MAIL_SYSTEM_ERROR, TEMP_MAIL_SYSTEM_FULL
 from meta1py.worker import WorkerFds
 
 log = logging.getLogger(__name__)
@@ -36,7 +40,7 @@ def _refusal(exc: QueueStorageError) -> QueueEnvelopeCommitReply:
         ok=False,
         reply=SmtpReplyValue(
             code=452 if full else 451,
-            enhanced="4.3.1" if full else "4.3.0",
+            enhanced=TEMP_MAIL_SYSTEM_FULL if full else TEMP_MAIL_SYSTEM_ERROR,
             text="Insufficient system storage" if full else "Local error in processing",
         ),
     )
@@ -74,13 +78,19 @@ async def serve(cfg: Config, fds: WorkerFds, task_status: Any = trio.TASK_STATUS
         failure = exc
         log.error("cannot open the queue (%s): refusing new mail until it can be opened", exc)
 
-    async def handle(msg: Any) -> Any:
-        if manager is not None:
-            return await manager.handle(msg)
+    # While the store is closed: commits get a 4xx reply, every other call an error.
+    async def refuse_commit(_req: QueueEnvelopeCommitRequest) -> QueueEnvelopeCommitReply:
         assert failure is not None
-        if isinstance(msg, QueueEnvelopeCommitRequest):
-            return _refusal(failure)
+        return _refusal(failure)
+
+    async def refuse(_msg: RpcMessage) -> None:
         raise RpcRemoteError("tempfail", f"the queue cannot be opened: {failure}")
+
+    closed = Handlers(fallback=refuse)
+    closed.on(QueueEnvelopeCommitRequest).answer(refuse_commit)
+
+    def handle(msg: RpcMessage) -> Awaitable[RpcMessage | None]:
+        return (closed if manager is None else manager.handle)(msg)
 
     async def reopen(nursery: trio.Nursery) -> None:
         nonlocal manager, failure

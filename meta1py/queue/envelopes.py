@@ -63,6 +63,7 @@ from typing import Any, Literal, NamedTuple, TypeVar
 
 import trio
 
+from meta1py.envelope import BODY_TYPES, DSN_RETS, NOTIFY_KEYWORDS, BodyType, DsnRet
 from meta1py.offload import OffloadThread
 from meta1py.queue.errors import QueueStorageError
 from meta1py.queue.ids import is_queue_id
@@ -91,16 +92,11 @@ SCHEMA_VERSION = 1
 
 RecipientStatus = Literal["queued", "deferred", "delivered", "bounced", "expired"]
 MessageKind = Literal["normal", "bounce", "double_bounce", "delay_warning"]
-BodyType = Literal["7BIT", "8BITMIME", "BINARYMIME"]
-ReturnType = Literal["FULL", "HDRS"]
 MessageState = Literal["active", "deferred", "hold"]
 
 RECIPIENT_STATUSES: frozenset[str] = frozenset({"queued", "deferred", "delivered", "bounced", "expired"})
 FINAL_STATUSES: frozenset[str] = frozenset({"delivered", "bounced", "expired"})
 MESSAGE_KINDS: frozenset[str] = frozenset({"normal", "bounce", "double_bounce", "delay_warning"})
-BODY_TYPES: frozenset[str] = frozenset({"7BIT", "8BITMIME", "BINARYMIME"})
-RETURN_TYPES: frozenset[str] = frozenset({"FULL", "HDRS"})
-NOTIFY_KEYWORDS: frozenset[str] = frozenset({"SUCCESS", "FAILURE", "DELAY", "NEVER"})
 
 T = TypeVar("T")
 
@@ -191,7 +187,7 @@ class Envelope:
     arrival_time: float
     size: int
     envid: str | None = None
-    ret: ReturnType | None = None
+    ret: DsnRet | None = None
     body: BodyType = "7BIT"
     smtputf8: bool = False
     client_address: str = ""
@@ -205,7 +201,7 @@ class Envelope:
             raise ValueError(f"not a queue id: {self.qid!r}")
         if self.size < 0:
             raise ValueError(f"size must be >= 0, not {self.size}")
-        if self.ret is not None and self.ret not in RETURN_TYPES:
+        if self.ret is not None and self.ret not in DSN_RETS:
             raise ValueError(f"bad RET {self.ret!r}")
         if self.body not in BODY_TYPES:
             raise ValueError(f"bad BODY {self.body!r}")

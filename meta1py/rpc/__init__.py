@@ -5,11 +5,14 @@
 * `meta1py.rpc.messages`: every message, with its sender and receiver.
 * `meta1py.rpc.channel`: the trio connection (`RpcChannel`), `serve_unix`, `connect_unix`,
   `RpcClient`.
+* `meta1py.rpc.caller`: `Caller` and `Notifier`, what a process needs of a peer (typed calls).
+* `meta1py.rpc.handlers`: `Handlers`, the answers a process serves, registered by request type.
 * `meta1py.rpc.doc`: ``python -m meta1py.rpc.doc docs/rpc.md`` regenerates the message table.
 
 See ``docs/rpc.md``.
 """
 
+from meta1py.rpc.caller import Caller, Notifier
 from meta1py.rpc.channel import (
     Handler,
     RpcChannel,
@@ -28,13 +31,17 @@ from meta1py.rpc.errors import (
     RpcRemoteError,
     RpcTimeoutError,
 )
+from meta1py.rpc.handlers import Handlers
 from meta1py.rpc.schema import RpcMessage, RpcRequest, caps, rpc_message, rpc_struct
 
 __all__ = [
     "DEFAULT_MAX_FRAME_BYTES",
+    "Caller",
     "Frame",
     "FrameDecoder",
     "Handler",
+    "Handlers",
+    "Notifier",
     "RpcChannel",
     "RpcClient",
     "RpcEncodeError",

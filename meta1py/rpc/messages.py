@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from meta1py.envelope import BodyType, DeliveryStatus, DsnRet
 from meta1py.rpc.schema import RpcMessage, RpcRequest, caps, rpc_message, rpc_struct
 
 # --- RPC layer ----------------------------------------------------------------------------------
@@ -68,9 +69,7 @@ class RpcPingRequest(RpcRequest[RpcPingReply]):
 
 
 # --- The mail path ------------------------------------------------------------------------------
-
-DeliveryStatus = Literal["ok", "temp", "perm"]
-BodyType = Literal["7BIT", "8BITMIME", "BINARYMIME"]
+# The envelope's words (BODY, RET, ok/temp/perm) come from meta1py.envelope.
 
 
 @rpc_struct
@@ -158,7 +157,7 @@ class QueueEnvelopeCommitRequest(RpcRequest[QueueEnvelopeCommitReply]):
     recipients: tuple[QueueRecipientValue, ...] = field(metadata=caps(max_items=100_000))
     size: int
     envid: str | None = field(metadata=caps(max_len=100))
-    ret: Literal["FULL", "HDRS"] | None
+    ret: DsnRet | None
     body: BodyType
     smtputf8: bool
     client_address: str = field(metadata=caps(max_len=64))
@@ -276,7 +275,7 @@ class SmtpcDeliveryRequest(RpcRequest[SmtpcDeliveryReply]):
     qid: str = field(metadata=caps(max_len=32))
     sender: str = field(metadata=caps(max_len=1024))
     envid: str | None = field(metadata=caps(max_len=100))
-    ret: Literal["FULL", "HDRS"] | None
+    ret: DsnRet | None
     body: BodyType
     smtputf8: bool
     size: int

@@ -18,11 +18,12 @@ import dataclasses
 import ipaddress
 import json
 import logging
-from typing import Any, Literal
 
 from meta1py.conf import Config, SmtpsConfig
+from meta1py.envelope import FailureStatus
 from meta1py.rpc.codec import DEFAULT_MAX_FRAME_BYTES
 from meta1py.rpc.errors import RpcRemoteError
+from meta1py.rpc.handlers import Handlers
 from meta1py.rpc.messages import (
     SmarHostValue,
     SmarRecipientCheckReply,
@@ -34,10 +35,16 @@ from meta1py.rpc.messages import (
 )
 from meta1py.rpc.schema import message_to_json
 from meta1py.smar.router import Delivery, PermanentFailure, RecipientRejected, Router
+from meta1py.smtp.status import (
+    DESTINATION_VALID,
+    PERM_NOT_AUTHORIZED,
+    TEMP_MAIL_SYSTEM_ERROR,
+    TEMP_SYSTEM_MISCONFIGURED,
+)
 
 log = logging.getLogger(__name__)
 
-_OK = SmtpReplyValue(code=250, enhanced="2.1.5", text="Ok")
+_OK = SmtpReplyValue(code=250, enhanced=DESTINATION_VALID, text="Ok")
 
 
 def _cap(cls: type, name: str) -> int:
@@ -58,7 +65,9 @@ _MAX_TEXT = _cap(SmtpReplyValue, "text")
 # What the routes of one SmarRouteReply may take (by a bound on their JSON size): smar.sock's frame
 # cap less room for the envelope. qmgr sends every due recipient of a message in one request.
 _ROUTE_REPLY_BUDGET = DEFAULT_MAX_FRAME_BYTES - 4096
-_OVER_BUDGET = SmtpReplyValue(code=451, enhanced="4.3.0", text="too many recipients routed at once")
+_OVER_BUDGET = SmtpReplyValue(
+    code=451, enhanced=TEMP_MAIL_SYSTEM_ERROR, text="too many recipients routed at once"
+)
 
 
 def _text_bound(text: str) -> int:
@@ -148,14 +157,16 @@ class SmarService:
     def __init__(self, config: Config, router: Router) -> None:
         self.config = config
         self.router = router
+        self.handle = Handlers()
+        """smar.sock's handler: answers ``SmarRecipientCheckRequest`` and ``SmarRouteRequest``."""
+        self.handle.on(SmarRecipientCheckRequest).answer(self._answer_check)
+        self.handle.on(SmarRouteRequest).answer(self._answer_routes)
 
-    async def handle(self, msg: Any) -> Any:
-        """Dispatch one call."""
-        if isinstance(msg, SmarRecipientCheckRequest):
-            return self.check(msg)
-        if isinstance(msg, SmarRouteRequest):
-            return await self.routes(msg.addresses)
-        return None
+    async def _answer_check(self, req: SmarRecipientCheckRequest) -> SmarRecipientCheckReply:
+        return self.check(req)
+
+    async def _answer_routes(self, req: SmarRouteRequest) -> SmarRouteReply:
+        return await self.routes(req.addresses)
 
     async def routes(self, addresses: tuple[str, ...]) -> SmarRouteReply:
         """The routes of ``addresses``, in order, in a reply that fits one frame.
@@ -195,7 +206,7 @@ class SmarService:
         if not verdict.local and not relay_allowed(
             self.config, req.service, req.client_address, req.authenticated
         ):
-            return _reject(554, "5.7.1", f"<{req.recipient}>: Relay access denied")
+            return _reject(554, PERM_NOT_AUTHORIZED, f"<{req.recipient}>: Relay access denied")
         # The router expanded a local recipient's aliases while checking it.
         return SmarRecipientCheckReply(action="accept", reply=_OK, expanded=verdict.expanded)
 
@@ -222,7 +233,9 @@ class SmarService:
             else:
                 path = str(result.maildir)
             if path is not None and len(path) > _MAX_PATH:
-                return _error_route("temp", _reply_value(451, "4.3.5", "delivery path too long"))
+                return _error_route(
+                    "temp", _reply_value(451, TEMP_SYSTEM_MISCONFIGURED, "delivery path too long")
+                )
             return SmarRouteValue(
                 status="ok",
                 transport=result.transport,
@@ -231,9 +244,9 @@ class SmarService:
                 path=path,
                 reply=None,
             )
-        status: Literal["perm", "temp"] = "perm" if isinstance(result, PermanentFailure) else "temp"
+        status: FailureStatus = "perm" if isinstance(result, PermanentFailure) else "temp"
         return _error_route(status, _reply_value(result.code, result.enhanced, result.text))
 
 
-def _error_route(status: Literal["perm", "temp"], reply: SmtpReplyValue) -> SmarRouteValue:
+def _error_route(status: FailureStatus, reply: SmtpReplyValue) -> SmarRouteValue:
     return SmarRouteValue(status=status, transport="error", destination="", hosts=(), path=None, reply=reply)

@@ -25,8 +25,8 @@ MAIL/RCPT/... events answered from its parse cache): never rely on identity.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
+from meta1py.envelope import BodyType, DsnRet
 from meta1py.smtp._frozen import fast_init
 from meta1py.smtp.address import Address, NullPath
 from meta1py.smtp.replies import Reply
@@ -60,9 +60,6 @@ __all__ = [
     "StartTls",
     "Vrfy",
 ]
-
-Body = Literal["7BIT", "8BITMIME", "BINARYMIME"]
-Ret = Literal["FULL", "HDRS"]
 
 
 class NeedData:
@@ -114,9 +111,9 @@ class MailParams:
     """
 
     size: int | None = None
-    body: Body = "7BIT"
+    body: BodyType = "7BIT"
     smtputf8: bool = False
-    ret: Ret | None = None
+    ret: DsnRet | None = None
     envid: str | None = None
     auth: str | None = None
 

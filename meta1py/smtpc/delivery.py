@@ -18,7 +18,7 @@ same host (after RSET), as Postfix's scache does.
 
 TLS (RFC 3207): STARTTLS whenever the server offers it, unless the destination's
 ``tls_requirements`` say ``none``.  The requirements come from the ``tls_policy`` map (see
-:mod:`meta1py.smtpc.tlspolicy`) or the ``tls_requirements`` option; recipients of one job that
+:mod:`meta1py.maps.tls_policy`) or the ``tls_requirements`` option; recipients of one job that
 fall under different requirements are delivered in separate sessions.  A failed handshake leaves
 the host for the next one (plaintext is retried only with ``tls_plaintext_fallback`` at level
 ``may``); a violated requirement leaves the host with 451 4.7.5 "TLS requirements not met: ...",
@@ -39,15 +39,17 @@ import ssl
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
 
 import outcome
 import trio
 
 from meta1py.conf import Config
 from meta1py.crashpoints import crash_point
+from meta1py.envelope import DeliveryStatus
 from meta1py.maps import MapErrors, ReloadingMap
+from meta1py.maps.tls_policy import TlsPolicy, destination_nexthop, parse_tls_policy
 from meta1py.queue.content import content_file, open_content
+from meta1py.rpc.handlers import Handlers
 from meta1py.rpc.messages import (
     SmarHostValue,
     SmtpcDeliveryReply,
@@ -60,24 +62,26 @@ from meta1py.smtp.client import ClientConnection, MalformedReplyError
 from meta1py.smtp.errors import SmtpProtocolError
 from meta1py.smtp.events import ConnectionClosed, MailParams, NeedData, RcptParams, ReplyReceived
 from meta1py.smtp.replies import Reply
-from meta1py.smtpc.maildir import deliver_maildir
-from meta1py.smtpc.tlspolicy import TlsPolicy, destination_nexthop, parse_tls_policy
-from meta1py.sockio import read_when_ready, write_nowait
-from meta1py.tls import (
-    ClientTlsSettings,
-    TlsConfigError,
-    TlsRequirements,
-    check_requirements,
-    context_for_requirements,
-    parse_protocols,
-    parse_tls_requirements,
-    tls_facts,
+from meta1py.smtp.status import (
+    PERM_NON_ASCII_ADDRESS,
+    PERM_SYSTEM_MISCONFIGURED,
+    TEMP_BAD_CONNECTION,
+    TEMP_CRYPTO_FAILURE,
+    TEMP_MAIL_SYSTEM_ERROR,
+    TEMP_NO_ANSWER_FROM_HOST,
+    TEMP_PROTOCOL_ERROR,
+    TEMP_ROUTING_SERVER_FAILURE,
 )
+from meta1py.smtpc.maildir import DeliveryOutcome, deliver_maildir
+from meta1py.sockio import read_when_ready, write_nowait
+from meta1py.tls.checks import check_requirements
+from meta1py.tls.contexts import ClientTlsSettings, TlsConfigError, context_for_requirements, parse_protocols
+from meta1py.tls.facts import tls_facts
+from meta1py.tls.requirements import TlsRequirements, parse_tls_requirements
 from meta1py.worker import WorkerConfigError
 
 log = logging.getLogger(__name__)
 
-Status = Literal["ok", "temp", "perm"]
 _READ_BYTES = 65536
 _CHUNK_BYTES = 256 * 1024
 _MAX_TEXT = 400
@@ -95,7 +99,7 @@ def _local(code: int, enhanced: str, text: str) -> SmtpReplyValue:
     return SmtpReplyValue(code=code, enhanced=enhanced, text=text[:_MAX_TEXT])
 
 
-def _status(code: int) -> Status:
+def _status(code: int) -> DeliveryStatus:
     return "ok" if code < 400 else ("temp" if code < 500 else "perm")
 
 
@@ -121,7 +125,7 @@ _CacheKey = tuple[str, int, str, TlsRequirements]
 
 
 def _tls_violation(reason: str) -> _SessionError:
-    return _SessionError(_local(451, "4.7.5", f"TLS requirements not met: {reason}"))
+    return _SessionError(_local(451, TEMP_CRYPTO_FAILURE, f"TLS requirements not met: {reason}"))
 
 
 @dataclass
@@ -154,16 +158,22 @@ class _Client:
             try:
                 data = write_nowait(fd, data)
             except OSError as exc:
-                raise _SessionError(_local(421, "4.4.2", f"{self.peer}: connection lost: {exc}")) from exc
+                raise _SessionError(
+                    _local(421, TEMP_BAD_CONNECTION, f"{self.peer}: connection lost: {exc}")
+                ) from exc
             if not data:
                 return
         try:
             with trio.fail_after(self.io_timeout):
                 await self.stream.send_all(data)
         except trio.TooSlowError as exc:
-            raise _SessionError(_local(421, "4.4.2", f"{self.peer}: timeout while sending")) from exc
+            raise _SessionError(
+                _local(421, TEMP_BAD_CONNECTION, f"{self.peer}: timeout while sending")
+            ) from exc
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            raise _SessionError(_local(421, "4.4.2", f"{self.peer}: connection lost: {exc}")) from exc
+            raise _SessionError(
+                _local(421, TEMP_BAD_CONNECTION, f"{self.peer}: connection lost: {exc}")
+            ) from exc
 
     async def reply(self) -> ReplyReceived:
         """The next reply from the server."""
@@ -174,13 +184,19 @@ class _Client:
                 # Nothing from this server can be trusted any more (a bare-LF "250" must never
                 # count as delivered): the host is left with a temporary failure, and no QUIT.
                 self.usable = False
-                raise _SessionError(_local(451, "4.5.0", f"malformed reply from {self.peer}: {exc}")) from exc
+                raise _SessionError(
+                    _local(451, TEMP_PROTOCOL_ERROR, f"malformed reply from {self.peer}: {exc}")
+                ) from exc
             except SmtpProtocolError as exc:
-                raise _SessionError(_local(421, "4.5.0", f"{self.peer}: protocol error: {exc}")) from exc
+                raise _SessionError(
+                    _local(421, TEMP_PROTOCOL_ERROR, f"{self.peer}: protocol error: {exc}")
+                ) from exc
             if isinstance(event, ReplyReceived):
                 return event
             if isinstance(event, ConnectionClosed):
-                raise _SessionError(_local(421, "4.4.2", f"{self.peer}: connection closed by server"))
+                raise _SessionError(
+                    _local(421, TEMP_BAD_CONNECTION, f"{self.peer}: connection closed by server")
+                )
             assert isinstance(event, NeedData)
             try:
                 with trio.fail_after(self.io_timeout):
@@ -190,9 +206,13 @@ class _Client:
                     else:
                         data = await self.stream.receive_some(_READ_BYTES)
             except trio.TooSlowError as exc:
-                raise _SessionError(_local(421, "4.4.2", f"{self.peer}: timeout waiting for reply")) from exc
+                raise _SessionError(
+                    _local(421, TEMP_BAD_CONNECTION, f"{self.peer}: timeout waiting for reply")
+                ) from exc
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                raise _SessionError(_local(421, "4.4.2", f"{self.peer}: connection lost: {exc}")) from exc
+                raise _SessionError(
+                    _local(421, TEMP_BAD_CONNECTION, f"{self.peer}: connection lost: {exc}")
+                ) from exc
             self.conn.receive_data(bytes(data))
 
     async def close(self, polite: bool) -> None:
@@ -330,12 +350,9 @@ class DeliveryAgents:
         #: a delivery goes on when qmgr goes away, so that its result lands in ``recent``.
         self.nursery: trio.Nursery | None = None
         self.recent = RecentResults()
-
-    async def handle(self, msg: Any) -> Any:
-        """RPC entry point."""
-        if isinstance(msg, SmtpcDeliveryRequest):
-            return await self.deliver_once(msg)
-        return None
+        self.handle = Handlers()
+        """The RPC entry point, smtpc.sock's handler: ``SmtpcDeliveryRequest`` -> `deliver_once`."""
+        self.handle.on(SmtpcDeliveryRequest).answer(self.deliver_once)
 
     def _content_stamp(self, qid: str) -> int | None:
         """The identity of ``qid``'s content file (its ctime in ns), None if it cannot be read."""
@@ -414,7 +431,7 @@ class DeliveryAgents:
             return await self._lmtp(req)
         if route.transport == "smtp":
             return await self._smtp(req)
-        reply = _local(554, "5.3.5", f"unknown transport {route.transport!r}")
+        reply = _local(554, PERM_SYSTEM_MISCONFIGURED, f"unknown transport {route.transport!r}")
         return SmtpcDeliveryReply(
             results=tuple(
                 SmtpcRecipientResult(idx=r.idx, status="perm", reply=reply, remote_mta=None)
@@ -431,7 +448,7 @@ class DeliveryAgents:
         results = []
         for r in req.recipients:
 
-            def work(address: str = r.address) -> Any:
+            def work(address: str = r.address) -> DeliveryOutcome | None:
                 try:
                     content = open_content(self.queue_dir, req.qid)
                 except FileNotFoundError:
@@ -441,7 +458,7 @@ class DeliveryAgents:
 
             outcome = await trio.to_thread.run_sync(work)
             if outcome is None:
-                reply = _local(451, "4.3.0", f"queue file {req.qid} missing")
+                reply = _local(451, TEMP_MAIL_SYSTEM_ERROR, f"queue file {req.qid} missing")
                 results.append(SmtpcRecipientResult(idx=r.idx, status="temp", reply=reply, remote_mta=None))
                 continue
             reply = _local(outcome.code, outcome.enhanced, outcome.text)
@@ -459,7 +476,9 @@ class DeliveryAgents:
                 stream = await trio.open_tcp_stream(host.address, host.port)
         except (OSError, trio.TooSlowError) as exc:
             reason = "timeout" if isinstance(exc, trio.TooSlowError) else (exc.strerror or str(exc))
-            raise _ConnectError(_local(421, "4.4.1", f"connect to {peer}: {reason}")) from exc
+            raise _ConnectError(
+                _local(421, TEMP_NO_ANSWER_FROM_HOST, f"connect to {peer}: {reason}")
+            ) from exc
         self.connections_opened += 1
         return _Client(stream, ClientConnection(lmtp=lmtp), peer, self.io_timeout)
 
@@ -469,7 +488,7 @@ class DeliveryAgents:
             with trio.fail_after(min(self.io_timeout, _CONNECT_TIMEOUT_S)):
                 stream = await trio.open_unix_socket(path)
         except (OSError, trio.TooSlowError) as exc:
-            raise _SessionError(_local(421, "4.4.1", f"connect to {peer}: {exc}")) from exc
+            raise _SessionError(_local(421, TEMP_NO_ANSWER_FROM_HOST, f"connect to {peer}: {exc}")) from exc
         return _Client(stream, ClientConnection(lmtp=True), peer, self.io_timeout)
 
     async def _hello(self, client: _Client) -> None:
@@ -547,7 +566,7 @@ class DeliveryAgents:
                 raise _tls_violation(f"certificate verification failed: {cause.verify_message}") from exc
             why = "timeout" if isinstance(exc, trio.TooSlowError) else str(cause or exc) or type(exc).__name__
             raise _HandshakeError(
-                _local(421, "4.7.5", f"TLS handshake with {client.peer} failed: {why}")
+                _local(421, TEMP_CRYPTO_FAILURE, f"TLS handshake with {client.peer} failed: {why}")
             ) from exc
         client.stream = tls
         client.fd = None
@@ -634,7 +653,7 @@ class DeliveryAgents:
     async def _smtp(self, req: SmtpcDeliveryRequest) -> SmtpcDeliveryReply:
         # Recipients under different TLS requirements cannot share a session (a relayhost job
         # may carry several domains); each group gets its own pass over the hosts.
-        groups: dict[TlsRequirements, list[Any]] = {}
+        groups: dict[TlsRequirements, list[SmtpcRecipientValue]] = {}
         for r in req.recipients:
             groups.setdefault(self.requirements_for(req.route.destination, r.address), []).append(r)
         results: dict[int, SmtpcRecipientResult] = {}
@@ -647,7 +666,7 @@ class DeliveryAgents:
         return SmtpcDeliveryReply(results=ordered, session_failed=session_failed)
 
     async def _smtp_hosts(
-        self, req: SmtpcDeliveryRequest, rcpts: list[Any], tls_req: TlsRequirements
+        self, req: SmtpcDeliveryRequest, rcpts: list[SmtpcRecipientValue], tls_req: TlsRequirements
     ) -> tuple[dict[int, SmtpcRecipientResult], bool]:
         """Try the hosts in order for ``rcpts``: (result per recipient index, session failed)."""
         pending = {r.idx: r for r in rcpts}
@@ -656,11 +675,11 @@ class DeliveryAgents:
         any_session = False
         hosts = req.route.hosts
         if not hosts:
-            reply = _local(451, "4.4.3", "no hosts to deliver to")
+            reply = _local(451, TEMP_ROUTING_SERVER_FAILURE, "no hosts to deliver to")
             return {
                 i: SmtpcRecipientResult(idx=i, status="temp", reply=reply, remote_mta=None) for i in pending
             }, True
-        session_reply = _local(451, "4.4.1", "no host could be reached")
+        session_reply = _local(451, TEMP_NO_ANSWER_FROM_HOST, "no host could be reached")
         # mx_session_limit (Postfix's smtp_mx_session_limit): hosts that answered at all count,
         # hosts that could not be connected to do not; smar already cut the list to
         # mx_address_limit addresses.
@@ -755,7 +774,7 @@ class DeliveryAgents:
         self,
         client: _Client,
         req: SmtpcDeliveryRequest,
-        rcpts: list[Any],
+        rcpts: list[SmtpcRecipientValue],
         host: SmarHostValue,
         *,
         rset_first: bool = False,
@@ -770,7 +789,11 @@ class DeliveryAgents:
         ext = conn.extensions
         assert ext is not None
         if req.smtputf8 and not ext.smtputf8:
-            reply = _local(553, "5.6.7", f"{client.peer} does not support SMTPUTF8, which the message needs")
+            reply = _local(
+                553,
+                PERM_NON_ASCII_ADDRESS,
+                f"{client.peer} does not support SMTPUTF8, which the message needs",
+            )
             return _Outcome([], reached_rcpt=False, session_reply=reply, reusable=True)
         params = MailParams(
             size=req.size if ext.size is not None else None,
@@ -841,8 +864,12 @@ class DeliveryAgents:
                 await client.reply()
             return _Outcome(results, reached_rcpt=True, reusable=True)
         if data_reply is None or data_reply.code != 354:
-            reply = _value(data_reply) if data_reply is not None else _local(451, "4.3.0", "no reply to DATA")
-            status: Status = "perm" if reply.code >= 500 else "temp"
+            reply = (
+                _value(data_reply)
+                if data_reply is not None
+                else _local(451, TEMP_MAIL_SYSTEM_ERROR, "no reply to DATA")
+            )
+            status: DeliveryStatus = "perm" if reply.code >= 500 else "temp"
             for i in accepted:
                 results.append(
                     SmtpcRecipientResult(idx=rcpts[i].idx, status=status, reply=reply, remote_mta=host.name)
@@ -864,7 +891,7 @@ class DeliveryAgents:
         return _Outcome(results, reached_rcpt=True, reusable=end.reply.code < 400)
 
     @staticmethod
-    def _rcpt_params(r: Any, dsn: bool) -> RcptParams | None:
+    def _rcpt_params(r: SmtpcRecipientValue, dsn: bool) -> RcptParams | None:
         if not dsn or not (r.notify or r.orcpt):
             return None
         orcpt = None
@@ -877,7 +904,7 @@ class DeliveryAgents:
         try:
             content = open_content(self.queue_dir, qid)
         except FileNotFoundError as exc:
-            raise _SessionError(_local(451, "4.3.0", f"queue file {qid} missing")) from exc
+            raise _SessionError(_local(451, TEMP_MAIL_SYSTEM_ERROR, f"queue file {qid} missing")) from exc
         client.data_sent = True
         with content:
             chunk = content.read(_CHUNK_BYTES)
@@ -918,7 +945,11 @@ class DeliveryAgents:
         return SmtpcDeliveryReply(results=tuple(results), session_failed=False)
 
     async def _transaction_lmtp(
-        self, client: _Client, req: SmtpcDeliveryRequest, rcpts: list[Any], host: SmarHostValue
+        self,
+        client: _Client,
+        req: SmtpcDeliveryRequest,
+        rcpts: list[SmtpcRecipientValue],
+        host: SmarHostValue,
     ) -> list[SmtpcRecipientResult]:
         conn = client.conn
         ext = conn.extensions
