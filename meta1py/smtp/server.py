@@ -192,6 +192,7 @@ _FAST_MAIL_RCPT = re.compile(
 ).match
 assert _FAST_MAIL_RCPT("MAIL FROM:<a@b>") is not None and _FAST_MAIL_RCPT("x") is None
 assert _FAST_MAIL_RCPT("RCPT TO:<a.@b>") is None and _FAST_MAIL_RCPT("RCPT TO:<a@b->") is None
+assert _FAST_MAIL_RCPT("RCPT TO:<a@a.>") is None and _FAST_MAIL_RCPT("RCPT TO:<a@b.c.>") is None
 # "<" local "@" domain ">" is at most MAX_PATH_BYTES + 2 octets (parse_path).
 _MAX_PATH_INNER = MAX_PATH_BYTES + 2 - 3
 _MAIL_LEGAL = _CACHEABLE["MAIL"]

@@ -32,12 +32,13 @@ import trio
 from meta1py.conf import Config, ListenSocket, SmtpsConfig, listen_sockets
 from meta1py.contract import rpc_socket_path
 from meta1py.passwords import PasswordFileError
+from meta1py.rpc.caller import Caller
 from meta1py.rpc.channel import RpcClient
 from meta1py.smtp import replies
 from meta1py.smtps.auth import Authenticator, AuthFailureLimiter
 from meta1py.smtps.limits import Admission, QueueSpace, SessionLimits, is_trusted
 from meta1py.smtps.session import Session, SmtpsContext
-from meta1py.tls import ReloadableServerContext, ServerTlsSettings, TlsConfigError, parse_protocols
+from meta1py.tls.contexts import ReloadableServerContext, ServerTlsSettings, TlsConfigError, parse_protocols
 from meta1py.worker import WorkerConfigError, WorkerFds
 
 log = logging.getLogger(__name__)
@@ -146,7 +147,9 @@ def load_section_security(ctx: SmtpsContext | SmtpsSecurity, section: SmtpsConfi
 class SmtpsServer:
     """The sessions of one smtps process."""
 
-    def __init__(self, config: Config, smar: Any, qmgr: Any, security: SmtpsSecurity | None = None) -> None:
+    def __init__(
+        self, config: Config, smar: Caller, qmgr: Caller, security: SmtpsSecurity | None = None
+    ) -> None:
         if security is None:
             security = prepare(config)
         self.ctx = SmtpsContext(

@@ -1,7 +1,10 @@
 """One SMTP session: the trio adapter around the sans-IO server core.
 
 The core (:class:`meta1py.smtp.server.ServerConnection`) turns bytes into events and replies into
-bytes; this module answers the events.  Policy comes from smar (``SmarRecipientCheckRequest``).
+bytes; this module answers the events. Policy is the checks of each stage (connect, HELO, MAIL,
+RCPT, DATA, end of headers, end of message; :mod:`meta1py.smtps.stages`): the session asks a
+stage's chain and turns its decision into the reply. The recipient check asks smar
+(``SmarRecipientCheckRequest``).
 smtps streams the content file and closes it; qmgr's group commit (``QueueEnvelopeCommitRequest``)
 fsyncs it and its directory and then commits the envelope, in one thread trip for a whole batch.
 The 250 reply to the end of data is sent only after qmgr has answered that both are durable.
@@ -29,36 +32,31 @@ is below ``queue_minfree`` (``SmtpsContext.space``, see :mod:`meta1py.smtps.limi
 
 from __future__ import annotations
 
-import email.utils
 import errno
 import logging
 import os
 import re
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import cast
 
 import trio
 
 from meta1py import log as mlog
 from meta1py.conf import Config, ListenSocket, SmtpsConfig
 from meta1py.crashpoints import crash_point
+from meta1py.message.received import received_header
 from meta1py.queue.content import ContentWriter
 from meta1py.queue.errors import QueueStorageError
+from meta1py.rpc.caller import Caller
 from meta1py.rpc.errors import RpcError
-from meta1py.rpc.messages import (
-    QueueEnvelopeCommitRequest,
-    QueueRecipientValue,
-    SmarRecipientCheckReply,
-    SmarRecipientCheckRequest,
-)
+from meta1py.rpc.messages import QueueEnvelopeCommitRequest, QueueRecipientValue
 from meta1py.smtp import events as ev
 from meta1py.smtp import replies
 from meta1py.smtp.address import Address, NullPath
 from meta1py.smtp.extensions import Extensions
 from meta1py.smtp.replies import Reply
 from meta1py.smtp.server import ServerConnection
+from meta1py.smtp.status import TEMP_MAIL_SYSTEM_FULL
 from meta1py.smtps.auth import (
     Authenticator,
     AuthFailureLimiter,
@@ -67,11 +65,29 @@ from meta1py.smtps.auth import (
     SaslError,
     SaslExchange,
     is_loopback,
-    sender_matches_login,
 )
 from meta1py.smtps.limits import QueueSpace, SessionLimits
+from meta1py.smtps.stages import (
+    Checks,
+    Decision,
+    Discard,
+    Mark,
+    MessageFacts,
+    RcptCache,
+    Refuse,
+    Stage,
+    StageContext,
+    builtin_checks,
+    mark_of,
+    quarantine_refused,
+    refusal,
+    run_chain,
+    space_refusal,
+    stronger,
+)
 from meta1py.sockio import write_nowait
-from meta1py.tls import ReloadableServerContext, TlsFacts, received_clause, tls_facts
+from meta1py.tls.contexts import ReloadableServerContext
+from meta1py.tls.facts import TlsFacts, tls_facts
 
 log = logging.getLogger(__name__)
 
@@ -82,63 +98,11 @@ _READ_BYTES = 65536
 _OUT_MAX = 65536
 _HEADER_SCAN_BYTES = 65536
 _RECEIVED_RE = re.compile(rb"(?im)^received:")
-# RPC deadlines: smar may be doing DNS; qmgr waits for a group commit.
-_POLICY_TIMEOUT_S = 30.0
+# RPC deadline: qmgr waits for a group commit (smar's is in stages.py).
 _COMMIT_TIMEOUT_S = 60.0
-_RCPT_CACHE_S = 5.0
 # A command line still without its end after this many octets gets 421 4.7.0 (the core's default,
 # stated here so that the session's limits are in one place: docs/smtps.md "Slow clients").
 _COMMAND_HARD_BYTES = 65536
-_RCPT_CACHE_MAX = 10_000
-_date_cache: tuple[int, str] = (0, "")
-
-
-def _date_now() -> str:
-    """RFC 5322 date of this second, formatted once per second (Received: headers)."""
-    global _date_cache
-    now = time.time()
-    second = int(now)
-    if _date_cache[0] != second:
-        _date_cache = (second, email.utils.formatdate(now, localtime=True))
-    return _date_cache[1]
-
-
-class RpcCaller:
-    """What the session needs of an RPC client: ``await call(msg, timeout=...)``."""
-
-    call: Callable[..., Awaitable[object]]
-
-
-_RcptKey = tuple[str, str, str | None, str, str]
-
-
-class _RcptCache:
-    """smar's verdicts on recent RCPT TO checks, kept for a few seconds.
-
-    A busy gateway sees the same (client, sender, recipient) over and over within seconds; asking
-    smar each time costs an RPC round trip per recipient. Entries live ``_RCPT_CACHE_S`` seconds,
-    so a changed aliases map or relay list takes effect at most that much later (Postfix's own
-    caches in front of its maps behave alike). Temporary failures are never cached.
-    """
-
-    def __init__(self) -> None:
-        self._entries: dict[_RcptKey, tuple[float, SmarRecipientCheckReply]] = {}
-
-    def get(self, key: _RcptKey, now: float) -> SmarRecipientCheckReply | None:
-        entry = self._entries.get(key)
-        if entry is None:
-            return None
-        if entry[0] < now:
-            del self._entries[key]
-            return None
-        return entry[1]
-
-    def put(
-        self, key: tuple[str, str, str | None, str, str], value: SmarRecipientCheckReply, now: float
-    ) -> None:
-        if len(self._entries) >= _RCPT_CACHE_MAX:
-            self._entries.clear()
-        self._entries[key] = (now + _RCPT_CACHE_S, value)
 
 
 @dataclass
@@ -146,8 +110,8 @@ class SmtpsContext:
     """Everything a session needs, shared by all sessions of the process."""
 
     config: Config
-    smar: RpcCaller
-    qmgr: RpcCaller
+    smar: Caller
+    qmgr: Caller
     limits: SessionLimits
     shutdown: trio.Event
     #: Per smtps section (keyed by section name): its TLS context, when it has a certificate.
@@ -156,10 +120,19 @@ class SmtpsContext:
     authenticators: dict[str | None, Authenticator] = field(default_factory=dict)
     #: Per smtps section: failed AUTH attempts per client IP.
     auth_limiters: dict[str | None, AuthFailureLimiter] = field(default_factory=dict)
-    #: smar's recent RCPT verdicts (see _RcptCache).
-    rcpt_cache: _RcptCache = field(default_factory=lambda: _RcptCache())
+    #: smar's recent RCPT verdicts (see RcptCache).
+    rcpt_cache: RcptCache = field(default_factory=lambda: RcptCache())
     #: Room in the queue file system (queue_minfree); None: never checked.
     space: QueueSpace | None = None
+    #: Checks run after the built-in ones, stage by stage (none are configured today; tests and
+    #: future policy modules add theirs here).
+    added_checks: Checks = field(default_factory=Checks)
+    #: What every session runs: builtin_checks(self), then added_checks.
+    checks: Checks = field(init=False)
+
+    def __post_init__(self) -> None:
+        # The built-in checks read smar, rcpt_cache and space from this object at each call.
+        self.checks = builtin_checks(self).then(self.added_checks)
 
 
 @dataclass
@@ -173,13 +146,14 @@ class _Transaction:
     header_scan: bytearray = field(default_factory=bytearray)
     header_done: bool = False
     hops: int = 0
-
-
-def _proto(esmtp: bool, tls: bool, auth: bool) -> str:
-    # RFC 3848 "with" protocol types.
-    if not esmtp:
-        return "SMTP"
-    return "ESMTP" + ("S" if tls else "") + ("A" if auth else "")
+    #: A Discard or Quarantine decided for this transaction (taken into account at its end).
+    mark: Mark | None = None
+    #: A refusal decided while the data came in (EOH, or DATA for BDAT): the end-of-data reply.
+    refusal: Reply | None = None
+    #: The client's header block, kept for the EOH and EOM checks when there are any.
+    headers: bytes | None = None
+    #: The DATA stage's checks ran for this transaction's BDAT chunks.
+    data_checked: bool = False
 
 
 class Session:
@@ -192,11 +166,13 @@ class Session:
         "_data_started",
         "_evicted",
         "_fd",
+        "_helo_mark",
         "_interrupted",
         "_line_started",
         "_sasl",
         "_scope",
         "_session_deadline",
+        "_session_mark",
         "_wait_limit",
         "_waiting",
         "auth_limiter",
@@ -267,6 +243,10 @@ class Session:
         self.authenticated: str | None = None
         self._sasl: SaslExchange | None = None
         self.txn: _Transaction | None = None
+        # Discard or Quarantine decided at connect (for the whole session) and at HELO (until the
+        # next HELO/EHLO or STARTTLS); see meta1py.smtps.stages.
+        self._session_mark: Mark | None = None
+        self._helo_mark: Mark | None = None
         self.out = bytearray()
         self.messages = 0
         # The session's cancel scope: its deadline is session_timeout, brought forward to
@@ -482,7 +462,18 @@ class Session:
     async def _serve(self) -> None:
         if await self._pregreet():
             return
-        self.reply(_greeting(self.hostname))
+        greeting = _greeting(self.hostname)
+        checks = self.ctx.checks.connect
+        if checks:
+            decision = await run_chain(checks, self._stage("connect"))
+            # A refusal is the greeting: 421 ends the session; after a 5xx the core answers 503
+            # to everything but QUIT (RFC 5321 §3.1).
+            greeting = self._refusal("connect", decision) or greeting
+            self._session_mark = mark_of(decision)
+        self.reply(greeting)
+        if greeting.code == 421:
+            await self.flush()
+            return
         while True:
             event = self.core.next_event()
             if isinstance(event, ev.NeedData):
@@ -540,11 +531,27 @@ class Session:
     async def handle(self, event: object) -> bool:
         """Answer one event. Returns True when the session must end."""
         if isinstance(event, ev.DataChunk):
-            self._write_content(event.data)
+            if self._write_content(event.data):
+                assert self.txn is not None
+                await self._end_of_headers(self.txn)
             return False
         if isinstance(event, ev.Ehlo | ev.Helo):
+            esmtp = isinstance(event, ev.Ehlo)
+            helo_mark: Mark | None = None
+            checks = self.ctx.checks.helo
+            if checks:
+                context = self._stage("helo")
+                context.helo, context.esmtp = event.domain, esmtp
+                decision = await run_chain(checks, context)
+                refused = self._refusal("helo", decision)
+                if refused is not None:
+                    # Refused: the session stays as it was (so does the core's state).
+                    self.reply(refused)
+                    return False
+                helo_mark = mark_of(decision)
             self.helo = event.domain
-            self.esmtp = isinstance(event, ev.Ehlo)
+            self.esmtp = esmtp
+            self._helo_mark = helo_mark
             self._abort_transaction()
             if self.esmtp:
                 self.reply(self._ehlo_reply())
@@ -552,11 +559,14 @@ class Session:
                 self.reply(replies.helo(self.hostname))
             return False
         if isinstance(event, ev.MailFrom):
-            refusal = self._check_sender(event.address) or self._check_space(event.params.size)
-            if refusal is not None:
-                self.reply(refusal)
+            context = self._stage("mail")
+            context.sender, context.mail_params = event.address, event.params
+            decision = await run_chain(self.ctx.checks.mail, context)
+            refused = self._refusal("mail", decision)
+            if refused is not None:
+                self.reply(refused)
                 return False
-            self.txn = _Transaction(sender=event.address, params=event.params)
+            self.txn = _Transaction(sender=event.address, params=event.params, mark=mark_of(decision))
             self.reply(replies.sender_ok())
             return False
         if isinstance(event, ev.RcptTo):
@@ -568,6 +578,14 @@ class Session:
                 # RFC 2920 §3.1: a pipelined DATA after refused recipients gets 554, not 354.
                 self.reply(replies.no_valid_recipients())
                 return False
+            checks = self.ctx.checks.data
+            if checks:
+                decision = await run_chain(checks, self._stage("data"))
+                refused = self._refusal("data", decision)
+                if refused is not None:
+                    self.reply(refused)  # the transaction stays: the client may RSET or QUIT
+                    return False
+                txn.mark = stronger(txn.mark, mark_of(decision))
             self._start_content()
             if txn.storage_error is None and self._check_space(None) is not None:
                 self._discard_content(txn)
@@ -579,8 +597,16 @@ class Session:
                 self.reply(replies.data_start())
             return False
         if isinstance(event, ev.Bdat):
-            self._start_content()
             txn = self.txn
+            checks = self.ctx.checks.data
+            if checks and txn is not None and txn.recipients and not txn.data_checked:
+                # BDAT has no DATA command: the first chunk is the DATA stage. A refusal is the
+                # reply to this chunk (its octets are read and dropped; see BdatChunkEnd).
+                txn.data_checked = True
+                decision = await run_chain(checks, self._stage("data"))
+                txn.refusal = self._refusal("data", decision)
+                txn.mark = stronger(txn.mark, mark_of(decision))
+            self._start_content()
             if txn is not None and txn.storage_error is None:
                 # Each chunk: is there still room? (The chunk's octets are read and dropped; the
                 # refusal is the reply to the chunk, see BdatChunkEnd below.)
@@ -597,7 +623,7 @@ class Session:
             if event.error is not None or event.last:
                 self._data_started = None
                 self.reply(await self._end_of_data(event.error))
-            elif self.txn is not None and self.txn.storage_error is not None:
+            elif (txn := self.txn) is not None and (txn.storage_error is not None or txn.refusal is not None):
                 self.reply(await self._end_of_data(None))
             else:
                 self.reply(replies.bdat_ok(0))
@@ -632,23 +658,35 @@ class Session:
 
     # -- commands --------------------------------------------------------------------------------
 
+    def _stage(self, stage: Stage, txn: _Transaction | None = None) -> StageContext:
+        """The facts of the session and of the transaction (``txn``, else the current one) so far,
+        for the checks of ``stage``."""
+        context = StageContext(
+            stage,
+            self.sid,
+            self.service,
+            self.client_address,
+            self.helo,
+            self.esmtp,
+            self.tls_facts,
+            self.authenticated,
+        )
+        if txn is None:
+            txn = self.txn
+        if txn is not None:
+            context.sender = txn.sender
+            context.mail_params = txn.params
+            context.recipients = tuple(txn.accepted_rcpts)
+            context.headers = txn.headers
+        return context
+
+    def _refusal(self, stage: Stage, decision: Decision) -> Reply | None:
+        """The reply refusing ``stage`` for ``decision``; None when the stage goes on."""
+        return refusal(stage, decision, self.hostname)
+
     def _check_space(self, size: int | None) -> Reply | None:
         """``queue_minfree``: 452 4.3.1 when the queue has no room for a message of ``size``."""
-        space = self.ctx.space
-        now = trio.current_time()
-        if space is None or space.room_for(size, now):
-            return None
-        if space.should_log(now):
-            log.warning(
-                "session %s: no room for new mail: queue file system below queue_minfree "
-                "(%d bytes free, %d kept%s) or qmgr's store full: 452 4.3.1 to %s (logged once a minute)",
-                self.sid,
-                space.free(now) or 0,
-                space.minfree,
-                f", SIZE={size}" if size is not None else "",
-                self.client_address,
-            )
-        return replies.insufficient_storage()
+        return space_refusal(self.ctx.space, size, self.sid, self.client_address)
 
     def _start_data(self) -> None:
         self._data_started = trio.current_time()
@@ -665,46 +703,30 @@ class Session:
         txn = self.txn
         assert txn is not None
         rcpt = str(event.address)
-        request = SmarRecipientCheckRequest(
-            client_address=self.client_address,
-            service=self.service.name or "",
-            authenticated=self.authenticated,
-            sender=str(txn.sender) if isinstance(txn.sender, Address) else "",
-            recipient=rcpt,
-        )
-        key = (request.service, request.client_address, request.authenticated, request.sender, rcpt)
-        now = time.monotonic()
-        answer = self.ctx.rcpt_cache.get(key, now)
-        if answer is None:
-            try:
-                answer = cast(
-                    SmarRecipientCheckReply, await self.ctx.smar.call(request, timeout=_POLICY_TIMEOUT_S)
+        context = self._stage("rcpt")
+        context.recipient, context.rcpt_params = event.address, event.params
+        decision = await run_chain(self.ctx.checks.rcpt, context)
+        refused = self._refusal("rcpt", decision)
+        if refused is not None:
+            # A refusal (smar's too) is a maillog line; a check that could not decide is not.
+            if isinstance(decision, Refuse):
+                mlog.maillog(
+                    "rejected",
+                    None,
+                    session=self.sid,
+                    client=self.client_address,
+                    sender=str(txn.sender) if isinstance(txn.sender, Address) else "",
+                    rcpt=rcpt,
+                    reply=str(refused),
                 )
-            except RpcError as exc:
-                log.warning("session %s: smar unavailable for RCPT: %s", self.sid, exc)
-                self.reply(replies.temp_failure("Recipient check unavailable, try again later"))
-                return
-            if answer.action != "tempfail":
-                self.ctx.rcpt_cache.put(key, answer, now)
-        if answer.action != "accept":
-            r = answer.reply
-            reply = Reply(r.code, r.enhanced or None, (r.text,))
-            mlog.maillog(
-                "rejected",
-                None,
-                session=self.sid,
-                client=self.client_address,
-                sender=request.sender,
-                rcpt=rcpt,
-                reply=str(reply),
-            )
-            self.reply(reply)
+            self.reply(refused)
             return
+        txn.mark = stronger(txn.mark, mark_of(decision))
         orcpt = None
         if event.params.orcpt is not None:
             orcpt = f"{event.params.orcpt[0]};{event.params.orcpt[1]}"
         notify = tuple(sorted(event.params.notify)) if event.params.notify is not None else None
-        expanded = answer.expanded or (rcpt,)
+        expanded = context.expanded or (rcpt,)
         for target in expanded:
             txn.recipients.append(
                 QueueRecipientValue(
@@ -717,26 +739,22 @@ class Session:
         self.reply(replies.recipient_ok())
 
     def _received_header(self, qid: str) -> bytes:
-        helo = self.helo or "unknown"
-        proto = _proto(self.esmtp, self.tls_active, self.authenticated is not None)
-        lines = [f"Received: from {_clean(helo)} ([{self.client_address}])"]
-        if self.tls_facts is not None:
-            lines.extend("\t" + part for part in _tls_comment_lines(self.tls_facts))
-        if self.authenticated:
-            lines.append(f"\t(Authenticated sender: {_clean(self.authenticated)})")
-        lines.append(f"\tby {self.hostname} (meta1py) with {proto} id {qid}")
         txn = self.txn
-        when = _date_now()
-        if txn is not None and len(txn.accepted_rcpts) == 1:
-            lines.append(f"\tfor <{_clean(txn.accepted_rcpts[0])}>; {when}")
-        else:
-            lines[-1] += ";"
-            lines.append(f"\t{when}")
-        return ("\r\n".join(lines) + "\r\n").encode("utf-8", "replace")
+        return received_header(
+            hostname=self.hostname,
+            qid=qid,
+            client_address=self.client_address,
+            helo=self.helo,
+            esmtp=self.esmtp,
+            tls=self.tls_facts,
+            authenticated=self.authenticated,
+            recipients=txn.accepted_rcpts if txn is not None else (),
+            now=time.time(),
+        )
 
     def _start_content(self) -> None:
         txn = self.txn
-        if txn is None or txn.writer is not None or txn.storage_error is not None:
+        if txn is None or txn.writer is not None or txn.storage_error is not None or txn.refusal is not None:
             return
         try:
             txn.writer = ContentWriter(self.ctx.config.queue_directory)
@@ -748,10 +766,13 @@ class Session:
                 txn.writer.abort()
                 txn.writer = None
 
-    def _write_content(self, data: bytes) -> None:
+    def _write_content(self, data: bytes) -> bool:
+        """Write message data. Returns True when the header block just ended and there are
+        end-of-headers checks to ask (:meth:`_end_of_headers`)."""
         txn = self.txn
         if txn is None or txn.writer is None:
-            return
+            return False
+        headers_ended = False
         if not txn.header_done:
             txn.header_scan += data
             end = txn.header_scan.find(b"\r\n\r\n")
@@ -760,6 +781,10 @@ class Session:
                 txn.hops = len(_RECEIVED_RE.findall(head))
                 txn.header_done = True
                 txn.header_scan = bytearray()
+                checks = self.ctx.checks
+                if checks.eoh or checks.eom:
+                    txn.headers = head
+                headers_ended = bool(checks.eoh)
         try:
             txn.writer.write(data)
         except QueueStorageError as exc:
@@ -767,6 +792,17 @@ class Session:
             txn.storage_error = exc
             txn.writer.abort()
             txn.writer = None
+            return False
+        return headers_ended
+
+    async def _end_of_headers(self, txn: _Transaction) -> None:
+        """Ask the EOH checks. A refusal drops the content and becomes the end-of-data reply."""
+        decision = await run_chain(self.ctx.checks.eoh, self._stage("eoh", txn))
+        txn.refusal = self._refusal("eoh", decision)
+        if txn.refusal is not None and txn.writer is not None:
+            txn.writer.abort()
+            txn.writer = None
+        txn.mark = stronger(txn.mark, mark_of(decision))
 
     async def _end_of_data(self, error: Reply | None) -> Reply:
         """Finish the content, commit the envelope, and return the reply for the end of data."""
@@ -784,17 +820,27 @@ class Session:
             if writer is not None:
                 writer.abort()
             return replies.no_valid_recipients()
+        if txn.refusal is None and writer is not None and not txn.header_done:
+            # The data ended inside the header block (no empty line): this is its end too.
+            txn.hops = len(_RECEIVED_RE.findall(bytes(txn.header_scan)))
+            if self.ctx.checks.eoh or self.ctx.checks.eom:
+                txn.headers = bytes(txn.header_scan)
+            if self.ctx.checks.eoh:
+                await self._end_of_headers(txn)
+                writer = txn.writer
+        if txn.refusal is not None:
+            if writer is not None:
+                writer.abort()
+            return self._policy_refused(txn, None, txn.refusal)
         if txn.storage_error is not None or writer is None:
             if writer is not None:
                 writer.abort()
             err = txn.storage_error
             return replies.insufficient_storage() if err is None or err.disk_full else replies.local_error()
-        if not txn.header_done:
-            txn.hops = len(_RECEIVED_RE.findall(bytes(txn.header_scan)))
         if txn.hops >= self.ctx.config.qmgr.max_hops:
             writer.abort()
             mlog.maillog("rejected", writer.qid, session=self.sid, reason="too many hops", hops=txn.hops)
-            return Reply(554, "5.4.6", ("Too many hops: mail forwarding loop",))
+            return replies.too_many_hops()
         qid = writer.qid
         try:
             # No fsync here: qmgr fsyncs the content file and its directory in the same thread
@@ -804,6 +850,20 @@ class Session:
             log.error("session %s: cannot write %s: %s", self.sid, qid, exc)
             writer.abort()
             return replies.insufficient_storage() if exc.disk_full else replies.local_error()
+        checks = self.ctx.checks.eom
+        mark = stronger(txn.mark, stronger(self._helo_mark, self._session_mark))
+        if checks:
+            context = self._stage("eom", txn)
+            context.message = MessageFacts(qid, writer.size, writer.path)
+            decision = await run_chain(checks, context)
+            refused = self._refusal("eom", decision)
+            if refused is not None:
+                writer.abort()
+                return self._policy_refused(txn, qid, refused)
+            mark = stronger(mark, mark_of(decision))
+        if mark is not None:
+            writer.abort()
+            return self._marked(txn, qid, mark)
         # The content is written and closed; no envelope yet: a crash here must give no 250 and
         # deliver nothing (qmgr's orphan sweep removes the file).
         crash_point("after-content")
@@ -835,8 +895,8 @@ class Session:
             # committed message must not lose it) and let the client retry.
             log.error("session %s: qmgr commit for %s failed: %s", self.sid, qid, exc)
             return replies.local_error()
-        if not answer.ok:  # type: ignore[attr-defined]
-            r = answer.reply  # type: ignore[attr-defined]
+        if not answer.ok:
+            r = answer.reply
             writer.abort()
             return self._commit_refused(qid, r.code, r.enhanced or "", r.text)
         # qmgr committed: a crash before the 250 leaves a message the client will send again
@@ -855,6 +915,49 @@ class Session:
         )
         return replies.queued(qid)
 
+    def _policy_refused(self, txn: _Transaction, qid: str | None, reply: Reply) -> Reply:
+        """A message refused by a check while or after its data came in: logged, then ``reply``."""
+        mlog.maillog(
+            "rejected",
+            qid,
+            session=self.sid,
+            client=self.client_address,
+            sender=str(txn.sender) if isinstance(txn.sender, Address) else "",
+            nrcpt=len(txn.recipients),
+            reply=str(reply),
+        )
+        return reply
+
+    def _marked(self, txn: _Transaction, qid: str, mark: Mark) -> Reply:
+        """The end-of-data reply for a message a check discarded or quarantined (content removed).
+
+        Discard: 250 as if queued; the message goes nowhere (maillog ``discarded``). Quarantine:
+        qmgr cannot put a message on hold as it commits it, so the message is refused with 451
+        4.7.1 and stays with the client (never delivered unchecked; see meta1py.smtps.stages).
+        """
+        sender = str(txn.sender) if isinstance(txn.sender, Address) else ""
+        if isinstance(mark, Discard):
+            mlog.maillog(
+                "discarded",
+                qid,
+                session=self.sid,
+                client=self.client_address,
+                sender=sender,
+                nrcpt=len(txn.recipients),
+                reason=mark.reason,
+            )
+            return replies.queued(qid)
+        reply = quarantine_refused()
+        log.warning(
+            "session %s: %s quarantined (%s), but qmgr cannot hold a message at commit: %s",
+            self.sid,
+            qid,
+            mark.reason,
+            reply,
+        )
+        self._policy_refused(txn, qid, reply)
+        return reply
+
     def _commit_refused(self, qid: str, code: int, enhanced: str, text: str) -> Reply:
         """The reply for a commit qmgr refused.
 
@@ -865,7 +968,7 @@ class Session:
         later. A permanent one (a bad envelope) is passed on as qmgr wrote it.
         """
         log.warning("session %s: qmgr refused %s: %d %s %r", self.sid, qid, code, enhanced, text[:200])
-        if code == 452 or enhanced == "4.3.1":
+        if code == 452 or enhanced == TEMP_MAIL_SYSTEM_FULL:
             if self.ctx.space is not None:
                 self.ctx.space.store_full(trio.current_time())
             return replies.insufficient_storage()
@@ -902,6 +1005,7 @@ class Session:
         self.core.starttls_done()
         # RFC 3207 §4.2: forget everything learnt before TLS.
         self.helo = None
+        self._helo_mark = None
         self.esmtp = False
         self.authenticated = None
         self._abort_transaction()
@@ -1024,19 +1128,6 @@ class Session:
         self.reply(replies.auth_failed())
         return False
 
-    def _check_sender(self, sender: Address | NullPath) -> Reply | None:
-        """Submission policy for MAIL FROM: require_auth, sender_must_match_login."""
-        if self.service.require_auth and self.authenticated is None:
-            return replies.auth_required()
-        if self.service.sender_must_match_login and self.authenticated is not None:
-            text = str(sender) if isinstance(sender, Address) else ""
-            if not sender_matches_login(text, self.authenticated, self.ctx.config.local_domains):
-                log.info(
-                    "session %s: sender %r not allowed for user %r", self.sid, text[:256], self.authenticated
-                )
-                return replies.sender_rejected(text)
-        return None
-
 
 _GREETINGS: dict[str, Reply] = {}
 
@@ -1051,19 +1142,8 @@ def _greeting(hostname: str) -> Reply:
     return reply
 
 
-def _tls_comment_lines(facts: TlsFacts) -> list[str]:
-    """received_clause() split into "(using ...)" and, with a client certificate, "(Client subject ...)".
-
-    The subject is comment-quoted (parentheses escaped), so the first ") (Client subject" is ours.
-    """
-    text = received_clause(facts)
-    head, sep, rest = text.partition(") (Client subject")
-    return [head + ")", "(Client subject" + rest] if sep else [text]
-
-
 def _too_many_auth_failures() -> Reply:
-    # 421 closes the session (RFC 5321 §3.8); 4.7.0: a temporary security refusal (RFC 4954 §6).
-    return Reply(421, "4.7.0", ("Too many authentication failures, try again later",))
+    return replies.too_many_auth_failures()
 
 
 # (id(section), starttls, auth) -> (section, extensions). Keyed by identity, not value: hashing
@@ -1091,17 +1171,8 @@ def _extensions(service: SmtpsConfig, *, starttls: bool, auth: bool) -> Extensio
 
 
 def _bad_sasl_data() -> Reply:
-    # RFC 4954 §4: 501 when the client's base64 cannot be decoded.
-    return Reply(501, "5.5.2", ("Cannot decode the authentication data",))
+    return replies.auth_data_undecodable()
 
 
 class _Shutdown(Exception):
     """smtps is stopping: answer 421 4.3.2 and close."""
-
-
-_UNSAFE = re.compile(r"[^\x21-\x7e]")
-
-
-def _clean(text: str) -> str:
-    """Peer text for a header: printable ASCII without spaces, bounded."""
-    return _UNSAFE.sub("?", text)[:255]

@@ -18,7 +18,7 @@ import itertools
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from smtp_policy import EXT_FULL, Policy, run_in_halves
 
@@ -290,6 +290,16 @@ def _outcome(conn: ServerConnection, ev: Event | NeedData | None) -> tuple[objec
     st.sampled_from([1, 2, 1000]),
     st.booleans(),
 )
+# Trailing, leading and doubled dots in either part: a regex engine that mishandles the repeats
+# (gh-101955) lets some of these through the fast path; the general parser answers 501 5.1.3.
+@example((SETUPS[3][0], b"RCPT TO:<a@a.>"), EXT_FULL, 1000, 1000, False)
+@example((SETUPS[3][0], b"RCPT TO:<bob@example.com.>"), EXT_FULL, 1000, 1000, False)
+@example((SETUPS[6][0], b"RCPT TO:<bob@example.com.>"), EXT_FULL, 1000, 1000, True)
+@example((SETUPS[0][0], b"MAIL FROM:<bob@example.com.>"), EXT_FULL, 1000, 1000, False)
+@example((SETUPS[3][0], b"RCPT TO:<a@.b>"), EXT_FULL, 1000, 1000, False)
+@example((SETUPS[3][0], b"RCPT TO:<a@b..c>"), EXT_FULL, 1000, 1000, False)
+@example((SETUPS[3][0], b"RCPT TO:<.a@b>"), EXT_FULL, 1000, 1000, False)
+@example((SETUPS[0][0], b"MAIL FROM:<a.@b>"), EXT_FULL, 1000, 1000, False)
 def test_fast_mail_rcpt_same_as_general_path(
     case: tuple[bytes, bytes],
     ext: Extensions,
@@ -329,6 +339,34 @@ def test_fast_mail_rcpt_same_as_general_path(
         assert parsed[key] == (fast._owed, parsed[key][1], ev)
     else:
         assert key not in parsed and hash(raw) in fast._seen
+
+
+NEAR_MISS_PATHS = [
+    "<a@a.>",
+    "<bob@example.com.>",
+    "<a@.b>",
+    "<a@b..c>",
+    "<.a@b>",
+    "<a.@b>",
+    "<a..b@c>",
+    "<a@b-.c>",
+    "<a@-b.c>",
+    "<a@b.c->",
+]
+
+
+@pytest.mark.parametrize("path", NEAR_MISS_PATHS)
+@pytest.mark.parametrize("verb", ["MAIL FROM:", "RCPT TO:"])
+def test_dotted_near_misses_get_501_on_both_paths(verb: str, path: str) -> None:
+    """Empty labels and dot-atoms (a trailing, leading or doubled dot) and labels with a hyphen at
+    an end are bad syntax for both parsers, the first time a line is seen and from the cache."""
+    line = f"{verb}{path}".encode()
+    setup = SETUPS[0][0] if verb.startswith("MAIL") else SETUPS[3][0]
+    fast = _connection(ServerConnection, setup, EXT_FULL)
+    assert fast._fast_mail_rcpt(line, fast.state, (line, True, False)) is None
+    general = _connection(GeneralOnly, setup, EXT_FULL)
+    for conn in (fast, general, fast):  # fast twice: the second sighting may come from the cache
+        assert Policy(conn).feed(line + b"\r\n") == b"501 5.1.3 Bad address syntax\r\n"
 
 
 @pytest.mark.parametrize(

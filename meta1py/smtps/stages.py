@@ -1,0 +1,442 @@
+"""The checks of each SMTP stage: one ordered chain per stage, each check returning a decision.
+
+A session asks the chain of a stage when the stage is reached and turns the decision into its
+reply; a check never writes to the client (chasquid's handlers return their replies alike). So a
+new policy (an access map, a milter) is one more check in a chain, not an edit of every branch of
+the session.
+
+Stages (:data:`Stage`), and what the :class:`StageContext` holds at each:
+
+=========  ==========================================  ==========================================
+stage      when                                        facts known (besides client, TLS, AUTH)
+=========  ==========================================  ==========================================
+connect    before the greeting (after the implicit     --
+           TLS handshake)
+helo       HELO or EHLO                                ``helo``
+mail       MAIL FROM                                   ``sender``, ``mail_params``
+rcpt       RCPT TO                                     ``recipient``, ``rcpt_params``, ``recipients``
+data       DATA, or the first BDAT chunk               ``recipients``
+eoh        the end of the client's header block        ``headers`` (without our Received:)
+eom        the end of the data, content file closed    ``message`` (queue id, size, path)
+=========  ==========================================  ==========================================
+
+Decisions: :class:`Continue` (ask the next check), :class:`Accept` (stop the chain, usual
+answer), :class:`Refuse` (a 4xx/5xx reply of the check's choosing), :class:`TempFail` (a 4xx;
+the stage's default when no reply is given), :class:`Discard` (the usual answers, but the message
+is not queued), :class:`Quarantine` (the message is to be kept on hold). Every decision but
+Continue ends the chain of its stage. A chain that takes longer than ``CHAIN_TIMEOUT_S`` is a
+TempFail. What the session answers for each decision at each stage is in docs/smtps.md "Stages";
+:func:`refusal` computes the refusing replies.
+
+Discard and Quarantine made before the end of data mark the transaction (at connect and HELO: the
+session, for every later transaction; a new HELO/EHLO or STARTTLS clears a HELO mark) and take
+effect at the end of data. Discard wins over Quarantine. qmgr cannot put a message on hold as it
+commits it (QueueEnvelopeCommitRequest has no hold flag), and committing first and holding after
+would let the message be delivered in between, so a quarantined message is refused with
+``451 4.7.1`` (:func:`quarantine_refused`): the client keeps it and tries again; it is never
+delivered unchecked.
+
+The built-in checks (:func:`builtin_checks`), first in their chains:
+
+* MAIL: :class:`SenderCheck` (``require_auth``, ``sender_must_match_login``), then
+  :class:`SpaceCheck` (``queue_minfree``: 452 4.3.1). DATA and BDAT check the space inline (a
+  refusal there drops content already being received).
+* RCPT: :class:`RecipientCheck`: smar's ``SmarRecipientCheckRequest`` (does a local recipient
+  exist, may this client relay: relay_clients or AUTH; smar decides both, because only smar knows
+  whether a domain is local), with a few seconds' cache of its verdicts.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol, TypeAlias
+
+import trio
+
+from meta1py.conf import Config, SmtpsConfig
+from meta1py.rpc.caller import Caller
+from meta1py.rpc.errors import RpcError
+from meta1py.rpc.messages import SmarRecipientCheckReply, SmarRecipientCheckRequest
+from meta1py.smtp import events as ev
+from meta1py.smtp import replies
+from meta1py.smtp.address import Address, NullPath
+from meta1py.smtp.replies import Reply
+from meta1py.smtps.auth import sender_matches_login
+from meta1py.smtps.limits import QueueSpace
+from meta1py.tls.facts import TlsFacts
+
+log = logging.getLogger(__name__)
+
+Stage = Literal["connect", "helo", "mail", "rcpt", "data", "eoh", "eom"]
+STAGES: tuple[Stage, ...] = ("connect", "helo", "mail", "rcpt", "data", "eoh", "eom")
+
+# smar may be doing DNS.
+POLICY_TIMEOUT_S = 30.0
+#: How long one stage's whole chain may take (above every built-in check's own deadline).
+CHAIN_TIMEOUT_S = 120.0
+_RCPT_CACHE_S = 5.0
+_RCPT_CACHE_MAX = 10_000
+
+
+# -- decisions ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Continue:
+    """No objection: ask the next check (the stage's usual answer when none is left)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Accept:
+    """Stop this stage's chain and give the usual answer (later stages still ask theirs)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Refuse:
+    """Answer ``reply``, a 4xx or 5xx of the check's choosing, instead of the usual one.
+
+    Raises:
+        ValueError: a reply that is not a refusal (a check cannot make the session say 250
+            to something it did not accept).
+    """
+
+    reply: Reply
+
+    def __post_init__(self) -> None:
+        if not 400 <= self.reply.code < 600:
+            raise ValueError(f"Refuse needs a 4xx or 5xx reply, not {self.reply.code}")
+
+
+@dataclass(frozen=True, slots=True)
+class TempFail:
+    """A temporary refusal: ``reply`` (a 4xx), or the stage's default (:func:`refusal`).
+
+    Raises:
+        ValueError: a reply that is not a 4xx.
+    """
+
+    reply: Reply | None = None
+
+    def __post_init__(self) -> None:
+        if self.reply is not None and not 400 <= self.reply.code < 500:
+            raise ValueError(f"TempFail needs a 4xx reply, not {self.reply.code}")
+
+
+@dataclass(frozen=True, slots=True)
+class Discard:
+    """Answer as if accepted, but do not queue the message (it is dropped at the end of data)."""
+
+    reason: str = "discarded by policy"
+
+
+@dataclass(frozen=True, slots=True)
+class Quarantine:
+    """Keep the message on hold for an operator (see the module docstring: refused 451 4.7.1)."""
+
+    reason: str = "quarantined by policy"
+
+
+Decision: TypeAlias = Continue | Accept | Refuse | TempFail | Discard | Quarantine
+Mark: TypeAlias = Discard | Quarantine
+CONTINUE = Continue()
+ACCEPT = Accept()
+
+
+# -- what a check sees -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MessageFacts:
+    """The message at the end of data: its queue id, size in octets and closed content file.
+
+    The file starts with smtps's own Received: header; it is removed if the message is refused.
+    """
+
+    qid: str
+    size: int
+    path: Path
+
+
+@dataclass(slots=True)
+class StageContext:
+    """The facts a check sees: those of the session, and of the transaction so far.
+
+    Built by the session for each stage; checks read it. The one field a check may set is
+    ``expanded`` (RCPT): the addresses the recipient stands for (the recipient check sets it from
+    smar's alias expansion; None: the recipient itself).
+    """
+
+    stage: Stage
+    session_id: str
+    service: SmtpsConfig
+    client_address: str
+    helo: str | None
+    esmtp: bool
+    tls: TlsFacts | None
+    authenticated: str | None
+    sender: Address | NullPath | None = None
+    mail_params: ev.MailParams | None = None
+    recipient: Address | None = None
+    rcpt_params: ev.RcptParams | None = None
+    #: The recipients accepted so far in this transaction (as the client wrote them).
+    recipients: tuple[str, ...] = ()
+    #: EOH and EOM: the client's header block (up to 64 KiB, without the blank line).
+    headers: bytes | None = None
+    message: MessageFacts | None = None
+    expanded: tuple[str, ...] | None = None
+
+
+Check: TypeAlias = Callable[[StageContext], Awaitable[Decision]]
+
+
+@dataclass(frozen=True, slots=True)
+class Checks:
+    """The ordered checks of every stage."""
+
+    connect: tuple[Check, ...] = ()
+    helo: tuple[Check, ...] = ()
+    mail: tuple[Check, ...] = ()
+    rcpt: tuple[Check, ...] = ()
+    data: tuple[Check, ...] = ()
+    eoh: tuple[Check, ...] = ()
+    eom: tuple[Check, ...] = ()
+
+    def then(self, later: Checks) -> Checks:
+        """These checks, each chain followed by the same stage's chain of ``later``."""
+        return Checks(*(getattr(self, s) + getattr(later, s) for s in STAGES))
+
+
+async def run_chain(
+    checks: tuple[Check, ...], context: StageContext, timeout_s: float = CHAIN_TIMEOUT_S
+) -> Decision:
+    """Ask each check in order; the first decision that is not Continue ends the chain.
+
+    A chain that has not decided within ``timeout_s`` is a TempFail (logged): a hung policy
+    service must not hold the session until its ``session_timeout``. A chain made only of checks
+    that bound their own waits (``bounded = True``: the built-in ones) runs without that cancel
+    scope: one costs about 11 us, several times what the built-in MAIL checks cost together.
+    """
+    if all(getattr(check, "bounded", False) is True for check in checks):
+        return await _ask(checks, context)
+    with trio.move_on_after(timeout_s):
+        return await _ask(checks, context)
+    log.warning(
+        "session %s: the %s checks did not decide within %gs: temporary failure",
+        context.session_id,
+        context.stage,
+        timeout_s,
+    )
+    return TempFail()
+
+
+async def _ask(checks: tuple[Check, ...], context: StageContext) -> Decision:
+    for check in checks:
+        decision = await check(context)
+        if not isinstance(decision, Continue):
+            return decision
+    return CONTINUE
+
+
+# -- from decisions to replies -----------------------------------------------------------------
+
+
+def tempfail_default(stage: Stage, hostname: str) -> Reply:
+    """The reply to a TempFail without a reply of its own.
+
+    At connect it is the greeting, which can only be 421 (RFC 5321 §3.1): the session ends.
+    """
+    if stage == "connect":
+        return replies.policy_tempfail_greeting(hostname)
+    return replies.policy_tempfail()
+
+
+def refusal(stage: Stage, decision: Decision, hostname: str) -> Reply | None:
+    """The reply refusing the stage for ``decision``, or None when the decision accepts it.
+
+    A 4xx refusal at connect is sent as 421 with its text (RFC 5321 §3.1: a greeting is 220, 554
+    or 421); a 5xx one is the greeting itself (the session then answers 503 to everything but QUIT).
+    """
+    if isinstance(decision, Refuse):
+        reply = decision.reply
+    elif isinstance(decision, TempFail):
+        reply = decision.reply or tempfail_default(stage, hostname)
+    else:
+        return None
+    if stage == "connect" and reply.code < 500 and reply.code != 421:
+        return Reply(421, reply.enhanced, reply.lines)
+    return reply
+
+
+def mark_of(decision: Decision) -> Mark | None:
+    """The Discard or Quarantine that ``decision`` is, else None."""
+    return decision if isinstance(decision, Discard | Quarantine) else None
+
+
+def stronger(first: Mark | None, second: Mark | None) -> Mark | None:
+    """Of two marks, the one that wins: a Discard over a Quarantine, else the first."""
+    if isinstance(second, Discard) and not isinstance(first, Discard):
+        return second
+    return first or second
+
+
+def quarantine_refused() -> Reply:
+    """The end-of-data reply for a quarantined message (qmgr has no hold at commit)."""
+    return replies.policy_held()
+
+
+# -- the built-in checks -------------------------------------------------------------------------
+
+_RcptKey = tuple[str, str, str | None, str, str]
+
+
+class RcptCache:
+    """smar's verdicts on recent RCPT TO checks, kept for a few seconds.
+
+    A busy gateway sees the same (client, sender, recipient) over and over within seconds; asking
+    smar each time costs an RPC round trip per recipient. Entries live ``_RCPT_CACHE_S`` seconds,
+    so a changed aliases map or relay list takes effect at most that much later (Postfix's own
+    caches in front of its maps behave alike). Temporary failures are never cached.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[_RcptKey, tuple[float, SmarRecipientCheckReply]] = {}
+
+    def get(self, key: _RcptKey, now: float) -> SmarRecipientCheckReply | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if entry[0] < now:
+            del self._entries[key]
+            return None
+        return entry[1]
+
+    def put(self, key: _RcptKey, value: SmarRecipientCheckReply, now: float) -> None:
+        if len(self._entries) >= _RCPT_CACHE_MAX:
+            self._entries.clear()
+        self._entries[key] = (now + _RCPT_CACHE_S, value)
+
+
+class CheckResources(Protocol):
+    """What the built-in checks use of the process (``SmtpsContext``), read at each call."""
+
+    config: Config
+    smar: Caller
+    rcpt_cache: RcptCache
+    space: QueueSpace | None
+
+
+def space_refusal(space: QueueSpace | None, size: int | None, session_id: str, client: str) -> Reply | None:
+    """``queue_minfree``: 452 4.3.1 when the queue has no room for a message of ``size``."""
+    if space is None:
+        return None
+    now = trio.current_time()
+    if space.room_for(size, now):
+        return None
+    if space.should_log(now):
+        log.warning(
+            "session %s: no room for new mail: queue file system below queue_minfree "
+            "(%d bytes free, %d kept%s) or qmgr's store full: 452 4.3.1 to %s (logged once a minute)",
+            session_id,
+            space.free(now) or 0,
+            space.minfree,
+            f", SIZE={size}" if size is not None else "",
+            client,
+        )
+    return replies.insufficient_storage()
+
+
+class SenderCheck:
+    """MAIL: submission policy, ``require_auth`` and ``sender_must_match_login``."""
+
+    bounded = True  # no waits
+
+    def __init__(self, resources: CheckResources) -> None:
+        self._resources = resources
+
+    async def __call__(self, context: StageContext) -> Decision:
+        service = context.service
+        if service.require_auth and context.authenticated is None:
+            return Refuse(replies.auth_required())
+        if service.sender_must_match_login and context.authenticated is not None:
+            sender = context.sender
+            text = str(sender) if isinstance(sender, Address) else ""
+            local_domains = self._resources.config.local_domains
+            if not sender_matches_login(text, context.authenticated, local_domains):
+                log.info(
+                    "session %s: sender %r not allowed for user %r",
+                    context.session_id,
+                    text[:256],
+                    context.authenticated,
+                )
+                return Refuse(replies.sender_rejected(text))
+        return CONTINUE
+
+
+class SpaceCheck:
+    """MAIL: ``queue_minfree`` against the declared SIZE (452 4.3.1)."""
+
+    bounded = True  # no waits (the free space is read at most once a second)
+
+    def __init__(self, resources: CheckResources) -> None:
+        self._resources = resources
+
+    async def __call__(self, context: StageContext) -> Decision:
+        size = context.mail_params.size if context.mail_params is not None else None
+        reply = space_refusal(self._resources.space, size, context.session_id, context.client_address)
+        return CONTINUE if reply is None else Refuse(reply)
+
+
+class RecipientCheck:
+    """RCPT: smar's verdict (recipient exists, relaying allowed), cached a few seconds.
+
+    Sets ``context.expanded`` to smar's alias expansion. smar unreachable or slow: 451 4.4.3.
+    """
+
+    bounded = True  # smar's call has its own deadline (POLICY_TIMEOUT_S)
+
+    def __init__(self, resources: CheckResources) -> None:
+        self._resources = resources
+
+    async def __call__(self, context: StageContext) -> Decision:
+        res = self._resources
+        assert context.recipient is not None
+        rcpt = str(context.recipient)
+        sender = context.sender
+        request = SmarRecipientCheckRequest(
+            client_address=context.client_address,
+            service=context.service.name or "",
+            authenticated=context.authenticated,
+            sender=str(sender) if isinstance(sender, Address) else "",
+            recipient=rcpt,
+        )
+        key = (request.service, request.client_address, request.authenticated, request.sender, rcpt)
+        now = time.monotonic()
+        answer = res.rcpt_cache.get(key, now)
+        if answer is None:
+            try:
+                answer = await res.smar.call(request, timeout=POLICY_TIMEOUT_S)
+            except RpcError as exc:
+                log.warning("session %s: smar unavailable for RCPT: %s", context.session_id, exc)
+                return TempFail(replies.temp_failure("Recipient check unavailable, try again later"))
+            if answer.action != "tempfail":
+                res.rcpt_cache.put(key, answer, now)
+        if answer.action != "accept":
+            r = answer.reply
+            if 400 <= r.code < 600:
+                return Refuse(Reply(r.code, r.enhanced or None, (r.text,)))
+            # Not a refusal code: never tell the client more than "try again" for a refusal.
+            return Refuse(replies.relayed(r.code, r.enhanced or None, r.text))
+        context.expanded = answer.expanded or None
+        return CONTINUE
+
+
+def builtin_checks(resources: CheckResources) -> Checks:
+    """The checks every smtps session runs, before any added ones (see the module docstring)."""
+    return Checks(
+        mail=(SenderCheck(resources), SpaceCheck(resources)),
+        rcpt=(RecipientCheck(resources),),
+    )
