@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from meta1py.testing.daemon import PRODUCTION_ACCOUNTS, temporary_worker_account
+from meta1py_testing.daemon import PRODUCTION_ACCOUNTS, temporary_worker_account
 
 
 @contextlib.contextmanager

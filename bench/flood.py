@@ -27,7 +27,7 @@ count; before and during the flood) and its failures by reply; the PSS of all th
 v2 when one can be made); and the flood's fate: connections greeted, refused (by reply or error),
 cut after the greeting (and when), held open at the end. A side-by-side table follows.
 
-meta1py runs via :class:`~meta1py.testing.daemon.Meta1Daemon` (as root in production mode with the
+meta1py runs via :class:`~meta1py_testing.daemon.Meta1Daemon` (as root in production mode with the
 worker users of ``meta1 setup`` when they exist, else one throw-away user; not as root: the invoking
 user) with its defaults except the relay host, ``relay_clients`` and the listening address. Postfix
 is set up as ``bench/relay.py`` sets it up (its defaults, ``mynetworks = 127.0.0.1/32``; no smtpd
@@ -58,8 +58,8 @@ from typing import Any
 from _common import nofile_limit, raise_nofile, worker_accounts
 from relay import WORK_ROOT, Accounting, Meta1Mta, PostfixMta, PssSampler
 
-from meta1py.testing.daemon import Meta1Daemon
-from meta1py.testing.peers import smtp_sink
+from meta1py_testing.daemon import Meta1Daemon
+from meta1py_testing.peers import smtp_sink
 
 LEGIT_ADDRESS = "127.0.0.1"
 LEGIT_TIMEOUT_S = 20.0

@@ -50,8 +50,8 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from meta1py.testing.daemon import Meta1Daemon, forkserver_pid, free_port, temporary_worker_account
-from meta1py.testing.peers import SmtpSink, smtp_sink
+from meta1py_testing.daemon import Meta1Daemon, forkserver_pid, free_port, temporary_worker_account
+from meta1py_testing.peers import SmtpSink, smtp_sink
 
 SMTP_SOURCE = "/usr/sbin/smtp-source"
 POSTFIX = "/usr/sbin/postfix"

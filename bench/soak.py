@@ -5,7 +5,7 @@ Usage (from the repository root, as root or as a normal user)::
     .venv/bin/python bench/soak.py [--duration 600] [--clients 4] [--seed N] [--restart-limit N/S]
                                    [--no-orphan-wait] [--require-dup-log] [--keep]
 
-meta1py (:class:`~meta1py.testing.daemon.Meta1Daemon`; as root in production mode with the four
+meta1py (:class:`~meta1py_testing.daemon.Meta1Daemon`; as root in production mode with the four
 worker users of ``meta1 setup`` when they exist) routes everything to a recording sink on loopback
 (``smar { routes }``, as ``tests/e2e/test_durability.py`` does). ``--clients`` smtplib clients send
 small messages, each with a unique Message-ID, reconnecting whenever the server goes away.
@@ -62,8 +62,8 @@ from _common import worker_accounts
 from meta1py.conf import parse_config
 from meta1py.conf.errors import ConfigErrors
 from meta1py.queue.content import content_path, scan_content_ids
-from meta1py.testing.daemon import Meta1Daemon, forkserver_pid, pid_alive, poll
-from meta1py.testing.peers import RecordingSink, recording_sink
+from meta1py_testing.daemon import Meta1Daemon, forkserver_pid, pid_alive, poll
+from meta1py_testing.peers import RecordingSink, recording_sink
 
 WORKERS = ("qmgr", "smar", "smtpc", "smtps")
 TREE_KILLS = 6

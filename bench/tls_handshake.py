@@ -41,10 +41,10 @@ import trio
 import trio.testing
 from OpenSSL import SSL
 
-from meta1py.testing.certs import Pki, make_pki
 from meta1py.tls.contexts import ClientTlsSettings, ServerTlsSettings, client_context, server_context
 from meta1py.tls.facts import tls_facts
 from meta1py.tls.hook import hook_available
+from meta1py_testing.certs import Pki, make_pki
 
 T = TypeVar("T")
 

@@ -81,13 +81,24 @@ if [ -n "$EXTRA" ]; then TARGET="$ROOT[$EXTRA]"; fi
 # Re-install only when the dependencies may have changed: the stamp records pyproject.toml's hash
 # and the extras, so a second run is fast and works offline.
 STAMP="$VENV/.meta1py-install-stamp"
-WANT="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1) ${EXTRA:-none}"
+# The test extra also installs the test helpers, a package of their own (testing/), not in the
+# meta1py wheel.
+WANT="$(cat "$ROOT/pyproject.toml" "$ROOT/testing/pyproject.toml" | sha256sum | cut -d' ' -f1) ${EXTRA:-none}"
+PROBE='import meta1py'
+case ",$EXTRA," in *,test,*) PROBE='import meta1py, meta1py_testing' ;; esac
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ] \
-        && "$VENV/bin/python" -c 'import meta1py' >/dev/null 2>&1; then
+        && "$VENV/bin/python" -c "$PROBE" >/dev/null 2>&1; then
     step "up to date: $TARGET"
 else
     step "pip install -e $TARGET"
     "$VENV/bin/python" -m pip install -q -e "$TARGET" || die "pip install -e $TARGET"
+    case ",$EXTRA," in
+        *,test,*)
+            step "pip install -e $ROOT/testing (the test helpers)"
+            "$VENV/bin/python" -m pip install -q --no-deps -e "$ROOT/testing" \
+                || die "pip install -e $ROOT/testing"
+            ;;
+    esac
     printf '%s\n' "$WANT" > "$STAMP"
 fi
 step "installed: $("$VENV/bin/python" -c 'import meta1py, sys; print(meta1py.__name__, sys.version.split()[0])')"

@@ -107,8 +107,8 @@ if [ "$(id -u)" -eq 0 ]; then
         || { echo "test.sh: the nobody account cannot import meta1py with $VENV/bin/python" >&2; exit 1; }
 fi
 
-step "ruff check meta1py tests bench"
-LINT_PATHS=(meta1py tests)
+step "ruff check meta1py testing tests bench"
+LINT_PATHS=(meta1py testing tests)
 [ -d bench ] && LINT_PATHS+=(bench)
 "$VENV/bin/ruff" check "${LINT_PATHS[@]}"
 

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import trio
 
-from meta1py.testing.peers import free_port as _free_port
+from meta1py_testing.peers import free_port as _free_port
 
 #: Real seconds a trio test may run when it does not say otherwise. Generous: CI machines are small.
 DEFAULT_TRIO_DEADLINE_S = 120.0

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from meta1py.testing.daemon import Meta1Daemon, production_accounts, temporary_worker_account
+from meta1py_testing.daemon import Meta1Daemon, production_accounts, temporary_worker_account
 
 #: ``four`` (default) or ``one``: how many worker users the e2e daemons use as root.
 ACCOUNTS_MODE = os.environ.get("META1_TEST_ACCOUNTS", "four")

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import pytest
 
-from meta1py.testing.daemon import DaemonError, free_port, poll
+from meta1py_testing.daemon import DaemonError, free_port, poll
 
 pytestmark = pytest.mark.e2e
 

@@ -16,8 +16,8 @@ from collections.abc import Callable
 import pytest
 
 from meta1py.queue.content import scan_content_ids
-from meta1py.testing.daemon import Meta1Daemon, poll
-from meta1py.testing.peers import RecordingSink, recording_sink
+from meta1py_testing.daemon import Meta1Daemon, poll
+from meta1py_testing.peers import RecordingSink, recording_sink
 
 pytestmark = pytest.mark.e2e
 

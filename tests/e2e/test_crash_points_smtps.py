@@ -19,8 +19,8 @@ from collections.abc import Callable
 
 import pytest
 
-from meta1py.testing.daemon import Meta1Daemon, poll
-from meta1py.testing.peers import recording_sink
+from meta1py_testing.daemon import Meta1Daemon, poll
+from meta1py_testing.peers import recording_sink
 
 pytestmark = pytest.mark.e2e
 

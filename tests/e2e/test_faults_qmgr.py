@@ -25,8 +25,8 @@ from pathlib import Path
 import pytest
 
 from meta1py.queue.content import scan_content_ids
-from meta1py.testing.daemon import Meta1Daemon, free_port, poll
-from meta1py.testing.peers import recording_sink
+from meta1py_testing.daemon import Meta1Daemon, free_port, poll
+from meta1py_testing.peers import recording_sink
 
 pytestmark = pytest.mark.e2e
 

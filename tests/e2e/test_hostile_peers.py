@@ -12,9 +12,9 @@ from collections.abc import Callable
 
 import pytest
 
-from meta1py.testing.daemon import Meta1Daemon
-from meta1py.testing.dns import knotd_path, running_dns_server
-from meta1py.testing.peers import free_port, raw_smtp_server, recording_sink
+from meta1py_testing.daemon import Meta1Daemon
+from meta1py_testing.dns import knotd_path, running_dns_server
+from meta1py_testing.peers import free_port, raw_smtp_server, recording_sink
 
 pytestmark = [
     pytest.mark.e2e,

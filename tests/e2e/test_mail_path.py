@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from meta1py.testing.daemon import Meta1Daemon, poll
-from meta1py.testing.dns import running_dns_server
-from meta1py.testing.peers import (
+from meta1py_testing.daemon import Meta1Daemon, poll
+from meta1py_testing.dns import running_dns_server
+from meta1py_testing.peers import (
     SinkDump,
     SinkScript,
     dovecot_lmtp,

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from meta1py.testing.daemon import (
+from meta1py_testing.daemon import (
     WORKER_NAMES,
     Meta1Daemon,
     forkserver_pid,

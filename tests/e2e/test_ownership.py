@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 
-from meta1py.testing.certs import make_pki
-from meta1py.testing.daemon import Meta1Daemon, free_port, poll, proc_ids
+from meta1py_testing.certs import make_pki
+from meta1py_testing.daemon import Meta1Daemon, free_port, poll, proc_ids
 
 pytestmark = [pytest.mark.e2e, pytest.mark.root]
 

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import pytest
 
-from meta1py.testing.daemon import Meta1Daemon, free_port, poll
-from meta1py.testing.peers import SinkScript, recording_sink
+from meta1py_testing.daemon import Meta1Daemon, free_port, poll
+from meta1py_testing.peers import SinkScript, recording_sink
 
 pytestmark = pytest.mark.e2e
 

@@ -24,8 +24,8 @@ from test_queue_life import (
 )
 
 from meta1py.queue.ids import new_queue_id
-from meta1py.testing.daemon import Meta1Daemon, poll
-from meta1py.testing.peers import SinkScript, recording_sink
+from meta1py_testing.daemon import Meta1Daemon, poll
+from meta1py_testing.peers import SinkScript, recording_sink
 
 pytestmark = pytest.mark.e2e
 

@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 
-from meta1py.testing.daemon import Meta1Daemon, poll
-from meta1py.testing.peers import SinkScript, free_port, recording_sink
+from meta1py_testing.daemon import Meta1Daemon, poll
+from meta1py_testing.peers import SinkScript, free_port, recording_sink
 
 pytestmark = pytest.mark.e2e
 

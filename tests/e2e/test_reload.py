@@ -19,8 +19,8 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from meta1py.testing.certs import Pki, make_pki
-from meta1py.testing.daemon import Meta1Daemon, pid_alive, poll, worker_name
+from meta1py_testing.certs import Pki, make_pki
+from meta1py_testing.daemon import Meta1Daemon, pid_alive, poll, worker_name
 
 pytestmark = pytest.mark.e2e
 

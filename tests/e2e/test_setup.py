@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from meta1py.testing.daemon import Meta1Daemon, poll
+from meta1py_testing.daemon import Meta1Daemon, poll
 
 pytestmark = [pytest.mark.e2e, pytest.mark.root]
 

@@ -17,8 +17,8 @@ from collections.abc import Callable
 
 import pytest
 
-from meta1py.testing.daemon import Meta1Daemon, poll
-from meta1py.testing.peers import RecordedMessage, SinkScript, recording_sink
+from meta1py_testing.daemon import Meta1Daemon, poll
+from meta1py_testing.peers import RecordedMessage, SinkScript, recording_sink
 
 pytestmark = pytest.mark.e2e
 

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from meta1py.testing.certs import Pki, make_pki
-from meta1py.testing.daemon import Meta1Daemon, poll
-from meta1py.testing.peers import RecordingSink, recording_sink
+from meta1py_testing.certs import Pki, make_pki
+from meta1py_testing.daemon import Meta1Daemon, poll
+from meta1py_testing.peers import RecordingSink, recording_sink
 
 pytestmark = pytest.mark.e2e
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from meta1py.testing.daemon import Meta1Daemon, poll
+from meta1py_testing.daemon import Meta1Daemon, poll
 
 pytestmark = pytest.mark.e2e
 

@@ -25,7 +25,7 @@ from datetime import datetime
 
 import pytest
 
-from meta1py.testing.daemon import WORKER_NAMES, Meta1Daemon, poll
+from meta1py_testing.daemon import WORKER_NAMES, Meta1Daemon, poll
 
 pytestmark = pytest.mark.e2e
 

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from meta1py.passwords import hash_password
-from meta1py.testing.certs import Pki, make_pki
-from meta1py.testing.daemon import Meta1Daemon, free_port, poll
-from meta1py.testing.peers import RecordingSink, recording_sink
+from meta1py_testing.certs import Pki, make_pki
+from meta1py_testing.daemon import Meta1Daemon, free_port, poll
+from meta1py_testing.peers import RecordingSink, recording_sink
 
 pytestmark = pytest.mark.e2e
 

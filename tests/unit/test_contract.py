@@ -53,7 +53,7 @@ def test_the_contract_is_written_down_once() -> None:
     # imports them. (Docstrings and comments may mention them.)
     package = Path(meta1py.__file__).parent
     names_tuple = re.compile(r"\(\s*\"qmgr\",\s*\"smar\",\s*\"smtpc\"")
-    sock_literal = re.compile(r"[\"'](?:qmgr|smar|smtpc)\.sock[\"']|f[\"']\{name\}\.sock")
+    sock_literal = re.compile(r"([\"'])(?:qmgr|smar|smtpc)\.sock\1|f[\"']\{name\}\.sock")
     offenders = []
     for path in package.rglob("*.py"):
         if path.name == "contract.py":

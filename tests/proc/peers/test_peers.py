@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from meta1py.testing.peers import (
+from meta1py_testing.peers import (
     SinkScript,
     dovecot_lmtp,
     recording_sink,

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from meta1py.testing.dns import knotd_path, running_dns_server
+from meta1py_testing.dns import knotd_path, running_dns_server
 
 ZONES = {
     # Two MX hosts with different preferences; mx2 also has an IPv6 address.

@@ -1,4 +1,4 @@
-"""meta1py.testing.dns: the knotd helper starts, answers, and stops by pid."""
+"""meta1py_testing.dns: the knotd helper starts, answers, and stops by pid."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import dns.message
 import dns.query
 import pytest
 
-from meta1py.testing.dns import knotd_path, running_dns_server
+from meta1py_testing.dns import knotd_path, running_dns_server
 
 
 def query(ip: str, port: int, name: str, rdtype: str) -> dns.message.Message:

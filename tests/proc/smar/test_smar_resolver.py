@@ -7,7 +7,7 @@ import random
 import trio
 
 from meta1py.smar.resolver import MxHost, Resolver
-from meta1py.testing.dns import free_port
+from meta1py_testing.dns import free_port
 
 LIMIT_S = 60  # absolute limit per test; generous for a loaded machine
 

@@ -15,7 +15,6 @@ import trio
 import trio.testing
 
 from meta1py import tls
-from meta1py.testing.certs import Pki, issue_cert
 from meta1py.tls import (
     ClientTlsSettings,
     ReloadableServerContext,
@@ -28,6 +27,7 @@ from meta1py.tls import (
     server_context,
     tls_facts,
 )
+from meta1py_testing.certs import Pki, issue_cert
 
 needs_hook = pytest.mark.skipif(not tls.hook_available(), reason="needs the verify hook")
 

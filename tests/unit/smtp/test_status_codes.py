@@ -5,7 +5,7 @@ names its codes in :mod:`meta1py.smtp.status`. A string literal anywhere else in
 is an RFC 3463 code (``"4.4.1"``, as a reply's or a result's enhanced code is written) fails this
 test, so a new code gets a name there instead. Texts that mention a code in passing (docstrings,
 comments, option docs, log messages, the scripted replies of the test peers in
-``meta1py/testing``) are not codes a process decides and are left alone.
+``testing/meta1py_testing``) are not codes a process decides and are left alone.
 """
 
 from __future__ import annotations

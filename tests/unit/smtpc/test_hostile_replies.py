@@ -19,7 +19,7 @@ from meta1py.rpc.messages import (
     SmtpcRecipientValue,
 )
 from meta1py.smtpc.delivery import DeliveryAgents
-from meta1py.testing.peers import free_port
+from meta1py_testing.peers import free_port
 
 
 async def _serve(stream: trio.SocketStream, script: dict[bytes, bytes], seen: list[bytes]) -> None:

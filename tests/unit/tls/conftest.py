@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from meta1py.testing.certs import Pki, make_pki
+from meta1py_testing.certs import Pki, make_pki
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,6 @@ from cryptography.x509.oid import NameOID
 from tls_handshake import handshake
 
 from meta1py import tls
-from meta1py.testing.certs import Pki
 from meta1py.tls import (
     MAX_FACT_CHARS,
     ClientTlsSettings,
@@ -25,6 +24,7 @@ from meta1py.tls import (
     server_context,
     tls_facts,
 )
+from meta1py_testing.certs import Pki
 
 
 def test_received_clause_plain() -> None:

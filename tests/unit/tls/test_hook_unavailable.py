@@ -18,7 +18,6 @@ from tls_handshake import handshake
 from meta1py.conf import parse_config
 from meta1py.conf.checkcmd import main as check_config
 from meta1py.smtps.service import prepare
-from meta1py.testing.certs import Pki
 from meta1py.tls import hook
 from meta1py.tls.contexts import (
     ClientTlsSettings,
@@ -28,6 +27,7 @@ from meta1py.tls.contexts import (
     server_context,
 )
 from meta1py.worker import WorkerConfigError
+from meta1py_testing.certs import Pki
 
 SIMULATED = "simulated: no libssl here"
 

@@ -11,7 +11,6 @@ from hypothesis import strategies as st
 from tls_handshake import handshake
 
 from meta1py import tls
-from meta1py.testing.certs import Pki
 from meta1py.tls import (
     ClientTlsSettings,
     ServerTlsSettings,
@@ -23,6 +22,7 @@ from meta1py.tls import (
     parse_tls_requirements,
     server_context,
 )
+from meta1py_testing.certs import Pki
 
 FP = "AB:" * 31 + "CD"
 FP_PLAIN = FP.replace(":", "").lower()
@@ -166,7 +166,7 @@ def test_hostnames(pki: Pki) -> None:
 
 
 def test_wildcard_certificate(pki: Pki, tmp_path: Path) -> None:
-    from meta1py.testing.certs import issue_cert
+    from meta1py_testing.certs import issue_cert
 
     wild = issue_cert(tmp_path, "wild", pki.ca, "*.example.test", ["*.example.test"])
     ctx = server_context(ServerTlsSettings(wild.cert, wild.key, request_cert=False))
