@@ -17,7 +17,7 @@ SECURITY
     compromised smtps can only submit transactions, not rewrite the queue.
 
 PEERS
-    Serves ``qmgr.sock`` (clients: smtps, smtpc, the ``meta1 queue`` CLI). Client of
+    Serves ``qmgr.sock`` (clients: smtps and the ``meta1 queue`` CLI). Client of
     ``smar.sock`` (routing) and ``smtpc.sock`` (delivery). Message names are in docs/rpc.md.
 
 DIAGNOSTICS
