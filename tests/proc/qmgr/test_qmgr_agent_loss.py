@@ -10,10 +10,9 @@ time would miss every deadline here.
 
 from __future__ import annotations
 
-import logging
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,6 @@ import trio
 import trio.testing
 
 from meta1py.conf import parse_config
-from meta1py.log import MAILLOG_LOGGER
 from meta1py.qmgr.manager import QueueManager
 from meta1py.queue.content import ContentWriter
 from meta1py.queue.envelopes import Envelope, EnvelopeStore, envelope_store_path
@@ -199,19 +197,6 @@ async def running_qmgr(tmp_path: Path) -> AsyncIterator[Harness]:
         store.close()
 
 
-@pytest.fixture
-def maillog(caplog: pytest.LogCaptureFixture) -> Iterator[Callable[[str], list[str]]]:
-    """``maillog("requeued")``: the maillog lines of one event so far."""
-    caplog.set_level(logging.INFO, logger=MAILLOG_LOGGER)
-
-    def lines(event: str) -> list[str]:
-        return [
-            r.getMessage()
-            for r in caplog.records
-            if r.name == MAILLOG_LOGGER and r.getMessage().startswith(event + " ")
-        ]
-
-    yield lines
 
 
 @pytest.mark.deadline(60)

@@ -13,10 +13,9 @@ nothing and a test can check that nothing happens before it is due.
 
 from __future__ import annotations
 
-import logging
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +28,6 @@ import trio.testing
 import meta1py.qmgr.manager as manager_module
 from meta1py.cli.queue import format_list
 from meta1py.conf import parse_config
-from meta1py.log import MAILLOG_LOGGER
 from meta1py.qmgr.manager import QueueManager
 from meta1py.queue.content import ContentWriter, content_path
 from meta1py.queue.envelopes import Envelope, EnvelopeStore, envelope_store_path
@@ -257,19 +255,6 @@ async def running_qmgr(
         store.close()
 
 
-@pytest.fixture
-def maillog(caplog: pytest.LogCaptureFixture) -> Iterator[Callable[[str], list[str]]]:
-    """``maillog("deferred")``: the maillog lines of one event so far."""
-    caplog.set_level(logging.INFO, logger=MAILLOG_LOGGER)
-
-    def lines(event: str) -> list[str]:
-        return [
-            r.getMessage()
-            for r in caplog.records
-            if r.name == MAILLOG_LOGGER and r.getMessage().startswith(event + " ")
-        ]
-
-    yield lines
 
 
 def content_of(h: Harness, qid: str) -> str:

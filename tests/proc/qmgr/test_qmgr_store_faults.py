@@ -9,12 +9,11 @@ a log or a core dump would fill it, and freed again by removing it.
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import socket
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,6 @@ import pytest
 import trio
 
 from meta1py.conf import parse_config
-from meta1py.log import MAILLOG_LOGGER
 from meta1py.qmgr import service as qmgr_service
 from meta1py.qmgr.manager import QueueManager
 from meta1py.queue.content import ContentWriter, scan_content_ids
@@ -177,18 +175,6 @@ def fill(path: Path) -> int:
     return written
 
 
-@pytest.fixture
-def maillog(caplog: pytest.LogCaptureFixture) -> Iterator[Callable[[str], list[str]]]:
-    caplog.set_level(logging.INFO, logger=MAILLOG_LOGGER)
-
-    def lines(event: str) -> list[str]:
-        return [
-            r.getMessage()
-            for r in caplog.records
-            if r.name == MAILLOG_LOGGER and r.getMessage().startswith(event + " ")
-        ]
-
-    yield lines
 
 
 @pytest.mark.deadline(120)
