@@ -25,6 +25,9 @@ With ``--profile DIR``, meta1py's smtps, qmgr and smtpc are recorded with ``py-s
 the virtualenv) during the message workloads; the collapsed stacks go to DIR and the top functions
 are printed after the table.
 
+With ``BENCH_KEEP=1`` in the environment, meta1py's directory (queue, maildir, ``mcp.log``) is kept
+after each run, for looking into a run that lost or duplicated messages.
+
 As root, meta1py's workers run as a throw-away system user and group that are removed at the end;
 Postfix runs its children as the Debian package's ``postfix`` user. Every process the script starts
 is stopped by pid (or through its private cgroup) before it exits.
@@ -310,7 +313,8 @@ smtpc {{ {owner} relayhost = [127.0.0.1]:{sink_port}; max_connections = 20; }}
 smtps {{ {owner} listen_socket {{ address = 127.0.0.1; port = {{port}}; }}
         max_sessions = {IDLE_SESSIONS * 2}; max_sessions_per_client = {IDLE_SESSIONS * 2}; }}
 """
-        self.daemon = Meta1Daemon(config_text=config, ready_timeout=120)
+        keep = bool(os.environ.get("BENCH_KEEP"))
+        self.daemon = Meta1Daemon(config_text=config, ready_timeout=120, keep_dir=keep)
         self.port = self.daemon.port
 
     def start(self) -> None:
