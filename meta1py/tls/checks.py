@@ -66,15 +66,16 @@ def check_requirements(
     Returns:
         None when satisfied, else the reason (for the log and ``meta1 queue show``).
     """
-    # cryptography is imported here, not at the top: smtpc loads it only when it judges a certificate.
-    from cryptography import x509
-
     if tls is None:
         return f"no TLS offered but tls_requirements={req.level}" if req.tls_required else None
     needs_cert = req.level == "verify" or req.cert_fps or req.hostnames or req.root_ca_subjects
     der = peer_der(tls)
     if der is None:
         return "server presented no certificate" if needs_cert else None
+    # cryptography is imported here, not at the top nor before the plaintext and no-certificate
+    # answers: a process that loads it after the fork server's fork pays ~10 MB of its own.
+    from cryptography import x509
+
     try:
         cert = x509.load_der_x509_certificate(der)
     except ValueError:

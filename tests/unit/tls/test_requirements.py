@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ssl
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -132,6 +134,21 @@ def test_no_tls() -> None:
     assert check_requirements(parse_tls_requirements("verify"), None, "mx") == (
         "no TLS offered but tls_requirements=verify"
     )
+
+
+def test_plaintext_judgement_loads_no_cryptography() -> None:
+    # smtpc judges every plaintext session; cryptography (a ~10 MB library that the fork server does
+    # not preload) must be imported only when there is a certificate to parse.
+    code = (
+        "import sys\n"
+        "from meta1py.tls.checks import check_requirements\n"
+        "from meta1py.tls.requirements import parse_tls_requirements\n"
+        "for level in ('may', 'none', 'encrypt', 'verify'):\n"
+        "    check_requirements(parse_tls_requirements(level), None, 'mx')\n"
+        "print('cryptography' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 def test_fingerprint_without_verification(pki: Pki) -> None:
