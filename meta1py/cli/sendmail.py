@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 
+from meta1py.envelope import DSN_RETS
+
 EX_OK = 0
 EX_USAGE = 64
 EX_DATAERR = 65
@@ -115,7 +117,7 @@ def parse_args(argv: Sequence[str]) -> SendmailArgs:
                     break
             else:
                 raise UsageError(f"unknown option {arg}")
-    if args.ret is not None and args.ret.upper() not in ("FULL", "HDRS"):
+    if args.ret is not None and args.ret.upper() not in DSN_RETS:
         raise UsageError("-R takes full or hdrs")
     return args
 

@@ -65,6 +65,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
+from meta1py.envelope import DSN_RETS, NOTIFY_KEYWORDS
 from meta1py.smtp import replies
 from meta1py.smtp.address import (
     _ATEXT,
@@ -119,7 +120,7 @@ _KEYWORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*\Z")
 _VALUE = re.compile(r"[\x21-\x3c\x3e-\x7e\u0080-\U0010ffff]+\Z")
 _XTEXT = re.compile(r"(?:[\x21-\x2a\x2c-\x3c\x3e-\x7e]|\+[0-9A-F]{2})*\Z")
 _BDAT = re.compile(r"(\d{1,15})(?: +(LAST))? *\Z", re.IGNORECASE)
-_NOTIFY = frozenset({"SUCCESS", "FAILURE", "DELAY"})
+_NOTIFY = NOTIFY_KEYWORDS - {"NEVER"}  # NEVER stands alone
 _EHLO_CACHE_MAX = 256
 # Parsed commands kept per profile (see _Profile), and profiles kept.
 _PARSED_MAX = 2048
@@ -909,7 +910,7 @@ class ServerConnection:
                 smtputf8 = True
             elif key == "RET" and ext.dsn:
                 ret = (value or "").upper()
-                if ret not in ("FULL", "HDRS"):
+                if ret not in DSN_RETS:
                     raise SmtpProtocolError("bad RET", replies.syntax_params("Bad RET value"))
             elif key == "ENVID" and ext.dsn and value is not None:
                 envid = _xtext_decode(value)
