@@ -287,13 +287,19 @@ async def test_hostile_frames_close_the_connection(data: bytes) -> None:
                 except RpcPeerGoneError as exc:
                     errors.append(exc)
 
+            call_frame = encode_frame("call", 1, RpcPingRequest(nonce=7, payload=""))
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(pending_call)
-                while channel.pending_calls == 0:
-                    await trio.sleep(0.001)
+                # The call is on the wire before the hostile bytes go out (a pending call alone
+                # does not say that its frame left the channel's write loop).
+                sent = b""
+                while len(sent) < len(call_frame):
+                    chunk = await raw.receive_some(65536)
+                    assert chunk, "the channel closed before sending its call"
+                    sent += chunk
                 await raw.send_all(data)
-                sent = await read_until_eof(raw)  # the channel hangs up on us
-            assert sent.startswith(encode_frame("call", 1, RpcPingRequest(nonce=7, payload="")))
+                sent += await read_until_eof(raw)  # the channel hangs up on us
+            assert sent.startswith(call_frame)
             assert errors and "protocol error" in str(errors[0])
             assert channel.closed
 
