@@ -3,7 +3,7 @@
 Usage (from the repository root, as root or as a normal user)::
 
     .venv/bin/python bench/relay.py [--quick] [--mta meta1py|postfix|both] [--workload NAME]
-                                    [--runs N] [--profile DIR]
+                                    [--shape new|reused|both] [--runs N] [--profile DIR]
 
 One ``smtp-sink`` listens on a loopback port and counts messages. For every run, workload and MTA
 (alternating which MTA goes first) a fresh MTA is started with its queue under a new directory on the
@@ -28,8 +28,14 @@ are printed after the table.
 With ``BENCH_KEEP=1`` in the environment, meta1py's directory (queue, maildir, ``mcp.log``) is kept
 after each run, for looking into a run that lost or duplicated messages.
 
-As root, meta1py's workers run as a throw-away system user and group that are removed at the end;
-Postfix runs its children as the Debian package's ``postfix`` user. Every process the script starts
+Every message workload runs in both connection shapes (``--shape``): a new connection for every
+message, and reused connections (smtp-source ``-d``, several messages per connection). With
+``--runs N`` each figure is the median over the runs, with [min-max].
+
+As root, meta1py runs in production mode: each worker as its own user (meta1q, meta1r, meta1c,
+meta1s, from ``meta1 setup``), or, when those users are missing, one throw-away system user and
+group that are removed at the end (the first line printed says which). Postfix runs its
+children as the Debian package's ``postfix`` user. Every process the script starts
 is stopped by pid (or through its private cgroup) before it exits.
 """
 
@@ -52,8 +58,11 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
-from meta1py_testing.daemon import Meta1Daemon, forkserver_pid, free_port, temporary_worker_account
+from _common import worker_accounts
+
+from meta1py_testing.daemon import Meta1Daemon, forkserver_pid, free_port
 from meta1py_testing.peers import SmtpSink, smtp_sink
 
 SMTP_SOURCE = "/usr/sbin/smtp-source"
@@ -78,6 +87,8 @@ class Workload:
         size_bytes: Payload size of each message.
         sessions: Parallel SMTP sessions (for ``idle``: sessions held open).
         recipients: Recipients per message.
+        reuse: True: several messages per connection (smtp-source ``-d``, as relays send);
+            False: a new connection for every message.
     """
 
     name: str
@@ -85,6 +96,7 @@ class Workload:
     size_bytes: int
     sessions: int
     recipients: int = 1
+    reuse: bool = True
 
     @property
     def idle(self) -> bool:
@@ -97,7 +109,12 @@ class Workload:
             return f"{self.sessions} idle sessions"
         size = f"{self.size_bytes // 1024} KiB"
         rcpt = f", {self.recipients} rcpt" if self.recipients > 1 else ""
-        return f"{self.messages} x {size}, {self.sessions} sess{rcpt}"
+        shape = "reused conns" if self.reuse else "new conn/msg"
+        return f"{self.messages} x {size}, {self.sessions} sess{rcpt}, {shape}"
+
+    def shaped(self, reuse: bool) -> Workload:
+        """The same workload with the other connection shape."""
+        return dataclasses.replace(self, reuse=reuse)
 
 
 FULL_WORKLOADS = (
@@ -290,31 +307,23 @@ class Mta:
     accounting: Accounting
 
 
-def worker_account() -> contextlib.AbstractContextManager[str | None]:
-    """As root: a throw-away system user and group for meta1py's workers, removed after."""
-    return temporary_worker_account("m1b")
-
-
 class Meta1Mta(Mta):
     """meta1py relaying everything to the sink."""
 
     name = "meta1py"
 
-    def __init__(self, sink_port: int, user: str | None) -> None:
+    def __init__(self, sink_port: int, accounts: dict[str, Any]) -> None:
         self.accounting = Accounting("meta1py")
-        owner = f"user = {user}; group = {user};" if user else ""
-        config = f"""\
-hostname = bench.localhost;
-queue_directory = {{dir}}/queue;
-mail_directory = {{dir}}/mail;
-qmgr {{ {owner} }}
-smar {{ {owner} }}
-smtpc {{ {owner} relayhost = [127.0.0.1]:{sink_port}; max_connections = 20; }}
-smtps {{ {owner} listen_socket {{ address = 127.0.0.1; port = {{port}}; }}
-        max_sessions = {IDLE_SESSIONS * 2}; max_sessions_per_client = {IDLE_SESSIONS * 2}; }}
-"""
-        keep = bool(os.environ.get("BENCH_KEEP"))
-        self.daemon = Meta1Daemon(config_text=config, ready_timeout=120, keep_dir=keep)
+        self.daemon = Meta1Daemon(
+            sections={
+                "smtpc": f"relayhost = [127.0.0.1]:{sink_port}; max_connections = 20;",
+                "smtps": f"max_sessions = {IDLE_SESSIONS * 2}; "
+                f"max_sessions_per_client = {IDLE_SESSIONS * 2};",
+            },
+            ready_timeout=120,
+            keep_dir=bool(os.environ.get("BENCH_KEEP")),
+            **accounts,
+        )
         self.port = self.daemon.port
 
     def start(self) -> None:
@@ -454,7 +463,7 @@ def _send(workload: Workload, port: int) -> float:
     args = [
         SMTP_SOURCE,
         "-4",
-        "-d",  # several messages per connection, as real relays send
+        *(["-d"] if workload.reuse else []),  # -d: several messages per connection
         "-s",
         str(workload.sessions),
         "-m",
@@ -541,12 +550,16 @@ def run_idle(mta: Mta, workload: Workload) -> Result:
 
 
 def run_one(
-    mta_name: str, workload: Workload, sink: SmtpSink, user: str | None, profile_dir: Path | None = None
+    mta_name: str,
+    workload: Workload,
+    sink: SmtpSink,
+    accounts: dict[str, Any],
+    profile_dir: Path | None = None,
 ) -> Result:
     """Start a fresh MTA, run ``workload`` on it (under py-spy with ``profile_dir``), stop it."""
     mta: Meta1Mta | PostfixMta
     if mta_name == "meta1py":
-        mta = Meta1Mta(sink.port, user)
+        mta = Meta1Mta(sink.port, accounts)
     else:
         mta = PostfixMta(sink.port, smtpd_maxproc=workload.sessions + 100 if workload.idle else None)
     try:
@@ -556,7 +569,8 @@ def run_one(
         if profile_dir is None or not isinstance(mta, Meta1Mta):
             return run_messages(mta, workload, sink)
         pids = {name: mta.pid_of(name) for name in PROFILED_WORKERS}
-        with profiled(pids, profile_dir, workload.name):
+        label = f"{workload.name}-{'reused' if workload.reuse else 'new'}"
+        with profiled(pids, profile_dir, label):
             return run_messages(mta, workload, sink)
     finally:
         mta.close()
@@ -655,8 +669,17 @@ def _median(results: list[Result], attr: str) -> float:
     return statistics.median(getattr(r, attr) for r in results)
 
 
+def _spread(results: list[Result], attr: str, digits: int) -> str:
+    """``median [min-max]`` over the runs (just the value for one run)."""
+    values = [getattr(r, attr) for r in results]
+    text = f"{statistics.median(values):.{digits}f}"
+    if len(values) > 1:
+        text += f" [{min(values):.{digits}f}-{max(values):.{digits}f}]"
+    return text
+
+
 def format_table(results: list[Result], mtas: Sequence[str]) -> str:
-    """The summary table (medians over runs) in Markdown."""
+    """The summary table in Markdown: medians over the runs, with [min-max] when there are several."""
     lines = [
         "| workload | MTA | e2e msg/s | intake msg/s | CPU s/1k msg | peak PSS MB | lost | notes |",
         "|---|---|---:|---:|---:|---:|---:|---|",
@@ -680,9 +703,9 @@ def format_table(results: list[Result], mtas: Sequence[str]) -> str:
                 lines.append(f"| {workload.describe()} | {mta} | - | - | - | {pss:.1f} | - | {notes} |")
                 continue
             lines.append(
-                f"| {workload.describe()} | {mta} | {_median(rs, 'e2e_per_s'):.0f} | "
-                f"{_median(rs, 'intake_per_s'):.0f} | {_median(rs, 'cpu_s_per_1k'):.2f} | "
-                f"{_median(rs, 'peak_pss_mb'):.1f} | {sum(r.lost for r in rs)} | {notes} |"
+                f"| {workload.describe()} | {mta} | {_spread(rs, 'e2e_per_s', 0)} | "
+                f"{_spread(rs, 'intake_per_s', 0)} | {_spread(rs, 'cpu_s_per_1k', 2)} | "
+                f"{_spread(rs, 'peak_pss_mb', 1)} | {sum(r.lost for r in rs)} | {notes} |"
             )
         if all(by_mta.get(m) for m in ("meta1py", "postfix")):
             m, p = by_mta["meta1py"], by_mta["postfix"]
@@ -716,6 +739,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny workloads (smoke test)")
     parser.add_argument("--mta", choices=("meta1py", "postfix", "both"), default="both")
     parser.add_argument("--workload", choices=[w.name for w in FULL_WORKLOADS], action="append")
+    parser.add_argument(
+        "--shape",
+        choices=("new", "reused", "both"),
+        default="both",
+        help="a new connection per message, reused connections (smtp-source -d), or both",
+    )
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument(
         "--profile",
@@ -733,10 +762,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "postfix" in mtas and not os.path.exists(POSTFIX):
         print("postfix is not installed", file=sys.stderr)
         return 2
+    reuses = {"new": [False], "reused": [True], "both": [False, True]}[args.shape]
     workloads = [
-        w
+        shaped
         for w in (QUICK_WORKLOADS if args.quick else FULL_WORKLOADS)
         if not args.workload or w.name in args.workload
+        for shaped in ([w] if w.idle else [w.shaped(reuse) for reuse in reuses])
     ]
     # 1,000 sockets on each side of the idle workload.
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -745,14 +776,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     results: list[Result] = []
     failed = False
-    with worker_account() as user, smtp_sink() as sink:
+    with worker_accounts("m1b") as (accounts, accounts_text), smtp_sink() as sink:
+        print(f"meta1py workers: {accounts_text}", flush=True)
         for run in range(args.runs):
             for workload in workloads:
                 order = mtas if run % 2 == 0 else list(reversed(mtas))
                 for mta_name in order:
-                    print(f"run {run + 1} {workload.name:6} {mta_name:8} ...", end=" ", flush=True)
+                    shape = "" if workload.idle else ("reused" if workload.reuse else "new")
+                    print(f"run {run + 1} {workload.name:6} {shape:6} {mta_name:8} ...", end=" ", flush=True)
                     try:
-                        result = run_one(mta_name, workload, sink, user, args.profile)
+                        result = run_one(mta_name, workload, sink, accounts, args.profile)
                     except Exception as exc:  # report it and go on with the other runs
                         print(f"FAILED: {exc}", flush=True)
                         failed = True

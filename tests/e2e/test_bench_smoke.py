@@ -36,8 +36,11 @@ def test_quick_benchmark_prints_the_table() -> None:
     rows = [line for line in done.stdout.splitlines() if line.startswith("| ")]
     expected_mtas = ["meta1py", "postfix"] if mta == "both" else ["meta1py"]
     for name in expected_mtas:
-        # Three message workloads and the idle one, each with a row per MTA.
-        assert sum(f"| {name} |" in row for row in rows) == 4, output
+        # Three message workloads in two connection shapes, and the idle one: a row each per MTA.
+        mine = [row for row in rows if f"| {name} |" in row]
+        assert len(mine) == 7, output
+        assert sum("new conn/msg" in row for row in mine) == 3, output
+        assert sum("reused conns" in row for row in mine) == 3, output
     if mta == "both":
-        assert sum("| ratio m/p |" in row for row in rows) == 4, output
+        assert sum("| ratio m/p |" in row for row in rows) == 7, output
     assert "FAILED" not in done.stdout, output
