@@ -637,16 +637,28 @@ class DeliveryAgents:
         """Close cached connections idle for longer than the cache time (runs forever)."""
         while True:
             await trio.sleep(1.0)
-            now = time.monotonic()
-            for key, clients in list(self._cache.items()):
-                keep = [c for c in clients if now - c.last_used < _CACHE_IDLE_S]
-                for c in clients:
-                    if c not in keep:
-                        await c.close(polite=True)
-                if keep:
-                    self._cache[key] = keep
-                else:
-                    del self._cache[key]
+            for client in self._take_expired(time.monotonic()):
+                await client.close(polite=True)
+
+    def _take_expired(self, now: float) -> list[_Client]:
+        """Remove the connections idle for ``_CACHE_IDLE_S`` or longer from the cache; return them.
+
+        Synchronous on purpose: no delivery can take or return a connection while the cache is
+        being sorted. (The loop that did this across the awaits of the polite closes put back, at
+        its end, a list computed before them: a connection a delivery had taken meanwhile was
+        cached again while in use, a second delivery took it, and smtpc crashed with
+        BusyResourceError; qmgr then requeued its deliveries, and some went out twice.)
+        """
+        expired: list[_Client] = []
+        for key in list(self._cache):
+            clients = self._cache[key]
+            keep = [c for c in clients if now - c.last_used < _CACHE_IDLE_S]
+            expired += [c for c in clients if now - c.last_used >= _CACHE_IDLE_S]
+            if keep:
+                clients[:] = keep
+            else:
+                del self._cache[key]
+        return expired
 
     # -- SMTP -------------------------------------------------------------------------------
 
