@@ -11,6 +11,7 @@ answers "the value of this exact key". The modules:
   keeping the old version when the new one does not parse).
 * :mod:`meta1py.maps.lines`: the line syntax the map files share (comments, continuation lines,
   ``key value`` splitting, ``file:line`` errors).
+* :mod:`meta1py.maps.keys`: the key order of the maps keyed by domain (name, ``.parent``, ``*``).
 * :mod:`meta1py.maps.aliases`, :mod:`meta1py.maps.routes`, :mod:`meta1py.maps.tls_policy`: the
   formats.
 

@@ -39,6 +39,7 @@ import re
 from dataclasses import dataclass
 
 from meta1py.maps.errors import MapError, MapErrors
+from meta1py.maps.keys import domain_entry, exact_keys, parent_keys
 from meta1py.maps.lines import map_entries
 from meta1py.maps.source import MapSource, Table, first_entry, lookup_first, read_map_file
 from meta1py.smtp.status import PERM_UNDEFINED
@@ -199,11 +200,7 @@ class Routes(Table[Route]):
 
     def get(self, key: str) -> Route | None:
         """The route of exactly ``key``: ``domain``, ``.domain`` or ``*`` (normalised), or None."""
-        if key == "*":
-            return self.default
-        if key.startswith("."):
-            return self._subdomains.get(key[1:])
-        return self._exact.get(key)
+        return domain_entry(key, self._exact, self._subdomains, self.default)
 
     def lookup(self, domain: str, *, use_default: bool = True) -> Route | None:
         """The route for ``domain``: exact entry, else the most specific ``.parent``
@@ -215,10 +212,9 @@ def route_keys(domain: str, *, use_default: bool = True) -> list[str]:
     """The keys tried for ``domain``, in order: ``domain``, ``.parent`` from the most specific
     (not for an address literal ``[...]``), then ``*`` when ``use_default``."""
     name = _normalize_domain(domain)
-    keys = [] if name == "*" or name.startswith(".") else [name]  # never an exact key
+    keys = exact_keys(name)
     if not name.startswith("["):
-        labels = name.split(".")
-        keys += ["." + ".".join(labels[i:]) for i in range(1, len(labels))]
+        keys += parent_keys(name)
     if use_default:
         keys.append("*")
     return keys
@@ -275,7 +271,6 @@ def parse_routes(text: str, path: str = "<string>") -> Routes:
         else:
             exact[key_norm] = route
     if errors:
-        errors.sort(key=lambda e: e.line)
         raise MapErrors(errors)
     return Routes(exact, subdomains, default)
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from meta1py.maps.errors import MapError, MapErrors
+from meta1py.maps.keys import domain_entry, exact_keys, parent_keys
 from meta1py.maps.lines import map_entries
 from meta1py.maps.source import MapSource, Table, first_entry, lookup_first
 from meta1py.tls.requirements import TlsRequirements, parse_tls_requirements
@@ -57,11 +58,7 @@ class TlsPolicy(Table[TlsRequirements]):
     def get(self, key: str) -> TlsRequirements | None:
         """The entry of exactly ``key``: ``domain``, ``.domain``, ``[host]:port``, ``[host]`` or
         ``*`` (normalised), or None."""
-        if key == "*":
-            return self.default
-        if key.startswith("."):
-            return self.subdomains.get(key[1:])
-        return self.exact.get(key)
+        return domain_entry(key, self.exact, self.subdomains, self.default)
 
     def lookup(self, nexthop: str | None, domain: str) -> TlsRequirements | None:
         """The requirements for one recipient of a job.
@@ -82,20 +79,13 @@ def tls_policy_keys(nexthop: str | None, domain: str) -> list[str]:
     keys: list[str] = []
     if nexthop is not None:
         nexthop = _norm(nexthop)
-        keys += _exact(nexthop)
+        keys += exact_keys(nexthop)
         if not nexthop.endswith("]"):
-            keys += _exact(nexthop.rpartition(":")[0])
+            keys += exact_keys(nexthop.rpartition(":")[0])
     name = _norm(domain)
-    keys += _exact(name)
-    labels = name.split(".")
-    keys += ["." + ".".join(labels[i:]) for i in range(1, len(labels))]
+    keys += exact_keys(name) + parent_keys(name)
     keys.append("*")
     return keys
-
-
-def _exact(name: str) -> list[str]:
-    """``[name]`` as an exact key; nothing for ``*`` and ``.x``, which no exact entry has."""
-    return [] if name == "*" or name.startswith(".") else [name]
 
 
 async def lookup_tls_policy(
@@ -151,6 +141,5 @@ def parse_tls_policy(text: str, path: str = "<string>") -> TlsPolicy:
             continue
         table[name] = req
     if errors:
-        errors.sort(key=lambda e: e.line)
         raise MapErrors(errors)
     return TlsPolicy(exact, subdomains, default)
