@@ -56,11 +56,6 @@ EX_CONFIG: Final = 78
 HARD_FAILURE_STATUSES: Final = frozenset({EX_USAGE, EX_NOPERM, EX_CONFIG})
 
 
-def is_worker_name(name: str) -> bool:
-    """True for one of `WORKER_NAMES`."""
-    return name in WORKER_NAMES
-
-
 def rpc_socket_name(name: str) -> str:
     """The file name of worker ``name``'s RPC socket in the run directory."""
     return f"{name}.sock"

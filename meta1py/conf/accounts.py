@@ -155,7 +155,7 @@ def check_tls_support(cfg: Config) -> list[ConfigError]:
     wanted = [
         i
         for i, s in enumerate(cfg.smtps)
-        if s.tls.cert_file is not None and "request_cert" in s.tls.flags and "request_cert" in s.flags
+        if s.tls.cert_file is not None and s.requests_client_cert()
     ]
     if not wanted:
         return []

@@ -46,7 +46,6 @@ from meta1py.contract import WORKER_NAMES
 from meta1py.tls.requirements import parse_tls_requirements
 
 LOG_LEVELS = Choice("debug", "info", "warning", "error")
-PROCESS_NAMES = WORKER_NAMES
 
 #: Every SMTP server flag, in documentation order.
 SMTPS_FLAGS: tuple[str, ...] = (
@@ -93,7 +92,7 @@ def _group() -> Any:
 def _restart_dependencies() -> Any:
     return opt(
         "restart_dependencies",
-        ListOf(Choice(*PROCESS_NAMES)),
+        ListOf(Choice(*WORKER_NAMES)),
         (),
         "processes that mcp restarts together with this one",
         "{ smtps }",
@@ -611,6 +610,11 @@ class SmtpsConfig(ProcessConfig):
     auth_failure_window: float = opt(
         "auth_failure_window", Time(1, 86400), "5m", "the period max_auth_failures counts over", "15m"
     )
+
+    def requests_client_cert(self) -> bool:
+        """Whether TLS clients are asked for a certificate: ``request_cert`` in ``tls { flags }``
+        and in the older ``smtps { flags }`` alike (``dont_request_cert`` in either turns it off)."""
+        return "request_cert" in self.tls.flags and "request_cert" in self.flags
 
 
 @dataclass(frozen=True)

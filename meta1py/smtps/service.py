@@ -88,8 +88,7 @@ def tls_settings(section: SmtpsConfig) -> ServerTlsSettings | None:
         min_protocol=low,
         max_protocol=high,
         ciphers=tls.ciphers,
-        # The older smtps-level flag still turns it off too (dont_request_cert in smtps { flags }).
-        request_cert="request_cert" in tls.flags and "request_cert" in section.flags,
+        request_cert=section.requests_client_cert(),
         verify_depth=tls.verify_depth,
     )
 
