@@ -778,13 +778,7 @@ class Session:
             end = txn.header_scan.find(b"\r\n\r\n")
             if end >= 0 or len(txn.header_scan) >= _HEADER_SCAN_BYTES:
                 head = bytes(txn.header_scan[: end if end >= 0 else _HEADER_SCAN_BYTES])
-                txn.hops = len(_RECEIVED_RE.findall(head))
-                txn.header_done = True
-                txn.header_scan = bytearray()
-                checks = self.ctx.checks
-                if checks.eoh or checks.eom:
-                    txn.headers = head
-                headers_ended = bool(checks.eoh)
+                headers_ended = self._header_block_ended(txn, head)
         try:
             txn.writer.write(data)
         except QueueStorageError as exc:
@@ -794,6 +788,17 @@ class Session:
             txn.writer = None
             return False
         return headers_ended
+
+    def _header_block_ended(self, txn: _Transaction, head: bytes) -> bool:
+        """The client's header block ``head`` is complete: count its Received: lines and keep it
+        for the checks that read it. Returns True when there are end-of-headers checks to ask."""
+        txn.hops = len(_RECEIVED_RE.findall(head))
+        txn.header_done = True
+        txn.header_scan = bytearray()
+        checks = self.ctx.checks
+        if checks.eoh or checks.eom:
+            txn.headers = head
+        return bool(checks.eoh)
 
     async def _end_of_headers(self, txn: _Transaction) -> None:
         """Ask the EOH checks. A refusal drops the content and becomes the end-of-data reply."""
@@ -822,10 +827,7 @@ class Session:
             return replies.no_valid_recipients()
         if txn.refusal is None and writer is not None and not txn.header_done:
             # The data ended inside the header block (no empty line): this is its end too.
-            txn.hops = len(_RECEIVED_RE.findall(bytes(txn.header_scan)))
-            if self.ctx.checks.eoh or self.ctx.checks.eom:
-                txn.headers = bytes(txn.header_scan)
-            if self.ctx.checks.eoh:
+            if self._header_block_ended(txn, bytes(txn.header_scan)):
                 await self._end_of_headers(txn)
                 writer = txn.writer
         if txn.refusal is not None:
@@ -1071,7 +1073,7 @@ class Session:
                 return False
             if self.auth_limiter.blocked(self.client_address, trio.current_time()):
                 log.info("session %s: AUTH from %s refused: too many failures", self.sid, self.client_address)
-                self.reply(_too_many_auth_failures())
+                self.reply(replies.too_many_auth_failures())
                 return True
             self._sasl = SaslExchange(event.mechanism)
             try:
@@ -1098,7 +1100,7 @@ class Session:
             self.reply(replies.auth_cancelled())
             return False
         log.info("session %s: AUTH %s from %s: %s", self.sid, mechanism, self.client_address, exc)
-        self.reply(_bad_sasl_data())
+        self.reply(replies.auth_data_undecodable())
         return False
 
     async def _check_credentials(self, credentials: Credentials) -> bool:
@@ -1142,10 +1144,6 @@ def _greeting(hostname: str) -> Reply:
     return reply
 
 
-def _too_many_auth_failures() -> Reply:
-    return replies.too_many_auth_failures()
-
-
 # (id(section), starttls, auth) -> (section, extensions). Keyed by identity, not value: hashing
 # a whole section per session costs more than it saves; the section is held so that its id
 # cannot be reused while the entry exists.
@@ -1168,10 +1166,6 @@ def _extensions(service: SmtpsConfig, *, starttls: bool, auth: bool) -> Extensio
     extensions = Extensions.from_flags(flags, service.max_message_size, service.auth_mechanisms)
     _EXTENSIONS[key] = (service, extensions)
     return extensions
-
-
-def _bad_sasl_data() -> Reply:
-    return replies.auth_data_undecodable()
 
 
 class _Shutdown(Exception):

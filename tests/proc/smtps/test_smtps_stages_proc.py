@@ -165,6 +165,7 @@ def returning(decision: Decision, seen: list[StageContext] | None = None) -> Che
 
 
 REFUSED = Reply(550, "5.7.1", ("Refused by test",))
+REFUSED_WIRE = b"550 5.7.1 Refused by test"
 OWN_TEMPFAIL = Reply(450, "4.7.1", ("Try later, says the test",))
 DECISIONS: dict[str, Decision] = {
     "continue": CONTINUE,
@@ -412,6 +413,22 @@ async def test_bdat_data_and_eoh_refusals_answer_the_chunk(tmp_path: Path) -> No
             assert mta.queued() == [] and mta.content_files() == []
             assert (await client.command(b"MAIL FROM:<a@example.net>")).startswith(b"250")
             await client.command(b"QUIT")
+
+
+async def test_a_message_of_headers_only_still_reaches_the_end_of_headers(tmp_path: Path) -> None:
+    # No empty line: the end of the data ends the header block too (and its checks are asked).
+    seen: list[StageContext] = []
+    async with real_peers(tmp_path, at("eoh", returning(Refuse(REFUSED), seen))) as mta:
+        async with trio.open_nursery() as nursery:
+            client = await start_session(nursery, mta.ctx)
+            await client.reply()
+            for line in (b"EHLO c.example", b"MAIL FROM:<a@example.net>", b"RCPT TO:<bob@localhost>"):
+                await client.command(line)
+            assert (await client.command(b"DATA")).startswith(b"354")
+            assert await client.command(b"Subject: only headers\r\nX-Test: yes\r\n.") == REFUSED_WIRE
+            assert mta.queued() == [] and mta.content_files() == []
+            await client.command(b"QUIT")
+    assert [c.headers for c in seen] == [b"Subject: only headers\r\nX-Test: yes\r\n"]
 
 
 # -- peers that fail, and timeouts (autojump clock, small in-process peers) --------------------
