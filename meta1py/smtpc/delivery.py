@@ -152,28 +152,26 @@ class _Client:
         if isinstance(self.stream, trio.SocketStream):
             self.fd = self.stream.socket.fileno()
 
+    def _broken(self, what: str) -> _SessionError:
+        """421 4.4.2: the connection to the server failed (``what``: how)."""
+        return _SessionError(_local(421, TEMP_BAD_CONNECTION, f"{self.peer}: {what}"))
+
     async def send(self, data: bytes) -> None:
         fd = self.fd
         if fd is not None:
             try:
                 data = write_nowait(fd, data)
             except OSError as exc:
-                raise _SessionError(
-                    _local(421, TEMP_BAD_CONNECTION, f"{self.peer}: connection lost: {exc}")
-                ) from exc
+                raise self._broken(f"connection lost: {exc}") from exc
             if not data:
                 return
         try:
             with trio.fail_after(self.io_timeout):
                 await self.stream.send_all(data)
         except trio.TooSlowError as exc:
-            raise _SessionError(
-                _local(421, TEMP_BAD_CONNECTION, f"{self.peer}: timeout while sending")
-            ) from exc
+            raise self._broken("timeout while sending") from exc
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            raise _SessionError(
-                _local(421, TEMP_BAD_CONNECTION, f"{self.peer}: connection lost: {exc}")
-            ) from exc
+            raise self._broken(f"connection lost: {exc}") from exc
 
     async def reply(self) -> ReplyReceived:
         """The next reply from the server."""
@@ -194,9 +192,7 @@ class _Client:
             if isinstance(event, ReplyReceived):
                 return event
             if isinstance(event, ConnectionClosed):
-                raise _SessionError(
-                    _local(421, TEMP_BAD_CONNECTION, f"{self.peer}: connection closed by server")
-                )
+                raise self._broken("connection closed by server")
             assert isinstance(event, NeedData)
             try:
                 with trio.fail_after(self.io_timeout):
@@ -206,13 +202,9 @@ class _Client:
                     else:
                         data = await self.stream.receive_some(_READ_BYTES)
             except trio.TooSlowError as exc:
-                raise _SessionError(
-                    _local(421, TEMP_BAD_CONNECTION, f"{self.peer}: timeout waiting for reply")
-                ) from exc
+                raise self._broken("timeout waiting for reply") from exc
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                raise _SessionError(
-                    _local(421, TEMP_BAD_CONNECTION, f"{self.peer}: connection lost: {exc}")
-                ) from exc
+                raise self._broken(f"connection lost: {exc}") from exc
             self.conn.receive_data(bytes(data))
 
     async def close(self, polite: bool) -> None:
