@@ -14,22 +14,21 @@ import pytest
 import trio
 import trio.testing
 
-from meta1py import tls
-from meta1py.tls import (
+from meta1py.tls.checks import check_requirements
+from meta1py.tls.contexts import (
     ClientTlsSettings,
     ReloadableServerContext,
     ServerTlsSettings,
-    TlsFacts,
-    check_requirements,
+    TlsConfigError,
     client_context,
-    parse_tls_requirements,
-    received_clause,
     server_context,
-    tls_facts,
 )
+from meta1py.tls.facts import TlsFacts, received_clause, tls_facts
+from meta1py.tls.hook import hook_available
+from meta1py.tls.requirements import parse_tls_requirements
 from meta1py_testing.certs import Pki, issue_cert
 
-needs_hook = pytest.mark.skipif(not tls.hook_available(), reason="needs the verify hook")
+needs_hook = pytest.mark.skipif(not hook_available(), reason="needs the verify hook")
 
 
 def _server_settings(pki: Pki, **kw: object) -> ServerTlsSettings:
@@ -198,13 +197,13 @@ async def test_reload(pki: Pki, tmp_path: Path) -> None:
 
 
 def test_startup_errors_are_config_errors(pki: Pki, tmp_path: Path) -> None:
-    with pytest.raises(tls.TlsConfigError, match="cannot read"):
+    with pytest.raises(TlsConfigError, match="cannot read"):
         server_context(ServerTlsSettings(tmp_path / "missing.crt", tmp_path / "missing.key"))
-    with pytest.raises(tls.TlsConfigError, match="cannot load certificate"):
+    with pytest.raises(TlsConfigError, match="cannot load certificate"):
         server_context(ServerTlsSettings(pki.server.cert, pki.client.key))  # key of another certificate
-    with pytest.raises(tls.TlsConfigError, match="unknown TLS protocol"):
+    with pytest.raises(TlsConfigError, match="unknown TLS protocol"):
         server_context(ServerTlsSettings(pki.server.cert, pki.server.key, min_protocol="SSLv3"))
-    with pytest.raises(tls.TlsConfigError, match="ciphers"):
+    with pytest.raises(TlsConfigError, match="ciphers"):
         server_context(ServerTlsSettings(pki.server.cert, pki.server.key, ciphers="NO-SUCH-CIPHER"))
 
 

@@ -20,7 +20,7 @@ from meta1py.maps.routes import (
     route_keys,
 )
 from meta1py.maps.tls_policy import TlsPolicy, lookup_tls_policy, parse_tls_policy, tls_policy_keys
-from meta1py.tls import TlsRequirements, parse_tls_requirements
+from meta1py.tls.requirements import TlsRequirements, parse_tls_requirements
 
 ROUTES = """\
 example.com       smtp:[10.0.0.5]:2525

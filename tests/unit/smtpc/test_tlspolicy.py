@@ -10,7 +10,7 @@ from meta1py.conf import parse_config
 from meta1py.maps import MapErrors
 from meta1py.maps.tls_policy import destination_nexthop, parse_tls_policy
 from meta1py.smtpc.delivery import DeliveryAgents
-from meta1py.tls import TlsRequirements
+from meta1py.tls.requirements import TlsRequirements
 from meta1py.worker import WorkerConfigError
 
 FP = "AB" * 32

@@ -12,18 +12,16 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from tls_handshake import handshake
 
-from meta1py import tls
-from meta1py.tls import (
-    MAX_FACT_CHARS,
+from meta1py.tls.contexts import (
     ClientTlsSettings,
     ServerTlsSettings,
-    TlsFacts,
+    TlsConfigError,
     client_context,
     parse_protocols,
-    received_clause,
     server_context,
-    tls_facts,
 )
+from meta1py.tls.facts import MAX_FACT_CHARS, TlsFacts, received_clause, tls_facts
+from meta1py.tls.hook import hook_available
 from meta1py_testing.certs import Pki
 
 
@@ -68,7 +66,7 @@ def _hostile_client_cert(directory: Path) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
-@pytest.mark.skipif(not tls.hook_available(), reason="needs the verify hook")
+@pytest.mark.skipif(not hook_available(), reason="needs the verify hook")
 def test_facts_are_sanitised_and_truncated(pki: Pki, tmp_path: Path) -> None:
     cert, key = _hostile_client_cert(tmp_path)
     server = server_context(ServerTlsSettings(pki.server.cert, pki.server.key, ca_file=pki.ca.cert))
@@ -113,5 +111,5 @@ def test_parse_protocols(names: list[str], expected: tuple[str, str | None]) -> 
     [([], "at least one"), (["TLSv1.1", "TLSv1.3"], "contiguous"), (["SSLv3"], "unknown TLS protocol")],
 )
 def test_parse_protocols_errors(names: list[str], message: str) -> None:
-    with pytest.raises(tls.TlsConfigError, match=message):
+    with pytest.raises(TlsConfigError, match=message):
         parse_protocols(names)

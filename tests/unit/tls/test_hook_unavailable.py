@@ -138,8 +138,8 @@ def test_client_contexts_work_without_hook(pki: Pki, no_hook: None) -> None:
 @pytest.mark.parametrize(
     "statement",
     [
+        "import meta1py.tls",
         "import meta1py.tls.requirements",
-        "from meta1py.tls import parse_tls_requirements",
         "import meta1py.conf",
     ],
 )

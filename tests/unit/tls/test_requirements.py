@@ -12,17 +12,21 @@ from hypothesis import given
 from hypothesis import strategies as st
 from tls_handshake import handshake
 
-from meta1py import tls
-from meta1py.tls import (
+from meta1py.tls.checks import check_requirements
+from meta1py.tls.contexts import (
     ClientTlsSettings,
     ServerTlsSettings,
-    TlsRequirements,
-    check_requirements,
     client_context,
     context_for_requirements,
-    format_tls_requirements,
-    parse_tls_requirements,
     server_context,
+)
+from meta1py.tls.facts import fingerprint_sha256
+from meta1py.tls.hook import hook_available, peer_chain
+from meta1py.tls.requirements import (
+    TlsRequirements,
+    format_tls_requirements,
+    normalise_fingerprint,
+    parse_tls_requirements,
 )
 from meta1py_testing.certs import Pki
 
@@ -91,7 +95,7 @@ def test_parse_errors(text: str, message: str) -> None:
 
 _subjects = st.sampled_from(["CN=Root CA,O=Example", 'CN=x\\, y \\"q\\"', "CN=a b c", "/O=X/CN=Y"])
 _hosts = st.sampled_from(["mx.example.com", "*.example.net", "a.test", "localhost"])
-_fps = st.binary(min_size=32, max_size=32).map(lambda b: tls.fingerprint_sha256(b))
+_fps = st.binary(min_size=32, max_size=32).map(lambda b: fingerprint_sha256(b))
 
 
 @given(
@@ -106,8 +110,8 @@ def test_format_round_trip(level: str, fps: list[str], hosts: list[str], subject
 
 
 def test_normalise_fingerprint() -> None:
-    assert tls.normalise_fingerprint(FP_PLAIN.upper()) == FP
-    assert tls.normalise_fingerprint(f" {FP.lower()} ") == FP
+    assert normalise_fingerprint(FP_PLAIN.upper()) == FP
+    assert normalise_fingerprint(f" {FP.lower()} ") == FP
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -234,11 +238,11 @@ def test_verify_unverified_chain_is_reported(pki: Pki) -> None:
     assert reason is not None and reason.startswith("certificate verification failed: ")
 
 
-@pytest.mark.skipif(not tls.hook_available(), reason="needs the verify hook")
+@pytest.mark.skipif(not hook_available(), reason="needs the verify hook")
 def test_root_ca_subjects_through_intermediate(pki: Pki) -> None:
     hs = handshake(_server(pki, "chained_server"), _client(pki, verify=False))
     assert hs.ok
-    chain = tls.peer_chain(hs.client)
+    chain = peer_chain(hs.client)
     assert chain is not None and len(chain) == 3 and chain[-1] == pki.ca.der
     ok = parse_tls_requirements(f'root_ca_subjects="{pki.ca.subject}"')
     assert check_requirements(ok, hs.client, "localhost") is None
@@ -256,7 +260,7 @@ def test_root_ca_subjects_unverified_chain(pki: Pki) -> None:
     hs = handshake(_server(pki, "self_signed"), _client(pki, verify=False))
     req = parse_tls_requirements(f'root_ca_subjects="{pki.self_signed.subject}"')
     reason = check_requirements(req, hs.client, "localhost")
-    if tls.hook_available():
+    if hook_available():
         # Self-signed: the certificate is its own "root", but nothing in the trust store vouches for it.
         assert reason is not None
         assert reason.startswith("chain does not lead to an allowed root CA subject: it stops at")
