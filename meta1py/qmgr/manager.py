@@ -43,7 +43,6 @@ from meta1py.conf import Config
 from meta1py.crashpoints import crash_point
 from meta1py.envelope import envelope_params
 from meta1py.message.dsn import DsnRecipient, build_dsn
-from meta1py.offload import OffloadThread
 from meta1py.qmgr.scheduler import Job, Scheduler
 from meta1py.queue.content import (
     ContentWriter,
@@ -116,6 +115,9 @@ _STORE_RETRY_MIN_S = 0.5
 _STORE_RETRY_MAX_S = 15.0
 # Content removals that failed (EIO on the WAL's fsync or an unlink) are tried again this much later.
 _REMOVAL_RETRY_S = 5.0
+# Finished messages' content waits this long for a durable commit to carry its removal (new mail
+# arriving) before the removal loop pays for an fsync of its own (an idle queue).
+_REMOVAL_WAIT_S = 0.25
 # Written by a qmgr that stopped with no delivery in flight, removed at start: without it, the
 # recipients that were due may have been in delivery when qmgr died (see recover()).
 CLEAN_STOP_NAME = "qmgr.stopped"
@@ -185,6 +187,32 @@ def _domain(address: str) -> str:
     return address.rpartition("@")[2].lower()
 
 
+class _RemovalTrip:
+    """Content files to remove once their messages' deletions are durable (an AfterDurable)."""
+
+    __slots__ = ("failed", "manager", "qids")
+
+    def __init__(self, manager: QueueManager, qids: list[str]) -> None:
+        self.manager = manager
+        self.qids = qids
+        self.failed: list[str] = []
+
+    def run(self) -> None:
+        queue_dir = self.manager.queue_dir
+        for qid in self.qids:
+            try:
+                remove_content(queue_dir, qid)
+            except OSError as exc:
+                log.warning("%s: cannot remove content file: %s; will retry", qid, exc)
+                self.failed.append(qid)
+
+    def finished(self, ran: bool) -> None:
+        again = self.failed if ran else self.qids
+        if again:
+            self.manager._removals.extend(again)
+            self.manager._removals_wake.set()
+
+
 class QueueManager:
     """qmgr's state and tasks; :meth:`run` serves until cancelled."""
 
@@ -203,7 +231,9 @@ class QueueManager:
         self.store = store
         # New messages' content is fsync'd in the committer's thread trip, just before their
         # envelopes' transaction (smtps only closes it): one trip for both durable steps.
-        self.committer = GroupCommitter(store, prepare=sync_content_files)
+        # The content of finished messages goes in the same trip as the next durable commit
+        # (_RemovalTrip): under load, no fsync and no thread trip of its own.
+        self.committer = GroupCommitter(store, prepare=sync_content_files, after_durable=self._removal_trip)
         self.smar = smar
         self.smtpc = smtpc
         self.rng = rng or random.Random()
@@ -223,7 +253,6 @@ class QueueManager:
         self._route_cache: dict[str, tuple[float, SmarRouteValue]] = {}
         self._removals: list[str] = []
         self._removals_wake = trio.Event()
-        self._removal_thread = OffloadThread("content-removal")
         self._deferred_by_dest: dict[str, set[str]] = {}
         self._dest_reason: dict[str, str] = {}
         self._nursery: trio.Nursery | None = None
@@ -401,40 +430,48 @@ class QueueManager:
             self._wake = trio.Event()
 
     async def _removal_loop(self) -> None:
-        """Remove the content files of finished messages, many per trip to a worker thread.
+        """Remove the content files of finished messages that no commit carried away.
 
-        A crash before a removal leaves an orphan, which the sweep removes. A removal that fails
-        (the WAL cannot be fsync'd, an I/O error) is tried again later, never skipped: the
-        content may go only once the deletion is durable.
+        A message's content may go only once the deletion of its envelope is durable: the
+        deletions are committed without an fsync (GroupCommitter, durable=False), so a system crash
+        could otherwise bring back a message without its content. Every durable commit makes them
+        durable, and the committer removes their content in the same trip (:meth:`_removal_trip`).
+        What is still waiting after ``_REMOVAL_WAIT_S`` (no mail coming in) is removed here, after
+        an fsync of the store's WAL. A crash before a removal leaves an orphan, which the sweep
+        removes. A removal that fails (the WAL cannot be fsync'd, an I/O error) is tried again
+        later, never skipped.
         """
         while True:
             await self._removals_wake.wait()
             self._removals_wake = trio.Event()
-            batch, self._removals = self._removals, []
+            await trio.sleep(_REMOVAL_WAIT_S)
+            if not self._removals:
+                continue  # a commit carried them
+            trip = _RemovalTrip(self, self._removals)
+            self._removals = []
 
-            def remove_all(qids: list[str] = batch) -> list[str]:
-                # The deletions were committed without an fsync (GroupCommitter, durable=False):
-                # make them durable before their content goes, or a system crash could bring
-                # back a message without its content.
+            def sync_and_remove(trip: _RemovalTrip = trip) -> None:
                 self.committer.store.sync()
-                failed = []
-                for qid in qids:
-                    try:
-                        remove_content(self.queue_dir, qid)
-                    except OSError as exc:
-                        log.warning("%s: cannot remove content file: %s; will retry", qid, exc)
-                        failed.append(qid)
-                return failed
+                trip.run()
 
+            ran = False
             try:
-                failed = await self._removal_thread.run(remove_all)
+                await self.committer.read(lambda _store: sync_and_remove())
+                ran = True
             except OSError as exc:
                 log.error("cannot sync the envelope store before removing content: %s; will retry", exc)
-                failed = batch
-            if failed:
-                self._removals.extend(failed)
+            trip.finished(ran)
+            if self._removals:
                 await trio.sleep(_REMOVAL_RETRY_S)
                 self._removals_wake.set()
+
+    def _removal_trip(self) -> _RemovalTrip | None:
+        """The committer's ``after_durable``: every content removal waiting so far."""
+        if not self._removals:
+            return None
+        trip = _RemovalTrip(self, self._removals)
+        self._removals = []
+        return trip
 
     async def _orphan_loop(self) -> None:
         while True:

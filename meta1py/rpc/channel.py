@@ -613,6 +613,9 @@ class RpcClient:
                 delay = min(delay * 2, self.backoff_max_s)
 
     async def _channel_within(self, deadline: float, what: str) -> RpcChannel:
+        channel = self._channel
+        if channel is not None and not channel.closed:
+            return channel  # connected: no cancel scope (the call checkpoints anyway)
         with trio.move_on_at(deadline):
             while (channel := self._channel) is None or channel.closed:
                 await self._changed.wait()

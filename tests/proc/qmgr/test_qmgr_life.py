@@ -288,6 +288,25 @@ async def test_a_committed_message_is_routed_delivered_and_removed(
 
 
 @pytest.mark.deadline(60)
+async def test_a_finished_message_content_goes_with_the_next_durable_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The removal loop's own fsync comes only after an hour here: what removes the content is
+    # the next new message's commit, whose fsync covers the earlier, unsynced deletion.
+    monkeypatch.setattr(manager_module, "_REMOVAL_WAIT_S", 3600.0)
+    async with running_qmgr(tmp_path, monkeypatch, accept) as h:
+        first = await h.submit(("bob@remote.test",))
+        await until(lambda: not h.manager.messages, "the first message to be delivered and finished")
+        assert await h.stored(first) is None
+        # Deleted from the store, but not durably yet: its content must stay.
+        assert content_path(h.queue_dir, first).exists()
+        second = await h.submit(("carol@remote.test",))
+        assert not content_path(h.queue_dir, first).exists()
+        await until(lambda: second not in h.manager.messages, "the second message to be finished")
+        assert content_path(h.queue_dir, second).exists()
+
+
+@pytest.mark.deadline(60)
 async def test_a_4xx_defers_the_message_until_its_retry_time(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, maillog: Callable[[str], list[str]]
 ) -> None:

@@ -374,3 +374,41 @@ async def test_bookkeeping_commits_skip_the_fsync_but_never_a_new_message(store:
     assert store.get(other.qid) is not None
     # sync() fsyncs the WAL that holds every earlier commit (and is harmless without one).
     store.sync()
+
+
+class _After:
+    """An AfterDurable that records what the store looked like when it ran."""
+
+    def __init__(self, store: EnvelopeStore, log: list[str]) -> None:
+        self.store = store
+        self.log = log
+
+    def run(self) -> None:
+        # In the store's thread, after the commit: the level the batch was committed at.
+        self.log.append(f"run synchronous={_synchronous(self.store)}")
+
+    def finished(self, ran: bool) -> None:
+        self.log.append(f"finished ran={ran}")
+
+
+async def test_after_durable_rides_only_on_a_durable_commit_that_succeeded(store: EnvelopeStore) -> None:
+    log: list[str] = []
+    offered: list[int] = []
+
+    def after_durable() -> _After:
+        offered.append(1)
+        return _After(store, log)
+
+    committer = GroupCommitter(store, after_durable=after_durable)
+    env = make_envelope()
+    await committer.commit_new(env)
+    assert log == ["run synchronous=2", "finished ran=True"]
+    # Bookkeeping without an fsync is never offered the work.
+    await committer.update_recipients(env.qid, [(0, "delivered", 1, 0.0, "250 ok", "d")], durable=False)
+    assert len(offered) == 1 and len(log) == 2
+    # A failed durable batch: the work is handed back, not run.
+    store.connection.execute(f"PRAGMA max_page_count = {store.connection.execute('PRAGMA page_count').fetchone()[0]}")
+    with pytest.raises(QueueStorageError):
+        await committer.commit_new(make_envelope(padding="x" * 3000))
+    assert log[2:] == ["finished ran=False"]
+    store.connection.execute("PRAGMA max_page_count = 1000000")
