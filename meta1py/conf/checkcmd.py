@@ -13,11 +13,51 @@ import sys
 
 from meta1py.conf.accounts import check_accounts, check_files, check_tls_support
 from meta1py.conf.dump import defaults_text, dump_config
-from meta1py.conf.errors import ConfigErrors
+from meta1py.conf.errors import ConfigError, ConfigErrors
 from meta1py.conf.location import config_file
+from meta1py.conf.model import Config
 from meta1py.conf.parser import load_config
 
 EX_OK, EX_INVALID, EX_USAGE = 0, 1, 64
+
+_MAP_HINT = (
+    "at run time this line is ignored and logged; mail that needs its key is deferred (451 4.3.5)"
+    " until the file is fixed"
+)
+
+
+def check_map_contents(cfg: Config) -> list[ConfigError]:
+    """Every bad line of the configured map files (smar ``aliases``/``routes``, smtpc
+    ``tls_policy``), each as ``file:line``. Unreadable files are :func:`check_files`' business."""
+    # Imported here: the map parsers are not needed to check the configuration file itself.
+    from meta1py.maps.aliases import parse_aliases
+    from meta1py.maps.errors import MapError, MapErrors
+    from meta1py.maps.routes import parse_routes
+    from meta1py.maps.source import read_map_file
+    from meta1py.maps.tls_policy import parse_tls_policy
+
+    def errors_of(parse: str, text: str, name: str) -> tuple[MapError, ...]:
+        if parse == "aliases":
+            return parse_aliases(text, name, strict=False).errors
+        if parse == "routes":
+            return parse_routes(text, name, strict=False).errors
+        return parse_tls_policy(text, name, strict=False).errors
+
+    maps = [("aliases", cfg.smar.aliases), ("routes", cfg.smar.routes), ("tls_policy", cfg.smtpc.tls_policy)]
+    problems: list[ConfigError] = []
+    for kind, path in maps:
+        if path is None:
+            continue
+        name = str(path)
+        try:
+            text = read_map_file(name)
+        except MapErrors:
+            continue  # reported by check_files
+        lines = text.splitlines()
+        for err in errors_of(kind, text, name):
+            source = lines[err.line - 1] if 0 < err.line <= len(lines) else ""
+            problems.append(ConfigError(name, err.line, 1, err.message, _MAP_HINT, source))
+    return problems
 
 
 def main(argv: list[str]) -> int:
@@ -41,7 +81,7 @@ def main(argv: list[str]) -> int:
     except ConfigErrors as e:
         print(str(e), file=sys.stderr)
         return EX_INVALID
-    problems = check_files(cfg) + check_accounts(cfg) + check_tls_support(cfg)
+    problems = check_files(cfg) + check_accounts(cfg) + check_tls_support(cfg) + check_map_contents(cfg)
     if problems:
         print(str(ConfigErrors(problems)), file=sys.stderr)
         return EX_INVALID

@@ -5,10 +5,12 @@ answers "the value of this exact key". The modules:
 
 * :mod:`meta1py.maps.errors`: :class:`MapError` / :class:`MapErrors` (parse errors rendered as
   ``path:line: message``; a parser collects every error of a file before raising, so an operator
-  sees them all at once) and :class:`MapTempError` (a source cannot answer now).
+  sees them all at once), :class:`BrokenEntry` (what a bad line leaves under its key when a map
+  is loaded at run time, ``strict=False``: the good lines work, lookups of that key fail
+  temporarily) and :class:`MapTempError` (a source cannot answer now).
 * :mod:`meta1py.maps.source`: the :class:`MapSource` interface and the file source
-  (:class:`FileSource`, :class:`ReloadingMap`: a parsed file that is re-read when it changes,
-  keeping the old version when the new one does not parse).
+  (:class:`FileSource`, :class:`ReloadingMap`: a parsed file that is re-read when it changes;
+  its bad lines are logged, never fatal).
 * :mod:`meta1py.maps.lines`: the line syntax the map files share (comments, continuation lines,
   ``key value`` splitting, ``file:line`` errors).
 * :mod:`meta1py.maps.keys`: the key order of the maps keyed by domain (name, ``.parent``, ``*``).
@@ -21,10 +23,11 @@ or socket, so parsing and lookups are unit-tested as plain functions.
 
 from __future__ import annotations
 
-from meta1py.maps.errors import MapError, MapErrors, MapTempError
+from meta1py.maps.errors import BrokenEntry, MapError, MapErrors, MapTempError
 from meta1py.maps.source import FileSource, MapSource, ReloadingMap, Table, read_map_file
 
 __all__ = [
+    "BrokenEntry",
     "FileSource",
     "MapError",
     "MapErrors",

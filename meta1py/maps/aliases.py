@@ -36,7 +36,7 @@ import os
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from meta1py.maps.errors import MapError, MapErrors
+from meta1py.maps.errors import BrokenEntry, MapError, MapErrors
 from meta1py.maps.lines import map_entries
 from meta1py.maps.source import MapSource, Table, first_entry, lookup_first, read_map_file
 
@@ -54,10 +54,12 @@ class Expansion:
 
 @dataclass(frozen=True, slots=True)
 class ExpansionFailure:
-    """Expansion failed for a configuration reason (loop, depth, size).
+    """Expansion failed for a configuration reason (loop, depth, size, a broken entry).
 
     Attributes:
-        reason: ``"loop"``, ``"depth"`` or ``"size"``.
+        reason: ``"loop"``, ``"depth"`` or ``"size"`` (permanent), or ``"broken"``: the expansion
+            reached a name whose line in the file has an error (temporary: 451 4.3.5 until the
+            file is fixed).
         text: a human-readable explanation naming the aliases involved.
     """
 
@@ -128,6 +130,9 @@ class Aliases(Table[tuple[str, ...]]):
         entries: lower-cased name -> targets (as written).
         max_depth: longest chain followed.
         max_recipients: largest expansion allowed.
+        broken: lower-cased names whose line has an error (``strict=False`` parsing): expanding
+            one fails temporarily.
+        errors: the file's bad lines (``strict=False`` parsing), for the log.
     """
 
     def __init__(
@@ -136,10 +141,14 @@ class Aliases(Table[tuple[str, ...]]):
         *,
         max_depth: int = DEFAULT_MAX_DEPTH,
         max_recipients: int = DEFAULT_MAX_RECIPIENTS,
+        broken: dict[str, BrokenEntry] | None = None,
+        errors: tuple[MapError, ...] = (),
     ) -> None:
         self._entries = entries
         self.max_depth = max_depth
         self.max_recipients = max_recipients
+        self.broken: dict[str, BrokenEntry] = broken or {}
+        self.errors = errors
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -149,9 +158,12 @@ class Aliases(Table[tuple[str, ...]]):
         return self._entries.get(key)
 
     def lookup_key(self, local: str) -> str | None:
-        """The entry name that ``local`` matches (exact, then without ``+ext``), or None."""
+        """The entry name that ``local`` matches (exact, then without ``+ext``), or None.
+
+        A broken entry counts as a match (its name exists; expanding it fails temporarily).
+        """
         for key in alias_keys(local):
-            if key in self._entries:
+            if key in self._entries or key in self.broken:
                 return key
         return None
 
@@ -202,6 +214,9 @@ class Aliases(Table[tuple[str, ...]]):
         if key is None:
             self._add(canonical, out)
             return
+        broken = self.broken.get(key)
+        if broken is not None:
+            raise _Failure("broken", f"alias {key!r}: {broken.text}")
         _local, domain = split_address(canonical)
         node = (key, domain)
         if node in path:
@@ -234,18 +249,31 @@ class _Failure(Exception):
         self.text = text
 
 
-def parse_aliases(text: str, path: str = "<string>", **limits: int) -> Aliases:
+def parse_aliases(
+    text: str,
+    path: str = "<string>",
+    *,
+    strict: bool = True,
+    max_depth: int = DEFAULT_MAX_DEPTH,
+    max_recipients: int = DEFAULT_MAX_RECIPIENTS,
+) -> Aliases:
     """Parse the text of an aliases file.
 
     Args:
         text: file contents.
         path: file name used in error messages.
-        **limits: ``max_depth`` / ``max_recipients`` passed to :class:`Aliases`.
+        strict: raise on any error (``meta1 newaliases``, tests). With False (smar at run time)
+            the good lines are kept, the errors are in :attr:`Aliases.errors`, and a bad line
+            whose name could be read makes that name :attr:`Aliases.broken`; of two entries for
+            one name the first is kept.
+        max_depth: passed to :class:`Aliases`.
+        max_recipients: passed to :class:`Aliases`.
 
     Raises:
-        MapErrors: every problem in the file, as ``path:line: message``.
+        MapErrors: (``strict`` only) every problem in the file, as ``path:line: message``.
     """
     errors: list[MapError] = []
+    broken: dict[str, BrokenEntry] = {}
     entries: dict[str, tuple[str, ...]] = {}
     first_seen: dict[str, int] = {}
     lines = map_entries(
@@ -271,7 +299,7 @@ def parse_aliases(text: str, path: str = "<string>", **limits: int) -> Aliases:
             continue
         key = name.lower()
         targets: list[str] = []
-        ok = True
+        problems: list[MapError] = []
         for lineno, chunk in [(first, rest), *entry.more]:
             for part in chunk.split(","):
                 target = part.strip()
@@ -279,29 +307,31 @@ def parse_aliases(text: str, path: str = "<string>", **limits: int) -> Aliases:
                     continue
                 problem = _check_target(target)
                 if problem is not None:
-                    errors.append(MapError(path, lineno, problem))
-                    ok = False
+                    problems.append(MapError(path, lineno, problem))
                     continue
                 targets.append(target)
-        if not ok:
+        if not targets and not problems:
+            problems.append(MapError(path, first, f"alias {name!r} has no targets"))
+        if problems:
+            errors.extend(problems)
+            if key not in first_seen and key not in broken:
+                broken[key] = BrokenEntry(problems[0])
             continue
-        if not targets:
-            errors.append(MapError(path, first, f"alias {name!r} has no targets"))
-            continue
-        if key in first_seen:
-            errors.append(
-                MapError(path, first, f"duplicate alias {name!r} (first defined on line {first_seen[key]})")
-            )
+        if key in first_seen or key in broken:
+            where = first_seen[key] if key in first_seen else broken[key].error.line
+            errors.append(MapError(path, first, f"duplicate alias {name!r} (first defined on line {where})"))
             continue
         first_seen[key] = first
         entries[key] = tuple(targets)
-    if errors:
-        errors.sort(key=lambda e: e.line)
+    errors.sort(key=lambda e: e.line)
+    if errors and strict:
         raise MapErrors(errors)
-    return Aliases(entries, **limits)
+    return Aliases(
+        entries, max_depth=max_depth, max_recipients=max_recipients, broken=broken, errors=tuple(errors)
+    )
 
 
-def load_aliases(path: str | os.PathLike[str], **limits: int) -> Aliases:
+def load_aliases(path: str | os.PathLike[str], *, strict: bool = True) -> Aliases:
     """Read and parse an aliases file (see :func:`parse_aliases`)."""
     name = os.fspath(path)
-    return parse_aliases(read_map_file(name), name, **limits)
+    return parse_aliases(read_map_file(name), name, strict=strict)

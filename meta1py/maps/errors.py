@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["MapError", "MapErrors", "MapTempError"]
+__all__ = ["BrokenEntry", "MapError", "MapErrors", "MapTempError"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +23,26 @@ class MapError:
 
     def __str__(self) -> str:
         return f"{self.path}:{self.line}: {self.message}"
+
+
+@dataclass(frozen=True, slots=True)
+class BrokenEntry:
+    """The value of a key whose line in the map file has an error.
+
+    A map loaded at run time keeps its good lines and logs its bad ones (bad content never stops
+    the MTA). A bad line whose key could still be read leaves this in the map under that key, so
+    that a lookup that reaches the key fails temporarily (451 4.3.5, a deferral) instead of
+    falling through to a less specific entry or to "no entry": a broken route or TLS policy must
+    not send mail somewhere else, or without the TLS it asks for, and a broken alias must not
+    deliver to a mailbox of the same name.
+    """
+
+    error: MapError
+
+    @property
+    def text(self) -> str:
+        """For replies and logs: ``path:line: message``."""
+        return f"map entry unusable: {self.error}"
 
 
 class MapErrors(Exception):

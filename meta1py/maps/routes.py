@@ -38,7 +38,7 @@ import os
 import re
 from dataclasses import dataclass
 
-from meta1py.maps.errors import MapError, MapErrors
+from meta1py.maps.errors import BrokenEntry, MapError, MapErrors
 from meta1py.maps.keys import domain_entry, exact_keys, parent_keys
 from meta1py.maps.lines import map_entries
 from meta1py.maps.source import MapSource, Table, first_entry, lookup_first, read_map_file
@@ -182,27 +182,34 @@ def parse_route(value: str) -> Route:
     raise ValueError(f"unknown transport {transport!r} (smtp, lmtp, maildir, error)")
 
 
-class Routes(Table[Route]):
-    """A parsed routes map. Build it with :func:`parse_routes` or :func:`load_routes`."""
+class Routes(Table[Route | BrokenEntry]):
+    """A parsed routes map. Build it with :func:`parse_routes` or :func:`load_routes`.
+
+    A value is a :class:`BrokenEntry` where the key's line has an error (``strict=False``
+    parsing): mail for that domain is deferred, not routed by a less specific entry.
+    """
 
     def __init__(
         self,
-        exact: dict[str, Route],
-        subdomains: dict[str, Route],
-        default: Route | None,
+        exact: dict[str, Route | BrokenEntry],
+        subdomains: dict[str, Route | BrokenEntry],
+        default: Route | BrokenEntry | None,
+        errors: tuple[MapError, ...] = (),
     ) -> None:
         self._exact = exact
         self._subdomains = subdomains
         self.default = default
+        #: The file's bad lines (``strict=False`` parsing), for the log.
+        self.errors = errors
 
     def __len__(self) -> int:
         return len(self._exact) + len(self._subdomains) + (self.default is not None)
 
-    def get(self, key: str) -> Route | None:
+    def get(self, key: str) -> Route | BrokenEntry | None:
         """The route of exactly ``key``: ``domain``, ``.domain`` or ``*`` (normalised), or None."""
         return domain_entry(key, self._exact, self._subdomains, self.default)
 
-    def lookup(self, domain: str, *, use_default: bool = True) -> Route | None:
+    def lookup(self, domain: str, *, use_default: bool = True) -> Route | BrokenEntry | None:
         """The route for ``domain``: exact entry, else the most specific ``.parent``
         entry, else ``*`` (when ``use_default``), else None."""
         return first_entry(self, route_keys(domain, use_default=use_default))
@@ -221,8 +228,8 @@ def route_keys(domain: str, *, use_default: bool = True) -> list[str]:
 
 
 async def lookup_route(
-    source: MapSource[Route], domain: str, *, use_default: bool = True, deadline: float
-) -> Route | None:
+    source: MapSource[Route | BrokenEntry], domain: str, *, use_default: bool = True, deadline: float
+) -> Route | BrokenEntry | None:
     """:meth:`Routes.lookup` over a source.
 
     Raises:
@@ -231,16 +238,20 @@ async def lookup_route(
     return await lookup_first(source, route_keys(domain, use_default=use_default), deadline=deadline)
 
 
-def parse_routes(text: str, path: str = "<string>") -> Routes:
+def parse_routes(text: str, path: str = "<string>", *, strict: bool = True) -> Routes:
     """Parse the text of a routes file.
 
+    ``strict=False`` (smar at run time): keep the good lines; a line whose key is a valid domain
+    but whose value is bad leaves a :class:`BrokenEntry` under its key; the errors are in
+    :attr:`Routes.errors`.
+
     Raises:
-        MapErrors: every problem in the file, as ``path:line: message``.
+        MapErrors: (``strict`` only) every problem in the file, as ``path:line: message``.
     """
     errors: list[MapError] = []
-    exact: dict[str, Route] = {}
-    subdomains: dict[str, Route] = {}
-    default: Route | None = None
+    exact: dict[str, Route | BrokenEntry] = {}
+    subdomains: dict[str, Route | BrokenEntry] = {}
+    default: Route | BrokenEntry | None = None
     seen: dict[str, int] = {}
     lines = map_entries(text, path, errors, continuation_error="continuation lines are not allowed in routes")
     for entry in lines:
@@ -258,11 +269,13 @@ def parse_routes(text: str, path: str = "<string>") -> Routes:
         if key_norm in seen:
             errors.append(MapError(path, lineno, f"duplicate key {key!r} (first on line {seen[key_norm]})"))
             continue
+        route: Route | BrokenEntry
         try:
             route = parse_route(value)
         except ValueError as e:
-            errors.append(MapError(path, lineno, str(e)))
-            continue
+            error = MapError(path, lineno, str(e))
+            errors.append(error)
+            route = BrokenEntry(error)
         seen[key_norm] = lineno
         if key_norm == "*":
             default = route
@@ -270,9 +283,9 @@ def parse_routes(text: str, path: str = "<string>") -> Routes:
             subdomains[key_norm[1:]] = route
         else:
             exact[key_norm] = route
-    if errors:
+    if errors and strict:
         raise MapErrors(errors)
-    return Routes(exact, subdomains, default)
+    return Routes(exact, subdomains, default, tuple(errors))
 
 
 def load_routes(path: str | os.PathLike[str]) -> Routes:

@@ -168,11 +168,16 @@ class ReloadingMap(Generic[T]):
     """A parsed map file that follows changes to the file.
 
     The file is stat()ed at most once per ``check_interval_s`` when :attr:`current` is read. When its
-    inode, size or mtime changed it is read and parsed again; if the new text has errors they are
-    logged and the old version stays in use (a half-edited file must not take routing down).
+    inode, size or mtime changed it is read and parsed again.
 
-    The first load happens in the constructor and raises on errors, so a broken map is a startup
-    (configuration) failure, not a silent empty map.
+    Bad lines never stop the MTA: the workers pass a parser with ``strict=False``, which keeps the
+    good lines and lists the bad ones in the value's ``errors`` (logged here, at the first load and
+    at each reload, each as ``path:line: message``); a bad line whose key could be read makes
+    lookups of that key fail temporarily (:class:`~meta1py.maps.errors.BrokenEntry`). A parser
+    that raises :class:`MapErrors` (a strict one) keeps the old version in use on reload.
+
+    The first load happens in the constructor: a file that cannot be read at all is a start-up
+    (configuration) failure, not a silent empty map (``meta1 check-config`` reports both).
 
     When ``T`` is a :class:`Table` of values ``V``, the map is also a :class:`MapSource` of ``V``
     (see :meth:`lookup`).
@@ -201,6 +206,7 @@ class ReloadingMap(Generic[T]):
         self._check_interval_s = check_interval_s
         self._clock = clock
         self._value: T = parse(self.source.read(), self.path)
+        self._log_errors(self._value)
         self._gone = False  # the file could not be stat()ed at the last check (logged once)
         self._checked_at = clock()
         #: How many times a changed file was loaded successfully (for tests and logs).
@@ -244,3 +250,11 @@ class ReloadingMap(Generic[T]):
         self._value = value
         self.generation += 1
         log.info("map %s reloaded", self.path)
+        self._log_errors(value)
+
+    def _log_errors(self, value: T) -> None:
+        errors = getattr(value, "errors", ())
+        for err in errors:
+            log.error("%s (line ignored; mail that needs its key is deferred until it is fixed)", err)
+        if errors:
+            log.error("map %s: %d bad line(s); the other lines are in use", self.path, len(errors))

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from meta1py.maps.errors import MapError, MapErrors
+from meta1py.maps.errors import BrokenEntry, MapError, MapErrors
 from meta1py.maps.keys import domain_entry, exact_keys, parent_keys
 from meta1py.maps.lines import map_entries
 from meta1py.maps.source import MapSource, Table, first_entry, lookup_first
@@ -42,25 +42,30 @@ def _norm(key: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class TlsPolicy(Table[TlsRequirements]):
+class TlsPolicy(Table[TlsRequirements | BrokenEntry]):
     """A parsed ``tls_policy`` map (build it with :func:`parse_tls_policy`).
+
+    A value is a :class:`BrokenEntry` where the key's line has an error (``strict=False``
+    parsing): smtpc defers that mail rather than send it under weaker requirements.
 
     Attributes:
         exact: ``domain`` and ``[host]``/``[host]:port`` entries.
         subdomains: ``.domain`` entries, keyed without the leading dot.
         default: the ``*`` entry, if any.
+        errors: the file's bad lines (``strict=False`` parsing), for the log.
     """
 
-    exact: dict[str, TlsRequirements]
-    subdomains: dict[str, TlsRequirements]
-    default: TlsRequirements | None = None
+    exact: dict[str, TlsRequirements | BrokenEntry]
+    subdomains: dict[str, TlsRequirements | BrokenEntry]
+    default: TlsRequirements | BrokenEntry | None = None
+    errors: tuple[MapError, ...] = ()
 
-    def get(self, key: str) -> TlsRequirements | None:
+    def get(self, key: str) -> TlsRequirements | BrokenEntry | None:
         """The entry of exactly ``key``: ``domain``, ``.domain``, ``[host]:port``, ``[host]`` or
         ``*`` (normalised), or None."""
         return domain_entry(key, self.exact, self.subdomains, self.default)
 
-    def lookup(self, nexthop: str | None, domain: str) -> TlsRequirements | None:
+    def lookup(self, nexthop: str | None, domain: str) -> TlsRequirements | BrokenEntry | None:
         """The requirements for one recipient of a job.
 
         Args:
@@ -89,8 +94,8 @@ def tls_policy_keys(nexthop: str | None, domain: str) -> list[str]:
 
 
 async def lookup_tls_policy(
-    source: MapSource[TlsRequirements], nexthop: str | None, domain: str, *, deadline: float
-) -> TlsRequirements | None:
+    source: MapSource[TlsRequirements | BrokenEntry], nexthop: str | None, domain: str, *, deadline: float
+) -> TlsRequirements | BrokenEntry | None:
     """:meth:`TlsPolicy.lookup` over a source.
 
     Raises:
@@ -105,31 +110,41 @@ def destination_nexthop(destination: str) -> str | None:
     return rest if rest.startswith("[") else None
 
 
-def parse_tls_policy(text: str, path: str = "<string>") -> TlsPolicy:
+def parse_tls_policy(text: str, path: str = "<string>", *, strict: bool = True) -> TlsPolicy:
     """Parse a ``tls_policy`` map.
 
+    ``strict=False`` (smtpc at run time): keep the good lines; a line with a usable key but a bad
+    or missing value leaves a :class:`BrokenEntry` under its key; the errors are in
+    :attr:`TlsPolicy.errors`.
+
     Raises:
-        MapErrors: every bad line (unknown syntax, a bad requirement, a duplicate key).
+        MapErrors: (``strict`` only) every bad line (unknown syntax, a bad requirement, a
+            duplicate key).
     """
     errors: list[MapError] = []
-    exact: dict[str, TlsRequirements] = {}
-    subdomains: dict[str, TlsRequirements] = {}
-    default: TlsRequirements | None = None
+    exact: dict[str, TlsRequirements | BrokenEntry] = {}
+    subdomains: dict[str, TlsRequirements | BrokenEntry] = {}
+    default: TlsRequirements | BrokenEntry | None = None
     for entry in map_entries(text, path, errors, continuation="entry"):
         number, key, value = entry.line, entry.key, entry.value
+        req: TlsRequirements | BrokenEntry
         if not value:
-            errors.append(MapError(path, number, f"{key!r} has no tls_requirements"))
-            continue
-        try:
-            req = parse_tls_requirements(value)
-        except ValueError as exc:
-            errors.append(MapError(path, number, str(exc)))
-            continue
+            error = MapError(path, number, f"{key!r} has no tls_requirements")
+            errors.append(error)
+            req = BrokenEntry(error)
+        else:
+            try:
+                req = parse_tls_requirements(value)
+            except ValueError as exc:
+                error = MapError(path, number, str(exc))
+                errors.append(error)
+                req = BrokenEntry(error)
         name = _norm(key)
         if name == "*":
             if default is not None:
                 errors.append(MapError(path, number, "duplicate key '*'"))
-            default = req
+            else:
+                default = req
             continue
         table = subdomains if name.startswith(".") else exact
         name = name.removeprefix(".")
@@ -140,6 +155,7 @@ def parse_tls_policy(text: str, path: str = "<string>") -> TlsPolicy:
             errors.append(MapError(path, number, f"duplicate key {key!r}"))
             continue
         table[name] = req
-    if errors:
+    errors.sort(key=lambda e: e.line)
+    if errors and strict:
         raise MapErrors(errors)
-    return TlsPolicy(exact, subdomains, default)
+    return TlsPolicy(exact, subdomains, default, tuple(errors))

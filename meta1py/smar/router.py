@@ -38,6 +38,7 @@ own domain keeps DNS's verdict (NXDOMAIN and null MX bounce).
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from dataclasses import dataclass, field
@@ -45,7 +46,7 @@ from pathlib import Path
 from typing import Literal, NamedTuple
 
 from meta1py.conf import Config
-from meta1py.maps import ReloadingMap
+from meta1py.maps import BrokenEntry, ReloadingMap
 from meta1py.maps.aliases import (
     Aliases,
     ExpansionFailure,
@@ -68,6 +69,7 @@ from meta1py.smtp.status import (
     PERM_BAD_DESTINATION_SYNTAX,
     PERM_BAD_DESTINATION_SYSTEM,
     PERM_ROUTING_LOOP,
+    TEMP_SYSTEM_MISCONFIGURED,
     TEMP_UNABLE_TO_ROUTE,
 )
 
@@ -185,11 +187,15 @@ class Router:
         self._routes: ReloadingMap[Routes] | None = None
         if config.smar.aliases is not None:
             self._aliases = ReloadingMap(
-                config.smar.aliases, parse_aliases, check_interval_s=map_check_interval_s
+                config.smar.aliases,
+                functools.partial(parse_aliases, strict=False),
+                check_interval_s=map_check_interval_s,
             )
         if config.smar.routes is not None:
             self._routes = ReloadingMap(
-                config.smar.routes, parse_routes, check_interval_s=map_check_interval_s
+                config.smar.routes,
+                functools.partial(parse_routes, strict=False),
+                check_interval_s=map_check_interval_s,
             )
 
     # -- public API --------------------------------------------------------------
@@ -206,11 +212,11 @@ class Router:
         if domain not in self.local_domains:
             return RecipientAccepted(local=False)
         expanded = self.expand_local(f"{local}@{domain}")
-        if isinstance(expanded, PermanentFailure):
+        if isinstance(expanded, PermanentFailure | TemporaryFailure):
             return RecipientRejected(expanded.code, expanded.enhanced, expanded.text)
         return RecipientAccepted(local=True, expanded=tuple(expanded))
 
-    def expand_local(self, address: str) -> list[str] | PermanentFailure:
+    def expand_local(self, address: str) -> list[str] | PermanentFailure | TemporaryFailure:
         """Final recipients of ``address`` after alias expansion.
 
         A non-local address is returned unchanged. Local addresses come back
@@ -229,6 +235,8 @@ class Router:
         result = aliases.expand(qualified, self.local_domains)
         if isinstance(result, ExpansionFailure):
             log.error("aliases: %s (for %s)", result.text, qualified)
+            if result.reason == "broken":
+                return TemporaryFailure(451, TEMP_SYSTEM_MISCONFIGURED, result.text)
             return PermanentFailure(550, PERM_ROUTING_LOOP, result.text)
         return list(result.recipients)
 
@@ -253,7 +261,7 @@ class Router:
     async def resolve_recipient(self, address: str) -> list[tuple[str, RouteResult]]:
         """:meth:`expand_local`, then :meth:`route` for each final recipient."""
         expanded = self.expand_local(address)
-        if isinstance(expanded, PermanentFailure):
+        if isinstance(expanded, PermanentFailure | TemporaryFailure):
             return [(address, expanded)]
         return [(rcpt, await self.route(rcpt)) for rcpt in expanded]
 
@@ -293,7 +301,10 @@ class Router:
         path = Path(self.config.mail_directory) / domain / name
         return Delivery("maildir", "maildir", f"{local}@{domain}", maildir=path)
 
-    async def _follow(self, route: Route, address: str, local: str, domain: str) -> RouteResult:
+    async def _follow(self, route: Route | BrokenEntry, address: str, local: str, domain: str) -> RouteResult:
+        if isinstance(route, BrokenEntry):
+            log.error("routes: %s (for %s)", route.text, address)
+            return TemporaryFailure(451, TEMP_SYSTEM_MISCONFIGURED, f"routes: {route.text}")
         if isinstance(route, MaildirRoute):
             return self._maildir(local, domain)
         if isinstance(route, ErrorRoute):

@@ -123,8 +123,11 @@ def _reply_value(code: int, enhanced: str, text: str) -> SmtpReplyValue:
 
 
 def _reject(code: int, enhanced: str, text: str) -> SmarRecipientCheckReply:
+    # A 4xx (a broken alias line, say) is a tempfail: smtps does not cache it.
     return SmarRecipientCheckReply(
-        action="reject", reply=SmtpReplyValue(code=code, enhanced=enhanced, text=text), expanded=()
+        action="tempfail" if code < 500 else "reject",
+        reply=SmtpReplyValue(code=code, enhanced=enhanced, text=text),
+        expanded=(),
     )
 
 

@@ -33,6 +33,7 @@ LMTP (RFC 2033): one reply per accepted recipient after the data.  Maildir: see
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import ssl
@@ -46,7 +47,7 @@ import trio
 from meta1py.conf import Config
 from meta1py.crashpoints import crash_point
 from meta1py.envelope import DeliveryStatus
-from meta1py.maps import MapErrors, ReloadingMap
+from meta1py.maps import BrokenEntry, MapErrors, ReloadingMap
 from meta1py.maps.tls_policy import TlsPolicy, destination_nexthop, parse_tls_policy
 from meta1py.queue.content import content_file, open_content
 from meta1py.rpc.handlers import Handlers
@@ -71,6 +72,7 @@ from meta1py.smtp.status import (
     TEMP_NO_ANSWER_FROM_HOST,
     TEMP_PROTOCOL_ERROR,
     TEMP_ROUTING_SERVER_FAILURE,
+    TEMP_SYSTEM_MISCONFIGURED,
 )
 from meta1py.smtpc.maildir import DeliveryOutcome, deliver_maildir
 from meta1py.sockio import read_when_ready, write_nowait
@@ -323,7 +325,8 @@ class DeliveryAgents:
             # at start-up, not a deferral of every message later.
             self._context_for(self.tls_default)
             if smtpc.tls_policy is not None:
-                self._policy = ReloadingMap(smtpc.tls_policy, parse_tls_policy)
+                tolerant = functools.partial(parse_tls_policy, strict=False)
+                self._policy = ReloadingMap(smtpc.tls_policy, tolerant)
         except (TlsConfigError, MapErrors) as exc:
             raise WorkerConfigError(f"smtpc: {exc}") from exc
         if smtpc.tls.key_file is not None:
@@ -498,8 +501,9 @@ class DeliveryAgents:
 
     # -- TLS --------------------------------------------------------------------------------
 
-    def requirements_for(self, destination: str, address: str) -> TlsRequirements:
-        """The ``tls_requirements`` for one recipient of a job to ``destination``."""
+    def requirements_for(self, destination: str, address: str) -> TlsRequirements | BrokenEntry:
+        """The ``tls_requirements`` for one recipient of a job to ``destination`` (a
+        :class:`BrokenEntry` when its ``tls_policy`` line is bad: the recipient is deferred)."""
         if self._policy is not None:
             domain = address.rpartition("@")[2]
             found = self._policy.current.lookup(destination_nexthop(destination), domain)
@@ -658,10 +662,17 @@ class DeliveryAgents:
         # Recipients under different TLS requirements cannot share a session (a relayhost job
         # may carry several domains); each group gets its own pass over the hosts.
         groups: dict[TlsRequirements, list[SmtpcRecipientValue]] = {}
-        for r in req.recipients:
-            groups.setdefault(self.requirements_for(req.route.destination, r.address), []).append(r)
         results: dict[int, SmtpcRecipientResult] = {}
-        session_failed = True
+        for r in req.recipients:
+            tls_req = self.requirements_for(req.route.destination, r.address)
+            if isinstance(tls_req, BrokenEntry):
+                # Never under weaker requirements than the operator meant: defer until fixed.
+                log.error("%s: tls_policy: %s (for %s)", req.qid, tls_req.text, r.address)
+                reply = _local(451, TEMP_SYSTEM_MISCONFIGURED, f"tls_policy: {tls_req.text}")
+                results[r.idx] = SmtpcRecipientResult(idx=r.idx, status="temp", reply=reply, remote_mta=None)
+                continue
+            groups.setdefault(tls_req, []).append(r)
+        session_failed = bool(groups)  # no session was tried for a broken policy: no news
         for tls_req, rcpts in groups.items():
             group_results, failed = await self._smtp_hosts(req, rcpts, tls_req)
             results.update(group_results)

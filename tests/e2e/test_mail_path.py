@@ -270,6 +270,33 @@ def test_aliases_chain_loop_and_unknown_user(make_daemon: Callable[..., Meta1Dae
         assert not maildir_files(daemon.mail_directory, "localhost", "loop2")
 
 
+def test_bad_map_lines_do_not_stop_the_mta(make_daemon: Callable[..., Meta1Daemon]) -> None:
+    # A "|command" alias and a routes typo: the MTA starts, the other lines work, and mail that
+    # needs a bad line is deferred (451 4.3.5) instead of stopping everything or going astray.
+    daemon = make_daemon(sections={"smar": "aliases = ../aliases; routes = ../routes;"})
+    (daemon.dir / "aliases").write_text("postmaster: alice\nalice: alice\ntickets: |/usr/bin/ticket\n")
+    (daemon.dir / "routes").write_text("typo.example smtp:[127.0.0.1\n")
+    with daemon:
+        qid = send(daemon, ["postmaster@localhost"])
+        (got,) = wait_maildir(daemon, "alice")
+        assert f"id {qid}".encode() in got.read_bytes()
+        with smtplib.SMTP("127.0.0.1", daemon.port, timeout=30) as client:
+            client.ehlo("client.example")
+            client.mail("a@example.org")
+            code, text = client.rcpt("tickets@localhost")
+            assert (code, text[:5]) == (451, b"4.3.5"), (code, text)
+            assert b"aliases:3:" in text
+
+        def logged() -> str | None:
+            text = daemon.log_text()
+            return text if "aliases:3: program targets" in text else None
+
+        log = poll(logged, 10, "smar to log the bad aliases line")
+        assert "routes:1:" in log
+        assert daemon.worker_pid("smar") > 0 and "exited with status 78" not in log
+    assert not maildir_files(daemon.mail_directory, "localhost", "tickets")
+
+
 def test_per_client_session_limit(make_daemon: Callable[..., Meta1Daemon]) -> None:
     # 127.0.0.1 is a relay client, exempt from per-client limits unless limit_relay_clients.
     smtps = "max_sessions_per_client = 2; limit_relay_clients = yes;"

@@ -407,7 +407,8 @@ async def test_after_durable_rides_only_on_a_durable_commit_that_succeeded(store
     await committer.update_recipients(env.qid, [(0, "delivered", 1, 0.0, "250 ok", "d")], durable=False)
     assert len(offered) == 1 and len(log) == 2
     # A failed durable batch: the work is handed back, not run.
-    store.connection.execute(f"PRAGMA max_page_count = {store.connection.execute('PRAGMA page_count').fetchone()[0]}")
+    pages = store.connection.execute("PRAGMA page_count").fetchone()[0]
+    store.connection.execute(f"PRAGMA max_page_count = {pages}")
     with pytest.raises(QueueStorageError):
         await committer.commit_new(make_envelope(padding="x" * 3000))
     assert log[2:] == ["finished ran=False"]

@@ -23,6 +23,16 @@ from meta1py.smar.router import (
 
 LIMIT_S = 60
 
+
+class _AnyText(str):
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, str)
+
+    __hash__ = str.__hash__
+
+
+ANY_TEXT = _AnyText()
+
 ALIASES = """\
 postmaster: alice
 alice:      alice, archive@remote.example
@@ -236,7 +246,9 @@ async def test_routes_win_over_relayhost(tmp_path: Path, dns_server: tuple[str, 
     assert isinstance(other, Delivery) and other.destination == "smtp:[127.0.0.9]:2526"
 
 
-async def test_maps_reload_and_keep_old_on_error(tmp_path: Path, dns_server: tuple[str, int]) -> None:
+async def test_maps_reload_and_a_bad_line_defers_only_its_own_key(
+    tmp_path: Path, dns_server: tuple[str, int]
+) -> None:
     r = router(config(tmp_path, dns_server, aliases="a: a\n"), map_check_interval_s=0)
     assert isinstance(r.check_recipient("b@example.com"), RecipientRejected)
     path = tmp_path / "aliases"
@@ -244,13 +256,58 @@ async def test_maps_reload_and_keep_old_on_error(tmp_path: Path, dns_server: tup
     new.write_text("a: a\nb: b\n")
     os.replace(new, path)
     assert r.check_recipient("b@example.com") == RecipientAccepted(local=True)
-    new.write_text("a: a\nb: b\nc: |/bin/sh\n")
+    # An edit with a bad line: the rest of the file is in use, its own name is deferred.
+    new.write_text("a: a\nb: b\nc: |/bin/sh\nd: d\n")
     os.replace(new, path)
     assert r.check_recipient("b@example.com") == RecipientAccepted(local=True)
-    assert isinstance(r.check_recipient("c@example.com"), RecipientRejected)
+    assert r.check_recipient("d@example.com") == RecipientAccepted(local=True)
+    c = r.check_recipient("c@example.com")
+    assert isinstance(c, RecipientRejected) and (c.code, c.enhanced) == (451, "4.3.5")
+    assert f"{path}:3: program targets are not supported" in c.text
 
 
-def test_broken_map_at_startup_raises(tmp_path: Path) -> None:
-    cfg = config(tmp_path, ("127.0.0.1", 53), routes="x.test nonsense\n")
-    with pytest.raises(MapErrors, match=r"routes:1: expected 'transport:nexthop'"):
+BAD_ALIASES = """\
+postmaster: alice
+ops:        |/usr/local/bin/ticket
+sales:      bob
+this line has no colon
+sales:      carol
+team:       ops, alice
+"""
+
+BAD_ROUTES = """\
+broken.test       smtp:[host
+fine.test         smtp:[127.0.0.7]:2525
+.broken.test      nonsense
+*                 smtp:
+"""
+
+
+async def test_bad_map_lines_never_stop_smar(tmp_path: Path, dns_server: tuple[str, int]) -> None:
+    r = router(config(tmp_path, dns_server, aliases=BAD_ALIASES, routes=BAD_ROUTES))
+    # The good lines work; of two entries for one name, the first.
+    sales = r.check_recipient("sales@example.com")
+    assert sales == RecipientAccepted(local=True, expanded=("bob@example.com",))
+    # A name whose line is bad, or a name that leads to it, is deferred: never delivered to a
+    # mailbox of the same name, never bounced.
+    for name, line in (("ops", 2), ("team", 2)):
+        verdict = r.check_recipient(f"{name}@example.com")
+        assert isinstance(verdict, RecipientRejected), name
+        assert (verdict.code, verdict.enhanced) == (451, "4.3.5")
+        assert f"aliases:{line}:" in verdict.text
+    assert r.expand_local("ops@example.com") == TemporaryFailure(451, "4.3.5", ANY_TEXT)
+    with trio.fail_after(LIMIT_S):
+        broken = await r.route("a@broken.test")
+        sub = await r.route("a@mx.broken.test")
+        fine = await r.route("a@fine.test")
+    # A broken route defers its domain instead of falling through to "*".
+    assert isinstance(broken, TemporaryFailure) and broken.enhanced == "4.3.5" and "routes:1:" in broken.text
+    assert isinstance(sub, TemporaryFailure) and "routes:3:" in sub.text
+    assert isinstance(fine, Delivery) and fine.destination == "smtp:[127.0.0.7]:2525"
+
+
+def test_an_unreadable_map_at_startup_is_a_config_error(tmp_path: Path) -> None:
+    cfg = config(tmp_path, ("127.0.0.1", 53), routes="x.test smtp:\n")
+    (tmp_path / "routes").unlink()
+    with pytest.raises(MapErrors, match=r"routes:0: cannot read map"):
         Router(cfg, Resolver([("127.0.0.1", 53)]))

@@ -15,7 +15,6 @@ import trio
 from meta1py.conf import parse_config
 from meta1py.queue.content import ContentWriter
 from meta1py.rpc.messages import (
-    SmarHostValue,
     SmarRouteValue,
     SmtpcDeliveryReply,
     SmtpcDeliveryRequest,
@@ -24,6 +23,7 @@ from meta1py.rpc.messages import (
     SmtpReplyValue,
 )
 from meta1py.smtpc.delivery import DeliveryAgents, RecentResults
+from meta1py_testing.jobs import delivery_request, smtp_route
 
 
 class _Server:
@@ -85,25 +85,8 @@ async def test_a_repeated_request_after_qmgr_went_away_is_not_sent_again(tmp_pat
             listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
             await nursery.start(trio.serve_listeners, server.serve, listeners)
             port = listeners[0].socket.getsockname()[1]
-            route = SmarRouteValue(
-                status="ok",
-                transport="smtp",
-                destination="smtp:sink.test",
-                hosts=(SmarHostValue(name="sink.test", address="127.0.0.1", port=port),),
-                path=None,
-                reply=None,
-            )
-            req = SmtpcDeliveryRequest(
-                qid=writer.qid,
-                sender="a@example.org",
-                envid=None,
-                ret=None,
-                body="7BIT",
-                smtputf8=False,
-                size=30,
-                recipients=(SmtpcRecipientValue(idx=0, address="x@sink.test", orcpt=None, notify=None),),
-                route=route,
-            )
+            route = smtp_route("smtp:sink.test", ("sink.test", "127.0.0.1", port))
+            req = delivery_request(writer.qid, route, ["x@sink.test"], size=30)
             # The first qmgr asks, and goes away once the message is on its way.
             with trio.CancelScope() as qmgr_call:
                 nursery.start_soon(_cancel_when, server.data_done, qmgr_call)

@@ -93,6 +93,28 @@ def test_missing_map_file_is_reported(in_tmp: Path) -> None:
     assert "does not exist" in err.message and "queue_directory" in err.hint
 
 
+def test_check_config_reports_every_bad_map_line(
+    in_tmp: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)  # accounts are only checked as root
+    (in_tmp / "aliases").write_text("postmaster: root\nops: |/bin/sh\nsales: bob\n")
+    (in_tmp / "routes").write_text("ok.test smtp:\nbad.test nonsense\n")
+    (in_tmp / "tls_policy").write_text("example.com encrypt\nexample.org bogus\n")
+    conf = in_tmp / "maps.conf"
+    conf.write_text(
+        f"smar {{ aliases = {in_tmp / 'aliases'}; routes = {in_tmp / 'routes'}; }}\n"
+        f"smtpc {{ tls_policy = {in_tmp / 'tls_policy'}; }}\n"
+    )
+    assert main(["-f", str(conf)]) == 1
+    err = capsys.readouterr().err
+    assert f"{in_tmp / 'aliases'}:2:1: program targets are not supported" in err
+    assert f"{in_tmp / 'routes'}:2:1: expected 'transport:nexthop'" in err
+    assert f"{in_tmp / 'tls_policy'}:2:1: tls_requirements: unknown item 'bogus'" in err
+    assert "ops: |/bin/sh" in err and "deferred (451 4.3.5)" in err
+    # The good lines are not reported.
+    assert ":1:1:" not in err and ":3:1:" not in err
+
+
 def test_accounts_checked_only_as_root(monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = parse_config("qmgr {\n  user = no_such_user_meta1x;\n}\n", "u.conf")
     monkeypatch.setattr(os, "geteuid", lambda: 1000)

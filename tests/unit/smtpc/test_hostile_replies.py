@@ -15,10 +15,9 @@ from meta1py.rpc.messages import (
     SmarHostValue,
     SmarRouteValue,
     SmtpcDeliveryReply,
-    SmtpcDeliveryRequest,
-    SmtpcRecipientValue,
 )
 from meta1py.smtpc.delivery import DeliveryAgents
+from meta1py_testing.jobs import delivery_request
 from meta1py_testing.peers import free_port
 
 
@@ -68,17 +67,7 @@ async def _deliver(
                 path=None,
                 reply=None,
             )
-            req = SmtpcDeliveryRequest(
-                qid=new_queue_id(),
-                sender="a@example.org",
-                envid=None,
-                ret=None,
-                body="7BIT",
-                smtputf8=False,
-                size=10,
-                recipients=(SmtpcRecipientValue(idx=0, address="x@hostile.test", orcpt=None, notify=None),),
-                route=route,
-            )
+            req = delivery_request(new_queue_id(), route, ["x@hostile.test"])
             reply = await agents.deliver(req)
             nursery.cancel_scope.cancel()
     return reply, seen

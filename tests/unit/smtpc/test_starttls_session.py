@@ -14,13 +14,10 @@ import trio
 from meta1py.conf import parse_config
 from meta1py.queue.ids import new_queue_id
 from meta1py.rpc.messages import (
-    SmarHostValue,
-    SmarRouteValue,
     SmtpcDeliveryReply,
-    SmtpcDeliveryRequest,
-    SmtpcRecipientValue,
 )
 from meta1py.smtpc.delivery import DeliveryAgents
+from meta1py_testing.jobs import delivery_request, loopback_route
 
 EHLO_REPLY = b"250-sink.test\r\n250-PIPELINING\r\n250 STARTTLS\r\n"
 
@@ -58,25 +55,7 @@ async def _deliver(
             listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
             await nursery.start(trio.serve_listeners, lambda s: _serve(s, script, seen), listeners)
             port = listeners[0].socket.getsockname()[1]
-            route = SmarRouteValue(
-                status="ok",
-                transport="smtp",
-                destination=f"smtp:[127.0.0.1]:{port}",
-                hosts=(SmarHostValue(name="127.0.0.1", address="127.0.0.1", port=port),),
-                path=None,
-                reply=None,
-            )
-            req = SmtpcDeliveryRequest(
-                qid=new_queue_id(),
-                sender="a@example.org",
-                envid=None,
-                ret=None,
-                body="7BIT",
-                smtputf8=False,
-                size=10,
-                recipients=(SmtpcRecipientValue(idx=0, address="x@example.net", orcpt=None, notify=None),),
-                route=route,
-            )
+            req = delivery_request(new_queue_id(), loopback_route(port), ["x@example.net"])
             reply = await agents.deliver(req)
             nursery.cancel_scope.cancel()
     return reply, seen

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from meta1py.conf import parse_config
-from meta1py.maps import MapErrors
+from meta1py.maps import BrokenEntry, MapErrors
 from meta1py.maps.tls_policy import destination_nexthop, parse_tls_policy
 from meta1py.smtpc.delivery import DeliveryAgents
 from meta1py.tls.requirements import TlsRequirements
@@ -51,10 +51,11 @@ def test_every_error_is_reported_with_its_line() -> None:
     with pytest.raises(MapErrors) as info:
         parse_tls_policy(text, "p")
     lines = [(e.line, e.message) for e in info.value.errors]
-    assert [n for n, _ in lines] == [1, 2, 4, 6]
+    # Line 3 repeats the key of line 1 (whose value is bad): a duplicate too.
+    assert [n for n, _ in lines] == [1, 2, 3, 4, 6]
     assert "has no tls_requirements" in lines[0][1]
     assert "unknown item 'bogus'" in lines[1][1]
-    assert "duplicate" in lines[2][1] and "duplicate" in lines[3][1]
+    assert all("duplicate" in message for _n, message in lines[2:])
 
 
 @pytest.mark.parametrize(
@@ -81,11 +82,16 @@ def test_agents_use_policy_then_option(tmp_path: Path) -> None:
     assert agents.requirements_for("smtp:[smtp.example.net]:587", "u@example.org").level == "verify"
 
 
-def test_broken_policy_or_certificate_is_a_config_error(tmp_path: Path) -> None:
-    (tmp_path / "tls_policy").write_text("example.com bogus\n")
+def test_a_bad_policy_line_defers_its_key_and_a_missing_certificate_is_a_config_error(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "tls_policy").write_text("example.com bogus\nexample.org encrypt\n* may\n")
     cfg = parse_config(f"queue_directory = {tmp_path};\nsmtpc {{ tls_policy = tls_policy; }}\n")
-    with pytest.raises(WorkerConfigError, match="unknown item"):
-        DeliveryAgents(cfg)
+    agents = DeliveryAgents(cfg)  # bad content never stops smtpc
+    broken = agents.requirements_for("smtp:example.com", "a@example.com")
+    # Not "*  may": a broken entry must not weaken what the operator asked for.
+    assert isinstance(broken, BrokenEntry) and "unknown item" in broken.text
+    assert agents.requirements_for("smtp:example.org", "a@example.org") == TlsRequirements("encrypt")
     cfg = parse_config(f"queue_directory = {tmp_path};\nsmtpc {{ tls {{ cert_file = missing.pem; }} }}\n")
     with pytest.raises(WorkerConfigError, match=r"missing\.pem"):
         DeliveryAgents(cfg)
