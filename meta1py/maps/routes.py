@@ -91,6 +91,23 @@ class ErrorRoute:
 
 Route = SmtpRoute | LmtpRoute | MaildirRoute | ErrorRoute
 
+
+def route_text(route: Route) -> str:
+    """A route in the syntax :func:`parse_route` reads back (``meta1 map query`` prints it)."""
+    if isinstance(route, SmtpRoute):
+        if route.host is None:
+            return "smtp:"
+        host = route.host if route.mx else f"[{route.host}]"
+        return f"smtp:{host}" if route.port is None else f"smtp:{host}:{route.port}"
+    if isinstance(route, LmtpRoute):
+        if route.path is not None:
+            return f"lmtp:unix:{route.path}"
+        name = route.host or ""
+        return f"lmtp:inet:{f'[{name}]' if ':' in name else name}:{route.port}"
+    if isinstance(route, MaildirRoute):
+        return "maildir:"
+    return f"error:{route.code} {route.enhanced} {route.text}"
+
 _ERROR_RE = re.compile(
     r"^\s*(?:(?P<code>[245]\d\d)(?:\s+|$))?(?:(?P<enhanced>[245]\.\d{1,3}\.\d{1,3})(?:\s+|$))?"
     r"(?P<text>.*)$",
