@@ -1,7 +1,9 @@
 """``meta1 map query [-f FILE] [-v] MAP KEY...``: look keys up as the MTA would (``postmap -q``).
 
 MAP is ``aliases``, ``routes`` or ``tls_policy`` (the file meta1.conf names), or ``TYPE:PATH`` for
-any file of one of those formats (``routes:/tmp/routes.new``, to try an edit before it goes live).
+any file of one of those formats or of the access map (``routes:/tmp/routes.new``, to try an edit
+before it goes live; ``access:/etc/meta1/access`` with keys ``TAG:SUBJECT``, such as
+``cltaddr:10.1.2.3`` or ``from:a@example.org``).
 Each KEY is looked up with its format's whole key order (an alias without its ``+detail``; a domain,
 then its parents, then ``*``; for tls_policy a ``[host]:port`` nexthop or a domain), and the value
 that wins is printed, one line per key: ``KEY<TAB>VALUE`` when several keys are given, the value
@@ -24,7 +26,7 @@ if TYPE_CHECKING:
 
 EX_OK, EX_NOTFOUND, EX_USAGE, EX_TEMPFAIL, EX_CONFIG = 0, 1, 64, 75, 78
 
-FORMATS = ("aliases", "routes", "tls_policy")
+FORMATS = ("aliases", "routes", "tls_policy", "access")
 
 
 def main(argv: list[str]) -> int:
@@ -61,6 +63,9 @@ def _configured(kind: str, config: str | None) -> str | int:
     except ConfigErrors as exc:
         print(str(exc), file=sys.stderr)
         return EX_CONFIG
+    if kind == "access":
+        print("meta1 map: give the access map's file, as access:PATH", file=sys.stderr)
+        return EX_USAGE
     path = {"aliases": cfg.smar.aliases, "routes": cfg.smar.routes, "tls_policy": cfg.smtpc.tls_policy}[kind]
     if path is None:
         print(f"meta1 map: no {kind} file is configured", file=sys.stderr)
@@ -99,6 +104,7 @@ Found = tuple["str | None", "str | BrokenEntry | None"]
 
 def _lookup_for(kind: str, text: str, path: str) -> tuple[Callable[[str], Found], tuple[MapError, ...]]:
     from meta1py.maps import BrokenEntry
+    from meta1py.maps.access import TAGS, parse_access
     from meta1py.maps.aliases import alias_keys, parse_aliases
     from meta1py.maps.routes import Route, parse_routes, route_keys, route_text
     from meta1py.maps.tls_policy import parse_tls_policy, tls_policy_keys
@@ -118,6 +124,22 @@ def _lookup_for(kind: str, text: str, path: str) -> tuple[Callable[[str], Found]
             return None, None
 
         return alias, aliases.errors
+    if kind == "access":
+        access = parse_access(text, path, strict=False)
+
+        def entry(key: str) -> Found:
+            tag, _, subject = key.partition(":")
+            if tag.lower() not in TAGS:
+                tags = ", ".join(TAGS)
+                print(f"meta1 map: {key!r}: access keys are TAG:SUBJECT, TAG one of {tags}", file=sys.stderr)
+                return None, None
+            match = access.lookup(tag.lower(), subject)
+            if match is None:
+                return None, None
+            value = match.value
+            return match.key, value if isinstance(value, BrokenEntry) else str(value)
+
+        return entry, access.errors
     if kind == "routes":
         routes = parse_routes(text, path, strict=False)
 

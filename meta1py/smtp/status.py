@@ -112,5 +112,8 @@ PERM_NON_ASCII_ADDRESS: Final = "5.6.7"
 PERM_NOT_AUTHORIZED: Final = "5.7.1"
 """5.7.1 Delivery not authorized, message refused (relaying denied)."""
 
+TEMP_NOT_AUTHORIZED: Final = "4.7.1"
+"""4.7.1 Not authorized now (an access map's TEMPFAIL, greylisting, a rate limit)."""
+
 TEMP_CRYPTO_FAILURE: Final = "4.7.5"
 """4.7.5 Cryptographic failure: a TLS handshake failed or TLS requirements were not met."""

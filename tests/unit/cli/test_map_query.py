@@ -79,3 +79,16 @@ def test_usage_and_unconfigured_maps(tmp_path: Path, capsys: pytest.CaptureFixtu
 def test_printed_routes_read_back_the_same(line: str) -> None:
     route = parse_route(line)
     assert parse_route(route_text(route)) == route
+
+
+def test_access_keys_are_tag_and_subject(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "access").write_text("cltaddr:10.1.2.  RELAY\nfrom:postmaster@  QUICK:OK\n")
+    keys = ["cltaddr:10.1.2.3", "from:postmaster+x@example.org"]
+    assert main(["query", "-v", f"access:{tmp_path / 'access'}", *keys]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "cltaddr:10.1.2.3\tRELAY  (matched cltaddr:10.1.2.)",
+        "from:postmaster+x@example.org\tQUICK:OK  (matched from:postmaster@)",
+    ]
+    assert main(["query", f"access:{tmp_path / 'access'}", "cltaddr:10.2.0.1"]) == 1
+    assert main(["query", f"access:{tmp_path / 'access'}", "nosuchtag:x"]) == 1
+    assert "access keys are TAG:SUBJECT" in capsys.readouterr().err
