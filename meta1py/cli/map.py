@@ -1,9 +1,9 @@
 """``meta1 map query [-f FILE] [-v] MAP KEY...``: look keys up as the MTA would (``postmap -q``).
 
-MAP is ``aliases``, ``routes`` or ``tls_policy`` (the file meta1.conf names), or ``TYPE:PATH`` for
-any file of one of those formats or of the access map (``routes:/tmp/routes.new``, to try an edit
-before it goes live; ``access:/etc/meta1/access`` with keys ``TAG:SUBJECT``, such as
-``cltaddr:10.1.2.3`` or ``from:a@example.org``).
+MAP is ``aliases``, ``routes``, ``access`` or ``tls_policy`` (the file meta1.conf names), or
+``TYPE:PATH`` for any file of one of those formats (``routes:/tmp/routes.new``, to try an edit
+before it goes live). Access map keys are ``TAG:SUBJECT``, such as ``cltaddr:10.1.2.3`` or
+``from:a@example.org``.
 Each KEY is looked up with its format's whole key order (an alias without its ``+detail``; a domain,
 then its parents, then ``*``; for tls_policy a ``[host]:port`` nexthop or a domain), and the value
 that wins is printed, one line per key: ``KEY<TAB>VALUE`` when several keys are given, the value
@@ -63,10 +63,12 @@ def _configured(kind: str, config: str | None) -> str | int:
     except ConfigErrors as exc:
         print(str(exc), file=sys.stderr)
         return EX_CONFIG
-    if kind == "access":
-        print("meta1 map: give the access map's file, as access:PATH", file=sys.stderr)
-        return EX_USAGE
-    path = {"aliases": cfg.smar.aliases, "routes": cfg.smar.routes, "tls_policy": cfg.smtpc.tls_policy}[kind]
+    path = {
+        "aliases": cfg.smar.aliases,
+        "routes": cfg.smar.routes,
+        "access": cfg.smar.access,
+        "tls_policy": cfg.smtpc.tls_policy,
+    }[kind]
     if path is None:
         print(f"meta1 map: no {kind} file is configured", file=sys.stderr)
         return EX_CONFIG

@@ -93,7 +93,7 @@ def _file_problem(path: Path, directory: bool = False) -> str | None:
 def _configured_files(cfg: Config) -> list[tuple[str, str, Path, bool]]:
     """Every file option that is set, as ``(location key, option spelling, path, is_directory)``."""
     files: list[tuple[str, str, Path | None, bool]] = []
-    for attr in ("aliases", "routes"):
+    for attr in ("aliases", "routes", "access"):
         files.append((f"smar.{attr}", attr, getattr(cfg.smar, attr), False))
     files.append(("smtpc.tls_policy", "tls_policy", cfg.smtpc.tls_policy, False))
     ctls = cfg.smtpc.tls

@@ -27,9 +27,10 @@ _MAP_HINT = (
 
 
 def check_map_contents(cfg: Config) -> list[ConfigError]:
-    """Every bad line of the configured map files (smar ``aliases``/``routes``, smtpc
+    """Every bad line of the configured map files (smar ``aliases``/``routes``/``access``, smtpc
     ``tls_policy``), each as ``file:line``. Unreadable files are :func:`check_files`' business."""
     # Imported here: the map parsers are not needed to check the configuration file itself.
+    from meta1py.maps.access import parse_access
     from meta1py.maps.aliases import parse_aliases
     from meta1py.maps.errors import MapError, MapErrors
     from meta1py.maps.routes import parse_routes
@@ -37,13 +38,20 @@ def check_map_contents(cfg: Config) -> list[ConfigError]:
     from meta1py.maps.tls_policy import parse_tls_policy
 
     def errors_of(parse: str, text: str, name: str) -> tuple[MapError, ...]:
+        if parse == "access":
+            return parse_access(text, name, strict=False).errors
         if parse == "aliases":
             return parse_aliases(text, name, strict=False).errors
         if parse == "routes":
             return parse_routes(text, name, strict=False).errors
         return parse_tls_policy(text, name, strict=False).errors
 
-    maps = [("aliases", cfg.smar.aliases), ("routes", cfg.smar.routes), ("tls_policy", cfg.smtpc.tls_policy)]
+    maps = [
+        ("aliases", cfg.smar.aliases),
+        ("routes", cfg.smar.routes),
+        ("access", cfg.smar.access),
+        ("tls_policy", cfg.smtpc.tls_policy),
+    ]
     problems: list[ConfigError] = []
     for kind, path in maps:
         if path is None:

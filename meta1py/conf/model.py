@@ -216,6 +216,15 @@ class SmarConfig(ProcessConfig):
         "/etc/meta1/routes",
         base="queue",
     )
+    access: Path | None = opt(
+        "access",
+        PathType(),
+        None,
+        "access map (MeTA1 tags: cltaddr:, ehlo:, from:, to:, protectedrcpt:; see docs/smar.md),"
+        " checked at RCPT TO (relative to queue_directory)",
+        "/etc/meta1/access",
+        base="queue",
+    )
 
 
 class _TlsRequirementsText(ValueType):

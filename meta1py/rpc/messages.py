@@ -95,7 +95,7 @@ class SmarRecipientCheckReply(RpcMessage):
     Receiver: smtps (and qmgr, to expand the recipient of a bounce).
     """
 
-    action: Literal["accept", "reject", "tempfail"]
+    action: Literal["accept", "reject", "tempfail", "discard"]
     reply: SmtpReplyValue
     expanded: tuple[str, ...] = field(metadata=caps(max_items=1000))
 
@@ -103,7 +103,8 @@ class SmarRecipientCheckReply(RpcMessage):
 @rpc_message
 @dataclass(frozen=True, slots=True)
 class SmarRecipientCheckRequest(RpcRequest[SmarRecipientCheckReply]):
-    """May this client send to this recipient?  Relay policy and local recipient existence.
+    """May this client send to this recipient?  The access map, relay policy and local recipient
+    existence (``discard``: accept, but the message is dropped).
 
     Sender: smtps (at RCPT TO), qmgr (expanding bounce recipients).
     Receiver: smar.
@@ -114,6 +115,7 @@ class SmarRecipientCheckRequest(RpcRequest[SmarRecipientCheckReply]):
     authenticated: str | None = field(metadata=caps(max_len=256))
     sender: str = field(metadata=caps(max_len=1024))
     recipient: str = field(metadata=caps(max_len=1024))
+    helo: str = field(default="", metadata=caps(max_len=1024))
 
 
 @rpc_struct

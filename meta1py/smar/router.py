@@ -47,6 +47,7 @@ from typing import Literal, NamedTuple
 
 from meta1py.conf import Config
 from meta1py.maps import BrokenEntry, ReloadingMap
+from meta1py.maps.access import AccessMap, parse_access
 from meta1py.maps.aliases import (
     Aliases,
     ExpansionFailure,
@@ -185,6 +186,7 @@ class Router:
         self._default_domain = _domain(config.local_domains[0]) if config.local_domains else ""
         self._aliases: ReloadingMap[Aliases] | None = None
         self._routes: ReloadingMap[Routes] | None = None
+        self._access: ReloadingMap[AccessMap] | None = None
         if config.smar.aliases is not None:
             self._aliases = ReloadingMap(
                 config.smar.aliases,
@@ -197,6 +199,18 @@ class Router:
                 functools.partial(parse_routes, strict=False),
                 check_interval_s=map_check_interval_s,
             )
+
+        if config.smar.access is not None:
+            self._access = ReloadingMap(
+                config.smar.access,
+                functools.partial(parse_access, strict=False),
+                check_interval_s=map_check_interval_s,
+            )
+
+    @property
+    def access(self) -> AccessMap | None:
+        """The current access map, or None when none is configured."""
+        return self._access.current if self._access is not None else None
 
     # -- public API --------------------------------------------------------------
 

@@ -18,6 +18,7 @@ import dataclasses
 import ipaddress
 import json
 import logging
+from typing import Literal
 
 from meta1py.conf import Config, SmtpsConfig
 from meta1py.envelope import FailureStatus
@@ -34,6 +35,7 @@ from meta1py.rpc.messages import (
     SmtpReplyValue,
 )
 from meta1py.rpc.schema import message_to_json
+from meta1py.smar.policy import RcptFacts, Verdict, decide_rcpt
 from meta1py.smar.router import Delivery, PermanentFailure, RecipientRejected, Router
 from meta1py.smtp.status import (
     DESTINATION_VALID,
@@ -202,16 +204,29 @@ class SmarService:
         return SmarRouteReply(routes=(*routes[:keep], *[over] * deferred))
 
     def check(self, req: SmarRecipientCheckRequest) -> SmarRecipientCheckReply:
-        """RCPT TO policy: local recipients must exist, others need relay permission."""
+        """RCPT TO policy: the access map (meta1py.smar.policy), then local recipients must exist
+        and others need relay permission (relay_clients, AUTH, or an access map RELAY)."""
+        access = self.router.access
+        policy: Verdict | None = None
+        if access is not None:
+            facts = RcptFacts(req.client_address, req.helo, req.sender, req.recipient)
+            policy = decide_rcpt(access, facts)
+            if policy.action == "refuse" and policy.reply is not None:
+                code, enhanced, text = policy.reply
+                return _reject(code, enhanced, text)
         verdict = self.router.check_recipient(req.recipient)
         if isinstance(verdict, RecipientRejected):
             return _reject(verdict.code, verdict.enhanced, verdict.text)
-        if not verdict.local and not relay_allowed(
+        relay = policy is not None and policy.relay
+        if not verdict.local and not relay and not relay_allowed(
             self.config, req.service, req.client_address, req.authenticated
         ):
             return _reject(554, PERM_NOT_AUTHORIZED, f"<{req.recipient}>: Relay access denied")
         # The router expanded a local recipient's aliases while checking it.
-        return SmarRecipientCheckReply(action="accept", reply=_OK, expanded=verdict.expanded)
+        action: Literal["accept", "discard"] = (
+            "discard" if policy is not None and policy.action == "discard" else "accept"
+        )
+        return SmarRecipientCheckReply(action=action, reply=_OK, expanded=verdict.expanded)
 
     async def route(self, address: str) -> SmarRouteValue:
         """Where one (already expanded) recipient goes, as an RPC value."""

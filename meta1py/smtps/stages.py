@@ -41,9 +41,10 @@ The built-in checks (:func:`builtin_checks`), first in their chains:
 * MAIL: :class:`SenderCheck` (``require_auth``, ``sender_must_match_login``), then
   :class:`SpaceCheck` (``queue_minfree``: 452 4.3.1). DATA and BDAT check the space inline (a
   refusal there drops content already being received).
-* RCPT: :class:`RecipientCheck`: smar's ``SmarRecipientCheckRequest`` (does a local recipient
-  exist, may this client relay: relay_clients or AUTH; smar decides both, because only smar knows
-  whether a domain is local), with a few seconds' cache of its verdicts.
+* RCPT: :class:`RecipientCheck`: smar's ``SmarRecipientCheckRequest`` (the access map, if any;
+  does a local recipient exist; may this client relay: relay_clients, AUTH or an access RELAY;
+  smar decides all three, because only smar knows whether a domain is local), with a few
+  seconds' cache of its verdicts. smar's ``discard`` becomes :class:`Discard`.
 """
 
 from __future__ import annotations
@@ -290,7 +291,7 @@ def quarantine_refused() -> Reply:
 
 # -- the built-in checks -------------------------------------------------------------------------
 
-_RcptKey = tuple[str, str, str | None, str, str]
+_RcptKey = tuple[str, str, str | None, str, str, str]
 
 
 class RcptCache:
@@ -412,8 +413,16 @@ class RecipientCheck:
             authenticated=context.authenticated,
             sender=str(sender) if isinstance(sender, Address) else "",
             recipient=rcpt,
+            helo=context.helo or "",
         )
-        key = (request.service, request.client_address, request.authenticated, request.sender, rcpt)
+        key = (
+            request.service,
+            request.client_address,
+            request.authenticated,
+            request.sender,
+            rcpt,
+            request.helo,
+        )
         now = time.monotonic()
         answer = res.rcpt_cache.get(key, now)
         if answer is None:
@@ -424,6 +433,9 @@ class RecipientCheck:
                 return TempFail(replies.temp_failure("Recipient check unavailable, try again later"))
             if answer.action != "tempfail":
                 res.rcpt_cache.put(key, answer, now)
+        if answer.action == "discard":  # the access map: accept, then drop the message
+            context.expanded = answer.expanded or None
+            return Discard("discarded by the access map")
         if answer.action != "accept":
             r = answer.reply
             if 400 <= r.code < 600:

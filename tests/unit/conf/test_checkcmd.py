@@ -100,9 +100,11 @@ def test_check_config_reports_every_bad_map_line(
     (in_tmp / "aliases").write_text("postmaster: root\nops: |/bin/sh\nsales: bob\n")
     (in_tmp / "routes").write_text("ok.test smtp:\nbad.test nonsense\n")
     (in_tmp / "tls_policy").write_text("example.com encrypt\nexample.org bogus\n")
+    (in_tmp / "access").write_text("cltaddr:10.  OK\nfrom:x@example.org  MAYBE\n")
     conf = in_tmp / "maps.conf"
     conf.write_text(
-        f"smar {{ aliases = {in_tmp / 'aliases'}; routes = {in_tmp / 'routes'}; }}\n"
+        f"smar {{ aliases = {in_tmp / 'aliases'}; routes = {in_tmp / 'routes'};"
+        f" access = {in_tmp / 'access'}; }}\n"
         f"smtpc {{ tls_policy = {in_tmp / 'tls_policy'}; }}\n"
     )
     assert main(["-f", str(conf)]) == 1
@@ -110,6 +112,7 @@ def test_check_config_reports_every_bad_map_line(
     assert f"{in_tmp / 'aliases'}:2:1: program targets are not supported" in err
     assert f"{in_tmp / 'routes'}:2:1: expected 'transport:nexthop'" in err
     assert f"{in_tmp / 'tls_policy'}:2:1: tls_requirements: unknown item 'bogus'" in err
+    assert f"{in_tmp / 'access'}:2:1: unknown result 'MAYBE'" in err
     assert "ops: |/bin/sh" in err and "deferred (451 4.3.5)" in err
     # The good lines are not reported.
     assert ":1:1:" not in err and ":3:1:" not in err
