@@ -21,7 +21,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "passwd": ("meta1py.cli.passwd", "create a password file entry for AUTH"),
     "setup": ("meta1py.cli.setup", "create the worker users and directories; --check only reports"),
     "newaliases": ("meta1py.cli.newaliases", "check the aliases file (smar reloads it by itself)"),
-    "explain": ("meta1py.cli.explain", "what smar would answer at RCPT TO, and why (no mail sent)"),
+    "explain": ("meta1py.smar.explain", "what smar would answer at RCPT TO, and why (no mail sent)"),
     "map": ("meta1py.cli.map", "map query MAP KEY...: look keys up as the MTA would (postmap -q)"),
 }
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from meta1py.cli.explain import main
+from meta1py.smar.explain import main
 
 ACCESS = """\
 cltaddr:192.0.2.66           REJECT

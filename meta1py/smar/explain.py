@@ -7,7 +7,9 @@ For each recipient it prints every access map check in the order smar makes them
 matched and what it did, or the keys it tried), then the recipient's own checks and the reply an
 SMTP client would get. It reads the same configuration and maps as smar, with the same code
 (:func:`meta1py.smar.policy.decide_rcpt` and :meth:`meta1py.smar.service.SmarService.check`), so
-the answer is the one the running MTA gives (give or take a map edited in the last second).
+the answer is the one the running MTA gives (give or take a map edited in the last second). It
+lives in the smar package because it is smar's logic run offline; ``meta1`` dispatches to it by
+name, as it does to mcp for ``meta1 run``.
 
 Exit 0 when every recipient would be accepted, 1 when one would not, 64 for bad usage, 78 for a
 bad configuration or an unreadable map.
