@@ -107,23 +107,21 @@ Found = tuple["str | None", "str | BrokenEntry | None"]
 def _lookup_for(kind: str, text: str, path: str) -> tuple[Callable[[str], Found], tuple[MapError, ...]]:
     from meta1py.maps import BrokenEntry
     from meta1py.maps.access import TAGS, parse_access
-    from meta1py.maps.aliases import alias_keys, parse_aliases
-    from meta1py.maps.routes import Route, parse_routes, route_keys, route_text
+    from meta1py.maps.aliases import parse_aliases
+    from meta1py.maps.routes import parse_routes, route_keys, route_text
+    from meta1py.maps.source import first_match
     from meta1py.maps.tls_policy import parse_tls_policy, tls_policy_keys
-    from meta1py.tls.requirements import TlsRequirements, format_tls_requirements
+    from meta1py.tls.requirements import format_tls_requirements
 
     if kind == "aliases":
         aliases = parse_aliases(text, path, strict=False)
 
         def alias(key: str) -> Found:
-            local = key.rpartition("@")[0] or key
-            for k in alias_keys(local):
-                if k in aliases.broken:
-                    return k, aliases.broken[k]
-                targets = aliases.get(k)
-                if targets is not None:
-                    return k, ", ".join(targets)
-            return None, None
+            found = aliases.lookup_key(key.rpartition("@")[0] or key)
+            if found is None:
+                return None, None
+            broken = aliases.broken.get(found)
+            return found, broken if broken is not None else ", ".join(aliases.get(found) or ())
 
         return alias, aliases.errors
     if kind == "access":
@@ -146,23 +144,21 @@ def _lookup_for(kind: str, text: str, path: str) -> tuple[Callable[[str], Found]
         routes = parse_routes(text, path, strict=False)
 
         def route(key: str) -> Found:
-            domain = key.rpartition("@")[2]
-            for k in route_keys(domain):
-                value: Route | BrokenEntry | None = routes.get(k)
-                if value is not None:
-                    return k, value if isinstance(value, BrokenEntry) else route_text(value)
-            return None, None
+            found = first_match(routes, route_keys(key.rpartition("@")[2]))
+            if found is None:
+                return None, None
+            matched, value = found
+            return matched, value if isinstance(value, BrokenEntry) else route_text(value)
 
         return route, routes.errors
     policy = parse_tls_policy(text, path, strict=False)
 
     def requirements(key: str) -> Found:
         nexthop, domain = (key, "") if key.startswith("[") else (None, key.rpartition("@")[2])
-        for k in tls_policy_keys(nexthop, domain):
-            value: TlsRequirements | BrokenEntry | None = policy.get(k)
-            if value is not None:
-                return k, value if isinstance(value, BrokenEntry) else format_tls_requirements(value)
-        return None, None
+        found = first_match(policy, tls_policy_keys(nexthop, domain))
+        if found is None:
+            return None, None
+        matched, value = found
+        return matched, value if isinstance(value, BrokenEntry) else format_tls_requirements(value)
 
     return requirements, policy.errors
-

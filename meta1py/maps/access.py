@@ -58,7 +58,8 @@ from typing import Literal
 from meta1py.maps.errors import BrokenEntry, MapError, MapErrors
 from meta1py.maps.keys import parent_keys
 from meta1py.maps.lines import map_entries
-from meta1py.maps.source import Table, read_map_file
+from meta1py.maps.source import Table, first_match, read_map_file
+from meta1py.netaddr import client_ip
 from meta1py.smtp.status import PERM_NOT_AUTHORIZED, TEMP_NOT_AUTHORIZED
 
 __all__ = [
@@ -195,13 +196,8 @@ def parse_result(text: str) -> AccessResult:
 
 
 def _client_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    try:
-        addr = ipaddress.ip_address(text.strip().strip("[]").removeprefix("IPv6:").removeprefix("ipv6:"))
-    except ValueError:
-        return None
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        return addr.ipv4_mapped
-    return addr
+    # A key in the file may be written as an address literal too: [192.0.2.1], [IPv6:2001:db8::1].
+    return client_ip(text.strip().strip("[]").removeprefix("IPv6:").removeprefix("ipv6:"))
 
 
 def _address_keys(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> list[str]:
@@ -340,11 +336,8 @@ class AccessMap(Table[Value]):
 
     def lookup(self, tag: str, subject: str) -> Match | None:
         """The first entry for ``subject`` under ``tag`` in the key order, or None."""
-        for key in keys_for(tag, subject):
-            value = self._entries.get(key)
-            if value is not None:
-                return Match(key, value)
-        return None
+        found = first_match(self, keys_for(tag, subject))
+        return None if found is None else Match(*found)
 
 
 def parse_access(text: str, path: str = "<string>", *, strict: bool = True) -> AccessMap:

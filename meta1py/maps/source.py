@@ -76,13 +76,20 @@ class Table(Protocol[V_co]):
         ...
 
 
-def first_entry(table: Table[V], keys: Iterable[str]) -> V | None:
-    """The value of the first of ``keys`` that ``table`` has (the synchronous, in-memory lookup)."""
+def first_match(table: Table[V], keys: Iterable[str]) -> tuple[str, V] | None:
+    """The first of ``keys`` that ``table`` has, with its value (the synchronous, in-memory
+    lookup; ``meta1 map query -v`` and ``meta1 explain`` show the key)."""
     for key in keys:
         found = table.get(key)
         if found is not None:
-            return found
+            return key, found
     return None
+
+
+def first_entry(table: Table[V], keys: Iterable[str]) -> V | None:
+    """The value of the first of ``keys`` that ``table`` has (see :func:`first_match`)."""
+    match = first_match(table, keys)
+    return None if match is None else match[1]
 
 
 async def lookup_first(source: MapSource[V], keys: Iterable[str], *, deadline: float) -> V | None:

@@ -15,13 +15,13 @@ a temporary failure (qmgr retries them later) instead of failing the whole reply
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import json
 import logging
 from typing import Literal
 
 from meta1py.conf import Config, SmtpsConfig
 from meta1py.envelope import FailureStatus
+from meta1py.netaddr import client_ip
 from meta1py.rpc.codec import DEFAULT_MAX_FRAME_BYTES
 from meta1py.rpc.errors import RpcRemoteError
 from meta1py.rpc.handlers import Handlers
@@ -147,13 +147,8 @@ def relay_allowed(config: Config, service: str, client_address: str, authenticat
     section = _section(config, service)
     if section is None:
         return False
-    try:
-        ip = ipaddress.ip_address(client_address.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return any(ip in net for net in section.relay_clients)
+    ip = client_ip(client_address.split("%", 1)[0])
+    return ip is not None and any(ip in net for net in section.relay_clients)
 
 
 class SmarService:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from meta1py.conf import SmtpsConfig
+from meta1py.netaddr import client_ip
 
 #: Width of the connection-rate window, and of the refusal-log throttle (seconds).
 RATE_WINDOW_S = 60.0
@@ -29,20 +30,6 @@ RATE_WINDOW_S = 60.0
 _MAX_TRACKED = 100_000
 
 Refusal = Literal["client", "network", "client_rate", "network_rate", "reserve", "total"]
-
-
-@functools.lru_cache(maxsize=4096)
-def client_ip(client: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """The client's address as an IP address (IPv4-mapped IPv6 as IPv4), or None if it is not one
-    (a Unix socket peer, "unknown"). Cached: each connection asks two or three times, and a busy
-    gateway sees the same clients again and again (a profile put the parsing at 6 % of smtps)."""
-    try:
-        addr = ipaddress.ip_address(client)
-    except ValueError:
-        return None
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        return addr.ipv4_mapped
-    return addr
 
 
 @functools.lru_cache(maxsize=4096)
