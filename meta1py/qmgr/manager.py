@@ -445,18 +445,17 @@ class QueueManager:
             await self._removals_wake.wait()
             self._removals_wake = trio.Event()
             await trio.sleep(_REMOVAL_WAIT_S)
-            if not self._removals:
+            trip = self._removal_trip()
+            if trip is None:
                 continue  # a commit carried them
-            trip = _RemovalTrip(self, self._removals)
-            self._removals = []
 
-            def sync_and_remove(trip: _RemovalTrip = trip) -> None:
-                self.committer.store.sync()
+            def sync_and_remove(store: EnvelopeStore, trip: _RemovalTrip = trip) -> None:
+                store.sync()  # the deletions were committed without an fsync
                 trip.run()
 
             ran = False
             try:
-                await self.committer.read(lambda _store: sync_and_remove())
+                await self.committer.read(sync_and_remove)
                 ran = True
             except OSError as exc:
                 log.error("cannot sync the envelope store before removing content: %s; will retry", exc)
