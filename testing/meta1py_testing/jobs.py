@@ -1,8 +1,11 @@
-"""Delivery jobs for smtpc's tests: the route and the request qmgr would send, made short."""
+"""Delivery jobs for smtpc's tests: the route and the request qmgr would send, made short, and
+a scripted server on loopback to deliver to."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+
+import trio
 
 from meta1py.rpc.messages import SmarHostValue, SmarRouteValue, SmtpcDeliveryRequest, SmtpcRecipientValue
 
@@ -47,3 +50,13 @@ def delivery_request(
         ),
         route=route,
     )
+
+
+async def serve_on_loopback(
+    nursery: trio.Nursery, handler: Callable[[trio.SocketStream], Awaitable[object]]
+) -> int:
+    """Serve ``handler`` on a free port of 127.0.0.1 in ``nursery``; return the port."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    await nursery.start(trio.serve_listeners, handler, listeners)
+    port: int = listeners[0].socket.getsockname()[1]
+    return port

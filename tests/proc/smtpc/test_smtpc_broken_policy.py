@@ -9,7 +9,7 @@ import trio
 from meta1py.conf import parse_config
 from meta1py.queue.content import ContentWriter
 from meta1py.smtpc.delivery import DeliveryAgents
-from meta1py_testing.jobs import delivery_request, loopback_route
+from meta1py_testing.jobs import delivery_request, loopback_route, serve_on_loopback
 
 
 class _Sink:
@@ -59,9 +59,7 @@ async def test_a_broken_policy_entry_defers_its_recipients_only(tmp_path: Path) 
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
             agents.nursery = nursery
-            listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-            await nursery.start(trio.serve_listeners, sink.serve, listeners)
-            port = listeners[0].socket.getsockname()[1]
+            port = await serve_on_loopback(nursery, sink.serve)
             # A relayhost job: one destination, recipients of two domains.
             rcpts = ["x@broken.test", "y@fine.test"]
             req = delivery_request(writer.qid, loopback_route(port), rcpts, size=25)

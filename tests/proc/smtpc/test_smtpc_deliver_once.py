@@ -23,7 +23,7 @@ from meta1py.rpc.messages import (
     SmtpReplyValue,
 )
 from meta1py.smtpc.delivery import DeliveryAgents, RecentResults
-from meta1py_testing.jobs import delivery_request, smtp_route
+from meta1py_testing.jobs import delivery_request, serve_on_loopback, smtp_route
 
 
 class _Server:
@@ -82,9 +82,7 @@ async def test_a_repeated_request_after_qmgr_went_away_is_not_sent_again(tmp_pat
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
             agents.nursery = nursery
-            listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-            await nursery.start(trio.serve_listeners, server.serve, listeners)
-            port = listeners[0].socket.getsockname()[1]
+            port = await serve_on_loopback(nursery, server.serve)
             route = smtp_route("smtp:sink.test", ("sink.test", "127.0.0.1", port))
             req = delivery_request(writer.qid, route, ["x@sink.test"], size=30)
             # The first qmgr asks, and goes away once the message is on its way.

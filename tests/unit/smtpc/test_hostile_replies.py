@@ -17,7 +17,7 @@ from meta1py.rpc.messages import (
     SmtpcDeliveryReply,
 )
 from meta1py.smtpc.delivery import DeliveryAgents
-from meta1py_testing.jobs import delivery_request
+from meta1py_testing.jobs import delivery_request, serve_on_loopback
 from meta1py_testing.peers import free_port
 
 
@@ -52,9 +52,7 @@ async def _deliver(
     agents = DeliveryAgents(cfg)
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
-            listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-            await nursery.start(trio.serve_listeners, lambda s: _serve(s, script, seen), listeners)
-            port = listeners[0].socket.getsockname()[1]
+            port = await serve_on_loopback(nursery, lambda s: _serve(s, script, seen))
             values = [SmarHostValue(name=f"mx{i}.test", address="127.0.0.1", port=port) for i in range(hosts)]
             if dead_first:
                 dead = free_port("127.0.0.1")

@@ -17,7 +17,7 @@ from meta1py.rpc.messages import (
     SmtpcDeliveryReply,
 )
 from meta1py.smtpc.delivery import DeliveryAgents
-from meta1py_testing.jobs import delivery_request, loopback_route
+from meta1py_testing.jobs import delivery_request, loopback_route, serve_on_loopback
 
 EHLO_REPLY = b"250-sink.test\r\n250-PIPELINING\r\n250 STARTTLS\r\n"
 
@@ -52,9 +52,7 @@ async def _deliver(
     agents = DeliveryAgents(cfg)
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
-            listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-            await nursery.start(trio.serve_listeners, lambda s: _serve(s, script, seen), listeners)
-            port = listeners[0].socket.getsockname()[1]
+            port = await serve_on_loopback(nursery, lambda s: _serve(s, script, seen))
             req = delivery_request(new_queue_id(), loopback_route(port), ["x@example.net"])
             reply = await agents.deliver(req)
             nursery.cancel_scope.cancel()
