@@ -4,6 +4,7 @@ mcp and every worker import their side of it from here and nowhere else:
 
 * **names**: the four workers (`WORKER_NAMES`) and which of them serve RPC (`RPC_SERVERS`);
 * **sockets**: ``<run_directory>/<name>.sock`` (`rpc_socket_path`), bound by mcp;
+* **directories**: smar's data directory ``<queue_directory>/smar`` (`smar_data_directory`);
 * **descriptors**: mcp passes each worker the map `FDS_ENV` (``name=fd,...``): `FD_RPC` (its RPC
   listening socket), ``listen0..N`` (`listen_fd_name`: smtps's SMTP sockets, in
   ``conf.listen_sockets`` order), `FD_READY` (the ready pipe) and `FD_LIFELINE` (EOF: mcp died);
@@ -64,6 +65,17 @@ def rpc_socket_name(name: str) -> str:
 def rpc_socket_path(run_directory: Path | str, name: str) -> Path:
     """``<run_directory>/<name>.sock``: where mcp binds ``name``'s RPC socket and clients connect."""
     return Path(run_directory) / rpc_socket_name(name)
+
+
+#: smar's own directory, below the queue directory: its greylisting database lives there. Owned by
+#: smar's user, mode 0700 (meta1py.ownership); mcp creates it, as every directory.
+SMAR_DATA_DIRECTORY_NAME: Final = "smar"
+
+
+def smar_data_directory(queue_directory: Path | str) -> Path:
+    """``<queue_directory>/smar``: the directory smar writes (relative ``greylisting { database }``
+    paths are relative to it)."""
+    return Path(queue_directory) / SMAR_DATA_DIRECTORY_NAME
 
 
 def listen_fd_name(index: int) -> str:

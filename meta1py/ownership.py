@@ -11,6 +11,9 @@ With four worker users (``meta1q``, ``meta1r``, ``meta1c``, ``meta1s``) and one 
 path                      owner:group    mode    who does what
 ========================  =============  ======  ==================================================
 queue_directory           qmgr:meta1     0750    mcp creates; every worker enters; qmgr writes
+                                         (0751)  (0751 when smar's greylisting database is in
+                                                 queue/smar and smar has a group of its own: smar
+                                                 may then search the directory, not list it)
 queue/content             qmgr:meta1     0750    mcp creates; workers enter and read (not write)
 queue/content/XX (961)    qmgr:meta1     3730    mcp creates them all; smtps and qmgr create files;
                                                  only qmgr lists and removes (sticky: smtps may
@@ -27,6 +30,9 @@ smtpc.sock                qmgr:root      0600    mcp binds; only qmgr connects (
                                                  can make smtpc deliver)
 mcp.pid                   root:root      0644    mcp
 mail_directory            smtpc:meta1    0700    mcp creates; smtpc delivers Maildirs below it
+queue/smar                smar:smar      0700    mcp creates; smar alone: its data directory
+greylist.db(-wal,-shm)    smar:smar      0600    smar creates and writes them (``meta1 grey``
+                                                 runs as their owner); mcp repairs
 TLS keys, password_file   (operator)     0600    read by smtps and smtpc at start, *before* they
                                                  drop privileges; root:root 0600 keeps them from
                                                  every worker afterwards
@@ -48,7 +54,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from meta1py.contract import WORKER_NAMES
+from meta1py.contract import WORKER_NAMES, smar_data_directory
 
 if TYPE_CHECKING:
     from meta1py.conf import Config
@@ -57,6 +63,13 @@ if TYPE_CHECKING:
 Role = Literal["root", "qmgr", "smar", "smtpc", "smtps"]
 
 QUEUE_DIR_MODE = 0o750
+#: The queue directory when smar, in a group of its own, must reach its greylisting database below
+#: it: others may search (not list) it. Every entry in it stays closed to them (content/ and the
+#: run directory 0750, the envelope store 0600, smar's directory 0700); what they gain is stat()
+#: of a name they guess (the envelope store's size and time).
+QUEUE_DIR_SEARCH_MODE = 0o751
+SMAR_DATA_DIR_MODE = 0o700
+GREYLIST_FILE_MODE = 0o600
 CONTENT_DIR_MODE = 0o750
 #: setgid (files take the shared group), sticky (only a file's owner or qmgr may remove it), owner
 #: rwx, group wx: workers may create and open files by name, but not list the directory.
@@ -182,6 +195,23 @@ def content_subdirs() -> Iterator[str]:
             yield first + second
 
 
+def queue_directory_mode(cfg: Config, owners: Owners) -> int:
+    """`QUEUE_DIR_MODE`, or `QUEUE_DIR_SEARCH_MODE` when smar must search the queue directory to
+    reach its greylisting database and neither its user nor its group lets it."""
+    grey = cfg.smar.greylisting
+    smar = owners.roles.get("smar")
+    if smar is None or not grey.enable or not Path(grey.database).is_relative_to(cfg.queue_directory):
+        return QUEUE_DIR_MODE
+    if smar.uid == owners.uid("qmgr") or smar.gid == owners.shared_gid:
+        return QUEUE_DIR_MODE
+    return QUEUE_DIR_SEARCH_MODE
+
+
+def greylist_files(database: Path) -> tuple[Path, Path, Path]:
+    """The greylisting database and the two files SQLite keeps beside it in WAL mode."""
+    return database, database.with_name(database.name + "-wal"), database.with_name(database.name + "-shm")
+
+
 def expected_layout(cfg: Config, owners: Owners) -> list[Expected]:
     """Every directory and file of the model for ``cfg``, parents before children."""
     shared = owners.shared_gid
@@ -189,7 +219,7 @@ def expected_layout(cfg: Config, owners: Owners) -> list[Expected]:
     queue = Path(cfg.queue_directory)
     content = queue / "content"
     layout = [
-        Expected(queue, "dir", qmgr, shared, QUEUE_DIR_MODE, True),
+        Expected(queue, "dir", qmgr, shared, queue_directory_mode(cfg, owners), True),
         Expected(content, "dir", qmgr, shared, CONTENT_DIR_MODE, True),
     ]
     layout += [
@@ -200,6 +230,17 @@ def expected_layout(cfg: Config, owners: Owners) -> list[Expected]:
     ]
     layout.append(Expected(Path(cfg.run_directory), "dir", owners.uid("root"), shared, RUN_DIR_MODE, True))
     layout.append(Expected(Path(cfg.mail_directory), "dir", owners.uid("smtpc"), shared, MAIL_DIR_MODE, True))
+    # smar's data directory, made whether or not greylisting is on: turning it on is then a reload.
+    smar_uid, smar_gid = owners.uid("smar"), owners.roles["smar"].gid
+    data = smar_data_directory(queue)
+    layout.append(Expected(data, "dir", smar_uid, smar_gid, SMAR_DATA_DIR_MODE, True))
+    database = Path(cfg.smar.greylisting.database)
+    if database.parent == data:
+        # Checked when they exist: a root-run sqlite3 or meta1 grey could leave them root's.
+        layout += [
+            Expected(path, "file", smar_uid, smar_gid, GREYLIST_FILE_MODE, False)
+            for path in greylist_files(database)
+        ]
     return layout
 
 
@@ -369,7 +410,7 @@ def access_problem(path: Path, uid: int, gids: set[int], want: int = os.R_OK) ->
         else:
             bits = st.st_mode & 7
         if bits & need != need:
-            what = "enter" if not last else "read"
+            what = "enter" if not last else "write in" if want & os.W_OK else "read"
             return (
                 f"{part} is {_user(st.st_uid)}:{_group(st.st_gid)} {stat.S_IMODE(st.st_mode):04o}: "
                 f"{_user(uid)} cannot {what} it"
@@ -424,7 +465,8 @@ def python_problems(accounts: Mapping[str, Account]) -> list[str]:
 
 def reach_problems(cfg: Config, accounts: Mapping[str, Account]) -> list[str]:
     """Directories a worker must be able to enter but cannot, because of a directory *above* the
-    ones mcp manages (a queue under a 0700 home directory, say), one message per worker and path.
+    ones mcp manages (a queue under a 0700 home directory, say), one message per worker and path;
+    and, with greylisting on, a ``database`` outside the queue whose directory smar cannot write.
     """
     needs = {
         "qmgr": [Path(cfg.queue_directory), Path(cfg.run_directory)],
@@ -432,6 +474,20 @@ def reach_problems(cfg: Config, accounts: Mapping[str, Account]) -> list[str]:
         "smtpc": [Path(cfg.queue_directory), Path(cfg.run_directory), Path(cfg.mail_directory)],
     }
     problems: list[str] = []
+    grey = cfg.smar.greylisting
+    if grey.enable and "smar" in accounts:
+        database = Path(grey.database)
+        if database.is_relative_to(cfg.queue_directory):
+            needs["smar"] = [Path(cfg.queue_directory)]
+        if database.parent != smar_data_directory(cfg.queue_directory):
+            # A database elsewhere: nobody creates its directory; smar must be able to write there.
+            account = accounts["smar"]
+            reason = access_problem(database.parent, account.uid, {account.gid}, want=os.W_OK | os.X_OK)
+            if reason is not None:
+                problems.append(
+                    f"smar runs as {account.user}, which cannot create its greylisting database "
+                    f"{database}: {reason}"
+                )
     for worker, paths in needs.items():
         if worker not in accounts:
             continue

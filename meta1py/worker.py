@@ -82,7 +82,6 @@ SHUTDOWN_GRACE_S = 5.0
 ORPHAN_GRACE_S = 1.0
 
 
-
 class WorkerConfigError(Exception):
     """Raised by a worker's serve() for a configuration problem found at start-up (a map file
     that cannot be read, a certificate that does not load): the worker exits 78 and mcp does
@@ -265,9 +264,7 @@ def _listener(fd: int) -> trio.SocketListener:
 
 
 async def _run(name: str, serve: Serve, cfg: Config, raw: dict[str, int], prepared: Any) -> int:
-    listen_fds = sorted(
-        (index, fd) for key, fd in raw.items() if (index := listen_fd_index(key)) is not None
-    )
+    listen_fds = sorted((index, fd) for key, fd in raw.items() if (index := listen_fd_index(key)) is not None)
     fds = WorkerFds(
         name=name,
         rpc=_listener(raw[FD_RPC]) if FD_RPC in raw else None,

@@ -23,6 +23,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "newaliases": ("meta1py.cli.newaliases", "check the aliases file (smar reloads it by itself)"),
     "explain": ("meta1py.smar.explain", "what smar would answer at RCPT TO, and why (no mail sent)"),
     "map": ("meta1py.cli.map", "map query MAP KEY...: look keys up as the MTA would (postmap -q)"),
+    "makemap": ("meta1py.cli.makemap", "compile a map file to FILE.cdb, checking every line (postmap)"),
+    "grey": ("meta1py.smar.greycmd", "greylisting database: list, remove (greyprint, greyrm)"),
 }
 
 

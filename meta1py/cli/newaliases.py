@@ -1,11 +1,14 @@
-"""``meta1 newaliases [-f FILE]``: check the aliases file (installed as ``/usr/bin/newaliases``).
+"""``meta1 newaliases [-f FILE]``: check the aliases map, and compile it when it is compiled
+(installed as ``/usr/bin/newaliases``).
 
-Postfix's newaliases rebuilds an indexed alias database. meta1py reads its ``aliases`` file (smar
-``aliases``) directly and smar picks up a change by itself within seconds, so there is nothing to
-build: this command checks the file and reports every bad line with file:line, so that scripts
-and packages that run ``newaliases`` after editing the file learn about mistakes at once. Exit 0
-when the file is valid or no aliases file is configured, 1 when it has errors, 78 for a bad
-configuration.
+Postfix's newaliases rebuilds an indexed alias database. meta1py reads a text ``aliases`` file
+(smar ``aliases``) directly and smar picks up a change by itself within seconds, so for a text
+file there is nothing to build: this command checks the file and reports every bad line with
+file:line, so that scripts and packages that run ``newaliases`` after editing the file learn
+about mistakes at once. For a compiled map (``aliases = cdb:/etc/meta1/aliases;``) it does what
+Postfix's does: it compiles the text file again (``meta1 makemap aliases /etc/meta1/aliases``),
+which smar then picks up. Exit 0 when every file is valid (and compiled) or no aliases map is
+configured, 1 when one has errors or cannot be read or written, 78 for a bad configuration.
 """
 
 from __future__ import annotations
@@ -33,17 +36,36 @@ def main(argv: list[str]) -> int:
     except ConfigErrors as exc:
         print(str(exc), file=sys.stderr)
         return EX_CONFIG
-    path = cfg.smar.aliases
-    if path is None:
+    spec = cfg.smar.aliases
+    if spec is None:
         print("meta1 newaliases: no aliases file is configured (smar { aliases = ...; })")
         return EX_OK
-    try:
-        aliases = load_aliases(path)
-    except OSError as exc:
-        print(f"meta1 newaliases: cannot read {path}: {exc.strerror or exc}", file=sys.stderr)
-        return EX_INVALID
-    except MapErrors as exc:
-        print(str(exc), file=sys.stderr)
-        return EX_INVALID
-    print(f"meta1 newaliases: {path}: {len(aliases)} aliases; smar reads changes by itself")
-    return EX_OK
+    from meta1py.cli.makemap import MakemapError, makemap
+
+    status = EX_OK
+    for member in spec.files:
+        path = member.path
+        assert path is not None
+        if member.kind != "text":
+            try:
+                count, target = makemap("aliases", str(path), kind=member.kind, progress_to=sys.stderr)
+            except MakemapError as exc:
+                print(f"meta1 newaliases: {exc}", file=sys.stderr)
+                status = EX_INVALID
+                continue
+            print(
+                f"meta1 newaliases: {target}: {count} aliases compiled from {path}; smar reads it by itself"
+            )
+            continue
+        try:
+            aliases = load_aliases(path)
+        except OSError as exc:
+            print(f"meta1 newaliases: cannot read {path}: {exc.strerror or exc}", file=sys.stderr)
+            status = EX_INVALID
+            continue
+        except MapErrors as exc:
+            print(str(exc), file=sys.stderr)
+            status = EX_INVALID
+            continue
+        print(f"meta1 newaliases: {path}: {len(aliases)} aliases; smar reads changes by itself")
+    return status

@@ -5,8 +5,9 @@ Like Postfix's post-install, for a site that runs meta1py as root with worker us
 1. creates the workers' group(s) and users (``meta1`` and ``meta1q``, ``meta1r``, ``meta1c``,
    ``meta1s`` in the sample configuration) as system accounts with no home and no shell, when
    they are missing;
-2. creates the queue, content, run and mail directories with the owners and modes of the
-   ownership model (:mod:`meta1py.ownership`), and repairs them when they differ;
+2. creates the queue, content, run and mail directories and smar's data directory (its
+   greylisting database) with the owners and modes of the ownership model
+   (:mod:`meta1py.ownership`), and repairs them when they differ;
 3. checks that every worker user can read the Python installation (workers import modules after
    they dropped privileges) and that TLS keys and password files are not readable by workers;
 4. with ``--sendmail``: installs ``/usr/sbin/sendmail``, ``/usr/bin/mailq`` and

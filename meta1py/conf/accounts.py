@@ -90,11 +90,33 @@ def _file_problem(path: Path, directory: bool = False) -> str | None:
     return None
 
 
+def _smar_map_files(cfg: Config) -> list[tuple[str, str, Path, Path | None]]:
+    """The files of smar's map options (``aliases``, ``routes``, ``access``), as ``(location key,
+    option, file, text map it is compiled from or None)``: a text member's file, a compiled
+    member's ``FILE.cdb`` (socketmap members have no file)."""
+    from meta1py.maps.compiled import compiled_path
+
+    files: list[tuple[str, str, Path, Path | None]] = []
+    for attr in ("aliases", "routes", "access"):
+        spec = getattr(cfg.smar, attr)
+        if spec is None:
+            continue
+        for member in spec.files:
+            assert member.path is not None
+            if member.kind == "text":
+                files.append((f"smar.{attr}", attr, member.path, None))
+            else:
+                files.append(
+                    (f"smar.{attr}", attr, Path(compiled_path(member.path, member.kind)), member.path)
+                )
+    return files
+
+
 def _configured_files(cfg: Config) -> list[tuple[str, str, Path, bool]]:
     """Every file option that is set, as ``(location key, option spelling, path, is_directory)``."""
-    files: list[tuple[str, str, Path | None, bool]] = []
-    for attr in ("aliases", "routes", "access"):
-        files.append((f"smar.{attr}", attr, getattr(cfg.smar, attr), False))
+    files: list[tuple[str, str, Path | None, bool]] = [
+        (key, name, path, False) for key, name, path, _source in _smar_map_files(cfg)
+    ]
     files.append(("smtpc.tls_policy", "tls_policy", cfg.smtpc.tls_policy, False))
     ctls = cfg.smtpc.tls
     files += [
@@ -119,15 +141,18 @@ def _configured_files(cfg: Config) -> list[tuple[str, str, Path, bool]]:
 def check_files(cfg: Config) -> list[ConfigError]:
     """Files the workers will need that are configured but cannot be read.
 
-    Map files (smar ``aliases``/``routes``, smtpc ``tls_policy``), TLS certificates, keys, CA
-    files and directories and CRLs (smtps and smtpc ``tls``), and smtps ``password_file``. Only
-    readability is checked here (as the calling user); whether a certificate matches its key is
-    found out by the worker that loads it.
+    Map files (smar ``aliases``/``routes``/``access``: text files and the compiled files of
+    ``cdb:`` maps; smtpc ``tls_policy``), TLS certificates, keys, CA files and directories and
+    CRLs (smtps and smtpc ``tls``), and smtps ``password_file``. Readability is checked as the
+    calling user, and as root also for smar's user on smar's map files (smar opens them after it
+    dropped privileges); whether a certificate matches its key is found out by the worker that
+    loads it.
 
     Returns:
         One error per file, located at the option that names it.
     """
     errors: list[ConfigError] = []
+    sources = {path: source for _key, _name, path, source in _smar_map_files(cfg) if source is not None}
     for key, name, path, is_dir in _configured_files(cfg):
         problem = _file_problem(path, is_dir)
         if problem is None:
@@ -138,7 +163,42 @@ def check_files(cfg: Config) -> list[ConfigError]:
             if problem == "does not exist"
             else ""
         )
+        source = sources.get(path)
+        if source is not None:
+            kind = "compiled map"
+            if problem == "does not exist":
+                hint = f"compile it with: meta1 makemap {name} {source}"
         errors.append(_error(cfg, key, f"{name} {kind} {str(path)!r} {problem}", hint))
+    return errors + _smar_reach_problems(cfg)
+
+
+def _smar_reach_problems(cfg: Config) -> list[ConfigError]:
+    """smar's map files that smar's user cannot read (as root, when the account exists): smar
+    opens them after it dropped privileges, at start and whenever they are replaced."""
+    if os.geteuid() != 0:
+        return []
+    import grp
+    import pwd
+
+    from meta1py.ownership import access_problem
+
+    try:
+        uid = pwd.getpwnam(cfg.smar.user).pw_uid
+        gid = grp.getgrnam(cfg.smar.group).gr_gid
+    except KeyError:
+        return []  # check_accounts reports it
+    errors: list[ConfigError] = []
+    for key, name, path, source in _smar_map_files(cfg):
+        if not path.exists():
+            continue  # reported above
+        # Workers keep only their primary group (setgroups([gid])).
+        reason = access_problem(path, uid, {gid})
+        if reason is None:
+            continue
+        hint = f"let {cfg.smar.user} read it (chgrp {cfg.smar.group} and chmod g+r, or o+r)"
+        if source is not None:
+            hint += "; meta1 makemap gives the compiled file the text map's owner, group and mode"
+        errors.append(_error(cfg, key, f"smar cannot read {name} file {str(path)!r}: {reason}", hint))
     return errors
 
 
@@ -152,11 +212,7 @@ def check_tls_support(cfg: Config) -> list[ConfigError]:
         One error per such section, located at its ``tls { flags }`` (or ``cert_file`` when the
         flag is the default).
     """
-    wanted = [
-        i
-        for i, s in enumerate(cfg.smtps)
-        if s.tls.cert_file is not None and s.requests_client_cert()
-    ]
+    wanted = [i for i, s in enumerate(cfg.smtps) if s.tls.cert_file is not None and s.requests_client_cert()]
     if not wanted:
         return []
     # Imported here: the hook loads ssl and ctypes, which conf needs only when a section asks.

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
-from meta1py.conf.accounts import check_accounts, check_files, check_tls_support
+from meta1py.conf.accounts import _error, check_accounts, check_files, check_tls_support
 from meta1py.conf.dump import defaults_text, dump_config
 from meta1py.conf.errors import ConfigError, ConfigErrors
 from meta1py.conf.location import config_file
@@ -28,7 +29,9 @@ _MAP_HINT = (
 
 def check_map_contents(cfg: Config) -> list[ConfigError]:
     """Every bad line of the configured map files (smar ``aliases``/``routes``/``access``, smtpc
-    ``tls_policy``), each as ``file:line``. Unreadable files are :func:`check_files`' business."""
+    ``tls_policy``), each as ``file:line``; for a compiled map (``cdb:FILE``), a compiled file
+    that holds another format or is older than the text map it was compiled from. Unreadable
+    files are :func:`check_files`' business; socketmap servers are not asked."""
     # Imported here: the map parsers are not needed to check the configuration file itself.
     from meta1py.maps.access import parse_access
     from meta1py.maps.aliases import parse_aliases
@@ -46,16 +49,19 @@ def check_map_contents(cfg: Config) -> list[ConfigError]:
             return parse_routes(text, name, strict=False).errors
         return parse_tls_policy(text, name, strict=False).errors
 
-    maps = [
-        ("aliases", cfg.smar.aliases),
-        ("routes", cfg.smar.routes),
-        ("access", cfg.smar.access),
-        ("tls_policy", cfg.smtpc.tls_policy),
-    ]
+    maps: list[tuple[str, Path]] = []
     problems: list[ConfigError] = []
+    for kind in ("aliases", "routes", "access"):
+        spec = getattr(cfg.smar, kind)
+        for member in spec.files if spec is not None else ():
+            assert member.path is not None
+            if member.kind == "text":
+                maps.append((kind, member.path))
+            else:
+                problems += _compiled_problems(cfg, kind, member.kind, member.path)
+    if cfg.smtpc.tls_policy is not None:
+        maps.append(("tls_policy", cfg.smtpc.tls_policy))
     for kind, path in maps:
-        if path is None:
-            continue
         name = str(path)
         try:
             text = read_map_file(name)
@@ -66,6 +72,43 @@ def check_map_contents(cfg: Config) -> list[ConfigError]:
             source = lines[err.line - 1] if 0 < err.line <= len(lines) else ""
             problems.append(ConfigError(name, err.line, 1, err.message, _MAP_HINT, source))
     return problems
+
+
+def _compiled_problems(cfg: Config, fmt: str, kind: str, source: Path) -> list[ConfigError]:
+    """A compiled map that smar would refuse (another format, not a compiled map) or that is
+    older than its text map (edited and not compiled again), located at the option."""
+    import os
+
+    from meta1py.maps.compiled import CompiledTable, compiled_path
+    from meta1py.maps.errors import MapErrors
+
+    path = compiled_path(source, kind)
+    if not os.path.isfile(path):
+        return []  # reported by check_files
+    try:
+        table = CompiledTable(path, fmt)
+    except MapErrors as exc:
+        return [
+            _error(
+                cfg, f"smar.{fmt}", exc.errors[0].message, f"compile it with: meta1 makemap {fmt} {source}"
+            )
+        ]
+    try:
+        stale = os.stat(source).st_mtime_ns > table.mtime_ns
+    except OSError:
+        stale = False  # only the compiled file is there: nothing to compare
+    finally:
+        table.close()
+    if not stale:
+        return []
+    return [
+        _error(
+            cfg,
+            f"smar.{fmt}",
+            f"{path} is older than {source}: smar uses the old entries",
+            f"compile it again: meta1 makemap {fmt} {source}",
+        )
+    ]
 
 
 def main(argv: list[str]) -> int:

@@ -29,7 +29,8 @@ include "local.conf";                        # relative to this file
 Names are case-insensitive. Values are bare words or `"quoted strings"` (escapes `\\"` and `\\\\`).
 Times: a bare number is seconds; units `ms s m h d w` combine (`5m30s`). Sizes: a bare number is
 bytes; `K`, `M`, `G` are 1024-based. Booleans: `yes/no/true/false/on/off`. A relative
-`queue_directory` is relative to the current directory; every other relative path is relative to
+`queue_directory` is relative to the current directory; smar's greylisting `database` is relative
+to smar's data directory `queue_directory/smar`; every other relative path is relative to
 `queue_directory`.
 
 `meta1 check-config` checks a file and reports every error; `-n` prints the settings that differ

@@ -8,13 +8,14 @@ from typing import Any
 
 from meta1py.conf.model import Config
 from meta1py.conf.schema import OptionSpec, options_of, quote, sections_of
+from meta1py.contract import smar_data_directory
 
 
 def _default(spec: OptionSpec, qdir: Path, cwd: Path) -> Any:
     """The value the option would have if it were not set, given the config's queue directory."""
     value = spec.default_value()
     if isinstance(value, Path) and not value.is_absolute():
-        base = cwd if spec.base == "cwd" else qdir
+        base = cwd if spec.base == "cwd" else smar_data_directory(qdir) if spec.base == "smar" else qdir
         value = Path(os.path.normpath(base / value))
     return value
 
@@ -31,7 +32,7 @@ def _emit(obj: Any, indent: str, only_changed: bool, qdir: Path, cwd: Path, out:
     for attr, sspec in sections_of(cls):
         value = getattr(obj, attr)
         if sspec.repeatable:
-            if only_changed and value == (sspec.cls(),):
+            if only_changed and value == sspec.default():
                 continue
             for sub in value:
                 label = getattr(sub, "name", None) if sspec.labelled else None
@@ -88,6 +89,11 @@ def defaults_text() -> str:
         for _, sspec in sections_of(cls):
             out.append("")
             out.append(f"{indent}# {sspec.doc}")
+            if sspec.optional:  # absent by default: shown commented out
+                out.append(f"{indent}# {sspec.keyword} {{  (default: none)")
+                walk(sspec.cls, indent + "#   ")
+                out.append(f"{indent}# }}")
+                continue
             out.append(f"{indent}{sspec.keyword} {{")
             walk(sspec.cls, indent + "  ")
             out.append(f"{indent}}}")

@@ -3,7 +3,8 @@
 Each option is declared exactly once below, with `opt()`: its type and range, its default in
 configuration syntax, a one-line doc and an example. Each section is declared with `sect()`.
 Attribute names are the option names lower-cased. After parsing, every path is absolute
-(`queue_directory` relative to the current directory, every other path relative to
+(`queue_directory` relative to the current directory, smar's greylisting ``database`` relative
+to smar's data directory ``queue_directory/smar``, every other path relative to
 `queue_directory`), times are float seconds and sizes int bytes.
 
 To add an option, add one `opt(...)` field to the class of its section; the parser, `dump_config`,
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from meta1py.conf.mapspec import MapSpec, MapSpecType
 from meta1py.conf.schema import (
     Boolean,
     Choice,
@@ -183,12 +185,98 @@ class QmgrConfig(ProcessConfig):
 
 
 @dataclass(frozen=True)
+class DnsblConfig:
+    """``dnsbl { }`` and ``rhsbl { }`` inside ``smar { }``: one DNS block list."""
+
+    zone: str | None = opt("zone", Hostname(), None, "the list's DNS zone (required)", '"bl.example.net"')
+    action: str = opt(
+        "action",
+        Choice("reject", "tempfail"),
+        "reject",
+        "what a listing does: reject (554 5.7.1) or tempfail (450 4.7.1)",
+        "tempfail",
+    )
+    addresses: tuple[Any, ...] = opt(
+        "addresses",
+        ListOf(Network()),
+        ("127.0.0.0/8",),
+        "the answers that count as listed (a list's return codes)",
+        "{ 127.0.0.2, 127.0.0.4/30 }",
+    )
+
+
+@dataclass(frozen=True)
+class DnswlConfig:
+    """``dnswl { }`` inside ``smar { }``: one DNS allow list."""
+
+    zone: str | None = opt("zone", Hostname(), None, "the list's DNS zone (required)", '"list.dnswl.example"')
+    addresses: tuple[Any, ...] = opt(
+        "addresses",
+        ListOf(Network()),
+        ("127.0.0.0/8",),
+        "the answers that count as listed",
+        "{ 127.0.10.0/24 }",
+    )
+
+
+@dataclass(frozen=True)
+class GreylistingConfig:
+    """``greylisting { }`` inside ``smar { }``: defer the first mail of each unknown (client network,
+    sender, recipient) triplet; a client that retries after ``delay`` is let in, and its network is
+    whitelisted (postgrey's scheme; see docs/smar.md)."""
+
+    enable: bool = opt("enable", Boolean(), "no", "greylist at RCPT TO (450 4.7.1 for a new triplet)", "yes")
+    delay: float = opt(
+        "delay",
+        Time(0, 86400),
+        "5m",
+        "how long a new triplet is deferred: a retry earlier than this is deferred again",
+        "2m",
+    )
+    retry_window: float = opt(
+        "retry_window",
+        Time(1, 365 * 86400),
+        "2d",
+        "how long a deferred triplet waits for its retry (from its first attempt) before it is forgotten",
+        "1d",
+    )
+    whitelist_expiry: float = opt(
+        "whitelist_expiry",
+        Time(1, 3650 * 86400),
+        "35d",
+        "how long a client network that retried stays whitelisted, renewed by each message",
+        "60d",
+    )
+    database: Path = opt(
+        "database",
+        PathType(),
+        "greylist.db",
+        "SQLite file of triplets and whitelisted networks (relative to smar's data directory,"
+        " queue_directory/smar, which mcp creates for smar's user; a file elsewhere must be writable"
+        " by smar)",
+        "/var/lib/meta1/greylist.db",
+        base="smar",
+    )
+    ipv4_netmask: int = opt(
+        "ipv4_netmask",
+        Integer(8, 32),
+        "24",
+        "prefix length of the client network in a triplet, IPv4 (a /24: a sender's pool of MTAs)",
+        "32",
+    )
+    ipv6_netmask: int = opt(
+        "ipv6_netmask", Integer(16, 128), "64", "prefix length of the client network in a triplet, IPv6", "48"
+    )
+
+
+@dataclass(frozen=True)
 class SmarConfig(ProcessConfig):
     """``smar { }``: the address resolver (maps, DNS)."""
 
     user: str = _user("meta1r")
     # smar needs no queue file and no other worker's socket: a group of its own keeps it out of the
-    # queue (meta1py.ownership).
+    # queue (meta1py.ownership; with greylisting on, it may search the queue directory to reach its
+    # own data directory, and nothing else there).
     group: str = opt(
         "group", Word(), "meta1r", "group the process runs as (only used when started as root)", "meta1r"
     )
@@ -200,30 +288,69 @@ class SmarConfig(ProcessConfig):
         "{ 127.0.0.1, 127.0.0.2:5353 }",
     )
     dns_timeout: float = opt("DNS_timeout", Time(0.1, 600), "10s", "timeout of one DNS query", "5s")
-    aliases: Path | None = opt(
+    delay_checks: bool = opt(
+        "delay_checks",
+        Boolean(),
+        "yes",
+        "make the client, HELO and sender checks (access map, DNS lists) at RCPT TO, where a"
+        " recipient entry can override them; no: at connect, HELO and MAIL",
+        "no",
+    )
+    dnsbl: tuple[DnsblConfig, ...] = sect(
+        "dnsbl",
+        DnsblConfig,
+        "a DNS block list the client's address is looked up in",
+        repeatable=True,
+        optional=True,
+    )
+    dnswl: tuple[DnswlConfig, ...] = sect(
+        "dnswl",
+        DnswlConfig,
+        "a DNS allow list: a listed client skips the block lists and greylisting",
+        repeatable=True,
+        optional=True,
+    )
+    rhsbl: tuple[DnsblConfig, ...] = sect(
+        "rhsbl",
+        DnsblConfig,
+        "a DNS block list the sender's domain is looked up in",
+        repeatable=True,
+        optional=True,
+    )
+    # The map options name a map as Postfix does: a path (the text file), cdb:PATH (the file that
+    # meta1 makemap compiled from PATH), socketmap:... (access only), or a { list } of them, the
+    # first map that has a key winning (meta1py.conf.mapspec, docs/smar.md "Map types").
+    aliases: MapSpec | None = opt(
         "aliases",
-        PathType(),
+        MapSpecType(),
         None,
-        "aliases file (relative to queue_directory)",
+        "aliases map: a file, cdb:FILE (compiled with meta1 makemap), or a { list } (relative to"
+        " queue_directory)",
         "/etc/meta1/aliases",
         base="queue",
     )
-    routes: Path | None = opt(
+    routes: MapSpec | None = opt(
         "routes",
-        PathType(),
+        MapSpecType(),
         None,
-        "routing table file (relative to queue_directory)",
+        "routing table: a file, cdb:FILE (compiled with meta1 makemap), or a { list } (relative to"
+        " queue_directory)",
         "/etc/meta1/routes",
         base="queue",
     )
-    access: Path | None = opt(
+    access: MapSpec | None = opt(
         "access",
-        PathType(),
+        MapSpecType(socketmap=True),
         None,
         "access map (MeTA1 tags: cltaddr:, ehlo:, from:, to:, protectedrcpt:; see docs/smar.md),"
-        " checked at RCPT TO (relative to queue_directory)",
-        "/etc/meta1/access",
+        " checked at RCPT TO: a file, cdb:FILE (compiled with meta1 makemap), socketmap:unix:PATH:NAME,"
+        " socketmap:inet:HOST:PORT:NAME, or a { list } of them, the first that has a key winning"
+        " (relative to queue_directory)",
+        '{ /etc/meta1/access.local, "cdb:/etc/meta1/access" }',
         base="queue",
+    )
+    greylisting: GreylistingConfig = sect(
+        "greylisting", GreylistingConfig, "greylisting: defer unknown client/sender/recipient triplets once"
     )
 
 
@@ -410,7 +537,8 @@ class SmtpsTlsConfig:
         "CA_file",
         PathType(),
         None,
-        "PEM CAs to judge client certificates with (logged, never enforced)",
+        "PEM CAs to judge client certificates with (logged; a verified one can match the access"
+        " map's certsubject:/certissuer:)",
         "/etc/ssl/certs/ca-certificates.crt",
         base="queue",
     )
@@ -509,6 +637,48 @@ class SmtpsConfig(ProcessConfig):
         "most connections per minute from one /24 or /64 network (0: no limit)",
         "300",
     )
+    max_messages_per_session: int = opt(
+        "max_messages_per_session",
+        Integer(0, 1000000),
+        "0",
+        "most messages (MAIL FROM) in one session, then 421 4.7.0 (0: no limit)",
+        "100",
+    )
+    max_recipients_per_session: int = opt(
+        "max_recipients_per_session",
+        Integer(0, 10000000),
+        "0",
+        "most recipients (RCPT TO) in one session, then 450 4.7.1 (0: no limit)",
+        "1000",
+    )
+    message_rate_per_client: int = opt(
+        "message_rate_per_client",
+        Integer(0, 1000000),
+        "0",
+        "most messages (MAIL FROM) per minute from one IP, then 450 4.7.1 (0: no limit)",
+        "100",
+    )
+    recipient_rate_per_client: int = opt(
+        "recipient_rate_per_client",
+        Integer(0, 10000000),
+        "0",
+        "most recipients (RCPT TO) per minute from one IP, then 450 4.7.1 (0: no limit)",
+        "1000",
+    )
+    message_rate_per_user: int = opt(
+        "message_rate_per_user",
+        Integer(0, 1000000),
+        "0",
+        "most messages per minute from one authenticated user, then 450 4.7.1 (0: no limit)",
+        "60",
+    )
+    recipient_rate_per_user: int = opt(
+        "recipient_rate_per_user",
+        Integer(0, 10000000),
+        "0",
+        "most recipients per minute from one authenticated user, then 450 4.7.1 (0: no limit)",
+        "500",
+    )
     session_reserve: int = opt(
         "session_reserve",
         Integer(0, 90),
@@ -532,6 +702,14 @@ class SmtpsConfig(ProcessConfig):
     )
     stress_io_timeout: float = opt(
         "stress_IO_timeout", Time(1, 3600), "10s", "IO_timeout in stress mode", "20s"
+    )
+    peername_lookup: bool = opt(
+        "peername_lookup",
+        Boolean(),
+        "yes",
+        "look the client's name up (forward-confirmed reverse DNS, through smar) for Received:"
+        " and the access map's cltname:/cltresolve:",
+        "no",
     )
     greet_pause: float = opt(
         "greet_pause",

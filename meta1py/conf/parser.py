@@ -23,6 +23,7 @@ from lark import Lark, Token, Tree
 from lark.exceptions import UnexpectedToken
 
 from meta1py.conf.errors import ConfigError, ConfigErrors
+from meta1py.conf.mapspec import MapSpec
 from meta1py.conf.model import Config
 from meta1py.conf.schema import (
     InvalidValue,
@@ -31,10 +32,12 @@ from meta1py.conf.schema import (
     RawValue,
     Scalar,
     SectionSpec,
+    Time,
     did_you_mean,
     options_of,
     sections_of,
 )
+from meta1py.contract import smar_data_directory
 
 _MAX_ERRORS = 100
 _MAX_INCLUDE_DEPTH = 16
@@ -722,6 +725,18 @@ def _check(cfg: Config, b: _Builder, src: _Source) -> None:
     # smtpc may keep its key in cert_file, but a key alone is a mistake.
     if cfg.smtpc.tls.key_file is not None and cfg.smtpc.tls.cert_file is None:
         add("smtpc.tls.key_file", "key_file is set but cert_file is not", "add cert_file")
+    grey = cfg.smar.greylisting
+    if grey.delay >= grey.retry_window:
+        add(
+            "smar.greylisting.delay" if "smar.greylisting.delay" in loc else "smar.greylisting.retry_window",
+            f"greylisting delay ({Time().format(grey.delay)}) must be shorter than retry_window"
+            f" ({Time().format(grey.retry_window)})",
+            "a retry must be able to come after the delay and before the triplet is forgotten",
+        )
+    for kind in ("dnsbl", "dnswl", "rhsbl"):
+        for i, dns_list in enumerate(getattr(cfg.smar, kind)):
+            if dns_list.zone is None:
+                add(f"smar.{kind}[{i}]", f"this {kind} section has no zone", 'add zone = "bl.example.net";')
 
 
 def _normpath(base: Path, p: Path) -> Path:
@@ -734,6 +749,10 @@ def _resolve_paths(obj: Any, qdir: Path) -> Any:
         v = getattr(obj, attr)
         if spec.base == "queue" and isinstance(v, Path) and not v.is_absolute():
             changes[attr] = _normpath(qdir, v)
+        elif spec.base == "queue" and isinstance(v, MapSpec):
+            changes[attr] = v.resolved(qdir)
+        elif spec.base == "smar" and isinstance(v, Path) and not v.is_absolute():
+            changes[attr] = _normpath(smar_data_directory(qdir), v)
     for attr, sspec in sections_of(type(obj)):
         v = getattr(obj, attr)
         changes[attr] = (

@@ -570,6 +570,14 @@ class SectionSpec:
     doc: str
     repeatable: bool = False
     labelled: bool = False
+    #: A repeatable section that is absent by default (dnsbl), rather than once with its defaults.
+    optional: bool = False
+
+    def default(self) -> Any:
+        """The value of the field when the section is not written."""
+        if not self.repeatable:
+            return self.cls()
+        return () if self.optional else (self.cls(),)
 
 
 _OPT = "meta1.option"
@@ -608,10 +616,19 @@ def opt(
     return dataclasses.field(default=value, metadata={_OPT: spec})
 
 
-def sect(keyword: str, cls: type, doc: str, *, repeatable: bool = False, labelled: bool = False) -> Any:
-    """Declare a (possibly repeatable) subsection as a dataclass field."""
-    spec = SectionSpec(keyword, cls, doc, repeatable, labelled)
-    factory: Callable[[], Any] = (lambda: (cls(),)) if repeatable else cls
+def sect(
+    keyword: str,
+    cls: type,
+    doc: str,
+    *,
+    repeatable: bool = False,
+    labelled: bool = False,
+    optional: bool = False,
+) -> Any:
+    """Declare a (possibly repeatable) subsection as a dataclass field (``optional``: a
+    repeatable section that is absent unless written)."""
+    spec = SectionSpec(keyword, cls, doc, repeatable, labelled, optional)
+    factory: Callable[[], Any] = spec.default
     return dataclasses.field(default_factory=factory, metadata={_SECT: spec})
 
 

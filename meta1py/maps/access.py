@@ -18,12 +18,15 @@ File format (one entry per line, ``#`` comments, as the other maps)::
     protectedrcpt:staff@example.test from:.example.test cltaddr:10.
     certissuer:"CN=Example CA,O=Example"  RELAY
     certsubject:CN=relay.partner.example  RELAY
+    ratelimit:10.2.                  OK
 
 Tags: ``cltaddr`` (client IP address or network), ``cltname`` (its host name, from a
 forward-confirmed PTR lookup), ``cltresolve`` (that lookup's status: ``ok``, ``no``, ``temp``),
 ``ehlo`` (the HELO/EHLO name), ``from`` and ``to`` (envelope addresses), ``protectedrcpt`` (a
 recipient that only the listed clients or senders may mail), ``certissuer`` and ``certsubject``
-(the client certificate's issuer and subject, RFC 4514; in double quotes when they hold spaces).
+(the client certificate's issuer and subject, RFC 4514; in double quotes when they hold spaces),
+``ratelimit`` (a client address or network that smtps's message and recipient limits spare:
+``OK``; keys as ``cltaddr``).
 
 Results: ``OK`` (the check passes), ``RELAY`` (the client, certificate or recipient domain may be
 relayed for), ``REJECT`` (550 5.7.1), ``TEMPFAIL`` (450 4.7.1), ``ERROR:[NNN ]X.Y.Z text`` (that
@@ -33,7 +36,7 @@ value is not a result but the list of ``cltaddr:``/``cltname:``/``from:`` keys t
 
 Key order, the first entry found wins (:func:`keys_for`):
 
-* ``cltaddr``: the address, then its networks from the most specific: IPv4 ``10.1.2.3``,
+* ``cltaddr``, ``ratelimit``: the address, then its networks from the most specific: IPv4 ``10.1.2.3``,
   ``10.1.2.``, ``10.1.``, ``10.``; IPv6 in full form (``2001:0db8:0000:...:0001``), stripped a
   group at a time (``2001:0db8:...:0000:``, ..., ``2001:``). An IPv4-mapped IPv6 client is looked
   up as IPv4. In the file a network may also be written as CIDR on a dot or group boundary
@@ -49,11 +52,13 @@ Keys are case-insensitive (certificate names aside) and a trailing dot on a name
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 from meta1py.maps.errors import BrokenEntry, MapError, MapErrors
 from meta1py.maps.keys import parent_keys
@@ -68,16 +73,15 @@ __all__ = [
     "AccessResult",
     "Match",
     "Protected",
+    "access_entries",
     "keys_for",
     "load_access",
     "parse_access",
+    "parse_access_value",
     "parse_result",
 ]
 
 Tag = Literal[
-    "cltaddr", "cltname", "cltresolve", "ehlo", "from", "to", "protectedrcpt", "certissuer", "certsubject"
-]
-TAGS: tuple[Tag, ...] = (
     "cltaddr",
     "cltname",
     "cltresolve",
@@ -87,7 +91,10 @@ TAGS: tuple[Tag, ...] = (
     "protectedrcpt",
     "certissuer",
     "certsubject",
-)
+    "ratelimit",
+]
+TAGS: tuple[Tag, ...] = get_args(Tag)
+_TAG_SET = frozenset(TAGS)
 _NAME_TAGS = frozenset({"cltname", "ehlo"})
 _ADDRESS_TAGS = frozenset({"from", "to", "protectedrcpt"})
 _RESOLVE_VALUES = frozenset({"ok", "no", "temp"})
@@ -103,6 +110,12 @@ _SIMPLE: dict[str, Action] = {
 }
 _ERROR_RE = re.compile(r"(?:(?P<code>[45]\d\d)\s+)?(?P<enhanced>[45]\.\d{1,3}\.\d{1,3})(?:\s+(?P<text>.*))?$")
 _NAME_RE = re.compile(r"^\.?[a-z0-9_-]+(\.[a-z0-9_-]+)*$")
+_SPACE_RE = re.compile(r"\s")
+# An IPv4 address as ipaddress writes it (no leading zeros): its key is itself. A fast path for
+# the most common cltaddr: key, which makes a large map (meta1 makemap) several times faster to
+# read than ipaddress does.
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_IPV4_RE = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +205,12 @@ def parse_result(text: str) -> AccessResult:
     return AccessResult(action, quick)
 
 
+#: :func:`parse_result` for the values of a map: a few texts (``OK``, ``REJECT``) repeat on most
+#: lines, and a result is immutable, so one object serves them all (a large map then holds a few
+#: result objects instead of one per line; a compiled map parses each text once).
+parse_result_cached = functools.lru_cache(maxsize=1024)(parse_result)
+
+
 # -- keys ----------------------------------------------------------------------------------------
 
 
@@ -232,9 +251,9 @@ def _mail_keys(address: str) -> list[str]:
 def keys_for(tag: str, subject: str) -> list[str]:
     """The map keys (``tag:key``) tried for ``subject`` under ``tag``, in order (see the module
     docstring); none for a client address that is not an IP address."""
-    if tag == "cltaddr":
+    if tag in ("cltaddr", "ratelimit"):
         ip = _client_ip(subject)
-        return [] if ip is None else [f"cltaddr:{k}" for k in _address_keys(ip)]
+        return [] if ip is None else [f"{tag}:{k}" for k in _address_keys(ip)]
     if tag in _NAME_TAGS:
         name = _name(subject)
         if not name:
@@ -251,7 +270,7 @@ def keys_for(tag: str, subject: str) -> list[str]:
 
 def _file_key(tag: str, key: str) -> str:
     """Normalise a key as written in the file (its tag known); raises ValueError."""
-    if tag == "cltaddr":
+    if tag in ("cltaddr", "ratelimit"):
         return _network_key(key)
     if tag in _NAME_TAGS:
         name = _name(key)
@@ -264,7 +283,7 @@ def _file_key(tag: str, key: str) -> str:
             if tag != "from":
                 raise ValueError("<> is the null sender: only from:<> can match it")
             return text
-        if not text or any(c.isspace() for c in text):
+        if not text or _SPACE_RE.search(text):
             raise ValueError(f"bad address or domain {key!r}")
         if "@" not in text:
             name = text.rstrip(".")
@@ -285,6 +304,8 @@ def _file_key(tag: str, key: str) -> str:
 
 def _network_key(key: str) -> str:
     text = key.strip().lower()
+    if _IPV4_RE.fullmatch(text):
+        return text
     if "/" in text:
         try:
             net = ipaddress.ip_network(text, strict=True)
@@ -352,7 +373,21 @@ def parse_access(text: str, path: str = "<string>", *, strict: bool = True) -> A
         MapErrors: (``strict`` only) every problem in the file, as ``path:line: message``.
     """
     errors: list[MapError] = []
-    entries: dict[str, Value] = {}
+    entries = {key: value for _line, key, value in access_entries(text, path, errors)}
+    errors.sort(key=lambda e: e.line)
+    if errors and strict:
+        raise MapErrors(errors)
+    return AccessMap(entries, tuple(errors))
+
+
+def access_entries(text: str, path: str, errors: list[MapError]) -> Iterator[tuple[int, str, Value]]:
+    """The entries of an access map's text, in file order: ``(line, key, value)`` with the key
+    normalised (``tag:key`` as :func:`keys_for` makes them) and each key once (the first line).
+
+    A line whose key is good but whose result is not gives a :class:`BrokenEntry`; every problem
+    is appended to ``errors`` as it is met (:func:`parse_access` builds the map from this;
+    ``meta1 makemap`` writes it to a compiled file as it goes).
+    """
     seen: dict[str, int] = {}
     lines = map_entries(text, path, errors, continuation_error="continuation lines are not allowed in access")
     for entry in lines:
@@ -366,7 +401,7 @@ def parse_access(text: str, path: str = "<string>", *, strict: bool = True) -> A
                 errors.append(MapError(path, line, f"{tag}: missing the closing '\"'"))
                 continue
             key, value = quoted, rest.strip() or None
-        if not colon or tag not in TAGS:
+        if not colon or tag not in _TAG_SET:
             known = ", ".join(TAGS)
             errors.append(MapError(path, line, f"unknown tag in {raw_key!r}; expected one of {known}"))
             continue
@@ -383,16 +418,25 @@ def parse_access(text: str, path: str = "<string>", *, strict: bool = True) -> A
         try:
             if value is None:
                 raise ValueError(f"{raw_key!r} has no result")
-            result = _protected(value) if tag == "protectedrcpt" else parse_result(value)
+            result = _protected(value) if tag == "protectedrcpt" else parse_result_cached(value)
         except ValueError as exc:
             error = MapError(path, line, str(exc))
             errors.append(error)
             result = BrokenEntry(error)
-        entries[full] = result
-    errors.sort(key=lambda e: e.line)
-    if errors and strict:
-        raise MapErrors(errors)
-    return AccessMap(entries, tuple(errors))
+        yield line, full, result
+
+
+def parse_access_value(key: str, text: str) -> AccessResult | Protected:
+    """The value of the entry ``key`` (``tag:key``): a result, or for ``protectedrcpt:`` the keys
+    of who may mail it. ``str()`` of the value parses back to the same value (a compiled map keeps
+    that text).
+
+    Raises:
+        ValueError: with a message for the operator.
+    """
+    if key.startswith("protectedrcpt:"):
+        return _protected(text)
+    return parse_result_cached(text)
 
 
 def _protected(value: str) -> Protected:

@@ -33,7 +33,7 @@ duplicates removed, first occurrence kept.
 from __future__ import annotations
 
 import os
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 
 from meta1py.maps.errors import BrokenEntry, MapError, MapErrors
@@ -157,13 +157,17 @@ class Aliases(Table[tuple[str, ...]]):
         """The targets of exactly ``key`` (a lower-case name), or None."""
         return self._entries.get(key)
 
+    def broken_entry(self, key: str) -> BrokenEntry | None:
+        """Why exactly ``key`` (a lower-case name) cannot be expanded, when its entry is broken."""
+        return self.broken.get(key)
+
     def lookup_key(self, local: str) -> str | None:
         """The entry name that ``local`` matches (exact, then without ``+ext``), or None.
 
         A broken entry counts as a match (its name exists; expanding it fails temporarily).
         """
         for key in alias_keys(local):
-            if key in self._entries or key in self.broken:
+            if self.get(key) is not None or self.broken_entry(key) is not None:
                 return key
         return None
 
@@ -214,7 +218,7 @@ class Aliases(Table[tuple[str, ...]]):
         if key is None:
             self._add(canonical, out)
             return
-        broken = self.broken.get(key)
+        broken = self.broken_entry(key)
         if broken is not None:
             raise _Failure("broken", f"alias {key!r}: {broken.text}")
         _local, domain = split_address(canonical)
@@ -225,7 +229,7 @@ class Aliases(Table[tuple[str, ...]]):
         if len(path) >= self.max_depth:
             raise _Failure("depth", f"alias chain deeper than {self.max_depth} at {key!r}")
         inner = (*path, node)
-        for target in self._entries[key]:
+        for target in self.get(key) or ():
             qualified = target if domain is None or "@" in target else f"{target}@{domain}"
             tkey, tcanonical = self._node(qualified, local_domains)
             if tkey is not None and (tkey, split_address(tcanonical)[1]) == node:
@@ -275,6 +279,29 @@ def parse_aliases(
     errors: list[MapError] = []
     broken: dict[str, BrokenEntry] = {}
     entries: dict[str, tuple[str, ...]] = {}
+    for _line, key, value in alias_entries(text, path, errors):
+        if isinstance(value, BrokenEntry):
+            broken[key] = value
+        else:
+            entries[key] = value
+    errors.sort(key=lambda e: e.line)
+    if errors and strict:
+        raise MapErrors(errors)
+    return Aliases(
+        entries, max_depth=max_depth, max_recipients=max_recipients, broken=broken, errors=tuple(errors)
+    )
+
+
+def alias_entries(
+    text: str, path: str, errors: list[MapError]
+) -> Iterator[tuple[int, str, tuple[str, ...] | BrokenEntry]]:
+    """The entries of an aliases file's text, in file order: ``(line, name, targets)`` with the
+    name lower-cased, each name once (the first entry).
+
+    An entry with a bad target (or none) gives a :class:`BrokenEntry`; every problem is appended
+    to ``errors`` as it is met (:func:`parse_aliases` builds the map from this; ``meta1 makemap``
+    writes it to a compiled file as it goes).
+    """
     first_seen: dict[str, int] = {}
     lines = map_entries(
         text,
@@ -312,23 +339,34 @@ def parse_aliases(
                 targets.append(target)
         if not targets and not problems:
             problems.append(MapError(path, first, f"alias {name!r} has no targets"))
+        where = first_seen.get(key)
         if problems:
             errors.extend(problems)
-            if key not in first_seen and key not in broken:
-                broken[key] = BrokenEntry(problems[0])
+            if where is None:
+                first_seen[key] = first
+                yield first, key, BrokenEntry(problems[0])
             continue
-        if key in first_seen or key in broken:
-            where = first_seen[key] if key in first_seen else broken[key].error.line
+        if where is not None:
             errors.append(MapError(path, first, f"duplicate alias {name!r} (first defined on line {where})"))
             continue
         first_seen[key] = first
-        entries[key] = tuple(targets)
-    errors.sort(key=lambda e: e.line)
-    if errors and strict:
-        raise MapErrors(errors)
-    return Aliases(
-        entries, max_depth=max_depth, max_recipients=max_recipients, broken=broken, errors=tuple(errors)
-    )
+        yield first, key, tuple(targets)
+
+
+def parse_alias_targets(text: str) -> tuple[str, ...]:
+    """The targets of a compiled entry (``", ".join(targets)``, as :func:`alias_entries` gave them).
+
+    Raises:
+        ValueError: a target that a file would not allow, or none at all.
+    """
+    targets = tuple(t for t in (part.strip() for part in text.split(",")) if t)
+    for target in targets:
+        problem = _check_target(target)
+        if problem is not None:
+            raise ValueError(problem)
+    if not targets:
+        raise ValueError("no targets")
+    return targets
 
 
 def load_aliases(path: str | os.PathLike[str], *, strict: bool = True) -> Aliases:

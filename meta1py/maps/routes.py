@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from meta1py.maps.errors import BrokenEntry, MapError, MapErrors
@@ -107,6 +108,7 @@ def route_text(route: Route) -> str:
     if isinstance(route, MaildirRoute):
         return "maildir:"
     return f"error:{route.code} {route.enhanced} {route.text}"
+
 
 _ERROR_RE = re.compile(
     r"^\s*(?:(?P<code>[245]\d\d)(?:\s+|$))?(?:(?P<enhanced>[245]\.\d{1,3}\.\d{1,3})(?:\s+|$))?"
@@ -269,6 +271,28 @@ def parse_routes(text: str, path: str = "<string>", *, strict: bool = True) -> R
     exact: dict[str, Route | BrokenEntry] = {}
     subdomains: dict[str, Route | BrokenEntry] = {}
     default: Route | BrokenEntry | None = None
+    for _line, key, route in route_entries(text, path, errors):
+        if key == "*":
+            default = route
+        elif key.startswith("."):
+            subdomains[key[1:]] = route
+        else:
+            exact[key] = route
+    if errors and strict:
+        raise MapErrors(errors)
+    return Routes(exact, subdomains, default, tuple(errors))
+
+
+def route_entries(
+    text: str, path: str, errors: list[MapError]
+) -> Iterator[tuple[int, str, Route | BrokenEntry]]:
+    """The entries of a routes file's text, in file order: ``(line, key, route)`` with the key
+    normalised as :meth:`Routes.get` takes it (``domain``, ``.parent``, ``*``), each key once.
+
+    A line whose key is good but whose value is not gives a :class:`BrokenEntry`; every problem is
+    appended to ``errors`` as it is met (:func:`parse_routes` builds the map from this;
+    ``meta1 makemap`` writes it to a compiled file as it goes).
+    """
     seen: dict[str, int] = {}
     lines = map_entries(text, path, errors, continuation_error="continuation lines are not allowed in routes")
     for entry in lines:
@@ -294,15 +318,7 @@ def parse_routes(text: str, path: str = "<string>", *, strict: bool = True) -> R
             errors.append(error)
             route = BrokenEntry(error)
         seen[key_norm] = lineno
-        if key_norm == "*":
-            default = route
-        elif key_norm.startswith("."):
-            subdomains[key_norm[1:]] = route
-        else:
-            exact[key_norm] = route
-    if errors and strict:
-        raise MapErrors(errors)
-    return Routes(exact, subdomains, default, tuple(errors))
+        yield lineno, key_norm, route
 
 
 def load_routes(path: str | os.PathLike[str]) -> Routes:

@@ -6,11 +6,11 @@ NAME
 DESCRIPTION
     mcp reads meta1.conf (``-f``, else ``$META1_CONF``, else /etc/meta1/meta1.conf if it exists,
     else the built-in defaults) and reports every error before doing anything else. It then
-    creates and repairs the queue, content, run and mail directories as the ownership model
-    says (meta1py.ownership), checks that the worker users can read Python, binds every smtps
-    ``listen_socket`` and the RPC sockets ``qmgr.sock``, ``smar.sock`` and ``smtpc.sock`` in
-    ``run_directory``, writes ``mcp.pid`` there, and starts qmgr, smar, smtpc and smtps, each
-    inheriting only its own descriptors: forked from a preloaded fork server
+    creates and repairs the queue, content, run, mail and smar data directories as the
+    ownership model says (meta1py.ownership), checks that the worker users can read Python,
+    binds every smtps ``listen_socket`` and the RPC sockets ``qmgr.sock``, ``smar.sock`` and
+    ``smtpc.sock`` in ``run_directory``, writes ``mcp.pid`` there, and starts qmgr, smar, smtpc
+    and smtps, each inheriting only its own descriptors: forked from a preloaded fork server
     (meta1py.mcp.forkserver), so that they share the interpreter's memory, or as a fresh
     interpreter (``python -m meta1py.<name>``) without one. It reports ``READY=1`` to
     ``$NOTIFY_SOCKET`` once every worker said it is ready.

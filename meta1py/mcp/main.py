@@ -34,7 +34,6 @@ from meta1py.mcp.supervise import Supervisor
 log = logging.getLogger("meta1py.mcp")
 
 
-
 def config_path(option: str | None) -> Path | None:
     """The file to load (see :func:`meta1py.conf.config_file`); None means the built-in defaults."""
     from meta1py.conf import config_file

@@ -59,7 +59,8 @@ def owners_of(accounts: dict[str, Account] | None) -> Owners:
 
 
 def prepare_directories(cfg: Config, accounts: dict[str, Account] | None) -> None:
-    """Create and repair the queue, content, run and mail directories as the ownership model says.
+    """Create and repair the queue, content, run, mail and smar data directories as the ownership
+    model says.
 
     Args:
         cfg: the configuration.

@@ -4,7 +4,7 @@ RFC 5321 §4.4 (the trace header, one per hop), RFC 3848 (the ``with`` protocol 
 ESMTPS, ESMTPA, ESMTPSA). The TLS comment follows Postfix (``(using TLSv1.3 with cipher ...)``,
 then ``(Client subject ...)`` on its own line when the client presented a certificate). Example::
 
-    Received: from client.example ([192.0.2.1])
+    Received: from client.example (client.example [192.0.2.1])
     \t(using TLSv1.3 with cipher TLS_AES_256_GCM_SHA384 (256/256 bits))
     \tby mx.example (meta1py) with ESMTPS id 0A1B2C3D4E5F
     \tfor <bob@example.org>; Thu, 03 Dec 2026 07:14:47 +0000
@@ -71,6 +71,7 @@ def received_header(
     authenticated: str | None,
     recipients: Sequence[str],
     now: float,
+    client_name: str | None = None,
 ) -> bytes:
     """The whole ``Received:`` header, folded, with its final CRLF.
 
@@ -84,8 +85,15 @@ def received_header(
         authenticated: the AUTH identity, or None.
         recipients: the accepted recipients; with exactly one, it is named in a ``for`` clause.
         now: the time of the header (seconds since the epoch).
+        client_name: the client's forward-confirmed name ("" when it has none: written as
+            ``unknown``, as Postfix does; None when it was not looked up: only the address).
     """
-    lines = [f"Received: from {clean(helo or 'unknown')} ([{client_address}])"]
+    peer = (
+        f"[{client_address}]"
+        if client_name is None
+        else f"{clean(client_name or 'unknown')} [{client_address}]"
+    )
+    lines = [f"Received: from {clean(helo or 'unknown')} ({peer})"]
     if tls is not None:
         lines.extend("\t" + part for part in tls_comment_lines(tls))
     if authenticated:

@@ -116,6 +116,51 @@ class SmarRecipientCheckRequest(RpcRequest[SmarRecipientCheckReply]):
     sender: str = field(metadata=caps(max_len=1024))
     recipient: str = field(metadata=caps(max_len=1024))
     helo: str = field(default="", metadata=caps(max_len=1024))
+    #: The subject and issuer of the client's certificate, when it verified ("" otherwise).
+    cert_subject: str = field(default="", metadata=caps(max_len=256))
+    cert_issuer: str = field(default="", metadata=caps(max_len=256))
+
+
+@rpc_message
+@dataclass(frozen=True, slots=True)
+class SmarClientCheckReply(RpcMessage):
+    """smar's verdict on a stage before RCPT TO, with the client's name.
+
+    ``client_name`` is the forward-confirmed name ("" when none); ``client_resolve`` that
+    lookup's outcome (``ok``, ``no``, ``temp``; "" when it was not made). ``limits_exempt``: the
+    access map exempts this client from the inbound rate limits.
+
+    Sender: smar.
+    Receiver: smtps.
+    """
+
+    action: Literal["accept", "reject", "tempfail", "discard"]
+    reply: SmtpReplyValue
+    client_name: str = field(default="", metadata=caps(max_len=255))
+    client_resolve: str = field(default="", metadata=caps(max_len=8))
+    limits_exempt: bool = False
+
+
+@rpc_message
+@dataclass(frozen=True, slots=True)
+class SmarClientCheckRequest(RpcRequest[SmarClientCheckReply]):
+    """The policy of the stages before RCPT TO: at ``connect`` the client's name (reverse DNS)
+    and, with ``delay_checks = no``, the client checks; at ``helo`` and ``mail`` (only with
+    ``delay_checks = no``) the HELO name and the sender checks.
+
+    Sender: smtps.
+    Receiver: smar.
+    """
+
+    stage: Literal["connect", "helo", "mail"]
+    client_address: str = field(metadata=caps(max_len=64))
+    service: str = field(metadata=caps(max_len=64))
+    authenticated: str | None = field(default=None, metadata=caps(max_len=256))
+    helo: str = field(default="", metadata=caps(max_len=1024))
+    sender: str | None = field(default=None, metadata=caps(max_len=1024))
+    cert_subject: str = field(default="", metadata=caps(max_len=256))
+    cert_issuer: str = field(default="", metadata=caps(max_len=256))
+    lookup_name: bool = True
 
 
 @rpc_struct

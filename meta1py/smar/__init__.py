@@ -7,17 +7,23 @@ DESCRIPTION
     smar decides whether a recipient is accepted -- a local one must exist after alias
     expansion, any other needs relay permission (``relay_clients`` or an authenticated client) --
     (for smtps), and where a recipient goes -- Maildir, LMTP, or SMTP hosts in MX order -- (for
-    qmgr). It reads the ``aliases`` and ``routes`` maps and queries DNS (``nameserver``,
-    ``DNS_timeout``), caching answers.
+    qmgr). It reads the ``aliases``, ``routes`` and ``access`` maps -- text files, files compiled
+    by ``meta1 makemap`` (``cdb:FILE``), socketmap servers (access only), or sequences of them,
+    following every file as it changes -- and queries DNS (``nameserver``, ``DNS_timeout``),
+    caching answers.
 
 SECURITY
-    Runs as the ``smar`` section's user (``meta1r``) when mcp is root. It reads maps and talks
-    DNS; it never touches the queue. It treats DNS answers as untrusted input: a route holds at
+    Runs as the ``smar`` section's user (``meta1r``) when mcp is root. It reads maps (that user
+    must be able to read them, compiled ones too: ``meta1 check-config`` checks as root), talks
+    DNS and the configured socketmap servers (whose replies are bounded to 100,000 bytes and
+    otherwise untrusted: anything that is not the protocol is a temporary failure); it never
+    touches the queue. It treats DNS answers as untrusted input: a route holds at
     most ``smtpc { mx_address_limit }`` addresses (default 5), and every reply is cut to the RPC
     schema's caps (see meta1py.smar.mx and docs/smar.md).
 
 PEERS
-    Serves ``smar.sock`` (clients: smtps, qmgr). Message names are in docs/rpc.md.
+    Serves ``smar.sock`` (clients: smtps, qmgr). Message names are in docs/rpc.md. Client of the
+    socketmap servers that ``access`` names (meta1py.smar.socketmap).
 
 DIAGNOSTICS
     Log lines ``meta1py/smar[PID]: ...``. Exit statuses as every worker: 0, 1 crash (mcp restarts

@@ -45,6 +45,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import dns.asyncresolver
 import dns.exception
@@ -72,7 +73,15 @@ from meta1py.smtp.status import (
     TEMP_ROUTING_SERVER_FAILURE,
 )
 
-__all__ = ["DnsFailure", "MxHost", "MxResult", "Resolver", "parse_domain_literal"]
+__all__ = [
+    "DnsFailure",
+    "DnsListAnswer",
+    "MxHost",
+    "MxResult",
+    "Resolver",
+    "ReverseName",
+    "parse_domain_literal",
+]
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +117,42 @@ class MxResult:
         return self.failure is None
 
 
+#: Caps on what one answer may contribute (an answer is hostile input): PTR names tried for
+#: forward confirmation, TXT records and their length (they go into SMTP replies, cut again there).
+MAX_PTR_NAMES = 4
+MAX_TXT_RECORDS = 4
+MAX_TXT_CHARS = 400
+
+
+@dataclass(frozen=True, slots=True)
+class ReverseName:
+    """The client's name from a forward-confirmed reverse lookup (FCrDNS).
+
+    Attributes:
+        status: ``ok`` (a PTR name whose A/AAAA records include the address), ``no`` (no PTR
+            record, or none of its names leads back to the address), ``temp`` (a lookup failed
+            temporarily): the values of the access map's ``cltresolve:`` key.
+        name: the confirmed name ("" unless ``ok``).
+        ptr: the first PTR name, confirmed or not ("" when there is none), for the log.
+    """
+
+    status: Literal["ok", "no", "temp"]
+    name: str = ""
+    ptr: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class DnsListAnswer:
+    """One DNS list lookup (DNSBL, DNSWL, RHSBL): ``listed`` with the A records and the TXT text,
+    or ``error`` (temporary failure, or an answer outside 127.0.0.0/8, which lists return only
+    when they refuse to answer)."""
+
+    listed: bool
+    addresses: tuple[str, ...] = ()
+    text: str = ""
+    error: str = ""
+
+
 class _Kind(enum.Enum):
     OK = "ok"
     NODATA = "no data"
@@ -122,6 +167,8 @@ class _Answer:
     detail: str = ""
     mx: tuple[tuple[int, str], ...] = ()
     addresses: tuple[str, ...] = ()
+    names: tuple[str, ...] = ()  # PTR
+    texts: tuple[str, ...] = ()  # TXT
 
 
 def _temp(text: str) -> DnsFailure:
@@ -150,6 +197,13 @@ def _ip_or_none(host: str) -> str | None:
         return str(ipaddress.ip_address(host))
     except ValueError:
         return None
+
+
+def _same_ip(text: str, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    try:
+        return ipaddress.ip_address(text) == ip
+    except ValueError:
+        return False
 
 
 def _negative_ttl(response: dns.message.Message | None) -> float | None:
@@ -265,6 +319,56 @@ class Resolver:
             assert a_failure is not None
             return MxResult(name, failure=a_failure)
         return MxResult(name, failure=_temp(f"DNS lookup for {name} timed out"))
+
+    async def reverse_name(self, address: str) -> ReverseName:
+        """The forward-confirmed name of ``address`` (PTR, then A/AAAA of each PTR name).
+
+        Never raises: failures are ``temp``. Bounded by twice ``DNS_timeout``.
+        """
+        try:
+            ip = ipaddress.ip_address(address.split("%", 1)[0])
+        except ValueError:
+            return ReverseName("no")
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        with trio.move_on_after(2 * self.timeout_s):
+            return await self._reverse_name(ip)
+        return ReverseName("temp")
+
+    async def _reverse_name(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> ReverseName:
+        ptr = await self._query(ip.reverse_pointer, "PTR")
+        if ptr.kind is _Kind.TEMP:
+            return ReverseName("temp")
+        if ptr.kind is not _Kind.OK or not ptr.names:
+            return ReverseName("no")
+        temp = False
+        for name in ptr.names:
+            if self._bad_name(name) is not None:
+                continue
+            addresses, failure = await self._addresses(name)
+            if any(_same_ip(a, ip) for a in addresses):
+                return ReverseName("ok", name, ptr.names[0])
+            temp = temp or (failure is not None and not failure.permanent)
+        return ReverseName("temp" if temp else "no", "", ptr.names[0])
+
+    async def dns_list(self, name: str) -> DnsListAnswer:
+        """Look ``name`` (``4.3.2.1.zone`` or ``domain.zone``) up in a DNS list: A, then TXT
+        when listed. Never raises; bounded by twice ``DNS_timeout``."""
+        if self._bad_name(name) is not None:
+            return DnsListAnswer(False, error=f"bad DNS list query name {name!r}")
+        with trio.move_on_after(2 * self.timeout_s):
+            answer = await self._query(name, "A")
+            if answer.kind is _Kind.TEMP:
+                return DnsListAnswer(False, error=f"lookup of {name} failed: {answer.detail}")
+            if answer.kind is not _Kind.OK or not answer.addresses:
+                return DnsListAnswer(False)
+            odd = [a for a in answer.addresses if not a.startswith("127.")]
+            if odd:
+                return DnsListAnswer(False, error=f"{name} answered {odd[0]}, not a 127.0.0.0/8 code")
+            txt = await self._query(name, "TXT")
+            text = "; ".join(txt.texts) if txt.kind is _Kind.OK else ""
+            return DnsListAnswer(True, answer.addresses, text)
+        return DnsListAnswer(False, error=f"lookup of {name} timed out")
 
     def clear_cache(self) -> None:
         """Forget every cached answer."""
@@ -422,6 +526,18 @@ class Resolver:
             if len(mx) < len(records):
                 log.info("MX answer for %s has %d records; using the %d best", name, len(records), len(mx))
             return _Answer(_Kind.OK, expires, mx=mx)
+        if rdtype == "PTR":
+            names = tuple(
+                r.target.to_text(omit_final_dot=True).lower()
+                for r in itertools.islice(result.rrset, MAX_PTR_NAMES)
+            )
+            return _Answer(_Kind.OK, expires, names=names)
+        if rdtype == "TXT":
+            texts = tuple(
+                b"".join(r.strings).decode("utf-8", "replace")[:MAX_TXT_CHARS]
+                for r in itertools.islice(result.rrset, MAX_TXT_RECORDS)
+            )
+            return _Answer(_Kind.OK, expires, texts=texts)
         # One answer contributes a bounded number of addresses, whatever the server sent.
         addresses = tuple(str(r.address) for r in itertools.islice(result.rrset, MAX_ADDRESSES_PER_ANSWER))
         return _Answer(_Kind.OK, expires, addresses=addresses)

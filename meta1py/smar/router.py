@@ -41,13 +41,15 @@ from __future__ import annotations
 import functools
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import Any, Generic, Literal, NamedTuple, Protocol, TypeVar
 
 from meta1py.conf import Config
+from meta1py.conf.mapspec import MapSpec
 from meta1py.maps import BrokenEntry, ReloadingMap
-from meta1py.maps.access import AccessMap, parse_access
+from meta1py.maps.access import AccessMap, parse_access, parse_access_value
 from meta1py.maps.aliases import (
     Aliases,
     ExpansionFailure,
@@ -64,7 +66,20 @@ from meta1py.maps.routes import (
     SmtpRoute,
     parse_routes,
 )
+from meta1py.maps.source import MapSource, Table
+from meta1py.maps.views import (
+    AccessSource,
+    AccessView,
+    AliasesView,
+    Format,
+    ParsedSource,
+    RoutesView,
+    SequenceTable,
+    UnansweredTable,
+    open_member,
+)
 from meta1py.smar.resolver import DnsFailure, MxResult, Resolver
+from meta1py.smar.socketmap import SocketmapClient
 from meta1py.smtp.status import (
     PERM_BAD_DESTINATION_MAILBOX,
     PERM_BAD_DESTINATION_SYNTAX,
@@ -77,6 +92,9 @@ from meta1py.smtp.status import (
 log = logging.getLogger(__name__)
 
 Transport = Literal["smtp", "lmtp", "maildir"]
+
+_T = TypeVar("_T")
+_T_co = TypeVar("_T_co", covariant=True)
 
 
 # -- results -------------------------------------------------------------------
@@ -184,32 +202,24 @@ class Router:
         self.resolver = resolver
         self.local_domains = frozenset(_domain(d) for d in config.local_domains)
         self._default_domain = _domain(config.local_domains[0]) if config.local_domains else ""
-        self._aliases: ReloadingMap[Aliases] | None = None
-        self._routes: ReloadingMap[Routes] | None = None
-        self._access: ReloadingMap[AccessMap] | None = None
-        if config.smar.aliases is not None:
-            self._aliases = ReloadingMap(
-                config.smar.aliases,
-                functools.partial(parse_aliases, strict=False),
-                check_interval_s=map_check_interval_s,
-            )
-        if config.smar.routes is not None:
-            self._routes = ReloadingMap(
-                config.smar.routes,
-                functools.partial(parse_routes, strict=False),
-                check_interval_s=map_check_interval_s,
-            )
-
+        check = map_check_interval_s
+        self._aliases: _Current[Aliases] | None = _file_map(config.smar.aliases, "aliases", check)
+        self._routes: _Current[Routes] | None = _file_map(config.smar.routes, "routes", check)
+        self._access: _Current[AccessMap] | None = None
+        #: The access map as smar fetches it before a decision (None: no access map). Its
+        #: ``await snapshot(keys, deadline=...)`` asks the members that must be asked (socketmap).
+        self.access_source: AccessSource | None = None
         if config.smar.access is not None:
-            self._access = ReloadingMap(
-                config.smar.access,
-                functools.partial(parse_access, strict=False),
-                check_interval_s=map_check_interval_s,
-            )
+            self._access, self.access_source = _access_map(config.smar.access, check)
 
     @property
     def access(self) -> AccessMap | None:
-        """The current access map, or None when none is configured."""
+        """The current access map, or None when none is configured.
+
+        Synchronous: text and compiled members answer; a socketmap member answers every key with
+        a temporary failure here (a :class:`BrokenEntry`), so that a caller that cannot wait
+        defers rather than decides without it. :attr:`access_source` asks it.
+        """
         return self._access.current if self._access is not None else None
 
     # -- public API --------------------------------------------------------------
@@ -366,3 +376,90 @@ def _dns_failure(failure: DnsFailure, host: str, configured: bool) -> RouteResul
         log.error("configured nexthop %s does not resolve: %s", host, failure.text)
         return TemporaryFailure(451, TEMP_UNABLE_TO_ROUTE, f"nexthop {host}: {failure.text}")
     return PermanentFailure(failure.code, failure.enhanced, failure.text)
+
+
+# -- the maps ---------------------------------------------------------------------
+
+
+class _Current(Protocol[_T_co]):
+    """A map in its current version (a :class:`ReloadingMap`, or a :class:`_Fixed` view)."""
+
+    @property
+    def current(self) -> _T_co: ...
+
+
+class _Fixed(Generic[_T]):
+    """A map that follows its files by itself (a view over compiled or sequence members)."""
+
+    def __init__(self, value: _T) -> None:
+        self.current = value
+
+
+_TEXT_PARSERS: dict[Format, Callable[..., Any]] = {
+    "access": parse_access,
+    "routes": parse_routes,
+    "aliases": parse_aliases,
+}
+
+
+def _members(spec: MapSpec, fmt: Format, check_interval_s: float) -> list[Table[Any]]:
+    """The members of ``spec`` as tables, in order (a socketmap as :class:`UnansweredTable`).
+
+    Raises:
+        MapErrors: a file cannot be read, or a compiled file holds another format.
+    """
+    tables: list[Table[Any]] = []
+    for member in spec.members:
+        if member.kind == "socketmap":
+            tables.append(UnansweredTable(str(member)))
+        else:
+            assert member.path is not None
+            tables.append(open_member(fmt, member.kind, member.path, check_interval_s=check_interval_s))
+    return tables
+
+
+_VIEWS: dict[Format, Callable[[Table[Any]], Any]] = {
+    "access": AccessView,
+    "routes": RoutesView,
+    "aliases": AliasesView,
+}
+
+
+def _view(tables: list[Table[Any]], fmt: Format) -> _Fixed[Any]:
+    return _Fixed(_VIEWS[fmt](tables[0] if len(tables) == 1 else SequenceTable(tables)))
+
+
+def _file_map(spec: MapSpec | None, fmt: Format, check_interval_s: float) -> Any:
+    """The map of an option: one text file as before (a :class:`ReloadingMap`), anything else (a
+    compiled file, a sequence) as a view over its members."""
+    if spec is None:
+        return None
+    if len(spec.members) == 1 and spec.members[0].kind == "text":
+        path = spec.members[0].path
+        assert path is not None
+        parse = functools.partial(_TEXT_PARSERS[fmt], strict=False)
+        return ReloadingMap(path, parse, check_interval_s=check_interval_s)
+    return _view(_members(spec, fmt, check_interval_s), fmt)
+
+
+def _access_map(spec: MapSpec, check_interval_s: float) -> tuple[_Current[AccessMap], AccessSource]:
+    """The synchronous access map and the source smar asks before a decision (each file is
+    opened once and serves both)."""
+    if all(m.kind != "socketmap" for m in spec.members):
+        current: _Current[AccessMap] = _file_map(spec, "access", check_interval_s)
+        return current, AccessSource(lambda: current.current)
+    tables: list[Table[Any]] = []
+    sources: list[MapSource[Any]] = []
+    for member in spec.members:
+        if member.kind == "socketmap":
+            unix, inet = member.unix_path, member.inet_address
+            client = SocketmapClient(member.name, unix_path=unix, inet_address=inet)
+            sources.append(ParsedSource(client, parse_access_value, str(member)))
+            tables.append(UnansweredTable(str(member)))
+        else:
+            assert member.path is not None
+            table = open_member("access", member.kind, member.path, check_interval_s=check_interval_s)
+            sources.append(table)
+            tables.append(table)
+    view = _view(tables, "access")
+    return view, AccessSource(lambda: view.current, sources)

@@ -17,15 +17,22 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from typing import Literal
+from dataclasses import dataclass
+from typing import Any, Literal
 
-from meta1py.conf import Config, SmtpsConfig
+import trio
+
+from meta1py.conf import Config, SmarConfig, SmtpsConfig
 from meta1py.envelope import FailureStatus
+from meta1py.maps.access import AccessMap, AccessResult, keys_for
+from meta1py.maps.errors import MapTempError
 from meta1py.netaddr import client_ip
 from meta1py.rpc.codec import DEFAULT_MAX_FRAME_BYTES
 from meta1py.rpc.errors import RpcRemoteError
 from meta1py.rpc.handlers import Handlers
 from meta1py.rpc.messages import (
+    SmarClientCheckReply,
+    SmarClientCheckRequest,
     SmarHostValue,
     SmarRecipientCheckReply,
     SmarRecipientCheckRequest,
@@ -35,12 +42,15 @@ from meta1py.rpc.messages import (
     SmtpReplyValue,
 )
 from meta1py.rpc.schema import message_to_json
-from meta1py.smar.policy import RcptFacts, Verdict, decide_rcpt
+from meta1py.smar.greylist import Greylist, GreylistUnavailableError, GreyPolicy
+from meta1py.smar.policy import ListResult, PolicyFacts, Stage, Verdict, access_keys, decide
+from meta1py.smar.resolver import ReverseName
 from meta1py.smar.router import Delivery, PermanentFailure, RecipientRejected, Router
 from meta1py.smtp.status import (
     DESTINATION_VALID,
     PERM_NOT_AUTHORIZED,
     TEMP_MAIL_SYSTEM_ERROR,
+    TEMP_NOT_AUTHORIZED,
     TEMP_SYSTEM_MISCONFIGURED,
 )
 
@@ -151,19 +161,77 @@ def relay_allowed(config: Config, service: str, client_address: str, authenticat
     return ip is not None and any(ip in net for net in section.relay_clients)
 
 
+ListKind = Literal["dnsbl", "dnswl", "rhsbl"]
+
+
+@dataclass(frozen=True, slots=True)
+class Explained:
+    """A RCPT TO answer with its reasons (``meta1 explain`` prints them)."""
+
+    reply: SmarRecipientCheckReply
+    facts: PolicyFacts
+    policy: Verdict | None
+    greylisted: bool = False
+
+
+def _list_queries(
+    smar: SmarConfig, stage: Stage, client_address: str, sender: str | None
+) -> list[tuple[ListKind, str, str, str, tuple[Any, ...]]]:
+    """(kind, zone, query name, action, listed answers) of the DNS lists the stage asks."""
+    queries: list[tuple[ListKind, str, str, str, tuple[Any, ...]]] = []
+    if stage in ("connect", "rcpt") and (smar.dnsbl or smar.dnswl):
+        ip = client_ip(client_address.split("%", 1)[0])
+        if ip is not None:
+            head = ip.reverse_pointer.rsplit(".", 2)[0]  # 4.3.2.1 of 4.3.2.1.in-addr.arpa
+            for wl in smar.dnswl:
+                queries.append(("dnswl", str(wl.zone), f"{head}.{wl.zone}", "permit", wl.addresses))
+            for bl in smar.dnsbl:
+                queries.append(("dnsbl", str(bl.zone), f"{head}.{bl.zone}", bl.action, bl.addresses))
+    if stage in ("mail", "rcpt") and sender and smar.rhsbl:
+        domain = sender.rpartition("@")[2].lower().rstrip(".")
+        if domain and not domain.startswith("["):
+            for bl in smar.rhsbl:
+                queries.append(("rhsbl", str(bl.zone), f"{domain}.{bl.zone}", bl.action, bl.addresses))
+    return queries
+
+
+def _limits_exempt(access: AccessMap | None, client_address: str) -> bool:
+    """The access map's ``ratelimit:`` entry for the client says OK (or RELAY)."""
+    match = access.lookup("ratelimit", client_address) if access is not None else None
+    value = match.value if match is not None else None
+    return isinstance(value, AccessResult) and value.action in ("ok", "relay")
+
+
+def _in_nets(address: str, nets: tuple[Any, ...]) -> bool:
+    ip = client_ip(address)
+    return ip is not None and any(ip in net for net in nets)
+
+
 class SmarService:
     """Answers the RPC calls smar serves on smar.sock."""
 
-    def __init__(self, config: Config, router: Router) -> None:
+    def __init__(self, config: Config, router: Router, *, dry_run: bool = False) -> None:
         self.config = config
+        #: ``meta1 explain``: greylisting is read, never updated.
+        self.dry_run = dry_run
+        grey = config.smar.greylisting
+        #: The greylisting store, when it is on (opened on first use; read-only for dry runs).
+        self.greylist: Greylist | None = None
+        if grey.enable:
+            policy = GreyPolicy.from_config(grey)
+            self.greylist = Greylist(grey.database, policy, readonly=dry_run)
         self.router = router
         self.handle = Handlers()
         """smar.sock's handler: answers ``SmarRecipientCheckRequest`` and ``SmarRouteRequest``."""
         self.handle.on(SmarRecipientCheckRequest).answer(self._answer_check)
+        self.handle.on(SmarClientCheckRequest).answer(self._answer_client)
         self.handle.on(SmarRouteRequest).answer(self._answer_routes)
 
     async def _answer_check(self, req: SmarRecipientCheckRequest) -> SmarRecipientCheckReply:
-        return self.check(req)
+        return await self.check(req)
+
+    async def _answer_client(self, req: SmarClientCheckRequest) -> SmarClientCheckReply:
+        return await self.check_client(req)
 
     async def _answer_routes(self, req: SmarRouteRequest) -> SmarRouteReply:
         return await self.routes(req.addresses)
@@ -198,30 +266,188 @@ class SmarService:
         log.warning("routes for %d addresses exceed one frame: the last %d deferred", len(routes), deferred)
         return SmarRouteReply(routes=(*routes[:keep], *[over] * deferred))
 
-    def check(self, req: SmarRecipientCheckRequest) -> SmarRecipientCheckReply:
-        """RCPT TO policy: the access map (meta1py.smar.policy), then local recipients must exist
-        and others need relay permission (relay_clients, AUTH, or an access map RELAY)."""
-        access = self.router.access
-        policy: Verdict | None = None
-        if access is not None:
-            facts = RcptFacts(req.client_address, req.helo, req.sender, req.recipient)
-            policy = decide_rcpt(access, facts)
-            if policy.action == "refuse" and policy.reply is not None:
-                code, enhanced, text = policy.reply
-                return _reject(code, enhanced, text)
+    async def check(self, req: SmarRecipientCheckRequest) -> SmarRecipientCheckReply:
+        """RCPT TO policy (see :meth:`explain`)."""
+        return (await self.explain(req)).reply
+
+    async def explain(
+        self, req: SmarRecipientCheckRequest, *, reverse: ReverseName | None = None
+    ) -> Explained:
+        """RCPT TO policy, with its reasons: the access map and the DNS lists
+        (:mod:`meta1py.smar.policy`), then local recipients must exist and others need relay
+        permission (relay_clients, AUTH, or an access map RELAY), then greylisting."""
+        facts = await self.gather(
+            "rcpt",
+            req.client_address,
+            req.service,
+            req.authenticated,
+            helo=req.helo,
+            sender=req.sender,
+            recipient=req.recipient,
+            cert_subject=req.cert_subject,
+            cert_issuer=req.cert_issuer,
+            reverse=reverse,
+        )
+        access = await self._access_for(facts, "rcpt")
+        if isinstance(access, SmarRecipientCheckReply):
+            return Explained(access, facts, None)
+        policy = decide(access, facts, "rcpt")
+        if policy.action == "refuse" and policy.reply is not None:
+            return Explained(_reject(*policy.reply), facts, policy)
         verdict = self.router.check_recipient(req.recipient)
         if isinstance(verdict, RecipientRejected):
-            return _reject(verdict.code, verdict.enhanced, verdict.text)
-        relay = policy is not None and policy.relay
-        if not verdict.local and not relay and not relay_allowed(
-            self.config, req.service, req.client_address, req.authenticated
-        ):
-            return _reject(554, PERM_NOT_AUTHORIZED, f"<{req.recipient}>: Relay access denied")
+            return Explained(_reject(verdict.code, verdict.enhanced, verdict.text), facts, policy)
+        if not verdict.local and not policy.relay and not facts.may_relay:
+            reply = _reject(554, PERM_NOT_AUTHORIZED, f"<{req.recipient}>: Relay access denied")
+            return Explained(reply, facts, policy)
+        grey = await self._greylist(facts, policy)
+        if grey is not None:
+            return Explained(grey, facts, policy, greylisted=True)
         # The router expanded a local recipient's aliases while checking it.
-        action: Literal["accept", "discard"] = (
-            "discard" if policy is not None and policy.action == "discard" else "accept"
+        action: Literal["accept", "discard"] = "discard" if policy.action == "discard" else "accept"
+        return Explained(
+            SmarRecipientCheckReply(action=action, reply=_OK, expanded=verdict.expanded), facts, policy
         )
-        return SmarRecipientCheckReply(action=action, reply=_OK, expanded=verdict.expanded)
+
+    async def check_client(self, req: SmarClientCheckRequest) -> SmarClientCheckReply:
+        """The stages before RCPT TO: the client's name, and with ``delay_checks = no`` the
+        checks of the stage."""
+        facts = await self.gather(
+            req.stage,
+            req.client_address,
+            req.service,
+            req.authenticated,
+            helo=req.helo,
+            sender=req.sender,
+            cert_subject=req.cert_subject,
+            cert_issuer=req.cert_issuer,
+            lookup_name=req.lookup_name,
+        )
+        name, resolve = facts.client_name[:255], facts.client_resolve
+        delayed = self.config.smar.delay_checks
+        exempt_keys = tuple(keys_for("ratelimit", req.client_address)) if req.stage == "connect" else ()
+        if delayed and not exempt_keys:
+            return SmarClientCheckReply("accept", _OK, name, resolve)
+        access = await self._access_for(facts, req.stage, exempt_keys)
+        if isinstance(access, SmarRecipientCheckReply):
+            if delayed:  # only the exemption was asked: the limits apply
+                return SmarClientCheckReply("accept", _OK, name, resolve)
+            return SmarClientCheckReply(access.action, access.reply, name, resolve)
+        exempt = _limits_exempt(access, req.client_address) if exempt_keys else False
+        if delayed:
+            return SmarClientCheckReply("accept", _OK, name, resolve, exempt)
+        policy = decide(access, facts, req.stage)
+        if policy.action == "refuse" and policy.reply is not None:
+            refused = _reject(*policy.reply)
+            return SmarClientCheckReply(refused.action, refused.reply, name, resolve, exempt)
+        action: Literal["accept", "discard"] = "discard" if policy.action == "discard" else "accept"
+        return SmarClientCheckReply(action, _OK, name, resolve, exempt)
+
+    async def gather(
+        self,
+        stage: Stage,
+        client_address: str,
+        service: str,
+        authenticated: str | None,
+        *,
+        helo: str = "",
+        sender: str | None = None,
+        recipient: str | None = None,
+        cert_subject: str = "",
+        cert_issuer: str = "",
+        lookup_name: bool = True,
+        reverse: ReverseName | None = None,
+    ) -> PolicyFacts:
+        """The facts the policy of ``stage`` needs: the client's forward-confirmed name (at
+        connect when asked for, and whenever there is an access map) and the DNS list answers of
+        the stage (in parallel, through the resolver's cache). ``reverse``: the name is known
+        (``meta1 explain --client-name``), do not look it up."""
+        smar = self.config.smar
+        may_relay = relay_allowed(self.config, service, client_address, authenticated)
+        resolver = self.router.resolver
+        want_name = (stage == "connect" and lookup_name) or self.router.access is not None
+        queries = _list_queries(smar, stage, client_address, sender)
+        results: dict[int, ListResult] = {}
+        look_up = want_name and reverse is None
+        want_name = want_name or reverse is not None
+        found = reverse or ReverseName("no")
+
+        async def name() -> None:
+            nonlocal found
+            found = await resolver.reverse_name(client_address)
+
+        async def ask(
+            i: int, kind: ListKind, zone: str, query: str, action: str, nets: tuple[Any, ...]
+        ) -> None:
+            answer = await resolver.dns_list(query)
+            listed = answer.listed and any(_in_nets(a, nets) for a in answer.addresses)
+            if answer.error:
+                log.warning("%s %s: %s", kind, zone, answer.error)
+            shown = ",".join(answer.addresses)
+            results[i] = ListResult(kind, zone, query, listed, action, shown, answer.text, answer.error)
+
+        async with trio.open_nursery() as nursery:
+            if look_up:
+                nursery.start_soon(name)
+            for i, query in enumerate(queries):
+                nursery.start_soon(ask, i, *query)
+        return PolicyFacts(
+            client_address,
+            helo=helo,
+            sender=sender,
+            recipient=recipient,
+            client_name=found.name if want_name else "",
+            client_resolve=found.status if want_name else "",
+            cert_subject=cert_subject,
+            cert_issuer=cert_issuer,
+            may_relay=may_relay,
+            lists=tuple(results[i] for i in range(len(queries))),
+        )
+
+    async def _access_for(
+        self, facts: PolicyFacts, stage: Stage, extra: tuple[str, ...] = ()
+    ) -> AccessMap | SmarRecipientCheckReply | None:
+        """The access map entries the policy may look up for ``facts`` at ``stage`` (and the keys
+        in ``extra``): the map itself when it is in memory or on disk, the keys fetched from a
+        socketmap otherwise; a temporary failure when a member cannot answer now."""
+        source = self.router.access_source
+        if source is None:
+            return None
+        keys = [*access_keys(facts, stage), *extra]
+        try:
+            return await source.snapshot(keys, deadline=trio.current_time() + self.config.smar.dns_timeout)
+        except MapTempError as exc:
+            log.warning("access map cannot answer for %s: %s; 451 4.3.0", facts.client_address, exc)
+            return _reject(451, TEMP_MAIL_SYSTEM_ERROR, "Access map not available now, try again later")
+
+    async def _greylist(self, facts: PolicyFacts, policy: Verdict) -> SmarRecipientCheckReply | None:
+        """Greylisting, for clients the policy does not trust: a reply when the recipient is
+        deferred (or the greylist cannot be asked), None when it passes."""
+        grey = self.greylist
+        if grey is None or policy.trusted or facts.may_relay or policy.action == "discard":
+            return None
+        sender, recipient = facts.sender or "", facts.recipient or ""
+        try:
+            if self.dry_run:
+                decision = grey.peek(facts.client_address, sender, recipient)
+            else:
+                decision = await trio.to_thread.run_sync(grey.check, facts.client_address, sender, recipient)
+        except GreylistUnavailableError as exc:
+            log.warning("%s: greylisting cannot decide; 451 4.3.0 to %s", exc, facts.client_address)
+            return _reject(451, TEMP_MAIL_SYSTEM_ERROR, "Greylisting is not available now, try again later")
+        if decision.action == "pass":
+            return None
+        log.info(
+            "greylisted: client=%s from=<%s> to=<%s> (%s, retry in %ds)",
+            facts.client_address,
+            sender,
+            recipient,
+            decision.reason,
+            decision.retry_in_s,
+        )
+        wait = decision.retry_in_s
+        text = f"<{recipient}>: Recipient address rejected: Greylisted, try again in {wait} seconds"
+        return _reject(450, TEMP_NOT_AUTHORIZED, text)
 
     async def route(self, address: str) -> SmarRouteValue:
         """Where one (already expanded) recipient goes, as an RPC value."""

@@ -346,6 +346,27 @@ def too_many_auth_failures() -> Reply:
     return _r(421, "4.7.0", "Too many authentication failures, try again later")
 
 
+def too_many_messages_in_session() -> Reply:
+    """421 after ``max_messages_per_session`` (the client reconnects for the rest; Exim's
+    smtp_accept_max_per_connection)."""
+    return _r(421, "4.7.0", "Too many messages in one session, reconnect to send more")
+
+
+def too_many_recipients_in_session() -> Reply:
+    """450 after ``max_recipients_per_session`` (the client retries these later)."""
+    return _r(450, "4.7.1", "Too many recipients in one session, try the rest later")
+
+
+def too_much_mail(who: str) -> Reply:
+    """450 over ``message_rate_per_client``/``_per_user`` (Postfix's wording)."""
+    return _r(450, "4.7.1", f"Error: too much mail from {_clean(who)}")
+
+
+def too_many_recipients_from(who: str) -> Reply:
+    """450 over ``recipient_rate_per_client``/``_per_user`` (Postfix's wording)."""
+    return _r(450, "4.7.1", f"Error: too many recipients from {_clean(who)}")
+
+
 def auth_data_undecodable() -> Reply:
     """501 the client's SASL response is not valid base64 (RFC 4954 §4)."""
     return _r(501, "5.5.2", "Cannot decode the authentication data")

@@ -4,6 +4,8 @@
   minute per client address and per network (/24 for IPv4, /64 for IPv6), a global cap that keeps a
   reserve for clients below their fair share, stress mode, and refusal logging throttled to one
   line per client per minute.
+- :class:`MailRates` (anvil's message and recipient rates): MAIL FROM and RCPT TO commands per
+  minute per client address and per authenticated user, and per session.
 - :class:`QueueSpace`: is there room in the queue file system for a new message (``queue_minfree``,
   452 4.3.1 at MAIL)? The free space is read through a function and cached for a second.
 
@@ -85,6 +87,65 @@ class _Rate:
             self.count(key, now)
         if len(self._times) >= _MAX_TRACKED:
             self._times.clear()
+
+
+RateRefusal = Literal["session_messages", "session_recipients", "client", "user"]
+
+
+@dataclass
+class MailRates:
+    """MAIL FROM and RCPT TO commands per minute, per client address and per authenticated user.
+
+    The limits come from the session's ``smtps`` section (``message_rate_per_client``,
+    ``recipient_rate_per_client``, ``message_rate_per_user``, ``recipient_rate_per_user``,
+    ``max_messages_per_session``, ``max_recipients_per_session``); 0 is no limit. A command
+    these limits refuse does not count. Exempt clients (relay_clients unless ``limit_relay_clients``, and
+    ``ratelimit:`` OK in the access map) are not counted at all.
+    """
+
+    _messages: _Rate = field(default_factory=_Rate)
+    _recipients: _Rate = field(default_factory=_Rate)
+
+    def mail(
+        self, service: SmtpsConfig, client: str, user: str | None, in_session: int, now: float
+    ) -> RateRefusal | None:
+        """Count one MAIL FROM (the session's ``in_session``-th before it), or say why not."""
+        if service.max_messages_per_session and in_session >= service.max_messages_per_session:
+            return "session_messages"
+        return self._take(
+            self._messages, client, user, service.message_rate_per_client, service.message_rate_per_user, now
+        )
+
+    def rcpt(
+        self, service: SmtpsConfig, client: str, user: str | None, in_session: int, now: float
+    ) -> RateRefusal | None:
+        """Count one RCPT TO (the session's ``in_session``-th before it), or say why not."""
+        if service.max_recipients_per_session and in_session >= service.max_recipients_per_session:
+            return "session_recipients"
+        return self._take(
+            self._recipients,
+            client,
+            user,
+            service.recipient_rate_per_client,
+            service.recipient_rate_per_user,
+            now,
+        )
+
+    @staticmethod
+    def _take(
+        rate: _Rate, client: str, user: str | None, per_client: int, per_user: int, now: float
+    ) -> RateRefusal | None:
+        client_key = f"ip:{client}"
+        user_key = f"user:{user}" if user is not None and per_user else None
+        if per_client and rate.count(client_key, now) >= per_client:
+            return "client"
+        if user_key is not None and rate.count(user_key, now) >= per_user:
+            return "user"
+        if per_client:
+            rate.add(client_key, now, per_client)
+        if user_key is not None:
+            rate.add(user_key, now, per_user)
+        return None
 
 
 @dataclass(frozen=True, slots=True)

@@ -66,7 +66,7 @@ from meta1py.smtps.auth import (
     SaslExchange,
     is_loopback,
 )
-from meta1py.smtps.limits import QueueSpace, SessionLimits
+from meta1py.smtps.limits import MailRates, QueueSpace, SessionLimits
 from meta1py.smtps.stages import (
     Checks,
     Decision,
@@ -124,6 +124,8 @@ class SmtpsContext:
     rcpt_cache: RcptCache = field(default_factory=lambda: RcptCache())
     #: Room in the queue file system (queue_minfree); None: never checked.
     space: QueueSpace | None = None
+    #: Messages and recipients per minute per client and per user (MailRates).
+    rates: MailRates = field(default_factory=lambda: MailRates())
     #: Checks run after the built-in ones, stage by stage (none are configured today; tests and
     #: future policy modules add theirs here).
     added_checks: Checks = field(default_factory=Checks)
@@ -168,7 +170,10 @@ class Session:
         "_fd",
         "_helo_mark",
         "_interrupted",
+        "_limits_exempt",
         "_line_started",
+        "_mail_count",
+        "_rcpt_count",
         "_sasl",
         "_scope",
         "_session_deadline",
@@ -179,6 +184,7 @@ class Session:
         "authenticated",
         "authenticator",
         "client_address",
+        "client_name",
         "core",
         "ctx",
         "esmtp",
@@ -240,6 +246,14 @@ class Session:
         self.esmtp = False
         self.tls_active = False
         self.tls_facts: TlsFacts | None = None
+        #: The client's forward-confirmed name from smar ("" none; None: not looked up).
+        self.client_name: str | None = None
+        #: Exempt from the message and recipient limits (relay_clients unless
+        #: limit_relay_clients; the access map's ratelimit: OK, from smar at connect).
+        self._limits_exempt = trusted and not service.limit_relay_clients
+        #: MAIL FROM and RCPT TO commands accepted in this session.
+        self._mail_count = 0
+        self._rcpt_count = 0
         self.authenticated: str | None = None
         self._sasl: SaslExchange | None = None
         self.txn: _Transaction | None = None
@@ -465,7 +479,10 @@ class Session:
         greeting = _greeting(self.hostname)
         checks = self.ctx.checks.connect
         if checks:
-            decision = await run_chain(checks, self._stage("connect"))
+            context = self._stage("connect")
+            decision = await run_chain(checks, context)
+            self.client_name = context.client_name
+            self._limits_exempt = context.limits_exempt
             # A refusal is the greeting: 421 ends the session; after a 5xx the core answers 503
             # to everything but QUIT (RFC 5321 §3.1).
             greeting = self._refusal("connect", decision) or greeting
@@ -565,7 +582,8 @@ class Session:
             refused = self._refusal("mail", decision)
             if refused is not None:
                 self.reply(refused)
-                return False
+                return refused.code == 421  # 421 ends the session (RFC 5321 §3.8)
+            self._mail_count += 1
             self.txn = _Transaction(sender=event.address, params=event.params, mark=mark_of(decision))
             self.reply(replies.sender_ok())
             return False
@@ -670,6 +688,10 @@ class Session:
             self.esmtp,
             self.tls_facts,
             self.authenticated,
+            client_name=self.client_name,
+            limits_exempt=self._limits_exempt,
+            session_messages=self._mail_count,
+            session_recipients=self._rcpt_count,
         )
         if txn is None:
             txn = self.txn
@@ -722,6 +744,7 @@ class Session:
             self.reply(refused)
             return
         txn.mark = stronger(txn.mark, mark_of(decision))
+        self._rcpt_count += 1
         orcpt = None
         if event.params.orcpt is not None:
             orcpt = f"{event.params.orcpt[0]};{event.params.orcpt[1]}"
@@ -750,6 +773,7 @@ class Session:
             authenticated=self.authenticated,
             recipients=txn.accepted_rcpts if txn is not None else (),
             now=time.time(),
+            client_name=self.client_name,
         )
 
     def _start_content(self) -> None:

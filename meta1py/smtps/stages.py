@@ -38,6 +38,10 @@ delivered unchecked.
 
 The built-in checks (:func:`builtin_checks`), first in their chains:
 
+* CONNECT, HELO, MAIL: :class:`ClientCheck`: smar's ``SmarClientCheckRequest``: the client's
+  forward-confirmed name at connect (``peername_lookup``), and with ``delay_checks = no`` smar's
+  verdict on the stage (access map, DNS lists). Nothing is asked when neither applies.
+
 * MAIL: :class:`SenderCheck` (``require_auth``, ``sender_must_match_login``), then
   :class:`SpaceCheck` (``queue_minfree``: 452 4.3.1). DATA and BDAT check the space inline (a
   refusal there drops content already being received).
@@ -61,13 +65,18 @@ import trio
 from meta1py.conf import Config, SmtpsConfig
 from meta1py.rpc.caller import Caller
 from meta1py.rpc.errors import RpcError
-from meta1py.rpc.messages import SmarRecipientCheckReply, SmarRecipientCheckRequest
+from meta1py.rpc.messages import (
+    SmarClientCheckReply,
+    SmarClientCheckRequest,
+    SmarRecipientCheckReply,
+    SmarRecipientCheckRequest,
+)
 from meta1py.smtp import events as ev
 from meta1py.smtp import replies
 from meta1py.smtp.address import Address, NullPath
 from meta1py.smtp.replies import Reply
 from meta1py.smtps.auth import sender_matches_login
-from meta1py.smtps.limits import QueueSpace
+from meta1py.smtps.limits import MailRates, QueueSpace
 from meta1py.tls.facts import TlsFacts
 
 log = logging.getLogger(__name__)
@@ -77,6 +86,8 @@ STAGES: tuple[Stage, ...] = ("connect", "helo", "mail", "rcpt", "data", "eoh", "
 
 # smar may be doing DNS.
 POLICY_TIMEOUT_S = 30.0
+# The longest the greeting waits for the client's name when smar only looks it up.
+PEERNAME_TIMEOUT_S = 5.0
 #: How long one stage's whole chain may take (above every built-in check's own deadline).
 CHAIN_TIMEOUT_S = 120.0
 _RCPT_CACHE_S = 5.0
@@ -189,6 +200,15 @@ class StageContext:
     headers: bytes | None = None
     message: MessageFacts | None = None
     expanded: tuple[str, ...] | None = None
+    #: The client's forward-confirmed name ("" when it has none; None: not looked up). The
+    #: connect check (:class:`ClientCheck`) sets it; the session keeps it.
+    client_name: str | None = None
+    #: The client is exempt from the message and recipient limits (relay_clients unless
+    #: limit_relay_clients; the access map's ``ratelimit:`` OK, which the connect check sets).
+    limits_exempt: bool = False
+    #: MAIL FROM and RCPT TO commands accepted in this session so far.
+    session_messages: int = 0
+    session_recipients: int = 0
 
 
 Check: TypeAlias = Callable[[StageContext], Awaitable[Decision]]
@@ -291,7 +311,7 @@ def quarantine_refused() -> Reply:
 
 # -- the built-in checks -------------------------------------------------------------------------
 
-_RcptKey = tuple[str, str, str | None, str, str, str]
+_RcptKey = tuple[str, str, str | None, str, str, str, str, str]
 
 
 class RcptCache:
@@ -328,6 +348,59 @@ class CheckResources(Protocol):
     smar: Caller
     rcpt_cache: RcptCache
     space: QueueSpace | None
+    rates: MailRates
+
+
+def _has_rate_limits(service: SmtpsConfig) -> bool:
+    return bool(
+        service.max_messages_per_session
+        or service.max_recipients_per_session
+        or service.message_rate_per_client
+        or service.recipient_rate_per_client
+        or service.message_rate_per_user
+        or service.recipient_rate_per_user
+    )
+
+
+class RateCheck:
+    """MAIL and RCPT: the message and recipient limits, per session and per minute per client and
+    per authenticated user (:class:`~meta1py.smtps.limits.MailRates`). Over a session's message
+    limit: 421 4.7.0 (the session ends); over the others: 450 4.7.1. Each refusal is logged."""
+
+    bounded = True  # no waits
+
+    def __init__(self, resources: CheckResources, stage: Literal["mail", "rcpt"]) -> None:
+        self._resources = resources
+        self._stage: Literal["mail", "rcpt"] = stage
+
+    async def __call__(self, context: StageContext) -> Decision:
+        service = context.service
+        if context.limits_exempt or not _has_rate_limits(service):
+            return CONTINUE
+        rates = self._resources.rates
+        now = trio.current_time()
+        client, user = context.client_address, context.authenticated
+        if self._stage == "mail":
+            why = rates.mail(service, client, user, context.session_messages, now)
+        else:
+            why = rates.rcpt(service, client, user, context.session_recipients, now)
+        if why is None:
+            return CONTINUE
+        who = f"user {user}" if why == "user" else client
+        reply = {
+            ("mail", "session_messages"): replies.too_many_messages_in_session,
+            ("rcpt", "session_recipients"): replies.too_many_recipients_in_session,
+        }.get((self._stage, why))
+        if reply is not None:
+            refused = reply()
+        elif self._stage == "mail":
+            refused = replies.too_much_mail(who)
+        else:
+            refused = replies.too_many_recipients_from(who)
+        log.info(
+            "session %s: %s limit (%s) reached by %s: %s", context.session_id, self._stage, why, who, refused
+        )
+        return Refuse(refused)
 
 
 def space_refusal(space: QueueSpace | None, size: int | None, session_id: str, client: str) -> Reply | None:
@@ -407,6 +480,7 @@ class RecipientCheck:
         assert context.recipient is not None
         rcpt = str(context.recipient)
         sender = context.sender
+        subject, issuer = verified_certificate(context.tls)
         request = SmarRecipientCheckRequest(
             client_address=context.client_address,
             service=context.service.name or "",
@@ -414,6 +488,8 @@ class RecipientCheck:
             sender=str(sender) if isinstance(sender, Address) else "",
             recipient=rcpt,
             helo=context.helo or "",
+            cert_subject=subject,
+            cert_issuer=issuer,
         )
         key = (
             request.service,
@@ -422,6 +498,8 @@ class RecipientCheck:
             request.sender,
             rcpt,
             request.helo,
+            subject,
+            issuer,
         )
         now = time.monotonic()
         answer = res.rcpt_cache.get(key, now)
@@ -446,9 +524,82 @@ class RecipientCheck:
         return CONTINUE
 
 
+def verified_certificate(tls: TlsFacts | None) -> tuple[str, str]:
+    """(subject, issuer) of the client's certificate when it verified, else ("", "")."""
+    if tls is None or not tls.peer_verified:
+        return "", ""
+    return tls.peer_subject or "", tls.peer_issuer or ""
+
+
+class ClientCheck:
+    """CONNECT, HELO, MAIL: smar's ``SmarClientCheckRequest``.
+
+    At connect it asks for the client's forward-confirmed name (``peername_lookup``: for
+    Received: and the log) and sets ``context.client_name``; with ``delay_checks = no`` smar also
+    decides the stage there (the access map's client, HELO and sender entries, the DNS lists).
+    smar unreachable: the name stays unknown; a stage smar must decide is a TempFail (4.4.3).
+    """
+
+    bounded = True  # smar's call has its own deadline (POLICY_TIMEOUT_S)
+
+    def __init__(self, resources: CheckResources, stage: Literal["connect", "helo", "mail"]) -> None:
+        self._resources = resources
+        self._stage: Literal["connect", "helo", "mail"] = stage
+
+    async def __call__(self, context: StageContext) -> Decision:
+        res = self._resources
+        decides = not res.config.smar.delay_checks
+        lookup = self._stage == "connect" and context.service.peername_lookup
+        # The access map may exempt the client from the message and recipient limits.
+        exemptions = self._stage == "connect" and _has_rate_limits(context.service) and res.config.smar.access
+        if not decides and not lookup and not exemptions:
+            return CONTINUE
+        sender = context.sender
+        subject, issuer = verified_certificate(context.tls)
+        request = SmarClientCheckRequest(
+            stage=self._stage,
+            client_address=context.client_address,
+            service=context.service.name or "",
+            authenticated=context.authenticated,
+            helo=context.helo or "",
+            sender=None if sender is None else str(sender) if isinstance(sender, Address) else "",
+            cert_subject=subject,
+            cert_issuer=issuer,
+            lookup_name=lookup,
+        )
+        # Only the name: a slow DNS must not hold the greeting long (the name is then unknown).
+        timeout = POLICY_TIMEOUT_S if decides else PEERNAME_TIMEOUT_S
+        try:
+            answer: SmarClientCheckReply = await res.smar.call(request, timeout=timeout)
+        except RpcError as exc:
+            log.warning("session %s: smar unavailable at %s: %s", context.session_id, self._stage, exc)
+            if decides:
+                return TempFail(replies.temp_failure("Policy check unavailable, try again later"))
+            return CONTINUE
+        if self._stage == "connect":
+            if lookup:
+                context.client_name = answer.client_name
+            context.limits_exempt = context.limits_exempt or answer.limits_exempt
+        if answer.action == "discard":
+            return Discard("discarded by the access map")
+        if answer.action != "accept":
+            r = answer.reply
+            if 400 <= r.code < 600:
+                return Refuse(Reply(r.code, r.enhanced or None, (r.text,)))
+            return Refuse(replies.relayed(r.code, r.enhanced or None, r.text))
+        return CONTINUE
+
+
 def builtin_checks(resources: CheckResources) -> Checks:
     """The checks every smtps session runs, before any added ones (see the module docstring)."""
     return Checks(
-        mail=(SenderCheck(resources), SpaceCheck(resources)),
-        rcpt=(RecipientCheck(resources),),
+        connect=(ClientCheck(resources, "connect"),),
+        helo=(ClientCheck(resources, "helo"),),
+        mail=(
+            RateCheck(resources, "mail"),
+            SenderCheck(resources),
+            SpaceCheck(resources),
+            ClientCheck(resources, "mail"),
+        ),
+        rcpt=(RateCheck(resources, "rcpt"), RecipientCheck(resources)),
     )

@@ -15,6 +15,7 @@ import os
 import re
 import smtplib
 import ssl
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -212,3 +213,65 @@ def test_queue_layout_on_disk(production: Meta1Daemon) -> None:
     assert owner_mode(queue / "envelopes.sqlite") == (qmgr, meta1, 0o600)
     assert owner_mode(daemon.run_directory) == (0, meta1, 0o750)
     assert owner_mode(daemon.mail_directory) == (smtpc, meta1, 0o700)
+
+
+# Runs as smar's uid/gid: greylists one recipient in smar's data directory, as smar does.
+_GREYLIST_PROBE = r"""
+import sys
+from meta1py.smar.greylist import Greylist
+print(Greylist(sys.argv[1]).check("192.0.2.7", "a@example.org", "b@example.net").reason)
+"""
+
+
+def test_with_greylisting_smar_reaches_its_data_directory_and_nothing_else(
+    make_daemon: Any, worker_accounts: dict[str, Any]
+) -> None:
+    import grp
+    import pwd
+
+    if os.geteuid() != 0 or "users" not in worker_accounts:
+        pytest.skip("needs root and the four worker users (META1_TEST_ACCOUNTS=four)")
+    daemon: Meta1Daemon = make_daemon(sections={"smar": "greylisting { enable = yes; }"})
+    with daemon:
+        queue = daemon.queue_directory
+        data = queue / "smar"
+        smar_ids = (pwd.getpwnam("meta1r").pw_uid, grp.getgrnam("meta1r").gr_gid)
+        st = data.lstat()
+        assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (*smar_ids, 0o700)
+        # smar searches the queue directory to reach it; nobody gains a listing.
+        assert stat.S_IMODE(queue.stat().st_mode) == 0o751
+        checks = [
+            ("create-in-smar-data", "create", data / "probe"),
+            ("list-queue", "list", queue),
+            ("envelopes", "read", queue / "envelopes.sqlite"),
+            ("list-content", "list", queue / "content"),
+            ("list-run", "list", daemon.run_directory),
+        ]
+        workers = daemon.workers()
+        got = probe(workers["smar"], checks)
+        assert got == {
+            "create-in-smar-data": "ok", "list-queue": "EACCES", "envelopes": "EACCES",
+            "list-content": "EACCES", "list-run": "EACCES",
+        }  # fmt: skip
+        for name in ("qmgr", "smtpc", "smtps"):
+            assert probe(workers[name], checks[:1]) == {"create-in-smar-data": "EACCES"}, name
+
+        # smar's account can keep its database there ...
+        database = data / "greylist.db"
+        made = subprocess.run(
+            [sys.executable, "-c", _GREYLIST_PROBE, str(database)],
+            user=smar_ids[0], group=smar_ids[1], extra_groups=[], capture_output=True, text=True,
+            timeout=60, check=False,
+        )  # fmt: skip
+        assert (made.returncode, made.stdout) == (0, "new\n"), made.stderr
+        # ... and `meta1 grey`, run as root, reads and edits it as smar's user: no file of root's
+        # appears beside it (SQLite creates -shm and -wal even to read).
+        meta1 = [sys.executable, "-m", "meta1py.cli", "grey", "-f", str(daemon.conf_path)]
+        listed = subprocess.run([*meta1, "list", "--json"], capture_output=True, text=True, timeout=60)
+        assert listed.returncode == 0, listed.stderr
+        assert [t["network"] for t in json.loads(listed.stdout)["triplets"]] == ["192.0.2.0/24"]
+        removed = subprocess.run([*meta1, "remove", "192.0.2.7"], capture_output=True, text=True, timeout=60)
+        assert (removed.returncode, removed.stdout) == (0, "removed 1 triplet and 0 whitelisted networks\n")
+        assert {(p.name, p.stat().st_uid) for p in data.iterdir()} <= {
+            (name, smar_ids[0]) for name in ("greylist.db", "greylist.db-wal", "greylist.db-shm")
+        }

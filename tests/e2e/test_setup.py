@@ -101,6 +101,29 @@ def test_check_reports_what_differs_and_setup_repairs_it(site: dict[str, Any]) -
     assert meta1("setup", "-f", conf, "--check").returncode == 0
 
 
+def test_setup_makes_smars_data_directory_and_lets_smar_reach_it(site: dict[str, Any]) -> None:
+    conf, base = site["conf"], site["base"]
+    smar_group = site["smar_group"]
+    text = conf.read_text()
+    conf.write_text(
+        text.replace(f"group = {smar_group}; }}", f"group = {smar_group}; greylisting {{ enable = yes; }} }}")
+    )
+    assert conf.read_text() != text
+    first = meta1("setup", "-f", str(conf))
+    assert first.returncode == 0, first.stderr
+    data = base / "spool" / "smar"
+    st = data.stat()
+    smar_ids = (pwd.getpwnam(site["users"]["smar"]).pw_uid, grp.getgrnam(smar_group).gr_gid)
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (*smar_ids, 0o700)
+    assert stat.S_IMODE((base / "spool").stat().st_mode) == 0o751  # smar searches it, lists nothing
+    assert meta1("setup", "-f", str(conf), "--check").returncode == 0
+    data.chmod(0o755)
+    check = meta1("setup", "-f", str(conf), "--check")
+    assert check.returncode == 1 and f"{data}: found directory" in check.stderr and "0700" in check.stderr
+    assert meta1("setup", "-f", str(conf)).returncode == 0
+    assert stat.S_IMODE(data.stat().st_mode) == 0o700
+
+
 def test_a_link_in_the_queue_is_reported_not_followed(site: dict[str, Any]) -> None:
     conf, base = str(site["conf"]), site["base"]
     assert meta1("setup", "-f", conf).returncode == 0
@@ -119,9 +142,7 @@ def test_without_root_only_check_is_allowed(site: dict[str, Any]) -> None:
     assert result.returncode == 77 and "meta1 setup --check" in result.stderr
 
 
-def test_sendmail_entry_points_submit_mail_to_the_running_mta(
-    make_daemon: Any, tmp_path: Path
-) -> None:
+def test_sendmail_entry_points_submit_mail_to_the_running_mta(make_daemon: Any, tmp_path: Path) -> None:
     destdir = tmp_path / "root"
     daemon: Meta1Daemon = make_daemon()
     with daemon:

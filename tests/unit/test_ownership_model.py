@@ -21,6 +21,8 @@ from meta1py.ownership import (
     content_subdirs,
     expected_layout,
     inspect_layout,
+    queue_directory_mode,
+    reach_problems,
     repair_layout,
 )
 
@@ -52,13 +54,14 @@ def test_a_fresh_layout_is_created_then_nothing_differs(tmp_path: Path) -> None:
     owners = Owners.unprivileged()
     assert any(p.found == "nothing" for p in inspect_layout(cfg, owners))
     changes = repair_layout(cfg, owners)
-    assert sum(c.startswith("created ") for c in changes) == 31 * 31 + 4
+    assert sum(c.startswith("created ") for c in changes) == 31 * 31 + 5
     assert inspect_layout(cfg, owners) == []
     assert repair_layout(cfg, owners) == []
     assert _mode(tmp_path / "queue") == 0o750
     assert _mode(tmp_path / "queue" / "content" / "22") == CONTENT_SUBDIR_MODE
     assert _mode(tmp_path / "run") == 0o750
     assert _mode(tmp_path / "mail") == 0o700
+    assert _mode(tmp_path / "queue" / "smar") == 0o700
 
 
 def test_wrong_modes_are_reported_then_repaired(tmp_path: Path) -> None:
@@ -106,18 +109,19 @@ def test_a_file_where_a_directory_belongs_is_an_error(tmp_path: Path) -> None:
     assert str(tmp_path / "run") in message and "found file" in message and "expected directory" in message
 
 
+FOUR_ACCOUNTS = {
+    "qmgr": Account("q", "g", 4001, 4000),
+    "smar": Account("r", "r", 4002, 4002),
+    "smtpc": Account("c", "g", 4003, 4000),
+    "smtps": Account("s", "g", 4004, 4000),
+}
+
+
 @pytest.mark.root
 def test_as_root_owners_follow_the_model(tmp_path: Path) -> None:
     cfg = _config(tmp_path)
     tmp_path.chmod(0o755)
-    owners = Owners.from_accounts(
-        {
-            "qmgr": Account("q", "g", 4001, 4000),
-            "smar": Account("r", "r", 4002, 4002),
-            "smtpc": Account("c", "g", 4003, 4000),
-            "smtps": Account("s", "g", 4004, 4000),
-        }
-    )
+    owners = Owners.from_accounts(FOUR_ACCOUNTS)
     repair_layout(cfg, owners)
     st = (tmp_path / "queue" / "content" / "9Z").stat()
     assert (st.st_uid, st.st_gid) == (4001, 4000)
@@ -125,6 +129,9 @@ def test_as_root_owners_follow_the_model(tmp_path: Path) -> None:
     assert (st.st_uid, st.st_gid) == (0, 4000)
     st = (tmp_path / "mail").stat()
     assert (st.st_uid, st.st_gid) == (4003, 4000)
+    st = (tmp_path / "queue" / "smar").stat()
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (4002, 4002, 0o700)
+    assert _mode(tmp_path / "queue") == 0o750  # greylisting is off: smar need not enter the queue
     os.chown(tmp_path / "queue", 0, 0)
     assert [p.path for p in inspect_layout(cfg, owners)] == [tmp_path / "queue"]
     assert repair_layout(cfg, owners) != []
@@ -160,3 +167,83 @@ def test_access_problem_names_the_directory_in_the_way(open_tmp: Path) -> None:
     lib.chmod(0o750)
     assert access_problem(lib, NOBODY, {lib.stat().st_gid}) is None
     assert access_problem(lib, 0, set()) is None
+
+
+def _greylisting(tmp_path: Path, extra: str = "") -> Config:
+    return parse_config(
+        f"queue_directory = {tmp_path / 'queue'}; run_directory = {tmp_path / 'run'};"
+        f" mail_directory = {tmp_path / 'mail'}; smar {{ greylisting {{ enable = yes; {extra} }} }}"
+    )
+
+
+def test_smar_may_search_the_queue_only_when_it_needs_its_database_there(tmp_path: Path) -> None:
+    four = Owners.from_accounts(FOUR_ACCOUNTS)
+    assert queue_directory_mode(_config(tmp_path), four) == 0o750
+    assert queue_directory_mode(_greylisting(tmp_path), four) == 0o751
+    # One user, smar in the shared group, or a database elsewhere: nothing to open up.
+    assert queue_directory_mode(_greylisting(tmp_path), Owners.unprivileged()) == 0o750
+    shared = dict(FOUR_ACCOUNTS, smar=Account("r", "g", 4002, 4000))
+    assert queue_directory_mode(_greylisting(tmp_path), Owners.from_accounts(shared)) == 0o750
+    elsewhere = _greylisting(tmp_path, f"database = {tmp_path / 'lib' / 'g.db'};")
+    assert queue_directory_mode(elsewhere, four) == 0o750
+    # The database and SQLite's files beside it are checked (when they exist), not elsewhere.
+    paths = {e.path.name: e for e in expected_layout(_greylisting(tmp_path), four)}
+    assert {name for name in paths if name.startswith("greylist")} == {
+        "greylist.db",
+        "greylist.db-wal",
+        "greylist.db-shm",
+    }
+    assert (paths["greylist.db-shm"].uid, paths["greylist.db-shm"].mode, paths["greylist.db"].create) == (
+        4002,
+        0o600,
+        False,
+    )
+    assert not any(e.path.name == "g.db" for e in expected_layout(elsewhere, four))
+
+
+def test_greylist_files_are_repaired(tmp_path: Path) -> None:
+    cfg = _greylisting(tmp_path)
+    owners = Owners.unprivileged()
+    repair_layout(cfg, owners)
+    shm = tmp_path / "queue" / "smar" / "greylist.db-shm"
+    shm.write_bytes(b"")
+    shm.chmod(0o644)
+    assert [str(p) for p in inspect_layout(cfg, owners)] == [
+        f"{shm}: found file {_me()} 0644, expected file {_me()} 0600"
+    ]
+    assert repair_layout(cfg, owners) != [] and _mode(shm) == 0o600
+
+
+def _me() -> str:
+    import grp
+    import pwd
+
+    return f"{pwd.getpwuid(os.getuid()).pw_name}:{grp.getgrgid(os.getgid()).gr_name}"
+
+
+@pytest.mark.root
+def test_as_root_with_greylisting_smar_can_search_the_queue(tmp_path: Path) -> None:
+    cfg = _greylisting(tmp_path)
+    tmp_path.chmod(0o755)
+    owners = Owners.from_accounts(FOUR_ACCOUNTS)
+    repair_layout(cfg, owners)
+    assert _mode(tmp_path / "queue") == 0o751
+    assert (tmp_path / "queue" / "smar").stat().st_uid == 4002
+    assert inspect_layout(cfg, owners) == []
+    # Turned off again (a reload): the queue closes.
+    assert [p.path for p in inspect_layout(_config(tmp_path), owners)] == [tmp_path / "queue"]
+
+
+def test_a_database_elsewhere_must_be_writable_by_smar(open_tmp: Path) -> None:
+    lib = open_tmp / "lib"
+    lib.mkdir(mode=0o755)
+    lib.chmod(0o755)
+    cfg = _greylisting(open_tmp, f"database = {lib / 'greylist.db'};")
+    accounts = {"smar": Account("nobody", "nogroup", NOBODY, NOBODY)}
+    [problem] = reach_problems(cfg, accounts)
+    assert f"cannot create its greylisting database {lib / 'greylist.db'}" in problem
+    assert "cannot write in it" in problem
+    lib.chmod(0o777)
+    assert reach_problems(cfg, accounts) == []
+    # Below the queue (the default): smar needs the way in, which mcp gives it; nothing to report.
+    assert reach_problems(_greylisting(open_tmp), accounts) == []

@@ -197,8 +197,6 @@ async def running_qmgr(tmp_path: Path) -> AsyncIterator[Harness]:
         store.close()
 
 
-
-
 @pytest.mark.deadline(60)
 async def test_jobs_lost_with_smtpc_are_delivered_when_it_returns(
     tmp_path: Path, maillog: Callable[[str], list[str]]

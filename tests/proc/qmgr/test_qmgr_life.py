@@ -255,8 +255,6 @@ async def running_qmgr(
         store.close()
 
 
-
-
 def content_of(h: Harness, qid: str) -> str:
     return content_path(h.queue_dir, qid).read_bytes().decode()
 

@@ -175,8 +175,6 @@ def fill(path: Path) -> int:
     return written
 
 
-
-
 @pytest.mark.deadline(120)
 async def test_full_disk_defers_in_memory_refuses_new_mail_and_recovers(
     tmp_path: Path, mount_tmpfs: Callable[[str], Path], maillog: Callable[[str], list[str]]

@@ -18,6 +18,8 @@ from meta1py.conf import Config, SmtpsConfig
 from meta1py.rpc.messages import (
     QueueEnvelopeCommitReply,
     QueueEnvelopeCommitRequest,
+    SmarClientCheckReply,
+    SmarClientCheckRequest,
     SmarRecipientCheckReply,
     SmtpReplyValue,
 )
@@ -28,7 +30,9 @@ OK = SmtpReplyValue(code=250, enhanced="2.0.0", text="ok")
 
 
 class FakeSmar:
-    async def call(self, msg: Any, timeout: float) -> SmarRecipientCheckReply:
+    async def call(self, msg: Any, timeout: float) -> SmarRecipientCheckReply | SmarClientCheckReply:
+        if isinstance(msg, SmarClientCheckRequest):
+            return SmarClientCheckReply(action="accept", reply=OK, client_name="client.example")
         return SmarRecipientCheckReply(action="accept", reply=OK, expanded=())
 
 

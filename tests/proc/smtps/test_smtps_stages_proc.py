@@ -31,6 +31,8 @@ from meta1py.rpc import RpcChannel, open_channel_pair
 from meta1py.rpc.messages import (
     QueueEnvelopeCommitReply,
     QueueEnvelopeCommitRequest,
+    SmarClientCheckReply,
+    SmarClientCheckRequest,
     SmarRecipientCheckReply,
     SmtpReplyValue,
 )
@@ -270,7 +272,7 @@ async def test_a_refused_helo_leaves_the_session_as_it_was(tmp_path: Path) -> No
             assert answer.startswith(b"250 2.0.0 Ok: queued as ")
             qid = answer.rsplit(b" ", 1)[1].decode()
             content = next(p for p in mta.content_files() if p.name == qid).read_bytes()
-            assert content.startswith(b"Received: from good.example ([192.0.2.1])\r\n")
+            assert content.startswith(b"Received: from good.example (unknown [192.0.2.1])\r\n")
             await client.command(b"QUIT")
 
 
@@ -307,7 +309,7 @@ async def test_the_checks_see_what_is_known_at_each_stage(tmp_path: Path) -> Non
     assert eoh.headers == b"Subject: stages\r\nX-Test: yes"
     assert eom.headers == eoh.headers and eom.message is not None
     assert eom.message.qid == answers[-1].rsplit(b" ", 1)[1].decode()
-    assert files[0].startswith(b"Received: from c.example ([192.0.2.1])\r\n")
+    assert files[0].startswith(b"Received: from c.example (unknown [192.0.2.1])\r\n")
     assert files[0].endswith(b"\r\n\r\nbody\r\n") and eom.message.size == len(files[0])
 
 
@@ -450,6 +452,10 @@ class FakeQmgr:
 
 
 async def smar_accepting(msg: Any) -> Any:
+    if isinstance(msg, SmarClientCheckRequest):
+        return SmarClientCheckReply(
+            action="accept", reply=SmtpReplyValue(code=250, enhanced="2.0.0", text="ok")
+        )
     return SmarRecipientCheckReply(
         action="accept", reply=SmtpReplyValue(code=250, enhanced="2.1.5", text="ok"), expanded=()
     )

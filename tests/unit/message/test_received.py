@@ -108,3 +108,15 @@ def test_the_date_is_formatted_once_per_second() -> None:
     assert format_date(NOW) == DATE
     assert format_date(NOW + 0.5) is format_date(NOW)  # same second: the cached string
     assert format_date(NOW + 1) == email.utils.formatdate(NOW + 1, localtime=True)
+
+
+def test_the_client_name_from_reverse_dns() -> None:
+    # Postfix's layout: "from HELO (name [ip])", "unknown" when the address has no verified name.
+    named = header(client_name="mail.example.net").decode()
+    assert named.startswith("Received: from client.example (mail.example.net [192.0.2.1])\r\n")
+    assert header(client_name="").decode().startswith("Received: from client.example (unknown [192.0.2.1])")
+    assert (
+        header(client_name="evil\r\nX-Bad: 1")
+        .decode()
+        .startswith("Received: from client.example (evil??X-Bad:?1 [192.0.2.1])")
+    )

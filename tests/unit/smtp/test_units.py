@@ -92,6 +92,8 @@ def test_every_named_reply_has_an_enhanced_code() -> None:
             "sender_rejected",
             "greeting_rejected",
             "policy_tempfail_greeting",
+            "too_much_mail",
+            "too_many_recipients_from",
         ):
             args = ("x",)
         if name == "bdat_ok":

@@ -8,7 +8,7 @@ import ipaddress
 import pytest
 
 from meta1py.conf import SmtpsConfig
-from meta1py.smtps.limits import RATE_WINDOW_S, QueueSpace, SessionLimits, is_trusted, network_of
+from meta1py.smtps.limits import RATE_WINDOW_S, MailRates, QueueSpace, SessionLimits, is_trusted, network_of
 
 
 def service(**kw: object) -> SmtpsConfig:
@@ -217,3 +217,36 @@ def test_nobody_is_evicted_when_no_client_holds_more_than_its_share() -> None:
     for i in range(10):  # ten clients with one session each: all at their fair share
         assert limits.admit(f"198.51.100.{i + 1}", svc, 0.0).admitted
     assert limits.eviction_victim("203.0.113.9", svc) is None
+
+
+def test_message_and_recipient_rates_per_client_and_per_user() -> None:
+    service = dataclasses.replace(
+        SmtpsConfig(), message_rate_per_client=2, recipient_rate_per_client=3, message_rate_per_user=1
+    )
+    rates = MailRates()
+    # Two messages a minute from one address; the third waits until the first leaves the window.
+    assert rates.mail(service, "192.0.2.1", None, 0, 0.0) is None
+    assert rates.mail(service, "192.0.2.1", None, 1, 1.0) is None
+    assert rates.mail(service, "192.0.2.1", None, 2, 2.0) == "client"
+    assert rates.mail(service, "192.0.2.2", None, 0, 2.0) is None  # another client has its own
+    assert rates.mail(service, "192.0.2.1", None, 2, RATE_WINDOW_S + 0.5) is None
+    # Per user: one a minute, wherever it connects from.
+    assert rates.mail(service, "198.51.100.1", "alice", 0, 100.0) is None
+    assert rates.mail(service, "198.51.100.2", "alice", 0, 101.0) == "user"
+    assert rates.mail(service, "198.51.100.2", "bob", 0, 101.0) is None
+    # Recipients: their own count; a refused RCPT does not count.
+    for n in range(3):
+        assert rates.rcpt(service, "203.0.113.9", None, n, 200.0) is None
+    assert rates.rcpt(service, "203.0.113.9", None, 3, 200.0) == "client"
+    assert rates.rcpt(service, "203.0.113.9", None, 3, 200.0 + RATE_WINDOW_S) is None
+
+
+def test_per_session_limits_and_no_limit_by_default() -> None:
+    rates = MailRates()
+    default = SmtpsConfig()
+    assert all(rates.mail(default, "192.0.2.1", None, n, 0.0) is None for n in range(10_000))
+    service = dataclasses.replace(default, max_messages_per_session=2, max_recipients_per_session=5)
+    assert rates.mail(service, "192.0.2.1", None, 1, 0.0) is None
+    assert rates.mail(service, "192.0.2.1", None, 2, 0.0) == "session_messages"
+    assert rates.rcpt(service, "192.0.2.1", None, 4, 0.0) is None
+    assert rates.rcpt(service, "192.0.2.1", None, 5, 0.0) == "session_recipients"
