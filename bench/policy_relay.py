@@ -74,7 +74,9 @@ class GatewayMta(Meta1Mta):
             sections={
                 "smar": smar,
                 "smtpc": "max_connections = 20;",
-                "smtps": "relay_clients = { 192.0.2.1 };",
+                # The client is not a relay client: lift the connection-rate limits it would trip.
+                "smtps": "relay_clients = { 192.0.2.1 }; connection_rate_per_client = 0;"
+                " connection_rate_per_network = 0;",
             },
             ready_timeout=120,
             **accounts,

@@ -1,23 +1,26 @@
 """smar: the meta1py address resolver.
 
 NAME
-    smar -- answers recipient and routing questions: aliases, routes, DNS (MX, A/AAAA).
+    smar -- answers policy, recipient and routing questions: the access map, DNS lists,
+    greylisting, aliases, routes, DNS (MX, A/AAAA, PTR).
 
 DESCRIPTION
-    smar decides whether a recipient is accepted -- a local one must exist after alias
-    expansion, any other needs relay permission (``relay_clients`` or an authenticated client) --
-    (for smtps), and where a recipient goes -- Maildir, LMTP, or SMTP hosts in MX order -- (for
-    qmgr). It reads the ``aliases``, ``routes`` and ``access`` maps -- text files, files compiled
-    by ``meta1 makemap`` (``cdb:FILE``), socketmap servers (access only), or sequences of them,
-    following every file as it changes -- and queries DNS (``nameserver``, ``DNS_timeout``),
-    caching answers.
+    smar decides whether a recipient is accepted -- the access map, the client's
+    forward-confirmed name, the DNS lists and greylisting (meta1py.smar.policy), then a local
+    recipient must exist after alias expansion and any other needs relay permission -- (for
+    smtps, at RCPT TO, or at each stage with ``delay_checks = no``), and where a recipient
+    goes -- Maildir, LMTP, or SMTP hosts in MX order -- (for qmgr). It reads the ``aliases``,
+    ``routes`` and ``access`` maps -- text files, files compiled by ``meta1 makemap``
+    (``cdb:FILE``), socketmap servers (access only), or sequences of them, following every file
+    as it changes -- and queries DNS (``nameserver``, ``DNS_timeout``), caching answers.
 
 SECURITY
     Runs as the ``smar`` section's user (``meta1r``) when mcp is root. It reads maps (that user
     must be able to read them, compiled ones too: ``meta1 check-config`` checks as root), talks
     DNS and the configured socketmap servers (whose replies are bounded to 100,000 bytes and
-    otherwise untrusted: anything that is not the protocol is a temporary failure); it never
-    touches the queue. It treats DNS answers as untrusted input: a route holds at
+    otherwise untrusted: anything that is not the protocol is a temporary failure). It enters
+    the queue directory only to reach its own data directory ``smar/`` (the greylisting
+    database); it never touches the queue itself. It treats DNS answers as untrusted input: a route holds at
     most ``smtpc { mx_address_limit }`` addresses (default 5), and every reply is cut to the RPC
     schema's caps (see meta1py.smar.mx and docs/smar.md).
 

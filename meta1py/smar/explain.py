@@ -125,6 +125,11 @@ async def _explain(service: SmarService, args: argparse.Namespace) -> int:
         reverse = ReverseName(args.client_resolve or "ok", args.client_name)
     elif args.client_resolve:
         reverse = ReverseName(args.client_resolve)
+    refused = _mail_refusal(service, args.service, sender, args.auth)
+    if refused is not None:
+        print(f"MAIL FROM:<{sender}>")
+        print(f"  smtps: => {refused} (refused before any recipient)")
+        return EX_REFUSED
     status = EX_OK
     for rcpt in args.rcpts:
         rcpt = rcpt.strip().strip("<>")
@@ -166,6 +171,22 @@ async def _explain(service: SmarService, args: argparse.Namespace) -> int:
         if answer.action not in ("accept", "discard"):
             status = EX_REFUSED
     return status
+
+
+def _mail_refusal(service: SmarService, name: str, sender: str, auth: str | None) -> str | None:
+    """smtps's own MAIL FROM rules (require_auth, sender_must_match_login) on the section
+    ``name``: the refusing reply as one line, or None."""
+    from meta1py.smar.service import smtps_section
+    from meta1py.submission import submission_refusal
+
+    cfg = service.config
+    section = smtps_section(cfg, name)
+    if section is None:
+        return None
+    reply = submission_refusal(section, sender, auth, cfg.local_domains)
+    if reply is None:
+        return None
+    return f"{reply.code} {reply.enhanced or ''} {' '.join(reply.lines)}".replace("  ", " ")
 
 
 def _step_line(step: Step) -> str:

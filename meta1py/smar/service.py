@@ -143,7 +143,8 @@ def _reject(code: int, enhanced: str, text: str) -> SmarRecipientCheckReply:
     )
 
 
-def _section(config: Config, service: str) -> SmtpsConfig | None:
+def smtps_section(config: Config, service: str) -> SmtpsConfig | None:
+    """The smtps section named ``service`` ("" is the unnamed one); the first one otherwise."""
     for section in config.smtps:
         if (section.name or "") == service:
             return section
@@ -154,7 +155,7 @@ def relay_allowed(config: Config, service: str, client_address: str, authenticat
     """May this client relay through the smtps section ``service``?"""
     if authenticated:
         return True
-    section = _section(config, service)
+    section = smtps_section(config, service)
     if section is None:
         return False
     ip = client_ip(client_address.split("%", 1)[0])

@@ -33,7 +33,6 @@ __all__ = [
     "SaslError",
     "SaslExchange",
     "is_loopback",
-    "sender_matches_login",
 ]
 
 # Base64 of "Username:" and "Password:": what every LOGIN client expects (draft-murchison-sasl-login).
@@ -222,19 +221,3 @@ def is_loopback(client_address: str) -> bool:
         return ipaddress.ip_address(client_address).is_loopback
     except ValueError:
         return False
-
-
-def sender_matches_login(sender: str, login: str, local_domains: tuple[str, ...]) -> bool:
-    """The ``sender_must_match_login`` rule.
-
-    A login that is an address must equal the sender (the domain compared case-insensitively). A
-    bare login matches ``login@D`` for each of our local domains. The null sender never matches:
-    an authenticated user has no reason to send bounces.
-    """
-    if not sender:
-        return False
-    local, _, domain = sender.rpartition("@")
-    if "@" in login:
-        login_local, _, login_domain = login.rpartition("@")
-        return local == login_local and domain.lower() == login_domain.lower()
-    return local == login and domain.lower() in local_domains

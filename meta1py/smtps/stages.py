@@ -75,8 +75,8 @@ from meta1py.smtp import events as ev
 from meta1py.smtp import replies
 from meta1py.smtp.address import Address, NullPath
 from meta1py.smtp.replies import Reply
-from meta1py.smtps.auth import sender_matches_login
 from meta1py.smtps.limits import MailRates, QueueSpace
+from meta1py.submission import submission_refusal
 from meta1py.tls.facts import TlsFacts
 
 log = logging.getLogger(__name__)
@@ -432,22 +432,20 @@ class SenderCheck:
         self._resources = resources
 
     async def __call__(self, context: StageContext) -> Decision:
-        service = context.service
-        if service.require_auth and context.authenticated is None:
-            return Refuse(replies.auth_required())
-        if service.sender_must_match_login and context.authenticated is not None:
-            sender = context.sender
-            text = str(sender) if isinstance(sender, Address) else ""
-            local_domains = self._resources.config.local_domains
-            if not sender_matches_login(text, context.authenticated, local_domains):
-                log.info(
-                    "session %s: sender %r not allowed for user %r",
-                    context.session_id,
-                    text[:256],
-                    context.authenticated,
-                )
-                return Refuse(replies.sender_rejected(text))
-        return CONTINUE
+        sender = context.sender
+        text = str(sender) if isinstance(sender, Address) else ""
+        local_domains = self._resources.config.local_domains
+        refused = submission_refusal(context.service, text, context.authenticated, local_domains)
+        if refused is None:
+            return CONTINUE
+        if context.authenticated is not None:
+            log.info(
+                "session %s: sender %r not allowed for user %r",
+                context.session_id,
+                text[:256],
+                context.authenticated,
+            )
+        return Refuse(refused)
 
 
 class SpaceCheck:

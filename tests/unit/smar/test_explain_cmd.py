@@ -89,3 +89,19 @@ def test_explain_answers_as_the_policy_table_says(
         assert rc == 0 and last.startswith("  => 250 "), last
     else:
         assert rc == 1 and "Relay access denied" in last, last
+
+
+def test_smtps_mail_rules_come_first(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    conf = tmp_path / "meta1.conf"
+    conf.write_text(
+        f"local_domains = {{ example.test }};\nqueue_directory = {tmp_path / 'q'};\n"
+        "smtps submission { require_auth = yes; sender_must_match_login = yes; }\n"
+    )
+    args = ["-f", str(conf), "--service", "submission", "--client", "192.0.2.1", "--client-resolve", "no"]
+    assert main([*args, "--from", "alice@example.test", "--to", "x@remote.example"]) == 1
+    out = capsys.readouterr().out
+    assert "  smtps: => 530 5.7.0 Authentication required (refused before any recipient)" in out
+    assert main([*args, "--auth", "bob", "--from", "alice@example.test", "--to", "x@remote.example"]) == 1
+    assert "  smtps: => 553 5.7.1" in capsys.readouterr().out
+    assert main([*args, "--auth", "alice", "--from", "alice@example.test", "--to", "x@remote.example"]) == 0
+    assert "=> 250 2.1.5 Ok (accepted)" in capsys.readouterr().out

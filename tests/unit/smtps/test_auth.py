@@ -12,8 +12,8 @@ from meta1py.smtps.auth import (
     SaslChallenge,
     SaslError,
     SaslExchange,
-    sender_matches_login,
 )
+from meta1py.submission import sender_matches_login
 
 
 def b64(data: bytes) -> str:
