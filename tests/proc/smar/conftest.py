@@ -48,6 +48,17 @@ ZONES = {
     "noaddr.test": """
         @        MX 10 nowhere
     """,
+    # Reverse DNS: 127.0.0.2 is mx1.mx.test (confirmed), 127.0.0.7 claims a name without that address.
+    "0.0.127.in-addr.arpa": """
+        2        PTR  mx1.mx.test.
+        7        PTR  mx2.mx.test.
+    """,
+    # A DNS block list: 127.0.0.2 listed with a TXT record, 127.0.0.3 answered outside 127/8.
+    "bl.test": """
+        2.0.0.127  A    127.0.0.2
+        2.0.0.127  TXT  "listed: see https://bl.test/"
+        3.0.0.127  A    192.0.2.1
+    """,
     # Hosts for relayhost / routes tests.
     "relay.test": """
         smarthost    A  127.0.0.9
