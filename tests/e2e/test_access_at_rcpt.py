@@ -118,3 +118,49 @@ def test_a_changed_access_map_applies_without_a_restart(make_daemon: Callable[..
         assert (code, text[:5]) == (450, b"4.7.1")
         assert daemon.worker_pid("smar") == smar  # reloaded, not restarted
         assert "access:2: unknown tag" in daemon.log_text()
+
+
+def test_a_compiled_access_map_is_used_and_replaced_live(make_daemon: Callable[..., Meta1Daemon]) -> None:
+    import subprocess
+    import sys
+
+    daemon = make_daemon(sections={"smar": "access = cdb:../access;"})
+    text = daemon.dir / "access"
+
+    def makemap() -> None:
+        done = subprocess.run(
+            [sys.executable, "-m", "meta1py.cli", "makemap", "access", str(text)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+
+    text.write_text("cltaddr:127.0.0.66  REJECT\n")
+    makemap()
+    with daemon:
+        smar = daemon.worker_pid("smar")
+        code, reply = _rcpt(daemon, "bob@localhost", source="127.0.0.66")
+        assert (code, reply[:5]) == (550, b"5.7.1"), reply
+        assert _rcpt(daemon, "bob@localhost", source="127.0.0.67")[0] == 250
+        # A bad line: makemap refuses, writes nothing, and the running map stays as it was.
+        text.write_text("cltaddr:127.0.0.66  REJECT\ncltaddr:127.0.0.67  MAYBE\n")
+        bad = subprocess.run(
+            [sys.executable, "-m", "meta1py.cli", "makemap", "access", str(text)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert bad.returncode == 65 and "access:2:" in bad.stderr
+        # The fixed map, compiled again: smar switches to it without a restart.
+        text.write_text("cltaddr:127.0.0.67  TEMPFAIL\n")
+        makemap()
+        code, reply = poll(
+            lambda: r if (r := _rcpt(daemon, "carol@localhost", source="127.0.0.67"))[0] != 250 else None,
+            30,
+            "the new compiled map",
+        )
+        assert (code, reply[:5]) == (450, b"4.7.1")
+        assert daemon.worker_pid("smar") == smar
