@@ -16,6 +16,10 @@ from meta1py import __version__
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "run": ("meta1py.mcp.main", "start mcp and the workers in the foreground"),
     "check-config": ("meta1py.conf.checkcmd", "check meta1.conf; -n prints non-default settings"),
+    "config": (
+        "meta1py.cli.config",
+        "print the effective value of options (postconf): [-n] [--json] [NAME...]",
+    ),
     "queue": ("meta1py.cli.queue", "list, show, flush, delete, bounce, hold, release queued mail"),
     "sendmail": ("meta1py.cli.sendmail", "sendmail-compatible submission from the command line"),
     "passwd": ("meta1py.cli.passwd", "create a password file entry for AUTH"),

@@ -10,8 +10,13 @@ from meta1py.passwords import hash_password
 
 def main(argv: list[str]) -> int:
     """Prompt for a password (twice on a terminal) and print ``USER:{SCRYPT}...``."""
+    usage = "usage: meta1 passwd USER   (the password is read from the terminal or stdin)"
+    if argv in (["-h"], ["--help"]):
+        print(usage)
+        print("Print a line for smtps's password_file: USER:{SCRYPT}... (append it to the file).")
+        return 0
     if len(argv) != 1 or argv[0].startswith("-") or ":" in argv[0]:
-        print("usage: meta1 passwd USER   (the password is read from the terminal or stdin)", file=sys.stderr)
+        print(usage, file=sys.stderr)
         return 64
     if sys.stdin.isatty():
         first = getpass.getpass("Password: ")

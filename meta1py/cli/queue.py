@@ -2,9 +2,9 @@
 
 Reading (``list``, ``show``, ``stats``) opens the envelope store read-only; SQLite's WAL lets it
 do so while qmgr runs, and what it shows is what is durable.  Changing (``flush``, ``delete``,
-``bounce``, ``hold``, ``release``) goes through qmgr over ``qmgr.sock`` when qmgr runs, because
+``bounce``, ``hold``, ``release``, ``requeue``) goes through qmgr over ``qmgr.sock`` when qmgr runs, because
 qmgr owns the queue; when it does not run, ``delete``, ``hold`` and ``release`` change the store
-directly (``flush`` and ``bounce`` need the running qmgr).
+directly (``flush``, ``bounce`` and ``requeue`` need the running qmgr).
 
 Run it as root or as the queue's owner.  The ``--json`` output of ``list`` is documented in
 ``docs/queue.md`` and is stable: one JSON object per message per line, like ``postqueue -j``.
@@ -155,6 +155,10 @@ def cmd_show(cfg: Config, args: argparse.Namespace) -> int:
             print(f"      {r.last_reply}")
     try:
         with open_content(cfg.queue_directory, env.qid) as content:
+            if args.body:
+                print("message:", flush=True)
+                _copy(content, sys.stdout.buffer)
+                return 0
             head = content.read(64 * 1024)
     except FileNotFoundError:
         print("headers: (content file missing)")
@@ -165,6 +169,17 @@ def cmd_show(cfg: Config, args: argparse.Namespace) -> int:
     for name, value in msg.items():
         print(f"  {name}: {' '.join(str(value).split())[:300]}")
     return 0
+
+
+def _copy(content: Any, out: Any) -> None:
+    """The message as it is queued (our Received: on top, CRLF line ends), ended by a newline."""
+    last = b"\n"
+    while chunk := content.read(64 * 1024):
+        out.write(chunk)
+        last = chunk[-1:]
+    if last != b"\n":
+        out.write(b"\n")
+    out.flush()
 
 
 def cmd_stats(cfg: Config, args: argparse.Namespace) -> int:
@@ -251,6 +266,10 @@ def cmd_change(cfg: Config, args: argparse.Namespace) -> int:
         return EX_USAGE
     to = getattr(args, "to", None)
     all_deferred = bool(getattr(args, "all_deferred", False))
+    if action == "requeue" and not ids:
+        if not getattr(args, "all", False):
+            print("meta1 queue requeue: name the messages (queue ids) or --all", file=sys.stderr)
+            return EX_USAGE
     if action in ("delete", "bounce", "hold", "release") and not ids and not all_deferred:
         print(
             f"meta1 queue {action}: name the messages (queue ids)"
@@ -262,7 +281,7 @@ def cmd_change(cfg: Config, args: argparse.Namespace) -> int:
     if result is not None:
         return result
     # qmgr is not running: change the store directly where that is safe.
-    if action in ("flush", "bounce"):
+    if action in ("flush", "bounce", "requeue"):
         print(f"meta1 queue {action}: qmgr is not running (start meta1 first)", file=sys.stderr)
         return EX_TEMPFAIL
     path = envelope_store_path(cfg.queue_directory)
@@ -307,29 +326,33 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("list", "one entry per message, like mailq")
     p.add_argument("--json", action="store_true", help="one JSON object per line (docs/queue.md)")
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--deferred", action="store_true")
-    group.add_argument("--active", action="store_true")
-    group.add_argument("--hold", action="store_true")
+    group.add_argument("--deferred", action="store_true", help="only messages with a deferred recipient")
+    group.add_argument("--active", action="store_true", help="only messages not deferred nor held")
+    group.add_argument("--hold", action="store_true", help="only held messages")
     p.add_argument("--to", metavar="DOMAIN", help="only messages with a recipient in DOMAIN")
     p.add_argument("--from", dest="sender", metavar="ADDR", help="only messages from ADDR")
     p = add("show", "envelope, recipient states and headers of one message")
-    p.add_argument("id")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("id", help="queue id")
+    p.add_argument("--json", action="store_true", help="the envelope as JSON (docs/queue.md)")
+    p.add_argument("--body", action="store_true", help="the whole message after the envelope (postcat -q)")
     p = add("stats", "counts by state and destination, oldest message")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="one JSON object")
     p = add("flush", "retry deferred mail now")
-    p.add_argument("ids", nargs="*")
-    p.add_argument("--to", metavar="DOMAIN")
+    p.add_argument("ids", nargs="*", help="queue ids (none: every message)")
+    p.add_argument("--to", metavar="DOMAIN", help="only messages with a recipient in DOMAIN")
     p = add("delete", "remove messages without a bounce")
-    p.add_argument("ids", nargs="*")
-    p.add_argument("--all-deferred", action="store_true")
+    p.add_argument("ids", nargs="*", help="queue ids")
+    p.add_argument("--all-deferred", action="store_true", help="every message with a deferred recipient")
+    p = add("requeue", "release, route afresh and retry now (postsuper -r), e.g. after a routes change")
+    p.add_argument("ids", nargs="*", help="queue ids")
+    p.add_argument("--all", action="store_true", help="every queued message (postsuper -r ALL)")
     for name, text in (
         ("bounce", "return messages to their senders now"),
         ("hold", "put messages on hold"),
         ("release", "release held messages"),
     ):
         p = add(name, text)
-        p.add_argument("ids", nargs="+")
+        p.add_argument("ids", nargs="+", help="queue ids")
     return parser
 
 

@@ -11,7 +11,7 @@ from meta1py.conf.schema import OptionSpec, options_of, quote, sections_of
 from meta1py.contract import smar_data_directory
 
 
-def _default(spec: OptionSpec, qdir: Path, cwd: Path) -> Any:
+def option_default(spec: OptionSpec, qdir: Path, cwd: Path) -> Any:
     """The value the option would have if it were not set, given the config's queue directory."""
     value = spec.default_value()
     if isinstance(value, Path) and not value.is_absolute():
@@ -26,7 +26,7 @@ def _emit(obj: Any, indent: str, only_changed: bool, qdir: Path, cwd: Path, out:
         value = getattr(obj, attr)
         if value is None:
             continue  # None is always the default: there is nothing to write
-        if only_changed and value == _default(spec, qdir, cwd):
+        if only_changed and value == option_default(spec, qdir, cwd):
             continue
         out.append(f"{indent}{spec.spelling} = {spec.type.format(value)};")
     for attr, sspec in sections_of(cls):

@@ -4,9 +4,8 @@ The MTA that makes the final delivery adds ``Return-Path: <reverse-path>`` at th
 message -- ``<>`` for the null sender of a bounce -- so that the recipient's software knows where
 replies about delivery go.
 
-Not used yet: meta1py does not write ``Return-Path:`` into delivered mail today. Adding it to
-Maildir (and LMTP) deliveries changes what users receive, so it belongs to its own issue; this
-builder is here so that it is written in one place when that happens.
+smtpc's Maildir delivery writes it (:func:`meta1py.smtpc.maildir.deliver_maildir`). LMTP and
+SMTP deliveries do not: the server behind them makes the final delivery and adds its own.
 """
 
 from __future__ import annotations

@@ -1322,7 +1322,21 @@ class QueueManager:
         selected, missing = self._select(req)
         now = time.time()
         count = 0
-        if req.action == "flush":
+        if req.action == "requeue":
+            # postsuper -r: held messages are released, every recipient is routed afresh (routes
+            # are asked of smar at each attempt anyway) and tried now, dead destinations included.
+            self.scheduler.revive()
+            for msg in selected:
+                if msg.env.hold:
+                    await self.committer.set_hold(msg.env.qid, False)
+                    msg.env = replace(msg.env, hold=False)
+                for idx, r in list(msg.rcpts.items()):
+                    if not r.is_final and idx not in msg.busy:
+                        msg.rcpts[idx] = replace(r, next_attempt=now)
+                self._schedule(msg.env.qid, now)
+                mlog.maillog("requeued", msg.env.qid, reason="requeued by operator")
+                count += 1
+        elif req.action == "flush":
             self.scheduler.revive()
             for msg in selected:
                 for idx, r in list(msg.rcpts.items()):

@@ -346,13 +346,13 @@ class QueueControlReply(RpcMessage):
 @rpc_message
 @dataclass(frozen=True, slots=True)
 class QueueControlRequest(RpcRequest[QueueControlReply]):
-    """An operator command: flush, delete, bounce, hold or release messages.
+    """An operator command: flush, delete, bounce, hold, release or requeue messages.
 
     Sender: meta1 queue (the CLI, run as root or the queue owner).
     Receiver: qmgr.
     """
 
-    action: Literal["flush", "delete", "bounce", "hold", "release"]
+    action: Literal["flush", "delete", "bounce", "hold", "release", "requeue"]
     qids: tuple[str, ...] = field(metadata=caps(max_items=100_000))
     to_domain: str | None = field(metadata=caps(max_len=256))
     all_deferred: bool

@@ -449,7 +449,7 @@ class DeliveryAgents:
                 except FileNotFoundError:
                     return None
                 with content:
-                    return deliver_maildir(maildir, content, address, self.hostname)
+                    return deliver_maildir(maildir, content, address, self.hostname, sender=req.sender)
 
             outcome = await trio.to_thread.run_sync(work)
             if outcome is None:

@@ -31,6 +31,7 @@ from typing import BinaryIO
 
 from meta1py.envelope import DeliveryStatus
 from meta1py.message.delivered_to import delivered_to_header, has_delivered_to
+from meta1py.message.return_path import return_path_header
 from meta1py.smtp.status import PERM_ROUTING_LOOP, SUCCESS, TEMP_MAIL_SYSTEM_ERROR, TEMP_MAILBOX_FULL
 
 __all__ = ["DeliveryOutcome", "deliver_maildir", "maildir_unique_name"]
@@ -146,13 +147,16 @@ def deliver_maildir(
     hostname: str,
     *,
     create: bool = True,
+    sender: str | None = None,
 ) -> DeliveryOutcome:
     """Deliver one message into a Maildir.
 
-    Adds ``Delivered-To: <recipient>`` (:mod:`meta1py.message.delivered_to`) at the top of the
-    message. If the header already holds that same ``Delivered-To`` the message has looped back to
-    us (an alias or forward pointing at itself), so it is refused permanently instead of delivered
-    again.
+    Adds ``Return-Path: <sender>`` (RFC 5321 §4.4: the final delivery records the envelope
+    sender; :mod:`meta1py.message.return_path`) and ``Delivered-To: <recipient>``
+    (:mod:`meta1py.message.delivered_to`) at the top of the message, in that order, as Postfix's
+    local(8) and virtual(8) do. If the header already holds that same ``Delivered-To`` the message
+    has looped back to us (an alias or forward pointing at itself), so it is refused permanently
+    instead of delivered again.
 
     Args:
         maildir: The Maildir (the directory holding ``tmp``, ``new`` and ``cur``).
@@ -161,6 +165,7 @@ def deliver_maildir(
         hostname: This host's name, used in the unique file name.
         create: Create the Maildir (and missing parents) if it does not exist; otherwise a
             missing Maildir is a temporary failure.
+        sender: The envelope sender ("" for the null sender of a bounce); None: no Return-Path.
 
     Returns:
         ``ok`` 250 2.0.0 when the file is durably in ``new/``; ``perm`` 554 5.4.6 on a loop;
@@ -191,6 +196,8 @@ def deliver_maildir(
     linked = False  # whether new_path is ours to remove on failure
     try:
         with os.fdopen(fd, "wb") as out:
+            if sender is not None:
+                out.write(return_path_header(sender, newline=b"\n"))
             out.write(delivered_to_header(recipient, newline=b"\n"))
             _copy_lf(content, out)
             out.flush()

@@ -69,7 +69,8 @@ def test_local_delivery_to_maildir(make_daemon: Callable[..., Meta1Daemon]) -> N
         files = poll(lambda: maildir_files(daemon.mail_directory, "localhost", "b") or None, 30, "maildir")
         head, body = split(files[0].read_bytes(), b"\n")
         assert hashlib.sha256(body).hexdigest() == BODY_SHA
-        assert head.startswith(b"Delivered-To: b@localhost\n")
+        # The final delivery records the envelope sender, then the recipient (as Postfix does).
+        assert head.startswith(b"Return-Path: <a@example.org>\nDelivered-To: b@localhost\n")
         assert head.count(b"Received: ") == 1
         assert f"id {qid}".encode() in head
         # one log line per event, greppable by queue id

@@ -228,3 +228,38 @@ def test_sendmail_exits_75_when_the_mta_is_down(make_daemon: Callable[..., Meta1
     proc = sendmail(daemon, "-f", "a@localhost", "b@localhost", stdin=b"Subject: x\n\nbody\n")
     assert proc.returncode == 75
     assert b"cannot connect to the mail system" in proc.stderr and b"not sent" in proc.stderr
+
+
+def test_requeue_after_a_routes_change_and_show_body(make_daemon: Callable[..., Meta1Daemon]) -> None:
+    from test_queue_life import write_routes
+
+    with recording_sink(script=ALWAYS_451) as broken, recording_sink() as working:
+        daemon = make_routed_daemon(
+            make_daemon, {"example.net": f"smtp:[127.0.0.1]:{broken.port}"}, qmgr="retry_min = 1h;"
+        )
+        with daemon:
+            qid = submit(daemon, "a@localhost", ["x@example.net"], message("moved"))
+            poll(lambda: attempts(daemon, qid) == 1, 60, "the first (deferred) attempt")
+            # postcat: the whole message as queued, our Received: on top.
+            shown = queue_cli(daemon, "show", qid, "--body").stdout
+            body = shown.split("message:\n", 1)[1]
+            assert body.startswith("Received: from ") and "Subject: moved" in body
+            # The next hop moved; the message is held, then requeued: released, routed afresh, now.
+            queue_cli(daemon, "hold", qid)
+            write_routes(daemon, {"example.net": f"smtp:[127.0.0.1]:{working.port}"})
+            assert queue_cli(daemon, "requeue", check=False).returncode == 64  # ids or --all
+            assert "requeue: 1 message" in queue_cli(daemon, "requeue", "--all").stdout
+
+            # smar re-reads the routes within a second of the change: until then an attempt may
+            # still go to the old hop, so requeue again until the new one has the message.
+            def moved() -> bool:
+                if working.transactions:
+                    return True
+                queue_cli(daemon, "requeue", qid)
+                return False
+
+            poll(moved, 60, "delivery through the new route")
+            (got,) = working.wait_for_messages(1, 60)
+            assert got.rcpt_tos == ("x@example.net",)
+            poll(lambda: qid not in in_queue(daemon), 30, "the message to leave the queue")
+            assert "requeued" in daemon.log_text()
