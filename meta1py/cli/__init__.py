@@ -37,6 +37,7 @@ def _usage() -> str:
     for name, (_module, text) in SUBCOMMANDS.items():
         lines.append(f"  {name:<14}{text}")
     lines.append(f"  {'version':<14}print the version")
+    lines.append(f"  {'completion':<14}completion bash: print a bash completion script")
     return "\n".join(lines)
 
 
@@ -47,6 +48,10 @@ def main(argv: list[str] | None = None) -> int:
         print(_usage())
         return 0 if args else 64
     command, rest = args[0], args[1:]
+    if command == "completion":
+        from meta1py.cli import completion
+
+        return completion.main(rest)
     if command in ("version", "--version"):
         print(f"meta1py {__version__}")
         return 0
