@@ -175,6 +175,8 @@ def test_disk_full_is_temporary_and_leaves_nothing(tiny_tmpfs: Path) -> None:
 @pytest.mark.parametrize(("sender", "line"), [("a@example.org", b"<a@example.org>"), ("", b"<>")])
 def test_return_path_records_the_envelope_sender(tmp_path: Path, sender: str, line: bytes) -> None:
     md = tmp_path / "bob"
-    assert deliver_maildir(md, io.BytesIO(MESSAGE), "bob@example.org", "mx.test", sender=sender).status == "ok"
+    assert (
+        deliver_maildir(md, io.BytesIO(MESSAGE), "bob@example.org", "mx.test", sender=sender).status == "ok"
+    )
     (msg,) = _files(md / "new")
     assert msg.read_bytes().startswith(b"Return-Path: " + line + b"\nDelivered-To: bob@example.org\nFrom: ")
