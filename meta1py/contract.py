@@ -7,7 +7,10 @@ mcp and every worker import their side of it from here and nowhere else:
 * **directories**: smar's data directory ``<queue_directory>/smar`` (`smar_data_directory`);
 * **descriptors**: mcp passes each worker the map `FDS_ENV` (``name=fd,...``): `FD_RPC` (its RPC
   listening socket), ``listen0..N`` (`listen_fd_name`: smtps's SMTP sockets, in
-  ``conf.listen_sockets`` order), `FD_READY` (the ready pipe) and `FD_LIFELINE` (EOF: mcp died);
+  ``conf.listen_sockets`` order), `FD_METRICS` (qmgr only, when ``metrics { listen }`` is set: the
+  metrics endpoint's TCP socket), `FD_READY` (the ready pipe) and `FD_LIFELINE` (EOF: mcp died);
+* **status**: mcp keeps ``<run_directory>/mcp.status`` (`mcp_status_path`) up to date: its
+  workers' pids, start times and restarts, and its recent errors (format: meta1py.status);
 * **readiness**: the worker writes `READY_LINE` on the ready pipe once it serves;
 * **signals**: SIGTERM stops a worker, `DRAIN_SIGNAL` makes smtps drain (reload handover);
 * **exit statuses** (sysexits): `EX_OK`, `EX_CRASH` (mcp restarts), and `HARD_FAILURE_STATUSES`
@@ -38,6 +41,7 @@ SYSLOG_ENV: Final = "META1_SYSLOG"
 FD_RPC: Final = "rpc"
 FD_READY: Final = "ready"
 FD_LIFELINE: Final = "lifeline"
+FD_METRICS: Final = "metrics"
 _LISTEN_PREFIX: Final = "listen"
 
 # What a worker writes on its ready pipe once it serves.
@@ -65,6 +69,24 @@ def rpc_socket_name(name: str) -> str:
 def rpc_socket_path(run_directory: Path | str, name: str) -> Path:
     """``<run_directory>/<name>.sock``: where mcp binds ``name``'s RPC socket and clients connect."""
     return Path(run_directory) / rpc_socket_name(name)
+
+
+#: mcp's status file in the run directory (meta1py.status): read by qmgr and ``meta1 status``.
+MCP_STATUS_NAME: Final = "mcp.status"
+
+
+def mcp_status_path(run_directory: Path | str) -> Path:
+    """``<run_directory>/mcp.status``: where mcp writes its status (meta1py.status)."""
+    return Path(run_directory) / MCP_STATUS_NAME
+
+
+#: mcp's pid file in the run directory.
+MCP_PID_NAME: Final = "mcp.pid"
+
+
+def mcp_pid_path(run_directory: Path | str) -> Path:
+    """``<run_directory>/mcp.pid``: mcp's pid while it runs."""
+    return Path(run_directory) / MCP_PID_NAME
 
 
 #: smar's own directory, below the queue directory: its greylisting database lives there. Owned by

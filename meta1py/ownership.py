@@ -12,8 +12,9 @@ path                      owner:group    mode    who does what
 ========================  =============  ======  ==================================================
 queue_directory           qmgr:meta1     0750    mcp creates; every worker enters; qmgr writes
                                          (0751)  (0751 when smar's greylisting database is in
-                                                 queue/smar and smar has a group of its own: smar
-                                                 may then search the directory, not list it)
+                                                 queue/smar and smar has a group of its own, or
+                                                 when the submission group exists: they may then
+                                                 search the directory, not list it)
 queue/content             qmgr:meta1     0750    mcp creates; workers enter and read (not write)
 queue/content/XX (961)    qmgr:meta1     3730    mcp creates them all; smtps and qmgr create files;
                                                  only qmgr lists and removes (sticky: smtps may
@@ -29,7 +30,18 @@ qmgr.sock, smar.sock      root:meta1     0660    mcp binds; any worker connects
 smtpc.sock                qmgr:root      0600    mcp binds; only qmgr connects (no other worker
                                                  can make smtpc deliver)
 mcp.pid                   root:root      0644    mcp
+mcp.status                root:root      0644    mcp rewrites it (meta1py.status); qmgr and
+                                                 ``meta1 status`` read it
 mail_directory            smtpc:meta1    0700    mcp creates; smtpc delivers Maildirs below it
+queue/pickup              qmgr:meta1d    1730    mcp creates; the submission group (setgid_group:
+                                                 meta1-postdrop, the setgid helper) creates files
+                                                 but cannot list; qmgr reads, moves, removes them
+                                                 (group root when setgid_group does not exist:
+                                                 only root and qmgr may drop mail there)
+pickup files              submitter:     0644    the submitting user owns them (qmgr writes that
+                          meta1d                 uid into Received:); qmgr reads them as "other"
+queue/corrupt             qmgr:meta1     0700    pickup files that are not messages, for the
+                                                 operator
 queue/smar                smar:smar      0700    mcp creates; smar alone: its data directory
 greylist.db(-wal,-shm)    smar:smar      0600    smar creates and writes them (``meta1 grey``
                                                  runs as their owner); mcp repairs
@@ -55,6 +67,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from meta1py.contract import WORKER_NAMES, smar_data_directory
+from meta1py.queue.pickup import CORRUPT_DIRNAME, PICKUP_DIRNAME
 
 if TYPE_CHECKING:
     from meta1py.conf import Config
@@ -77,6 +90,10 @@ CONTENT_SUBDIR_MODE = 0o3730
 ENVELOPE_FILE_MODE = 0o600
 RUN_DIR_MODE = 0o750
 MAIL_DIR_MODE = 0o700
+#: sticky (a submitter may remove only its own files; qmgr owns the directory), owner rwx, group
+#: wx: the submission group may create files and open them by name, not list the directory.
+PICKUP_DIR_MODE = 0o1730
+CORRUPT_DIR_MODE = 0o700
 SHARED_SOCKET_MODE = 0o660
 PRIVATE_SOCKET_MODE = 0o600
 
@@ -136,6 +153,9 @@ class Owners:
     shared_gid: int
     #: Owner of mcp's own paths: 0 when mcp is root, else the invoking user.
     admin_uid: int = 0
+    #: The pickup directory's group (``setgid_group``), None when it does not exist (the
+    #: directory then gets root's group: only root and qmgr may drop mail there).
+    submission_gid: int | None = None
 
     def uid(self, role: Role) -> int:
         """The uid of ``role`` (``root``: mcp's own uid)."""
@@ -145,13 +165,23 @@ class Owners:
     def unprivileged(cls) -> Owners:
         """Everything belongs to the invoking user (mcp is not root)."""
         me = Ids(os.getuid(), os.getgid())
-        return cls({name: me for name in WORKER_NAMES}, me.gid, me.uid)
+        return cls({name: me for name in WORKER_NAMES}, me.gid, me.uid, me.gid)
 
     @classmethod
-    def from_accounts(cls, accounts: Mapping[str, Account]) -> Owners:
-        """From the workers' accounts; the shared group is qmgr's."""
+    def from_accounts(cls, accounts: Mapping[str, Account], submission_gid: int | None = None) -> Owners:
+        """From the workers' accounts; the shared group is qmgr's; ``submission_gid`` is
+        :func:`submission_gid` of the configuration."""
         roles = {name: Ids(a.uid, a.gid) for name, a in accounts.items()}
-        return cls(roles, roles["qmgr"].gid, 0)
+        return cls(roles, roles["qmgr"].gid, 0, submission_gid)
+
+
+def submission_gid(cfg: Config) -> int | None:
+    """The gid of ``setgid_group`` (the pickup directory's group), or None when it does not exist
+    (``meta1 setup --sendmail`` creates it)."""
+    try:
+        return grp.getgrnam(cfg.setgid_group).gr_gid
+    except KeyError:
+        return None
 
 
 @dataclass(frozen=True)
@@ -197,7 +227,11 @@ def content_subdirs() -> Iterator[str]:
 
 def queue_directory_mode(cfg: Config, owners: Owners) -> int:
     """`QUEUE_DIR_MODE`, or `QUEUE_DIR_SEARCH_MODE` when smar must search the queue directory to
-    reach its greylisting database and neither its user nor its group lets it."""
+    reach its greylisting database and neither its user nor its group lets it, or when the
+    submission group exists and is not the queue's (``meta1-postdrop`` must reach the pickup
+    directory)."""
+    if owners.submission_gid is not None and owners.submission_gid != owners.shared_gid:
+        return QUEUE_DIR_SEARCH_MODE
     grey = cfg.smar.greylisting
     smar = owners.roles.get("smar")
     if smar is None or not grey.enable or not Path(grey.database).is_relative_to(cfg.queue_directory):
@@ -228,6 +262,9 @@ def expected_layout(cfg: Config, owners: Owners) -> list[Expected]:
     layout += [
         Expected(queue / name, "file", qmgr, shared, ENVELOPE_FILE_MODE, False) for name in ENVELOPE_FILES
     ]
+    pickup_gid = owners.submission_gid if owners.submission_gid is not None else 0
+    layout.append(Expected(queue / PICKUP_DIRNAME, "dir", qmgr, pickup_gid, PICKUP_DIR_MODE, True))
+    layout.append(Expected(queue / CORRUPT_DIRNAME, "dir", qmgr, shared, CORRUPT_DIR_MODE, True))
     layout.append(Expected(Path(cfg.run_directory), "dir", owners.uid("root"), shared, RUN_DIR_MODE, True))
     layout.append(Expected(Path(cfg.mail_directory), "dir", owners.uid("smtpc"), shared, MAIL_DIR_MODE, True))
     # smar's data directory, made whether or not greylisting is on: turning it on is then a reload.

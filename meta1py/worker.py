@@ -4,7 +4,8 @@ mcp's fork server forks each worker and calls ``run_worker`` in it; without a fo
 starts ``python -m meta1py.<name>``, whose ``__main__`` calls ``sys.exit(run_worker(name, serve))``
 (docs/internals.md, "Processes, sockets and readiness"). ``run_worker``:
 
-1. parses ``META1_FDS`` (``rpc``, ``listen0..N``, ``ready``, ``lifeline``; exit 64 if malformed);
+1. parses ``META1_FDS`` (``rpc``, ``listen0..N``, ``metrics``, ``ready``, ``lifeline``; exit 64
+   if malformed);
 2. reads the effective config text on stdin and parses it (exit 78 on errors);
 3. runs the worker's ``prepare(cfg)`` if it has one (smtps loads its TLS keys and password files
    there, so that they can stay readable by root alone), then, when ``META1_USER`` is set, drops
@@ -12,7 +13,8 @@ starts ``python -m meta1py.<name>``, whose ``__main__`` calls ``sys.exit(run_wor
    then proves that root cannot be regained; a worker never runs as root (exit 77 otherwise);
 4. asks the kernel for SIGTERM when mcp dies (``PR_SET_PDEATHSIG``, set after the drop because a
    credential change clears it) and also watches the lifeline pipe, whose EOF means mcp is gone;
-5. sets up logging, installs SIGTERM/SIGINT handling, and runs ``serve`` under ``trio.run``;
+5. sets up logging (and the ring of recent errors that ``meta1 status`` shows, meta1py.status),
+   installs SIGTERM/SIGINT handling, and runs ``serve`` under ``trio.run``;
 6. writes ``READY`` on the ready pipe when ``serve`` calls ``task_status.started()``.
 
 On SIGTERM the skeleton sets ``WorkerFds.shutdown``; ``serve`` should then stop accepting, finish
@@ -59,6 +61,7 @@ from meta1py.contract import (
     EX_OK,
     EX_USAGE,
     FD_LIFELINE,
+    FD_METRICS,
     FD_READY,
     FD_RPC,
     FDS_ENV,
@@ -72,6 +75,7 @@ from meta1py.contract import (
 from meta1py.crashpoints import set_process_name
 from meta1py.libc import PR_SET_PDEATHSIG, prctl
 from meta1py.log import setup_logging
+from meta1py.status import install_recent_errors
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +115,7 @@ class WorkerFds:
         name: the worker's name (``qmgr``, ``smar``, ``smtpc``, ``smtps``).
         rpc: the worker's RPC listening socket (``<run_directory>/<name>.sock``), or None.
         listeners: the SMTP listening sockets, ``listen0..N``, in ``listen_sockets(cfg)`` order.
+        metrics: the metrics endpoint's listening socket (qmgr, with ``metrics { listen }``), or None.
         shutdown: set when mcp asked this worker to stop (SIGTERM) or mcp went away.
         drain: set when mcp asked this worker to drain (``DRAIN_SIGNAL``): stop accepting, let
             open sessions end normally, then return from serve.
@@ -121,6 +126,7 @@ class WorkerFds:
     name: str
     rpc: trio.SocketListener | None
     listeners: list[trio.SocketListener]
+    metrics: trio.SocketListener | None = None
     shutdown: trio.Event = field(default_factory=trio.Event)
     drain: trio.Event = field(default_factory=trio.Event)
     raw: dict[str, int] = field(default_factory=dict)
@@ -269,6 +275,7 @@ async def _run(name: str, serve: Serve, cfg: Config, raw: dict[str, int], prepar
         name=name,
         rpc=_listener(raw[FD_RPC]) if FD_RPC in raw else None,
         listeners=[_listener(fd) for _index, fd in listen_fds],
+        metrics=_listener(raw[FD_METRICS]) if FD_METRICS in raw else None,
         raw=dict(raw),
         prepared=prepared,
     )
@@ -330,7 +337,9 @@ def run_worker(name: str, serve: Serve, prepare: Prepare | None = None) -> int:
     except (UnicodeDecodeError, OSError) as exc:
         log.critical("cannot read the configuration on stdin: %s", exc)
         return EX_CONFIG
-    setup_logging(name, process_log_level(cfg, name), syslog=syslog)
+    setup_logging(name, process_log_level(cfg, name), syslog=syslog, log_format=cfg.log_format)
+    # The last errors, for meta1 status (meta1py.status): kept from here on.
+    install_recent_errors(name)
     set_process_name(name)
     forced = _test_exit_status(name)
     if forced is not None:

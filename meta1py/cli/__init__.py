@@ -21,7 +21,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "print the effective value of options (postconf): [-n] [--json] [NAME...]",
     ),
     "queue": ("meta1py.cli.queue", "list, show, flush, delete, bounce, hold, release queued mail"),
-    "sendmail": ("meta1py.cli.sendmail", "sendmail-compatible submission from the command line"),
+    "sendmail": (
+        "meta1py.cli.sendmail",
+        "sendmail-compatible submission (-t, -bs, -bv, -bp, -q, -bi); the pickup directory when down",
+    ),
     "passwd": ("meta1py.cli.passwd", "create a password file entry for AUTH"),
     "setup": ("meta1py.cli.setup", "create the worker users and directories; --check only reports"),
     "newaliases": ("meta1py.cli.newaliases", "check the aliases file (smar reloads it by itself)"),
@@ -29,6 +32,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "map": ("meta1py.cli.map", "map query MAP KEY...: look keys up as the MTA would (postmap -q)"),
     "makemap": ("meta1py.cli.makemap", "compile a map file to FILE.cdb, checking every line (postmap)"),
     "grey": ("meta1py.smar.greycmd", "greylisting database: list, remove (greyprint, greyrm)"),
+    "status": ("meta1py.cli.status", "is meta1 running: processes, queue by state, last errors"),
+    "monitor": ("meta1py.cli.monitor", "live counters, one line per second (smtpctl monitor)"),
 }
 
 

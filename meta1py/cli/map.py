@@ -189,7 +189,8 @@ def _lookup_for(kind: str, table: Table[Any]) -> Callable[[str], Found]:
     if kind == "aliases":
 
         def alias(key: str) -> Found:
-            found = first_match(table, alias_keys(key.rpartition("@")[0] or key))
+            local, at, domain = key.rpartition("@")
+            found = first_match(table, alias_keys(local, domain) if at else alias_keys(key))
             if found is None:
                 return None, None
             matched, value = found

@@ -16,20 +16,26 @@ import argparse
 import email.parser
 import email.policy
 import json
+import os
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from meta1py.conf import Config, ConfigErrors, config_file, load_config
 from meta1py.contract import rpc_socket_path
 from meta1py.queue.content import open_content, remove_content
 from meta1py.queue.envelopes import Envelope, EnvelopeStore, envelope_store_path
+from meta1py.queue.errors import QueueStorageError
 from meta1py.queue.ids import is_queue_id
+from meta1py.queue.pickup import is_pickup_name, pickup_directory
 
 EX_USAGE = 64
 EX_NOINPUT = 66
 EX_UNAVAILABLE = 69
+EX_IOERR = 74
 EX_TEMPFAIL = 75
+EX_NOPERM = 77
 EX_CONFIG = 78
 
 
@@ -73,25 +79,82 @@ def _age(seconds: float) -> str:
     return f"{seconds}s"
 
 
-def format_list(envs: list[Envelope], now: float) -> str:
-    """mailq-style text: one block per message, pending recipients with their last error."""
-    if not envs:
+def _arrival(when: float) -> str:
+    """Postfix's arrival time: the first 20 characters of asctime() ("Thu Mar  2 07:10:58 ")."""
+    return time.asctime(time.localtime(when))[:20]
+
+
+def format_list(envs: list[Envelope], now: float, pickup: list[PickupFile] | None = None) -> str:
+    """mailq text in Postfix's layout (postqueue -p), which tools that parse mailq expect.
+
+    One block per message: queue id with its mark (``*`` active, ``!`` hold, none deferred), size,
+    arrival time, sender (``MAILER-DAEMON`` for ``<>``); then each pending recipient, after its
+    last error in parentheses when it was deferred. Files still waiting in the pickup directory
+    come last, as Postfix shows its maildrop queue. ``now`` is unused (the arrival time is
+    absolute, as in Postfix); kept for the callers' sake.
+    """
+    pickup = pickup or []
+    if not envs and not pickup:
         return "Mail queue is empty\n"
-    out = ["-Queue ID-   -Size- -Age- -Sender/Recipient-------"]
+    out = ["-Queue ID-  --Size-- ----Arrival Time---- -Sender/Recipient-------"]
     total = 0
     for env in envs:
+        if len(out) > 1:
+            out.append("")
         mark = {"hold": "!", "active": "*", "deferred": " "}[message_state(env)]
-        out.append(f"{env.qid}{mark} {env.size:>6} {_age(now - env.arrival_time):>5} {env.sender or '<>'}")
+        sender = env.sender or "MAILER-DAEMON"
+        out.append(f"{env.qid:<10}{mark}{env.size:>8} {_arrival(env.arrival_time):20.20} {sender}")
+        reason = None
         for r in env.recipients:
             if r.is_final:
                 continue
-            if r.status == "deferred" and r.last_reply:
-                out.append(f"{'':27}({r.last_reply[:200]})")
-            out.append(f"{'':27}{r.address}")
+            if r.status == "deferred" and r.last_reply and r.last_reply != reason:
+                reason = r.last_reply
+                out.append(f"({reason[:300]})".rjust(78))
+            out.append(f"{'':41}{r.address}")
         total += env.size
-        out.append("")
-    out.append(f"-- {total // 1024} Kbytes in {len(envs)} Request{'s' if len(envs) != 1 else ''}.")
+    for entry in pickup:
+        if len(out) > 1:
+            out.append("")
+        out.append(
+            f"{entry.name:<10} {entry.size:>8} {_arrival(entry.mtime):20.20} "
+            f"(maildrop queue, sender UID {entry.uid})"
+        )
+        total += entry.size
+    count = len(envs) + len(pickup)
+    out.append("")
+    out.append(f"-- {total // 1024} Kbytes in {count} Request{'s' if count != 1 else ''}.")
     return "\n".join(out) + "\n"
+
+
+@dataclass(frozen=True)
+class PickupFile:
+    """A file waiting in the pickup directory (mail ``meta1 sendmail`` wrote while smtps could not
+    take it; qmgr queues it at start and every ``pickup_interval``)."""
+
+    name: str
+    size: int
+    mtime: float
+    uid: int
+
+
+def pickup_files(cfg: Config) -> list[PickupFile]:
+    """The complete files in the pickup directory, oldest first; [] when it cannot be read."""
+    directory = pickup_directory(cfg.queue_directory)
+    found: list[PickupFile] = []
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return []
+    for entry in entries:
+        if not is_pickup_name(entry.name):
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        found.append(PickupFile(entry.name, st.st_size, st.st_mtime, st.st_uid))
+    return sorted(found, key=lambda f: (f.mtime, f.name))
 
 
 def _store(cfg: Config) -> EnvelopeStore | None:
@@ -116,7 +179,9 @@ def cmd_list(cfg: Config, args: argparse.Namespace) -> int:
         for env in envs:
             print(json.dumps(envelope_json(env), sort_keys=True))
     else:
-        sys.stdout.write(format_list(envs, time.time()))
+        filtered = args.deferred or args.active or args.hold or args.to or args.sender
+        pickup = [] if filtered else pickup_files(cfg)
+        sys.stdout.write(format_list(envs, time.time(), pickup))
     return 0
 
 
@@ -237,6 +302,12 @@ def _control(cfg: Config, action: str, ids: list[str], to: str | None, all_defer
     async def ask() -> int | None:
         try:
             channel = await connect_unix(sock, name="meta1 queue")
+        except PermissionError:
+            print(
+                f"meta1 queue: {action}: this user may not talk to qmgr ({sock}): run it as root",
+                file=sys.stderr,
+            )
+            return EX_NOPERM
         except OSError:
             return None
         async with trio.open_nursery() as nursery:
@@ -373,4 +444,23 @@ def main(argv: list[str]) -> int:
         print(f"meta1 queue: not a queue id: {args.id!r}", file=sys.stderr)
         return EX_USAGE
     handler = {"list": cmd_list, "show": cmd_show, "stats": cmd_stats}.get(args.command, cmd_change)
-    return handler(cfg, args)
+    try:
+        return handler(cfg, args)
+    except PermissionError as exc:
+        # mailq run by an ordinary user: the envelope store is the queue owner's alone.
+        print(
+            f"meta1 queue: {args.command}: cannot read {exc.filename or cfg.queue_directory}: "
+            f"{exc.strerror}; run it as root or as the queue's owner",
+            file=sys.stderr,
+        )
+        return EX_NOPERM
+    except QueueStorageError as exc:
+        store = envelope_store_path(cfg.queue_directory)
+        if not os.access(store, os.R_OK):
+            print(
+                f"meta1 queue: {args.command}: cannot read {store}; run it as root or as the queue's owner",
+                file=sys.stderr,
+            )
+            return EX_NOPERM
+        print(f"meta1 queue: {args.command}: {exc}", file=sys.stderr)
+        return EX_IOERR

@@ -14,7 +14,10 @@ Like Postfix's post-install, for a site that runs meta1py as root with worker us
    ``/usr/bin/newaliases`` wrappers that run this installation's ``meta1`` with this
    configuration, and links ``/usr/local/sbin/meta1`` (what contrib/systemd/meta1.service runs).
    An existing file that is not one of ours (Postfix's sendmail, say) is left alone unless
-   ``--force`` is given.
+   ``--force`` is given. It also creates the submission group (``setgid_group``, ``meta1d``),
+   which owns the pickup directory, and compiles ``meta1-postdrop`` (the setgid helper that lets
+   local users submit mail while smtps cannot take it, :mod:`meta1py.cli.postdrop`) into
+   ``/usr/local/libexec/meta1/postdrop``, ``root:meta1d 2755``, when a C compiler is present.
 
 It is idempotent: a second run changes nothing and says so. ``--check`` changes nothing and only
 reports; its exit status is 0 when nothing is missing or wrong, 1 otherwise. Without root, only
@@ -83,8 +86,9 @@ def _run(cmd: list[str]) -> None:
         raise OSError(f"{' '.join(cmd)}: {result.stderr.strip() or f'exit {result.returncode}'}")
 
 
-def ensure_accounts(cfg: Config, report: Report, check: bool) -> None:
-    """Create the missing groups and users (``--check``: report them)."""
+def ensure_accounts(cfg: Config, report: Report, check: bool, submission: bool = False) -> None:
+    """Create the missing groups and users (``--check``: report them); with ``submission`` also
+    the submission group (``setgid_group``: the pickup directory's, ``--sendmail``)."""
     groups: list[str] = []
     users: dict[str, str] = {}
     for _key, section in process_sections(cfg):
@@ -92,6 +96,8 @@ def ensure_accounts(cfg: Config, report: Report, check: bool) -> None:
         if group not in groups:
             groups.append(group)
         users.setdefault(user, group)
+    if submission and cfg.setgid_group not in groups:
+        groups.append(cfg.setgid_group)
     for group in groups:
         if _group_exists(group):
             continue
@@ -137,6 +143,7 @@ def ensure_layout(cfg: Config, report: Report, check: bool) -> None:
         python_problems,
         reach_problems,
         repair_layout,
+        submission_gid,
     )
 
     root = os.geteuid() == 0
@@ -146,7 +153,7 @@ def ensure_layout(cfg: Config, report: Report, check: bool) -> None:
         if resolved is None:
             report.problems.append("the directories are not checked until the accounts exist")
             return
-        owners = Owners.from_accounts(resolved)
+        owners = Owners.from_accounts(resolved, submission_gid(cfg))
         report.problems.extend(python_problems(resolved))
     else:
         owners = Owners.unprivileged()
@@ -262,6 +269,38 @@ def install_entry_points(config: str | None, destdir: Path, force: bool, report:
     report.done.append(f"linked {link} -> {want}")
 
 
+def install_postdrop(cfg: Config, destdir: Path, report: Report, check: bool) -> None:
+    """The ``--sendmail`` step for offline submission: compile and install ``meta1-postdrop``
+    (``--check``: report it missing or out of date)."""
+    from meta1py.cli.postdrop import POSTDROP_PATH, build_helper, c_compiler, helper_is_current
+    from meta1py.ownership import submission_gid
+    from meta1py.queue.pickup import max_file_bytes
+
+    target = destdir / POSTDROP_PATH.lstrip("/")
+    gid = submission_gid(cfg)
+    if gid is None:
+        if check:
+            report.problems.append(f"group {cfg.setgid_group} (setgid_group) does not exist")
+        return  # ensure_accounts reported why it could not make it
+    limit = max_file_bytes(
+        max(s.max_message_size for s in cfg.smtps), max(s.max_recipients for s in cfg.smtps)
+    )
+    if helper_is_current(target, gid, limit):
+        return
+    if check:
+        report.problems.append(f"{target} (meta1-postdrop) is not installed or not up to date")
+        return
+    if c_compiler() is None:
+        report.warnings.append(
+            f"no C compiler: {target} (meta1-postdrop) not built, so only root and the queue's owner can "
+            "submit mail while smtps cannot take it; apt-get install gcc libc6-dev, then run "
+            "meta1 setup --sendmail again"
+        )
+        return
+    build_helper(target, gid, limit)
+    report.done.append(f"installed {target} (meta1-postdrop, setgid {cfg.setgid_group})")
+
+
 def _parse(argv: list[str]) -> argparse.Namespace | int:
     ap = argparse.ArgumentParser(
         prog="meta1 setup",
@@ -304,12 +343,14 @@ def main(argv: list[str]) -> int:
     report = Report()
     try:
         if root:
-            ensure_accounts(cfg, report, args.check)
+            ensure_accounts(cfg, report, args.check, submission=args.sendmail)
         ensure_layout(cfg, report, args.check)
         check_secrets(cfg, report)
         if args.sendmail:
             config = str(Path(path).resolve()) if path else None
             install_entry_points(config, Path(args.destdir), args.force, report, args.check)
+            if root:
+                install_postdrop(cfg, Path(args.destdir), report, args.check)
     except OSError as exc:
         report.problems.append(str(exc))
     for line in report.done:

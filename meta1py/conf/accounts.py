@@ -72,7 +72,29 @@ def check_accounts(cfg: Config) -> list[ConfigError]:
                 hint = f"create the accounts and directories with: {setup} (or by hand: {by_hand})"
                 where = "" if f"{key}.{kind}" in cfg.locations else f" (the default for {section})"
                 errors.append(_error(cfg, f"{key}.{kind}", f"{kind} {name!r} does not exist{where}", hint))
-    return errors
+    return errors + _default_privs_problems(cfg)
+
+
+def _default_privs_problems(cfg: Config) -> list[ConfigError]:
+    """``default_privs`` must be an unprivileged account of its own when commands or files are
+    delivered (as root: otherwise everything runs as the invoking user)."""
+    if not (cfg.allow_mail_to_commands or cfg.allow_mail_to_files):
+        return []
+    import pwd
+
+    name = cfg.default_privs
+    try:
+        account = pwd.getpwnam(name)
+    except KeyError:
+        return [_error(cfg, "default_privs", f"default_privs user {name!r} does not exist", "use nobody")]
+    workers = {proc.user for _key, proc in process_sections(cfg)}
+    if account.pw_uid == 0 or account.pw_gid == 0:
+        problem = f"default_privs user {name!r} is privileged (uid or gid 0)"
+    elif name in workers:
+        problem = f"default_privs user {name!r} is a meta1py worker account"
+    else:
+        return []
+    return [_error(cfg, "default_privs", problem, "commands and files must run unprivileged: use nobody")]
 
 
 def _file_problem(path: Path, directory: bool = False) -> str | None:

@@ -17,6 +17,7 @@ To add an option, add one `opt(...)` field to the class of its section; the pars
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,8 @@ from meta1py.contract import WORKER_NAMES
 from meta1py.tls.requirements import parse_tls_requirements
 
 LOG_LEVELS = Choice("debug", "info", "warning", "error")
+#: The values of ``log_format``; meta1py.log.LOG_FORMATS has the same words (a unit test checks).
+LOG_FORMATS = Choice("text", "json", "postfix")
 
 #: Every SMTP server flag, in documentation order.
 SMTPS_FLAGS: tuple[str, ...] = (
@@ -181,6 +184,14 @@ class QmgrConfig(ProcessConfig):
         "5m",
         "age (unchanged, not open for writing) after which such a file is removed; keep above 2m",
         "15m",
+    )
+    pickup_interval: float = opt(
+        "pickup_interval",
+        Time(1, 3600),
+        "5s",
+        "how often the pickup directory (mail meta1 sendmail wrote while smtps could not take it) is"
+        " read, besides at start",
+        "30s",
     )
 
 
@@ -352,6 +363,26 @@ class SmarConfig(ProcessConfig):
     greylisting: GreylistingConfig = sect(
         "greylisting", GreylistingConfig, "greylisting: defer unknown client/sender/recipient triplets once"
     )
+
+
+#: Where a command or file target may come from (Postfix's classes; meta1py.maps.aliases).
+LOCAL_TARGET_SOURCES = Choice("alias", "forward", "include")
+_FORWARD_VARIABLES = re.compile(r"\$(?:\{(home|user)\}|(home|user)\b)")
+
+
+class _ForwardPathTemplate(ValueType):
+    """One ``forward_path`` entry: an absolute path that may use ``$home`` and ``$user``."""
+
+    kind = "path template"
+    expected = 'a path such as "$home/.forward" ($home and $user are replaced)'
+
+    def parse_one(self, raw: Scalar) -> str:
+        expanded = _FORWARD_VARIABLES.sub(lambda m: "/home" if "home" in (m[1], m[2]) else "user", raw.text)
+        if "$" in expanded:
+            raise InvalidValue(f"unknown variable in {raw.text!r}", "forward_path knows $home and $user", raw)
+        if not expanded.startswith("/"):
+            raise InvalidValue(f"{raw.text!r} is not an absolute path", 'write "$home/.forward"', raw)
+        return raw.text
 
 
 class _TlsRequirementsText(ValueType):
@@ -805,6 +836,29 @@ class SmtpsConfig(ProcessConfig):
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """``metrics { listen = 127.0.0.1:9125; }``: the Prometheus endpoint, off unless ``listen`` is set.
+
+    mcp binds the socket and passes it to qmgr, which answers ``GET /metrics`` (docs/qmgr.md).
+    """
+
+    listen: tuple[str, int] | None = opt(
+        "listen",
+        HostPort(9125),
+        None,
+        "address of the Prometheus endpoint (GET /metrics, served by qmgr); none: no endpoint",
+        "127.0.0.1:9125",
+    )
+    destinations: int = opt(
+        "destinations",
+        Integer(0, 1000),
+        "20",
+        "destinations with their own series of meta1_delivery_failures_total (the rest: other)",
+        "50",
+    )
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration (top level of meta1.conf)."""
 
@@ -857,12 +911,75 @@ class Config:
         "domains delivered locally (Maildir)",
         "{ example.com, example.org }",
     )
+    # Local delivery to commands and files (aliases(5) "|command" and "/file" targets, .forward
+    # files), with Postfix's names and Postfix's defaults for who runs them; off unless allowed
+    # (docs/smar.md "Commands and files", docs/smtpc.md "Commands and files").
+    allow_mail_to_commands: tuple[str, ...] = opt(
+        "allow_mail_to_commands",
+        ListOf(LOCAL_TARGET_SOURCES),
+        (),
+        "deliver to |command targets from these sources: alias (the aliases map), include"
+        " (:include: files), forward (.forward files); others bounce (5.7.1 mail to command is"
+        " restricted)",
+        "{ alias, forward }",
+    )
+    allow_mail_to_files: tuple[str, ...] = opt(
+        "allow_mail_to_files",
+        ListOf(LOCAL_TARGET_SOURCES),
+        (),
+        "append to /file targets from these sources: alias, include, forward; others bounce"
+        " (5.7.1 mail to file is restricted)",
+        "{ alias, forward }",
+    )
+    default_privs: str = opt(
+        "default_privs",
+        Word(),
+        "nobody",
+        "the account that runs the commands and file deliveries of root-owned aliases and"
+        " :include: files (others run as the file's owner, .forward targets as the user)",
+        "nobody",
+    )
+    forward_path: tuple[str, ...] = opt(
+        "forward_path",
+        ListOf(_ForwardPathTemplate()),
+        (),
+        "the .forward files of local users, tried in order ($home, $user are replaced); empty: no"
+        " .forward file is read",
+        '{ "$home/.forward" }',
+    )
+    command_time_limit: float = opt(
+        "command_time_limit",
+        Time(1, 86400),
+        "1000s",
+        "longest run of a command delivery; past it the command is killed and the message bounces",
+        "5m",
+    )
+    setgid_group: str = opt(
+        "setgid_group",
+        Word(),
+        "meta1d",
+        "group of the pickup directory and of meta1-postdrop, the setgid helper that lets local"
+        " users submit mail while smtps cannot take it (Postfix's setgid_group); meta1 setup"
+        " --sendmail creates it",
+        "maildrop",
+    )
     log_level: str = opt("log_level", LOG_LEVELS, "info", "log level of every process", "debug")
+    log_format: str = opt(
+        "log_format",
+        LOG_FORMATS,
+        "text",
+        "layout of every process's log lines: text, json (one object per line) or postfix "
+        "(Postfix's lines, for pflogsumm and fail2ban); see docs/logs.md",
+        "postfix",
+    )
     qmgr: QmgrConfig = sect("qmgr", QmgrConfig, "the queue manager")
     smar: SmarConfig = sect("smar", SmarConfig, "the address resolver: maps and DNS")
     smtpc: SmtpcConfig = sect("smtpc", SmtpcConfig, "the delivery agents (SMTP, LMTP, Maildir)")
     smtps: tuple[SmtpsConfig, ...] = sect(
         "smtps", SmtpsConfig, "an SMTP server; repeat with different names", repeatable=True, labelled=True
+    )
+    metrics: MetricsConfig = sect(
+        "metrics", MetricsConfig, "the Prometheus metrics endpoint (served by qmgr)"
     )
     # The file it came from; not part of equality (a dump parsed elsewhere is the same config).
     path: Path | None = field(default=None, compare=False)

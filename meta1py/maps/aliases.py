@@ -1,55 +1,142 @@
-"""The aliases map: local names expanded to other recipients.
+"""The aliases map: local names expanded to other recipients, commands and files (aliases(5)).
 
-File format (a subset of Postfix aliases(5))::
+File format (Postfix's and sendmail's aliases(5); a Debian ``/etc/aliases`` reads unchanged)::
 
     # comment lines start with '#' (after optional whitespace)
-    postmaster: root
-    root:       alice, bob@example.org
-    team:       alice,
-                carol
-    alice:      alice, archive@example.org
+    mailer-daemon: postmaster
+    postmaster:    root
+    root:          alice, bob@example.org
+    team:          alice,
+                   carol
+    info@example.org:  sales            # a virtual alias: only info@example.org
+    archive:       /var/spool/mail-archive          # append to a file (mbox)
+    tickets:       "|/usr/local/bin/ticket --new"   # pipe to a command
+    staff:         :include:/etc/meta1/staff.list   # the targets in another file
+    alice:         \\alice, alice@home.example       # \\name: this mailbox, no more aliasing
 
-* A logical line starts with non-whitespace text; a line starting with
-  whitespace continues the previous logical line. Empty lines and lines whose
-  first non-blank character is ``#`` are ignored anywhere. As in Postfix, a
-  ``#`` later in a line is *not* a comment (``#`` is legal in local parts).
-* ``name`` is a local part, matched case-insensitively. Targets are separated
-  by commas and are either local names (qualified with the domain of the
-  address being expanded) or full addresses ``local@domain``.
-* Not supported, rejected when parsing: ``|command``, ``/file``,
-  ``:include:/file`` targets. meta1py never runs programs or writes files on
-  behalf of an alias; deliver to a program through LMTP instead.
+* A logical line starts with non-whitespace text; a line starting with whitespace continues the
+  previous logical line. Empty lines and lines whose first non-blank character is ``#`` are
+  ignored anywhere. As in Postfix, a ``#`` later in a line is *not* a comment.
+* ``name`` is a local part (it applies to every local domain) or ``local@domain`` (only that
+  address: a virtual alias; the domain must be one of ``local_domains`` to be used), matched
+  case-insensitively. Targets are separated by commas outside double quotes.
+* A target is one of:
 
-Lookup of ``local+ext`` tries ``local+ext`` first, then ``local`` (the
-recipient delimiter is ``+``).
+  - an address: a local name (qualified with the domain of the address being expanded) or
+    ``local@domain``; ``\\name`` is the mailbox ``name`` itself, not aliased again and not
+    forwarded;
+  - ``|command`` (quoted as ``"|command arg"`` when it has spaces or commas): the message is
+    piped to ``/bin/sh -c command``;
+  - ``/path``: the message is appended to the file in mbox format (a path ending in ``/``,
+    Postfix's Maildir form, is refused);
+  - ``:include:/path``: the targets listed in that file (one or more per line, comma
+    separated, ``#`` comments), which may hold further targets of every kind. The path must be
+    absolute.
 
-Expansion follows chains. A name whose targets include itself is delivered to
-itself (sendmail/Postfix behaviour, e.g. ``alice: alice, archive``); any
-longer cycle (``a: b`` / ``b: a``) is an error, as are chains deeper than
-``max_depth`` and expansions larger than ``max_recipients``. The result has
-duplicates removed, first occurrence kept.
+Whether commands and files are delivered, and as whom, is not this module's business: smar
+decides that when it routes them (``allow_mail_to_commands``, ``allow_mail_to_files``,
+``default_privs``; docs/smar.md). Here they are parsed and carried through the expansion with
+where they came from (:class:`LocalTarget`), and written into the queue as an envelope address
+that no SMTP client can send (:func:`local_target_address`).
+
+Lookup of ``local+ext@domain`` tries ``local+ext@domain``, ``local@domain``, ``local+ext`` and
+``local`` (the recipient delimiter is ``+``).
+
+Expansion follows chains, ``:include:`` files and (when smar passes a reader) ``.forward`` files.
+A name whose targets include itself is delivered to itself (sendmail/Postfix behaviour, e.g.
+``alice: alice, archive``); any longer cycle (``a: b`` / ``b: a``, an include file including
+itself) is an error, as are chains deeper than ``max_depth`` and expansions larger than
+``max_recipients``. The result has duplicates removed, first occurrence kept. Reading include
+and ``.forward`` files is I/O that smar provides (:class:`IncludeReader`, :class:`ForwardReader`);
+this module stays pure.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Collection, Iterator
-from dataclasses import dataclass
+import re
+from collections.abc import Callable, Collection, Iterator
+from dataclasses import dataclass, field
+from typing import Literal, NamedTuple
 
-from meta1py.maps.errors import BrokenEntry, MapError, MapErrors
+from meta1py.maps.errors import BrokenEntry, MapError, MapErrors, MapTempError
 from meta1py.maps.lines import map_entries
 from meta1py.maps.source import MapSource, Table, first_entry, lookup_first, read_map_file
 
 RECIPIENT_DELIMITER = "+"
 DEFAULT_MAX_DEPTH = 20
 DEFAULT_MAX_RECIPIENTS = 1000
+#: The longest envelope address a command or file target may become (origin, ``:`` and the
+#: target): the queue's recipient addresses are capped at 1024 characters.
+MAX_LOCAL_TARGET_ADDRESS = 1000
+#: The largest ``:include:`` or ``.forward`` file read (bigger ones fail temporarily).
+MAX_LIST_FILE_BYTES = 1024 * 1024
+
+TargetKind = Literal["address", "command", "file", "include"]
+LocalKind = Literal["command", "file"]
+#: Where a command or file target came from (Postfix's classes of ``allow_mail_to_commands``).
+TargetSource = Literal["alias", "include", "forward"]
+TARGET_SOURCES: tuple[TargetSource, ...] = ("alias", "forward", "include")
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One parsed target of an alias, an include file or a ``.forward`` file.
+
+    Attributes:
+        kind: ``address``, ``command``, ``file`` or ``include``.
+        value: the address (without a leading backslash), the command (without ``|``, shell
+            syntax as written), or the absolute path (file, include).
+        text: the target as written (quotes included).
+        literal: ``\\name``: this mailbox itself, no aliases and no ``.forward``.
+    """
+
+    kind: TargetKind
+    value: str
+    text: str
+    literal: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class LocalTarget:
+    """A command or file that an expansion reached, with where it came from.
+
+    Attributes:
+        kind: ``command`` or ``file``.
+        target: the command (without ``|``) or the absolute file path.
+        origin: the address whose alias entry (or ``.forward`` file) named it, e.g.
+            ``root@example.org``: what ``Delivered-To:`` shows and ``$RECIPIENT`` holds.
+        source: ``alias``, ``include`` or ``forward``.
+        source_path: the aliases file, include file or ``.forward`` file that named it (smar
+            runs an alias's or include file's targets as that file's owner).
+        user: ``forward`` only: the user whose ``.forward`` it is.
+    """
+
+    kind: LocalKind
+    target: str
+    origin: str
+    source: TargetSource
+    source_path: str
+    user: str | None = None
+
+    @property
+    def address(self) -> str:
+        """The envelope address that stands for it in the queue (:func:`local_target_address`)."""
+        return local_target_address(self.origin, self.kind, self.target)
 
 
 @dataclass(frozen=True, slots=True)
 class Expansion:
-    """The final recipients of an address (at least one)."""
+    """The final recipients of an address (at least one).
+
+    Attributes:
+        recipients: envelope addresses, in order: mailboxes and remote addresses, and the
+            commands and files as :func:`local_target_address` writes them.
+        local: the commands and files among them, with their origin and source.
+    """
 
     recipients: tuple[str, ...]
+    local: tuple[LocalTarget, ...] = field(default=())
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,9 +144,10 @@ class ExpansionFailure:
     """Expansion failed for a configuration reason (loop, depth, size, a broken entry).
 
     Attributes:
-        reason: ``"loop"``, ``"depth"`` or ``"size"`` (permanent), or ``"broken"``: the expansion
-            reached a name whose line in the file has an error (temporary: 451 4.3.5 until the
-            file is fixed).
+        reason: ``"loop"``, ``"depth"`` or ``"size"`` (permanent), ``"broken"``: the expansion
+            reached a name whose line has an error, or an include or ``.forward`` file with a bad
+            line (temporary: 451 4.3.5 until the file is fixed), or ``"unavailable"``: such a file
+            cannot be read now (temporary: 451 4.3.0).
         text: a human-readable explanation naming the aliases involved.
     """
 
@@ -68,6 +156,29 @@ class ExpansionFailure:
 
 
 ExpansionResult = Expansion | ExpansionFailure
+
+
+class ForwardFile(NamedTuple):
+    """A user's ``.forward`` file as smar read it.
+
+    Attributes:
+        user: the account name.
+        path: the file.
+        targets: its targets as written (:func:`parse_target_list`).
+    """
+
+    user: str
+    path: str
+    targets: tuple[str, ...]
+
+
+#: Reads an ``:include:`` file: ``reader(path)`` -> its targets as written. Raises
+#: :class:`~meta1py.maps.errors.MapTempError` (cannot be read now) or
+#: :class:`~meta1py.maps.errors.MapErrors` (a bad line).
+IncludeReader = Callable[[str], tuple[str, ...]]
+#: Reads a local user's ``.forward``: ``reader(name)`` -> the file, or None (no such user, no
+#: file). Raises as :data:`IncludeReader` does.
+ForwardReader = Callable[[str], ForwardFile | None]
 
 
 def split_address(address: str) -> tuple[str, str | None]:
@@ -84,34 +195,194 @@ def base_local_part(local: str) -> str:
     return base if sep and base else local
 
 
-def _check_target(target: str) -> str | None:
-    """Return an error message for a target we refuse, else None."""
-    bare = target[1:-1] if len(target) >= 2 and target[0] == target[-1] == '"' else target
-    if bare.startswith("|"):
-        return f"program targets are not supported: {target!r}"
-    if bare.startswith("/"):
-        return f"file targets are not supported: {target!r}"
-    if bare.lower().startswith(":include:"):
-        return f":include: targets are not supported: {target!r}"
-    if any(c.isspace() for c in target):
-        return f"target contains whitespace (missing comma?): {target!r}"
-    local, domain = split_address(target)
+# -- targets ---------------------------------------------------------------------------------------
+
+
+def split_targets(text: str) -> list[str]:
+    """The targets of one line: split at commas outside double quotes, stripped, empty ones
+    dropped. Inside quotes a backslash escapes the next character.
+
+    Raises:
+        ValueError: a quote is not closed.
+    """
+    parts: list[str] = []
+    current: list[str] = []
+    quoted = escaped = False
+    for ch in text:
+        if escaped:
+            escaped = False
+        elif quoted and ch == "\\":
+            escaped = True
+        elif ch == '"':
+            quoted = not quoted
+        elif ch == "," and not quoted:
+            parts.append("".join(current))
+            current = []
+            continue
+        current.append(ch)
+    if quoted:
+        raise ValueError(f"unterminated quote in {text.strip()!r}")
+    parts.append("".join(current))
+    return [p.strip() for p in parts if p.strip()]
+
+
+def _unquote(inner: str) -> str:
+    """The text of a quoted string's inside (``\\x`` -> ``x``)."""
+    return re.sub(r"\\(.)", r"\1", inner)
+
+
+def _whole_quoted(text: str) -> bool:
+    """Whether ``text`` is one quoted string (``"..."``, nothing outside the quotes)."""
+    if len(text) < 2 or text[0] != '"' or text[-1] != '"':
+        return False
+    escaped = False
+    for ch in text[1:-1]:
+        if escaped:
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif ch == '"':
+            return False
+    return not escaped
+
+
+def _space_outside_quotes(text: str) -> bool:
+    quoted = escaped = False
+    for ch in text:
+        if escaped:
+            escaped = False
+        elif quoted and ch == "\\":
+            escaped = True
+        elif ch == '"':
+            quoted = not quoted
+        elif ch.isspace() and not quoted:
+            return True
+    return False
+
+
+_INCLUDE = ":include:"
+
+
+def parse_target(text: str) -> Target:
+    """Parse one target as written (see the module docstring).
+
+    Raises:
+        ValueError: what is wrong with it, for an operator.
+    """
+    special = text
+    if _whole_quoted(text):
+        special = _unquote(text[1:-1])
+    elif text[:1] in ("|", "/") and _space_outside_quotes(text):
+        return _refuse(f'quote a command or file name with spaces: "{text}" (or is a comma missing?)')
+    if special.startswith("|"):
+        command = special[1:].strip()
+        if not command:
+            return _refuse(f"empty command: {text!r}")
+        if "\0" in command or "\n" in command:
+            return _refuse(f"command contains a NUL or newline: {text!r}")
+        return Target("command", command, text)
+    if special.startswith("/"):
+        if special.endswith("/"):
+            return _refuse(
+                f"Maildir targets ('/path/') are not supported: {text!r}; deliver to a file or a command"
+            )
+        if "\0" in special or "\n" in special:
+            return _refuse(f"file name contains a NUL or newline: {text!r}")
+        return Target("file", special, text)
+    if special[: len(_INCLUDE)].lower() == _INCLUDE:
+        path = special[len(_INCLUDE) :].strip()
+        if not path.startswith("/"):
+            return _refuse(f"relative :include: path in {text!r} (it must start with /)")
+        return Target("include", path, text)
+    literal = text.startswith("\\")
+    address = text[1:] if literal else text
+    if _space_outside_quotes(address):
+        return _refuse(f"target contains whitespace (missing comma?): {text!r}")
+    local, domain = split_address(address)
     if not local:
-        return f"target has an empty local part: {target!r}"
+        return _refuse(f"target has an empty local part: {text!r}")
     if domain is not None and not domain:
-        return f"target has an empty domain: {target!r}"
-    return None
+        return _refuse(f"target has an empty domain: {text!r}")
+    if local[:1] in ("|", "/"):
+        return _refuse(f"an address cannot start with {local[0]!r}: {text!r}")
+    return Target("address", address, text, literal=literal)
 
 
-def alias_keys(local: str) -> list[str]:
-    """The keys tried for ``local``, in order: ``local+ext`` (lower-cased), then ``local``."""
+def _refuse(message: str) -> Target:
+    raise ValueError(message)
+
+
+def parse_target_list(text: str, path: str) -> tuple[str, ...]:
+    """The targets of an ``:include:`` or ``.forward`` file, as written, in order.
+
+    Targets are separated by commas and newlines; empty lines and lines starting with ``#`` are
+    ignored. Every target is checked (:func:`parse_target`).
+
+    Raises:
+        MapErrors: every bad line, as ``path:line: message``.
+    """
+    errors: list[MapError] = []
+    targets: list[str] = []
+    for lineno, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        try:
+            parts = split_targets(line)
+            for part in parts:
+                parse_target(part)
+        except ValueError as exc:
+            errors.append(MapError(path, lineno, str(exc)))
+            continue
+        targets.extend(parts)
+    if errors:
+        raise MapErrors(errors)
+    return tuple(targets)
+
+
+def local_target_address(origin: str, kind: LocalKind, target: str) -> str:
+    """The envelope address of a command or file target: ``origin:|command`` or ``origin:/path``.
+
+    ``root@example.org:|/usr/bin/procmail`` cannot come from an SMTP client: a domain never holds
+    ``:``, ``|`` or ``/`` (RFC 5321 §4.1.2). smar still never trusts the form alone: before it
+    routes one it expands ``origin`` again and delivers only a target that expansion reaches.
+    """
+    return f"{origin}:{'|' if kind == 'command' else ''}{target}"
+
+
+# The origin is the shortest prefix ending in "@domain:" followed by "|" or "/" (a command may
+# hold "@" and ":" itself; a domain holds neither ":" nor a quote nor a space).
+_LOCAL_TARGET = re.compile(r"(?P<origin>[^\s]*?@[A-Za-z0-9._\-\[\]]+):(?P<target>[|/].*)\Z", re.DOTALL)
+
+
+def parse_local_target_address(address: str) -> tuple[str, LocalKind, str] | None:
+    """``(origin, kind, target)`` of an address that :func:`local_target_address` wrote, else None."""
+    match = _LOCAL_TARGET.match(address)
+    if match is None:
+        return None
+    target = match["target"]
+    if target.startswith("|"):
+        return match["origin"], "command", target[1:]
+    return match["origin"], "file", target
+
+
+# -- keys ------------------------------------------------------------------------------------------
+
+
+def alias_keys(local: str, domain: str | None = None) -> list[str]:
+    """The keys tried for ``local`` (and its ``domain``), in order: ``local+ext@domain``,
+    ``local@domain``, ``local+ext``, ``local`` (lower-cased)."""
     key = local.lower()
     base = base_local_part(key)
-    return [key] if base == key else [key, base]
+    names = [key] if base == key else [key, base]
+    if domain:
+        suffix = "@" + domain.lower()
+        return [name + suffix for name in names] + names
+    return names
 
 
 async def lookup_alias(
-    source: MapSource[tuple[str, ...]], local: str, *, deadline: float
+    source: MapSource[tuple[str, ...]], local: str, *, deadline: float, domain: str | None = None
 ) -> tuple[str, ...] | None:
     """The targets of ``local`` in ``source`` (one level: :meth:`Aliases.lookup` over a source).
 
@@ -120,7 +391,25 @@ async def lookup_alias(
     Raises:
         MapTempError: the source cannot answer now.
     """
-    return await lookup_first(source, alias_keys(local), deadline=deadline)
+    return await lookup_first(source, alias_keys(local, domain), deadline=deadline)
+
+
+# -- the map ---------------------------------------------------------------------------------------
+
+# A node of the expansion graph: ("alias", key, domain), ("include", path, None) or
+# ("forward", user, domain).
+_Node = tuple[str, str, str | None]
+
+
+@dataclass
+class _Walk:
+    """The state of one expansion."""
+
+    local_domains: Collection[str]
+    includes: IncludeReader | None
+    forwards: ForwardReader | None
+    out: dict[str, None] = field(default_factory=dict)  # ordered set of final recipients
+    local: list[LocalTarget] = field(default_factory=list)
 
 
 class Aliases(Table[tuple[str, ...]]):
@@ -128,11 +417,12 @@ class Aliases(Table[tuple[str, ...]]):
 
     Args:
         entries: lower-cased name -> targets (as written).
-        max_depth: longest chain followed.
+        max_depth: longest chain followed (aliases, include files and ``.forward`` files).
         max_recipients: largest expansion allowed.
         broken: lower-cased names whose line has an error (``strict=False`` parsing): expanding
             one fails temporarily.
         errors: the file's bad lines (``strict=False`` parsing), for the log.
+        path: the file the entries came from (the owner of an alias's commands and files).
     """
 
     def __init__(
@@ -143,12 +433,14 @@ class Aliases(Table[tuple[str, ...]]):
         max_recipients: int = DEFAULT_MAX_RECIPIENTS,
         broken: dict[str, BrokenEntry] | None = None,
         errors: tuple[MapError, ...] = (),
+        path: str = "<string>",
     ) -> None:
         self._entries = entries
         self.max_depth = max_depth
         self.max_recipients = max_recipients
         self.broken: dict[str, BrokenEntry] = broken or {}
         self.errors = errors
+        self.path = path
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -161,41 +453,55 @@ class Aliases(Table[tuple[str, ...]]):
         """Why exactly ``key`` (a lower-case name) cannot be expanded, when its entry is broken."""
         return self.broken.get(key)
 
-    def lookup_key(self, local: str) -> str | None:
-        """The entry name that ``local`` matches (exact, then without ``+ext``), or None.
+    def source_of(self, key: str) -> str:
+        """The file that holds ``key``'s entry."""
+        return self.path
+
+    def lookup_key(self, local: str, domain: str | None = None) -> str | None:
+        """The entry name that ``local`` (at ``domain``) matches (:func:`alias_keys` order), or None.
 
         A broken entry counts as a match (its name exists; expanding it fails temporarily).
         """
-        for key in alias_keys(local):
+        for key in alias_keys(local, domain):
             if self.get(key) is not None or self.broken_entry(key) is not None:
                 return key
         return None
 
-    def lookup(self, local: str) -> tuple[str, ...] | None:
-        """The targets of ``local`` as written in the file, or None."""
-        return first_entry(self, alias_keys(local))
+    def lookup(self, local: str, domain: str | None = None) -> tuple[str, ...] | None:
+        """The targets of ``local`` (at ``domain``) as written in the file, or None."""
+        return first_entry(self, alias_keys(local, domain))
 
-    def expand(self, address: str, local_domains: Collection[str] = ()) -> ExpansionResult:
+    def expand(
+        self,
+        address: str,
+        local_domains: Collection[str] = (),
+        *,
+        includes: IncludeReader | None = None,
+        forwards: ForwardReader | None = None,
+    ) -> ExpansionResult:
         """Expand ``address`` into its final recipients.
 
         An address is subject to aliasing when it has no domain or its domain
         (case-insensitively) is in ``local_domains``. Local recipients in the
         result have their local part and domain lower-cased; other addresses
-        are returned as written. An address with no entry expands to itself.
+        are returned as written. An address with no entry expands to itself,
+        or to its ``.forward`` file's targets when ``forwards`` finds one.
 
         Args:
             address: ``local`` or ``local@domain``.
             local_domains: lower-case domains whose addresses are aliased.
+            includes: reads ``:include:`` files; None: an include target fails temporarily.
+            forwards: reads local users' ``.forward`` files; None: no ``.forward`` is read.
 
         Returns:
             :class:`Expansion` or :class:`ExpansionFailure`.
         """
-        out: dict[str, None] = {}  # ordered set of final recipients
+        walk = _Walk(local_domains, includes, forwards)
         try:
-            self._expand(address, local_domains, (), out)
+            self._address(address, (), walk)
         except _Failure as f:
             return ExpansionFailure(f.reason, f.text)
-        return Expansion(tuple(out))
+        return Expansion(tuple(walk.out), tuple(walk.local))
 
     def _node(self, address: str, local_domains: Collection[str]) -> tuple[str | None, str]:
         """``(entry key or None, canonical address)`` for one address."""
@@ -205,45 +511,142 @@ class Aliases(Table[tuple[str, ...]]):
             if domain not in local_domains:
                 return None, address
         canonical = local.lower() if domain is None else f"{local.lower()}@{domain}"
-        return self.lookup_key(local), canonical
+        return self.lookup_key(local, domain), canonical
 
-    def _expand(
-        self,
-        address: str,
-        local_domains: Collection[str],
-        path: tuple[tuple[str, str | None], ...],
-        out: dict[str, None],
-    ) -> None:
-        key, canonical = self._node(address, local_domains)
+    def _address(self, address: str, path: tuple[_Node, ...], walk: _Walk) -> None:
+        key, canonical = self._node(address, walk.local_domains)
         if key is None:
-            self._add(canonical, out)
+            self._mailbox(canonical, path, walk)
             return
         broken = self.broken_entry(key)
         if broken is not None:
             raise _Failure("broken", f"alias {key!r}: {broken.text}")
-        _local, domain = split_address(canonical)
-        node = (key, domain)
+        domain = split_address(canonical)[1]
+        node: _Node = ("alias", key, domain)
+        self._enter(node, path)
+        self._targets(self.get(key) or (), canonical, node, "alias", self.source_of(key), (*path, node), walk)
+
+    def _enter(self, node: _Node, path: tuple[_Node, ...]) -> None:
         if node in path:
-            chain = " -> ".join(n for n, _ in (*path, node))
+            chain = " -> ".join(_node_name(n) for n in (*path, node))
             raise _Failure("loop", f"alias loop: {chain}")
         if len(path) >= self.max_depth:
-            raise _Failure("depth", f"alias chain deeper than {self.max_depth} at {key!r}")
-        inner = (*path, node)
-        for target in self.get(key) or ():
-            qualified = target if domain is None or "@" in target else f"{target}@{domain}"
-            tkey, tcanonical = self._node(qualified, local_domains)
-            if tkey is not None and (tkey, split_address(tcanonical)[1]) == node:
-                # The name lists itself: deliver to its own mailbox (sendmail/Postfix).
-                self._add(tcanonical, out)
-            else:
-                self._expand(qualified, local_domains, inner, out)
+            raise _Failure("depth", f"alias chain deeper than {self.max_depth} at {_node_name(node)}")
 
-    def _add(self, recipient: str, out: dict[str, None]) -> None:
-        if recipient in out:
+    def _targets(
+        self,
+        texts: tuple[str, ...],
+        origin: str,
+        node: _Node,
+        source: TargetSource,
+        source_path: str,
+        path: tuple[_Node, ...],
+        walk: _Walk,
+        user: str | None = None,
+    ) -> None:
+        """Expand the targets of ``node`` (an alias, or the ``.forward`` of ``user``); ``origin``
+        is its canonical address, ``source``/``source_path`` where ``texts`` were written."""
+        domain = split_address(origin)[1]
+        for text in texts:
+            try:
+                target = parse_target(text)
+            except ValueError as exc:  # a compiled map written by an older version, say
+                raise _Failure("broken", f"{source_path}: {exc}") from None
+            if target.kind == "command" or target.kind == "file":
+                self._add_local(
+                    LocalTarget(target.kind, target.value, origin, source, source_path, user), walk
+                )
+            elif target.kind == "include":
+                self._include(target.value, origin, node, path, walk)
+            else:
+                value = target.value
+                qualified = value if domain is None or "@" in value else f"{value}@{domain}"
+                tkey, tcanonical = self._node(qualified, walk.local_domains)
+                if target.literal:
+                    self._add(tcanonical, walk)
+                elif _names_itself(node, tkey, tcanonical):
+                    # The name lists itself: its own mailbox (sendmail/Postfix); a .forward that
+                    # lists its owner means the mailbox without forwarding again.
+                    if node[0] == "forward":
+                        self._add(tcanonical, walk)
+                    else:
+                        self._mailbox(tcanonical, path, walk)
+                else:
+                    self._address(qualified, path, walk)
+
+    def _include(self, file: str, origin: str, node: _Node, path: tuple[_Node, ...], walk: _Walk) -> None:
+        inode: _Node = ("include", file, None)
+        self._enter(inode, path)
+        if walk.includes is None:
+            raise _Failure("unavailable", f":include:{file}: include files are not read here")
+        try:
+            texts = walk.includes(file)
+        except MapTempError as exc:
+            raise _Failure("unavailable", f":include:{file}: {exc}") from None
+        except MapErrors as exc:
+            raise _Failure("broken", f":include:{file}: {exc.errors[0]}") from None
+        # The include file's addresses expand as the alias's own would (a name listing the alias
+        # itself means its mailbox); its commands and files are the include file's, run as its
+        # owner (Postfix), wherever it was included from.
+        self._targets(texts, origin, node, "include", file, (*path, inode), walk)
+
+    def _mailbox(self, canonical: str, path: tuple[_Node, ...], walk: _Walk) -> None:
+        """A final local name: its ``.forward`` file when it has one, else its mailbox."""
+        local, domain = split_address(canonical)
+        if walk.forwards is None or (domain is not None and domain not in walk.local_domains):
+            self._add(canonical, walk)
             return
-        if len(out) >= self.max_recipients:
+        name = base_local_part(local)
+        node: _Node = ("forward", name, domain)
+        try:
+            found = walk.forwards(name)
+        except MapTempError as exc:
+            raise _Failure("unavailable", f"~{name}/.forward: {exc}") from None
+        except MapErrors as exc:
+            raise _Failure("broken", f"{exc.errors[0]}") from None
+        if found is None:
+            self._add(canonical, walk)
+            return
+        self._enter(node, path)
+        self._targets(found.targets, canonical, node, "forward", found.path, (*path, node), walk, found.user)
+
+    def _add(self, recipient: str, walk: _Walk) -> None:
+        if recipient in walk.out:
+            return
+        if len(walk.out) >= self.max_recipients:
             raise _Failure("size", f"alias expansion exceeds {self.max_recipients} recipients")
-        out[recipient] = None
+        walk.out[recipient] = None
+
+    def _add_local(self, target: LocalTarget, walk: _Walk) -> None:
+        address = target.address
+        if len(address) > MAX_LOCAL_TARGET_ADDRESS:
+            raise _Failure(
+                "broken",
+                f"{target.source_path}: {target.kind} target of {target.origin} longer than"
+                f" {MAX_LOCAL_TARGET_ADDRESS} characters",
+            )
+        if address not in walk.out:
+            self._add(address, walk)
+            walk.local.append(target)
+
+
+def _names_itself(node: _Node, key: str | None, canonical: str) -> bool:
+    """Whether a target (``key``, ``canonical``) is the alias or ``.forward`` owner ``node``."""
+    local, domain = split_address(canonical)
+    if node[0] == "alias":
+        return key is not None and (key, domain) == (node[1], node[2])
+    if node[0] == "forward":
+        return base_local_part(local) == node[1] and domain == node[2]
+    return False
+
+
+def _node_name(node: _Node) -> str:
+    kind, name, _domain = node
+    if kind == "include":
+        return f":include:{name}"
+    if kind == "forward":
+        return f"~{name}/.forward"
+    return name
 
 
 class _Failure(Exception):
@@ -288,8 +691,24 @@ def parse_aliases(
     if errors and strict:
         raise MapErrors(errors)
     return Aliases(
-        entries, max_depth=max_depth, max_recipients=max_recipients, broken=broken, errors=tuple(errors)
+        entries,
+        max_depth=max_depth,
+        max_recipients=max_recipients,
+        broken=broken,
+        errors=tuple(errors),
+        path=path,
     )
+
+
+def _name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be an alias name (None: it can)."""
+    if not name or any(c.isspace() for c in name):
+        return f"bad alias name {name!r}"
+    if "@" in name:
+        local, domain = split_address(name)
+        if not local or not domain:
+            return f"alias name {name!r} needs a local part and a domain (local@domain)"
+    return None
 
 
 def alias_entries(
@@ -316,25 +735,26 @@ def alias_entries(
         if rest is None:
             errors.append(MapError(path, first, f"expected 'name: target, ...', got {entry.text!r}"))
             continue
-        if not name or any(c.isspace() for c in name):
-            errors.append(MapError(path, first, f"bad alias name {name!r}"))
-            continue
         if name.startswith('"') and name.endswith('"') and len(name) >= 2:
             name = name[1:-1]
-        if "@" in name:
-            errors.append(MapError(path, first, f"alias name {name!r} must be a local part (no '@domain')"))
+        problem = _name_problem(name)
+        if problem is not None:
+            errors.append(MapError(path, first, problem))
             continue
         key = name.lower()
         targets: list[str] = []
         problems: list[MapError] = []
         for lineno, chunk in [(first, rest), *entry.more]:
-            for part in chunk.split(","):
-                target = part.strip()
-                if not target:
-                    continue
-                problem = _check_target(target)
-                if problem is not None:
-                    problems.append(MapError(path, lineno, problem))
+            try:
+                parts = split_targets(chunk)
+            except ValueError as exc:
+                problems.append(MapError(path, lineno, str(exc)))
+                continue
+            for target in parts:
+                try:
+                    parse_target(target)
+                except ValueError as exc:
+                    problems.append(MapError(path, lineno, str(exc)))
                     continue
                 targets.append(target)
         if not targets and not problems:
@@ -359,11 +779,9 @@ def parse_alias_targets(text: str) -> tuple[str, ...]:
     Raises:
         ValueError: a target that a file would not allow, or none at all.
     """
-    targets = tuple(t for t in (part.strip() for part in text.split(",")) if t)
+    targets = tuple(split_targets(text))
     for target in targets:
-        problem = _check_target(target)
-        if problem is not None:
-            raise ValueError(problem)
+        parse_target(target)
     if not targets:
         raise ValueError("no targets")
     return targets

@@ -188,6 +188,15 @@ class AliasesView(Aliases):
         found = self.table.get(key)
         return found if isinstance(found, BrokenEntry) else None
 
+    def source_of(self, key: str) -> str:
+        """The file of the member that answers ``key`` (a text file, or a compiled ``FILE.cdb``):
+        an alias's commands and files run as that file's owner."""
+        members = self.table.members if isinstance(self.table, SequenceTable) else (self.table,)
+        for member in members:
+            if member.get(key) is not None:
+                return str(getattr(member, "path", ""))
+        return ""
+
 
 def _text_table(
     fmt: Format, path: str, check_interval_s: float, clock: Callable[[], float]

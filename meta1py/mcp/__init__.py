@@ -8,8 +8,9 @@ DESCRIPTION
     else the built-in defaults) and reports every error before doing anything else. It then
     creates and repairs the queue, content, run, mail and smar data directories as the
     ownership model says (meta1py.ownership), checks that the worker users can read Python,
-    binds every smtps ``listen_socket`` and the RPC sockets ``qmgr.sock``, ``smar.sock`` and
-    ``smtpc.sock`` in ``run_directory``, writes ``mcp.pid`` there, and starts qmgr, smar, smtpc
+    binds every smtps ``listen_socket``, the metrics endpoint (``metrics { listen }``, passed to
+    qmgr) and the RPC sockets ``qmgr.sock``, ``smar.sock`` and ``smtpc.sock`` in
+    ``run_directory``, writes ``mcp.pid`` there, and starts qmgr, smar, smtpc
     and smtps, each inheriting only its own descriptors: forked from a preloaded fork server
     (meta1py.mcp.forkserver), so that they share the interpreter's memory, or as a fresh
     interpreter (``python -m meta1py.<name>``) without one. It reports ``READY=1`` to
@@ -33,10 +34,14 @@ SECURITY
 PEERS
     No RPC. Workers get their descriptors via ``META1_FDS``, the config on stdin, a ready pipe
     and a lifeline pipe (EOF: mcp died). mcp talks to systemd with sd_notify datagrams
-    (READY=1, RELOADING=1, STOPPING=1, STATUS=...).
+    (READY=1, RELOADING=1, STOPPING=1, STATUS=...), and writes ``run_directory/mcp.status``
+    (the workers' pids, start times and restarts, its own recent errors) for qmgr and
+    ``meta1 status``; it reads nothing back.
 
 DIAGNOSTICS
-    Log lines ``meta1py/mcp[PID]: LEVEL: ...`` on stderr (or syslog with ``--syslog``).
+    Log lines ``meta1py/mcp[PID]: LEVEL: ...`` on stderr (or syslog with ``--syslog``);
+    ``log_format = json`` or ``postfix`` changes the layout of every process's lines
+    (docs/logs.md).
     Exit statuses: 0 clean stop; 1 a worker could not be started; 64 usage error (mcp
     or a worker); 71 a socket, directory or pid file could not be set up (the message names the
     address or path); 77 a worker could not drop privileges; 78 configuration error.

@@ -17,7 +17,15 @@ from pathlib import Path
 import trio
 
 from meta1py.conf import Config, dump_config, listen_sockets
-from meta1py.contract import EX_CONFIG, EX_OSERR, EX_USAGE, RPC_SERVERS, rpc_socket_path
+from meta1py.contract import (
+    EX_CONFIG,
+    EX_OSERR,
+    EX_USAGE,
+    RPC_SERVERS,
+    mcp_pid_path,
+    mcp_status_path,
+    rpc_socket_path,
+)
 from meta1py.log import setup_logging
 from meta1py.mcp.forkserver import ForkServer
 from meta1py.mcp.privs import (
@@ -30,6 +38,7 @@ from meta1py.mcp.privs import (
 )
 from meta1py.mcp.spawn import StartupError, bind_listener, bind_rpc_socket
 from meta1py.mcp.supervise import Supervisor
+from meta1py.status import install_recent_errors
 
 log = logging.getLogger("meta1py.mcp")
 
@@ -93,14 +102,17 @@ def main(argv: list[str]) -> int:
 def _run(
     args: argparse.Namespace, cfg: Config, path: Path | None, root: bool, forkserver: ForkServer | None
 ) -> int:
-    setup_logging("mcp", cfg.log_level, syslog=args.syslog)
+    setup_logging("mcp", cfg.log_level, syslog=args.syslog, log_format=cfg.log_format)
+    # mcp's own last errors (a worker's death among them) go into its status file.
+    install_recent_errors("mcp")
     log.info("starting with %s%s", path or "the built-in defaults", " as root" if root else "")
     if forkserver is not None:
         log.info("fork server started (pid %d): workers are forked from it", forkserver.pid)
 
     listeners: dict[tuple[str, int], socket.socket] = {}
     rpc_sockets: dict[str, socket.socket] = {}
-    pid_file = cfg.run_directory / "mcp.pid"
+    metrics_listener: socket.socket | None = None
+    pid_file = mcp_pid_path(cfg.run_directory)
     try:
         accounts = resolve_accounts(cfg) if root else None
         prepare_directories(cfg, accounts)
@@ -110,6 +122,10 @@ def _run(
             if key not in listeners:
                 listeners[key] = bind_listener(ls.address, ls.port)
                 log.info("listening on %s:%d", *key)
+        if cfg.metrics.listen is not None:
+            # Bound here (as root, like port 25) and answered by qmgr: mcp never reads from it.
+            metrics_listener = bind_listener(*cfg.metrics.listen)
+            log.info("metrics endpoint on %s:%d (served by qmgr)", *cfg.metrics.listen)
         for name in RPC_SERVERS:
             sock_path = rpc_socket_path(cfg.run_directory, name)
             rpc_sockets[name] = bind_rpc_socket(sock_path, rpc_socket_owner(name, accounts))
@@ -117,6 +133,8 @@ def _run(
     except StartupError as exc:
         log.critical("%s", exc)
         _close_all(listeners, rpc_sockets, cfg.run_directory)
+        if metrics_listener is not None:
+            metrics_listener.close()
         return EX_OSERR
 
     supervisor = Supervisor(
@@ -128,11 +146,15 @@ def _run(
         accounts,
         syslog=args.syslog,
         forkserver=forkserver,
+        metrics_listener=metrics_listener,
     )
     try:
         return trio.run(supervisor.run)
     finally:
         _close_all(supervisor.listeners, rpc_sockets, cfg.run_directory)
+        if supervisor.metrics_listener is not None:
+            supervisor.metrics_listener.close()
+        mcp_status_path(cfg.run_directory).unlink(missing_ok=True)
         pid_file.unlink(missing_ok=True)
 
 

@@ -51,11 +51,12 @@ def resolve_accounts(cfg: Config) -> dict[str, Account]:
         raise StartupError(str(exc)) from None
 
 
-def owners_of(accounts: dict[str, Account] | None) -> Owners:
-    """The owners of the layout: the workers' accounts, or the invoking user when unprivileged."""
+def owners_of(accounts: dict[str, Account] | None, submission_gid: int | None = None) -> Owners:
+    """The owners of the layout: the workers' accounts (and the submission group's gid, the pickup
+    directory's group), or the invoking user when unprivileged."""
     if accounts is None:
         return Owners.unprivileged()
-    return Owners.from_accounts(accounts)
+    return Owners.from_accounts(accounts, submission_gid)
 
 
 def prepare_directories(cfg: Config, accounts: dict[str, Account] | None) -> None:
@@ -70,7 +71,7 @@ def prepare_directories(cfg: Config, accounts: dict[str, Account] | None) -> Non
         StartupError: a path cannot be made right (which path, what was found, what was expected).
     """
     try:
-        changes = repair_layout(cfg, owners_of(accounts))
+        changes = repair_layout(cfg, owners_of(accounts, ownership.submission_gid(cfg)))
     except LayoutError as exc:
         raise StartupError(str(exc)) from exc
     created = [c for c in changes if c.startswith("created ")]

@@ -25,6 +25,10 @@ open sessions have ended normally. A draining smtps is no longer supervised (its
 crash nor restarted) but it is stopped with everything else on shutdown, and the lifeline takes it
 down if mcp dies. mcp SIGTERMs it after its drain limit (the longest ``session_timeout`` of the
 configuration it runs, plus a margin) if it is somehow still there.
+
+Status: mcp rewrites ``<run_directory>/mcp.status`` (meta1py.status) whenever a worker starts,
+becomes ready or dies, and after a reload: pids, start times, starts and restarts per worker, and
+mcp's own recent errors. qmgr reads it for its metrics, ``meta1 status`` for its process table.
 """
 
 from __future__ import annotations
@@ -45,10 +49,12 @@ from meta1py.conf import listen_sockets, process_config
 from meta1py.contract import (
     DRAIN_SIGNAL,
     EX_CRASH,
+    FD_METRICS,
     FD_RPC,
     HARD_FAILURE_STATUSES,
     WORKER_NAMES,
     listen_fd_name,
+    mcp_status_path,
 )
 from meta1py.log import setup_logging
 from meta1py.mcp.forkserver import ForkServer
@@ -61,6 +67,7 @@ from meta1py.mcp.spawn import (
     describe_status,
     spawn_worker,
 )
+from meta1py.status import McpStatus, WorkerStatus, recent_errors, write_mcp_status
 
 if TYPE_CHECKING:
     from meta1py.conf import Config
@@ -167,6 +174,10 @@ class WorkerState:
     child: Child | None = None
     generation: int = 0
     policy: RestartPolicy = field(default_factory=RestartPolicy)
+    #: Restarts after a death (planned restarts and handovers not counted).
+    restarts: int = 0
+    #: When the current child started (Unix time), for the status file.
+    started_wall: float | None = None
     changed: trio.Event = field(default_factory=trio.Event)
     #: Set to retire the current child without waiting for it to exit (smtps handover on reload):
     #: the supervising task starts a successor at once and the old child drains on its own.
@@ -175,6 +186,7 @@ class WorkerState:
     def set_child(self, child: Child) -> None:
         self.child = child
         self.generation += 1
+        self.started_wall = time.time()
         # A handover asked of the previous child (which died meanwhile) is not for this one.
         self.handover = trio.Event()
         self.changed.set()
@@ -193,6 +205,7 @@ class Supervisor:
         accounts: worker accounts when mcp is root, else None.
         syslog: workers log to syslog.
         forkserver: the fork server to start workers with (None: fresh interpreters).
+        metrics_listener: the bound ``metrics { listen }`` socket, passed to qmgr; None: off.
     """
 
     def __init__(
@@ -205,8 +218,12 @@ class Supervisor:
         accounts: dict[str, Account] | None,
         syslog: bool = False,
         forkserver: ForkServer | None = None,
+        metrics_listener: socket.socket | None = None,
     ) -> None:
         self.cfg = cfg
+        self.metrics_listener = metrics_listener
+        self.started_wall = time.time()
+        self._status_error: str | None = None
         self.forkserver = forkserver
         self.conf_path = conf_path
         self.config_text = config_text
@@ -266,6 +283,8 @@ class Supervisor:
         if name == "smtps":
             for index, (_section, ls) in enumerate(listen_sockets(self.cfg)):
                 fds[listen_fd_name(index)] = self.listeners[(ls.address, ls.port)].fileno()
+        if name == "qmgr" and self.metrics_listener is not None:
+            fds[FD_METRICS] = self.metrics_listener.fileno()
         account = self.accounts.get(name) if self.accounts else None
         child = spawn_worker(
             name,
@@ -292,6 +311,7 @@ class Supervisor:
                 return
             state.set_child(child)
             log.info("started %s (pid %d)", name, child.pid)
+            self.write_status()
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._await_ready, child)
                 handed_over = await _wait_exit_or(child, state.handover)
@@ -300,6 +320,7 @@ class Supervisor:
                 self._start_draining(child)
                 continue
             child.close()
+            self.write_status()
             if self.stopping:
                 return
             status = child.returncode
@@ -314,6 +335,7 @@ class Supervisor:
                 self._hard_fail(status, f"{name} (pid {child.pid}) {what}: not restarting it")
                 return
             decision = state.policy.on_death(now, ran_s)
+            state.restarts += 1
             if decision.crash_loop_started:
                 log.critical(
                     "%s is in a crash loop: died %d times within %gs (last: pid %d %s); "
@@ -334,6 +356,7 @@ class Supervisor:
                 decision.delay_s,
             )
             notify(f"STATUS={name} {what}; restarting in {decision.delay_s:g}s")
+            self.write_status()
             section = process_config(self.cfg, name)
             for dependent in getattr(section, "restart_dependencies", ()):
                 self._restart_soon(dependent, reason=f"it depends on {name}")
@@ -343,6 +366,7 @@ class Supervisor:
         with trio.move_on_after(READY_TIMEOUT_S):
             if await child.read_ready():
                 log.info("%s (pid %d) is ready", child.name, child.pid)
+                self.write_status()
                 self._maybe_announce_ready()
             return
         log.error("%s (pid %d) not ready after %gs: killing it", child.name, child.pid, READY_TIMEOUT_S)
@@ -511,6 +535,7 @@ class Supervisor:
             if self.stopping:
                 return
             await self._reload_locked()
+            self.write_status()
 
     async def _reload_locked(self) -> None:
         from meta1py.conf import ConfigErrors, check_accounts, check_files, dump_config, load_config
@@ -542,6 +567,12 @@ class Supervisor:
             accounts = resolve_accounts(new) if self.accounts is not None else None
             prepare_directories(new, accounts)
             added = self._bind_new_listeners(new)
+            try:
+                metrics_changed, new_metrics = self._bind_new_metrics(new)
+            except StartupError:
+                for sock in added.values():
+                    sock.close()
+                raise
         except StartupError as exc:
             log.error("reload failed, keeping the running configuration: %s", exc)
             notify("READY=1", "STATUS=reload failed; running the previous configuration")
@@ -549,10 +580,14 @@ class Supervisor:
         wanted = {(ls.address, ls.port) for _section, ls in listen_sockets(new)}
         removed = {key: sock for key, sock in self.listeners.items() if key not in wanted}
         self.listeners.update(added)
+        old_metrics = self.metrics_listener
+        if metrics_changed:
+            # The new qmgr (restarted below) gets the new socket.
+            self.metrics_listener = new_metrics
         self.cfg = new
         self.accounts = accounts
         self.config_text = dump_config(new, only_changed=False)
-        setup_logging("mcp", new.log_level, syslog=self.syslog)
+        setup_logging("mcp", new.log_level, syslog=self.syslog, log_format=new.log_format)
         for name in WORKER_NAMES:
             if self.stopping:
                 return
@@ -565,8 +600,58 @@ class Supervisor:
             log.info("closed listener %s:%d", *key)
             del self.listeners[key]
             sock.close()
+        if metrics_changed and old_metrics is not None:
+            log.info("closed the old metrics endpoint")
+            old_metrics.close()
         log.info("reload done")
         notify("READY=1", "STATUS=running (reloaded)")
+
+    def _bind_new_metrics(self, new: Config) -> tuple[bool, socket.socket | None]:
+        """``(changed, socket)`` for a reload: a new ``metrics { listen }`` is bound here.
+
+        Raises:
+            StartupError: the new address cannot be bound.
+        """
+        if new.metrics.listen == self.cfg.metrics.listen:
+            return False, None
+        if new.metrics.listen is None:
+            return True, None
+        sock = bind_listener(*new.metrics.listen)
+        log.info("metrics endpoint on %s:%d", *new.metrics.listen)
+        return True, sock
+
+    def write_status(self) -> None:
+        """Rewrite mcp's status file (meta1py.status); a failure is logged once until it works."""
+        workers = []
+        for state in self.states.values():
+            child = state.child
+            running = child is not None and not child.exited.is_set()
+            workers.append(
+                WorkerStatus(
+                    name=state.name,
+                    pid=child.pid if running and child is not None else None,
+                    started=state.started_wall if running else None,
+                    ready=running and child is not None and child.ready.is_set(),
+                    starts=state.generation,
+                    restarts=state.restarts,
+                )
+            )
+        status = McpStatus(
+            pid=os.getpid(),
+            started=self.started_wall,
+            config=str(self.conf_path or ""),
+            updated=time.time(),
+            workers=tuple(workers),
+            errors=recent_errors(),
+        )
+        try:
+            write_mcp_status(mcp_status_path(self.cfg.run_directory), status)
+        except OSError as exc:
+            if str(exc) != self._status_error:
+                log.warning("cannot write the status file: %s", exc)
+            self._status_error = str(exc)
+            return
+        self._status_error = None
 
     def _bind_new_listeners(self, new: Config) -> dict[tuple[str, int], socket.socket]:
         added: dict[tuple[str, int], socket.socket] = {}

@@ -23,6 +23,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import BinaryIO, Literal
 
+from meta1py.maps.aliases import parse_local_target_address
+
 Action = Literal["failed", "delayed", "delivered", "relayed", "expanded"]
 
 #: Returned whole up to this size; larger messages are returned as headers only.
@@ -53,6 +55,17 @@ def _clean(text: str) -> str:
     flat = " ".join(text.replace("\r", " ").replace("\n", " ").split())
     flat = "".join(ch if 32 <= ord(ch) < 127 else "?" for ch in flat)
     return flat[:_MAX_FIELD_CHARS]
+
+
+def _final(address: str) -> tuple[str, str]:
+    """The Final-Recipient of a queue recipient, and what the human part adds to it: a command or
+    file target (``origin:|command``) is reported, as Postfix does, under the address whose alias
+    or ``.forward`` named it, with the target beside it."""
+    local = parse_local_target_address(address)
+    if local is None:
+        return address, ""
+    origin, kind, target = local
+    return origin, f'("{"|" if kind == "command" else ""}{target}")'
 
 
 def _addr_type(address: str) -> str:
@@ -191,7 +204,9 @@ def build_dsn(
     human.append("")
     for r in recipients:
         reason = _clean(r.diagnostic) if r.diagnostic else f"status {r.status}"
-        human.append(f"<{_clean(r.address)}>: {reason}")
+        final, target = _final(r.address)
+        shown = f"<{_clean(final)}> {_clean(target)}" if target else f"<{_clean(final)}>"
+        human.append(f"{shown}: {reason}")
     human.append("")
 
     status = [
@@ -207,7 +222,8 @@ def build_dsn(
     status.append(f"Arrival-Date: {_date(arrival_time)}")
     for r in recipients:
         status.append("")
-        status.append(f"Final-Recipient: {_addr_type(r.address)}; {_clean(r.address)}")
+        final, _target = _final(r.address)
+        status.append(f"Final-Recipient: {_addr_type(final)}; {_clean(final)}")
         if r.orcpt:
             orcpt = r.orcpt if ";" in r.orcpt else f"{_addr_type(r.orcpt)};{r.orcpt}"
             status.append(f"Original-Recipient: {_clean(orcpt)}")

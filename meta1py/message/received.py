@@ -1,4 +1,5 @@
-"""The ``Received:`` header smtps writes on top of every message it accepts.
+"""The ``Received:`` header smtps writes on top of every message it accepts (and the one qmgr writes
+on mail from the pickup directory: :func:`pickup_received_header`).
 
 RFC 5321 §4.4 (the trace header, one per hop), RFC 3848 (the ``with`` protocol types: SMTP, ESMTP,
 ESMTPS, ESMTPA, ESMTPSA). The TLS comment follows Postfix (``(using TLSv1.3 with cipher ...)``,
@@ -22,7 +23,14 @@ from collections.abc import Sequence
 
 from meta1py.tls.facts import TlsFacts, received_clause
 
-__all__ = ["clean", "format_date", "protocol", "received_header", "tls_comment_lines"]
+__all__ = [
+    "clean",
+    "format_date",
+    "pickup_received_header",
+    "protocol",
+    "received_header",
+    "tls_comment_lines",
+]
 
 _UNSAFE = re.compile(r"[^\x21-\x7e]")
 _date_cache: tuple[int, str] = (0, "")
@@ -100,6 +108,27 @@ def received_header(
         lines.append(f"\t(Authenticated sender: {clean(authenticated)})")
     proto = protocol(esmtp, tls is not None, authenticated is not None)
     lines.append(f"\tby {hostname} (meta1py) with {proto} id {qid}")
+    when = format_date(now)
+    if len(recipients) == 1:
+        lines.append(f"\tfor <{clean(recipients[0])}>; {when}")
+    else:
+        lines[-1] += ";"
+        lines.append(f"\t{when}")
+    return ("\r\n".join(lines) + "\r\n").encode("utf-8", "replace")
+
+
+def pickup_received_header(
+    *, hostname: str, qid: str, uid: int, recipients: Sequence[str], now: float
+) -> bytes:
+    """The ``Received:`` header qmgr writes on a message from the pickup directory (local
+    submission through ``meta1 sendmail``), with its final CRLF. ``uid`` is the pickup file's
+    owner: the user who submitted it, which nobody can forge. Example::
+
+        Received: from userid 1000
+        \tby mx.example (meta1py pickup) id 0A1B2C3D4E5F
+        \tfor <ops@example.net>; Thu, 03 Dec 2026 07:14:47 +0000
+    """
+    lines = [f"Received: from userid {uid}", f"\tby {hostname} (meta1py pickup) id {qid}"]
     when = format_date(now)
     if len(recipients) == 1:
         lines.append(f"\tfor <{clean(recipients[0])}>; {when}")

@@ -43,6 +43,15 @@ from meta1py.conf import Config
 from meta1py.crashpoints import crash_point
 from meta1py.envelope import envelope_params
 from meta1py.message.dsn import DsnRecipient, build_dsn
+from meta1py.metrics import (
+    QMGR_BOUNCED,
+    QMGR_DEFERRED,
+    QMGR_DELIVERED,
+    QMGR_DELIVERY_DELAY,
+    QMGR_DELIVERY_FAILURES,
+    QMGR_RECEIVED,
+    Counters,
+)
 from meta1py.qmgr.scheduler import Job, Scheduler
 from meta1py.queue.content import (
     ContentWriter,
@@ -183,6 +192,12 @@ def _enhanced_of(reply: str | None, default: str) -> str:
     return default
 
 
+def _transport_of(destination: str | None) -> str | None:
+    """``smtp``, ``lmtp``, ``maildir``, ...: the transport of a route's destination key (for the
+    maillog: ``log_format = postfix`` names the delivery agent by it)."""
+    return destination.partition(":")[0] if destination else None
+
+
 def _domain(address: str) -> str:
     return address.rpartition("@")[2].lower()
 
@@ -224,8 +239,13 @@ class QueueManager:
         smtpc: AgentCaller,
         *,
         rng: random.Random | None = None,
+        counters: Counters | None = None,
     ) -> None:
         self.config = config
+        #: What qmgr counts (messages received, recipients delivered, deferred, bounced, delivery
+        #: delays, failures per destination): meta1py.metrics. Passed in so that the counts
+        #: survive a reopening of the store (qmgr.service).
+        self.counters = counters if counters is not None else Counters()
         self.qcfg = config.qmgr
         self.queue_dir = Path(config.queue_directory)
         self.store = store
@@ -743,7 +763,17 @@ class QueueManager:
                 destination=destination,
             )
             msg.busy.discard(idx)
-            mlog.maillog("deferred", msg.env.qid, to=msg.rcpts[idx].address, status="deferred", reason=text)
+            mlog.maillog(
+                "deferred",
+                msg.env.qid,
+                to=msg.rcpts[idx].address,
+                status="deferred",
+                reason=text,
+                delay=f"{time.time() - msg.env.arrival_time:.2f}",
+                dsn=_enhanced_of(text, TEMP_UNDEFINED),
+                transport=_transport_of(destination),
+            )
+            self.counters.inc(QMGR_DEFERRED)
         if destination:
             self._deferred_by_dest.setdefault(destination, set()).add(msg.env.qid)
         if updates:
@@ -999,9 +1029,14 @@ class QueueManager:
             for idx, *_rest in results:
                 msg.busy.discard(idx)
             return
+        counters = self.counters
         for idx, status, reply, remote, dest in results:
             r = msg.rcpts[idx]
             text = _reply_text(reply)
+            if status != "ok":
+                limit = self.config.metrics.destinations
+                where = counters.bounded(QMGR_DELIVERY_FAILURES, dest or "none", limit)
+                counters.inc(QMGR_DELIVERY_FAILURES, where)
             if remote:
                 msg.remote_mta[idx] = remote
             attempts = r.attempts + 1
@@ -1021,8 +1056,12 @@ class QueueManager:
                     status="sent",
                     delay=f"{now - env.arrival_time:.2f}",
                     reply=text,
+                    dsn=_enhanced_of(text, SUCCESS),
+                    transport=_transport_of(dest),
                     **dup,
                 )
+                counters.inc(QMGR_DELIVERED)
+                counters.observe(QMGR_DELIVERY_DELAY, max(0.0, now - env.arrival_time))
             elif status == "perm" or expired:
                 final_status: RecipientStatus = "bounced" if status == "perm" else "expired"
                 if status != "perm":
@@ -1035,7 +1074,11 @@ class QueueManager:
                     relay=remote or dest or "",
                     status=final_status,
                     reply=text,
+                    delay=f"{now - env.arrival_time:.2f}",
+                    dsn=_enhanced_of(text, PERM_UNDEFINED),
+                    transport=_transport_of(dest),
                 )
+                counters.inc(QMGR_BOUNCED, final_status)
             else:
                 deferrals.append((idx, attempts, now + self.scheduler.retry_delay(attempts)))
                 defer_reply, defer_dest = reply, dest
@@ -1294,6 +1337,7 @@ class QueueManager:
             )
         crash_point("after-commit")
         self._store_ok()
+        self.counters.inc(QMGR_RECEIVED)
         self._add(env)
         return QueueEnvelopeCommitReply(ok=True, reply=_ok_reply())
 

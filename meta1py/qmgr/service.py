@@ -1,4 +1,5 @@
-"""qmgr's serve(): open the envelope store, recover, serve qmgr.sock, run the scheduler."""
+"""qmgr's serve(): open the envelope store, recover, serve qmgr.sock, run the scheduler, and
+answer the metrics endpoint when mcp passed one."""
 
 from __future__ import annotations
 
@@ -11,7 +12,11 @@ import trio
 
 from meta1py.conf import Config
 from meta1py.contract import rpc_socket_path
+from meta1py.metrics import Counters
+from meta1py.qmgr.exporter import serve_metrics
 from meta1py.qmgr.manager import QueueManager
+from meta1py.qmgr.pickup import Pickup
+from meta1py.qmgr.stats import QueueStats
 from meta1py.queue.envelopes import EnvelopeStore, envelope_store_path
 from meta1py.queue.errors import QueueStorageError
 from meta1py.rpc.channel import RpcClient, serve_unix
@@ -46,11 +51,11 @@ def _refusal(exc: QueueStorageError) -> QueueEnvelopeCommitReply:
     )
 
 
-def _open_and_recover(cfg: Config, smar: RpcClient, smtpc: RpcClient) -> QueueManager:
+def _open_and_recover(cfg: Config, smar: RpcClient, smtpc: RpcClient, counters: Counters) -> QueueManager:
     """Open the envelope store and load the queue (blocking: run it in a thread)."""
     store = EnvelopeStore(envelope_store_path(cfg.queue_directory))
     try:
-        manager = QueueManager(cfg, store, smar, smtpc)
+        manager = QueueManager(cfg, store, smar, smtpc, counters=counters)
         manager.recover()
     except BaseException:
         store.close()
@@ -70,10 +75,14 @@ async def serve(cfg: Config, fds: WorkerFds, task_status: Any = trio.TASK_STATUS
     run_dir = Path(cfg.run_directory)
     smar = RpcClient(rpc_socket_path(run_dir, "smar"), name="qmgr->smar")
     smtpc = RpcClient(rpc_socket_path(run_dir, "smtpc"), name="qmgr->smtpc")
+    # The counts outlive a store that has to be opened again; stats answers with or without it.
+    counters = Counters()
+    stats = QueueStats(cfg, smar, smtpc, counters)
     manager: QueueManager | None = None
     failure: QueueStorageError | None = None
     try:
-        manager = await trio.to_thread.run_sync(_open_and_recover, cfg, smar, smtpc)
+        manager = await trio.to_thread.run_sync(_open_and_recover, cfg, smar, smtpc, counters)
+        stats.manager = manager
     except QueueStorageError as exc:
         failure = exc
         log.error("cannot open the queue (%s): refusing new mail until it can be opened", exc)
@@ -89,8 +98,15 @@ async def serve(cfg: Config, fds: WorkerFds, task_status: Any = trio.TASK_STATUS
     closed = Handlers(fallback=refuse)
     closed.on(QueueEnvelopeCommitRequest).answer(refuse_commit)
 
+    status_kinds = stats.handle.kinds
+
     def handle(msg: RpcMessage) -> Awaitable[RpcMessage | None]:
+        if type(msg) in status_kinds:
+            return stats.handle(msg)
         return (closed if manager is None else manager.handle)(msg)
+
+    # Commits through the same answer as smtps's calls (4xx while the store is closed).
+    pickup = Pickup(cfg, handle)
 
     async def reopen(nursery: trio.Nursery) -> None:
         nonlocal manager, failure
@@ -98,14 +114,15 @@ async def serve(cfg: Config, fds: WorkerFds, task_status: Any = trio.TASK_STATUS
         while True:
             await trio.sleep(delay)
             try:
-                opened = await trio.to_thread.run_sync(_open_and_recover, cfg, smar, smtpc)
+                opened = await trio.to_thread.run_sync(_open_and_recover, cfg, smar, smtpc, counters)
             except QueueStorageError as exc:
                 failure = exc
                 delay = min(delay * 2, _OPEN_RETRY_MAX_S)
                 log.debug("still cannot open the queue: %s", exc)
                 continue
-            manager = opened
+            manager = stats.manager = opened
             await nursery.start(opened.run)
+            nursery.start_soon(pickup.run)
             log.info("queue opened: accepting mail again")
             return
 
@@ -115,8 +132,12 @@ async def serve(cfg: Config, fds: WorkerFds, task_status: Any = trio.TASK_STATUS
             await nursery.start(smtpc.run)
             if fds.rpc is not None:
                 await nursery.start(serve_unix, fds.rpc, handle)
+            if fds.metrics is not None:
+                await nursery.start(serve_metrics, fds.metrics, stats.metrics_page)
             if manager is not None:
                 await nursery.start(manager.run)
+                # After the manager: the pickup directory's messages are committed through it.
+                nursery.start_soon(pickup.run)
             else:
                 nursery.start_soon(reopen, nursery)
             task_status.started()

@@ -7,6 +7,8 @@
   (``remove_content``, ``scan_content_ids``).
 - :mod:`meta1py.queue.envelopes`: ``queue_directory/envelopes.sqlite``, written only by qmgr
   (``EnvelopeStore``, ``GroupCommitter``); read-only for the queue CLI.
+- :mod:`meta1py.queue.pickup`: ``queue_directory/pickup/``, mail ``meta1 sendmail`` wrote while
+  smtps could not take it (the file format, its writer, and the reader qmgr uses).
 
 The durability promise (design.md §4): smtps answers 250 only after qmgr's
 ``GroupCommitter.commit_new()`` has returned, which fsyncs the content file and its directory

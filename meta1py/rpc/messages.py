@@ -228,19 +228,42 @@ class SmarHostValue(RpcMessage):
 
 @rpc_struct
 @dataclass(frozen=True, slots=True)
+class SmarLocalDeliveryValue(RpcMessage):
+    """Who runs a command or file delivery (``pipe`` and ``file`` routes): the account smar chose
+    (the aliases or include file's owner, ``default_privs`` for root's files, the user of a
+    ``.forward``) and where the target came from (checked again against ``allow_mail_to_*``).
+
+    Sender: smar.
+    Receiver: qmgr (which passes it on to smtpc, whose local delivery helper runs as ``uid``).
+    """
+
+    user: str = field(metadata=caps(max_len=64))
+    uid: int
+    gid: int
+    home: str = field(metadata=caps(max_len=1024))
+    shell: str = field(metadata=caps(max_len=1024))
+    source: Literal["alias", "include", "forward"]
+
+
+@rpc_struct
+@dataclass(frozen=True, slots=True)
 class SmarRouteValue(RpcMessage):
     """Where one recipient goes: a transport and its next hops, or an error.
+
+    ``path`` is the Unix socket (lmtp), the Maildir (maildir), the command (pipe) or the file
+    (file); ``local`` says who runs a pipe or file delivery.
 
     Sender: smar.
     Receiver: qmgr (which passes it on to smtpc).
     """
 
     status: DeliveryStatus
-    transport: Literal["smtp", "lmtp", "maildir", "error"]
+    transport: Literal["smtp", "lmtp", "maildir", "pipe", "file", "error"]
     destination: str = field(metadata=caps(max_len=512))
     hosts: tuple[SmarHostValue, ...] = field(metadata=caps(max_items=64))
     path: str | None = field(metadata=caps(max_len=4096))
     reply: SmtpReplyValue | None
+    local: SmarLocalDeliveryValue | None = None
 
 
 @rpc_message
@@ -356,3 +379,135 @@ class QueueControlRequest(RpcRequest[QueueControlReply]):
     qids: tuple[str, ...] = field(metadata=caps(max_items=100_000))
     to_domain: str | None = field(metadata=caps(max_len=256))
     all_deferred: bool
+
+
+# --- Status and metrics (docs/internals.md, "Metrics and status") -------------------------------
+
+
+@rpc_struct
+@dataclass(frozen=True, slots=True)
+class CounterValue(RpcMessage):
+    """One counter of a process: a metric of meta1py.metrics.CATALOGUE, its label values in the
+    metric's label order, and the count since the process started.
+
+    Sender: smtps, smar, smtpc (their own counters); qmgr (the sums).
+    Receiver: qmgr; meta1 status and meta1 monitor.
+    """
+
+    name: str = field(metadata=caps(max_len=128))
+    labels: tuple[str, ...] = field(metadata=caps(max_len=256, max_items=4))
+    value: int
+
+
+@rpc_struct
+@dataclass(frozen=True, slots=True)
+class ErrorRecordValue(RpcMessage):
+    """One recent log record of level error or critical, as ``meta1 status`` lists it.
+
+    Sender: every worker (its own recent errors; meta1py.status).
+    Receiver: qmgr; meta1 status.
+    """
+
+    time: float
+    process: str = field(metadata=caps(max_len=16))
+    pid: int
+    level: str = field(metadata=caps(max_len=16))
+    message: str = field(metadata=caps(max_len=1024))
+
+
+@rpc_struct
+@dataclass(frozen=True, slots=True)
+class WorkerStatsValue(RpcMessage):
+    """What one process reports about itself: who it is, its counters, its recent errors.
+
+    Sender: smtps, smar, smtpc, qmgr.
+    Receiver: qmgr; meta1 status.
+    """
+
+    process: str = field(metadata=caps(max_len=16))
+    pid: int
+    started: float
+    counters: tuple[CounterValue, ...] = field(metadata=caps(max_items=10_000))
+    errors: tuple[ErrorRecordValue, ...] = field(metadata=caps(max_items=100))
+
+
+@rpc_message
+@dataclass(frozen=True, slots=True)
+class WorkerStatsReply(RpcMessage):
+    """A worker's counters and recent errors.
+
+    Sender: smar, smtpc.
+    Receiver: qmgr.
+    """
+
+    stats: WorkerStatsValue
+
+
+@rpc_message
+@dataclass(frozen=True, slots=True)
+class WorkerStatsRequest(RpcRequest[WorkerStatsReply]):
+    """Send me your counters and recent errors (qmgr asks when it is scraped or asked for status).
+
+    Sender: qmgr.
+    Receiver: smar, smtpc.
+    """
+
+
+@rpc_message
+@dataclass(frozen=True, slots=True)
+class QueueStatsReport(RpcMessage):
+    """smtps's counters and recent errors, sent about once a second while they change (a
+    notification: smtps serves no socket qmgr could ask).
+
+    Sender: smtps.
+    Receiver: qmgr.
+    """
+
+    stats: WorkerStatsValue
+
+
+@rpc_struct
+@dataclass(frozen=True, slots=True)
+class QueueStateValue(RpcMessage):
+    """How many messages are in one state of the queue, and their recipients still to deliver.
+
+    Sender: qmgr.
+    Receiver: meta1 status, meta1 monitor.
+    """
+
+    state: Literal["active", "deferred", "hold"]
+    messages: int
+    recipients: int
+
+
+@rpc_message
+@dataclass(frozen=True, slots=True)
+class QueueStatusReply(RpcMessage):
+    """The number of queued messages and, when asked, the queue by state (both empty when qmgr
+    cannot open its store), every counter summed over the processes, and each process's report
+    (recent errors; counters left out) when asked.
+
+    Sender: qmgr.
+    Receiver: meta1 status, meta1 monitor.
+    """
+
+    queue_open: bool
+    messages: int
+    queue: tuple[QueueStateValue, ...] = field(metadata=caps(max_items=8))
+    counters: tuple[CounterValue, ...] = field(metadata=caps(max_items=10_000))
+    processes: tuple[WorkerStatsValue, ...] = field(metadata=caps(max_items=64))
+
+
+@rpc_message
+@dataclass(frozen=True, slots=True)
+class QueueStatusRequest(RpcRequest[QueueStatusReply]):
+    """How is the MTA doing?  ``errors``: include each process's recent errors; ``by_state``:
+    count the queue by state (a pass over every queued recipient; ``meta1 monitor``, which asks
+    every second, only takes the number of messages).
+
+    Sender: meta1 status, meta1 monitor (the CLI, run as root or a member of the queue's group).
+    Receiver: qmgr.
+    """
+
+    errors: bool = True
+    by_state: bool = True

@@ -30,6 +30,15 @@ be a mailbox is written ``alice: alice``. Targets of an alias need no entry
 of their own (the operator wrote them). Local domains routed elsewhere by the
 routes map are not checked: the server behind them knows its users.
 
+Commands and files (aliases(5) ``|command`` and ``/file`` targets, also from ``:include:`` and
+``.forward`` files): the expansion writes them into the queue as ``origin:|command`` or
+``origin:/file`` (:func:`meta1py.maps.aliases.local_target_address`). :meth:`Router.route`
+expands ``origin`` again and routes such a target only when that expansion reaches it, only when
+``allow_mail_to_commands``/``allow_mail_to_files`` allows its source (else ``550 5.7.1 mail to
+command is restricted``, Postfix's words), and as the account Postfix's local(8) would use
+(:func:`meta1py.smar.localfiles.account_for`): the ``pipe`` or ``file`` transport, destination
+``pipe:USER``. A recipient whose local part reads as a command or a file is refused at RCPT.
+
 Failures to resolve a nexthop the operator configured (routes map host,
 relayhost) are temporary even when DNS says the name does not exist: that is
 a configuration mistake to fix, not a reason to bounce mail. The recipient's
@@ -52,9 +61,13 @@ from meta1py.maps import BrokenEntry, ReloadingMap
 from meta1py.maps.access import AccessMap, parse_access, parse_access_value
 from meta1py.maps.aliases import (
     Aliases,
+    Expansion,
     ExpansionFailure,
+    LocalKind,
+    TargetSource,
     base_local_part,
     parse_aliases,
+    parse_local_target_address,
     split_address,
 )
 from meta1py.maps.routes import (
@@ -78,20 +91,23 @@ from meta1py.maps.views import (
     UnansweredTable,
     open_member,
 )
+from meta1py.smar.localfiles import Account, AccountError, ForwardFiles, IncludeFiles, account_for
 from meta1py.smar.resolver import DnsFailure, MxResult, Resolver
 from meta1py.smar.socketmap import SocketmapClient
 from meta1py.smtp.status import (
     PERM_BAD_DESTINATION_MAILBOX,
     PERM_BAD_DESTINATION_SYNTAX,
     PERM_BAD_DESTINATION_SYSTEM,
+    PERM_NOT_AUTHORIZED,
     PERM_ROUTING_LOOP,
+    TEMP_MAIL_SYSTEM_ERROR,
     TEMP_SYSTEM_MISCONFIGURED,
     TEMP_UNABLE_TO_ROUTE,
 )
 
 log = logging.getLogger(__name__)
 
-Transport = Literal["smtp", "lmtp", "maildir"]
+Transport = Literal["smtp", "lmtp", "maildir", "pipe", "file"]
 
 _T = TypeVar("_T")
 _T_co = TypeVar("_T_co", covariant=True)
@@ -131,15 +147,18 @@ class Delivery:
     """Deliver the recipient with ``transport``.
 
     Attributes:
-        transport: ``"smtp"``, ``"lmtp"`` or ``"maildir"``.
+        transport: ``"smtp"``, ``"lmtp"``, ``"maildir"``, ``"pipe"`` (a command) or ``"file"``.
         destination: key for per-destination concurrency limits, e.g.
             ``smtp:example.com``, ``smtp:[10.0.0.5]:2525``,
-            ``lmtp:unix:/run/lmtp``, ``lmtp:inet:store:24``, ``maildir``.
+            ``lmtp:unix:/run/lmtp``, ``lmtp:inet:store:24``, ``maildir``, ``pipe:nobody``.
         address: the recipient address to deliver to.
         hosts: smtp only: addresses in the order to try.
         lmtp_socket: lmtp over a Unix socket: its path.
         lmtp_address: lmtp over TCP: ``(host, port)``.
         maildir: maildir only: the Maildir directory (holding tmp/new/cur).
+        target: pipe: the command; file: the file.
+        account: pipe and file: who runs it.
+        source: pipe and file: where the target came from (``alias``, ``include``, ``forward``).
     """
 
     transport: Transport
@@ -149,6 +168,9 @@ class Delivery:
     lmtp_socket: str | None = None
     lmtp_address: tuple[str, int] | None = None
     maildir: Path | None = None
+    target: str | None = None
+    account: Account | None = None
+    source: TargetSource | None = None
 
 
 RouteResult = Delivery | PermanentFailure | TemporaryFailure
@@ -185,6 +207,16 @@ def _domain(domain: str) -> str:
     return domain.strip().lower().rstrip(".")
 
 
+def _names_a_command_or_file(local: str) -> bool:
+    """Whether a local part (quoted or not) reads as an aliases(5) command, file or include."""
+    if len(local) >= 2 and local[0] == local[-1] == '"':
+        local = re.sub(r"\\(.)", r"\1", local[1:-1])
+    return local.startswith(("|", "/")) or local[:9].lower() == ":include:"
+
+
+_NO_ALIASES = Aliases({}, path="<none>")
+
+
 class Router:
     """smar's routing logic over a config, the maps and a :class:`Resolver`.
 
@@ -211,6 +243,11 @@ class Router:
         self.access_source: AccessSource | None = None
         if config.smar.access is not None:
             self._access, self.access_source = _access_map(config.smar.access, check)
+        #: Reads :include: files and (with forward_path) .forward files during expansions.
+        self.includes = IncludeFiles()
+        self.forwards: ForwardFiles | None = (
+            ForwardFiles(config.forward_path) if config.forward_path else None
+        )
 
     @property
     def access(self) -> AccessMap | None:
@@ -235,16 +272,23 @@ class Router:
         local, domain = self._split(address)
         if domain not in self.local_domains:
             return RecipientAccepted(local=False)
+        if _names_a_command_or_file(local):
+            # Commands and files come from the operator's files only, never from a client.
+            return RecipientRejected(
+                550, PERM_BAD_DESTINATION_SYNTAX, f"<{address}>: a command or file name is not a mail address"
+            )
         expanded = self.expand_local(f"{local}@{domain}")
         if isinstance(expanded, PermanentFailure | TemporaryFailure):
             return RecipientRejected(expanded.code, expanded.enhanced, expanded.text)
         return RecipientAccepted(local=True, expanded=tuple(expanded))
 
     def expand_local(self, address: str) -> list[str] | PermanentFailure | TemporaryFailure:
-        """Final recipients of ``address`` after alias expansion.
+        """Final recipients of ``address`` after alias expansion (aliases, :include: files,
+        ``.forward`` files with ``forward_path``).
 
         A non-local address is returned unchanged. Local addresses come back
-        with lower-cased local part and domain.
+        with lower-cased local part and domain; commands and files as
+        :func:`~meta1py.maps.aliases.local_target_address` writes them.
         """
         local, domain = self._split(address)
         if domain not in self.local_domains:
@@ -252,20 +296,34 @@ class Router:
         failure = self._local_failure(local, domain)
         if failure is not None:
             return failure
+        result = self._expansion(local, domain)
+        if isinstance(result, Expansion):
+            return list(result.recipients)
+        return result
+
+    def _expansion(self, local: str, domain: str) -> Expansion | PermanentFailure | TemporaryFailure:
+        """The expansion of the local address ``local@domain`` (with its commands and files)."""
         qualified = f"{local}@{domain}"
         aliases = self._aliases.current if self._aliases is not None else None
         if aliases is None:
-            return [f"{local.lower()}@{domain}"]
-        result = aliases.expand(qualified, self.local_domains)
+            if self.forwards is None:
+                return Expansion((f"{local.lower()}@{domain}",))
+            aliases = _NO_ALIASES
+        result = aliases.expand(qualified, self.local_domains, includes=self.includes, forwards=self.forwards)
         if isinstance(result, ExpansionFailure):
             log.error("aliases: %s (for %s)", result.text, qualified)
             if result.reason == "broken":
                 return TemporaryFailure(451, TEMP_SYSTEM_MISCONFIGURED, result.text)
+            if result.reason == "unavailable":
+                return TemporaryFailure(451, TEMP_MAIL_SYSTEM_ERROR, result.text)
             return PermanentFailure(550, PERM_ROUTING_LOOP, result.text)
-        return list(result.recipients)
+        return result
 
     async def route(self, address: str) -> RouteResult:
         """Where one final (already expanded) recipient goes."""
+        command_or_file = parse_local_target_address(address)
+        if command_or_file is not None:
+            return self._route_local(address, *command_or_file)
         local, domain = self._split(address)
         address = f"{local}@{domain}"
         routes = self._routes.current if self._routes is not None else None
@@ -297,6 +355,41 @@ class Router:
         # belongs to the first local domain.
         return local, _domain(domain) if domain is not None else self._default_domain
 
+    def _route_local(self, address: str, origin: str, kind: LocalKind, target: str) -> RouteResult:
+        """A command or file: delivered only when expanding ``origin`` again reaches it (so only
+        targets from the operator's files ever run, whatever the queue holds), when
+        ``allow_mail_to_commands``/``allow_mail_to_files`` allows its source, as the account
+        Postfix would use."""
+        local, domain = self._split(origin)
+        if domain not in self.local_domains:
+            return PermanentFailure(550, PERM_BAD_DESTINATION_SYNTAX, f"<{address}>: not a local address")
+        expansion = self._expansion(local, domain)
+        if not isinstance(expansion, Expansion):
+            return expansion
+        found = next((t for t in expansion.local if t.kind == kind and t.target == target), None)
+        if found is None:
+            return PermanentFailure(
+                550, PERM_BAD_DESTINATION_MAILBOX, f"<{origin}>: no {kind} {target!r} among its targets"
+            )
+        allowed = self.config.allow_mail_to_commands if kind == "command" else self.config.allow_mail_to_files
+        if found.source not in allowed:
+            # Postfix's words (local(8)), and its status: the operator did not allow it.
+            return PermanentFailure(550, PERM_NOT_AUTHORIZED, f"mail to {kind} is restricted")
+        try:
+            account = account_for(found, self.config.default_privs)
+        except AccountError as exc:
+            log.error("%s: %s", address, exc)
+            return TemporaryFailure(451, TEMP_SYSTEM_MISCONFIGURED, str(exc))
+        transport: Transport = "pipe" if kind == "command" else "file"
+        return Delivery(
+            transport,
+            f"{transport}:{account.user}",
+            address,
+            target=target,
+            account=account,
+            source=found.source,
+        )
+
     def _local_failure(self, local: str, domain: str) -> PermanentFailure | None:
         if self._aliases is None:
             return None
@@ -304,7 +397,7 @@ class Router:
             route = self._routes.current.lookup(domain, use_default=False)
             if route is not None and not isinstance(route, MaildirRoute):
                 return None
-        if self._aliases.current.lookup_key(local) is not None:
+        if self._aliases.current.lookup_key(local, domain) is not None:
             return None
         if base_local_part(local).lower() == "postmaster":
             return None
@@ -314,7 +407,7 @@ class Router:
         name = base_local_part(local).lower()
         # The local part and domain become path components: refuse anything
         # that could leave mail_directory or hide files.
-        if not name or name.startswith(".") or _UNSAFE_LOCAL.search(name):
+        if not name or name.startswith((".", "|")) or _UNSAFE_LOCAL.search(name):
             return PermanentFailure(
                 550, PERM_BAD_DESTINATION_SYNTAX, f"<{local}@{domain}>: mailbox name not allowed"
             )

@@ -34,12 +34,15 @@ from meta1py.rpc.messages import (
     SmarClientCheckReply,
     SmarClientCheckRequest,
     SmarHostValue,
+    SmarLocalDeliveryValue,
     SmarRecipientCheckReply,
     SmarRecipientCheckRequest,
     SmarRouteReply,
     SmarRouteRequest,
     SmarRouteValue,
     SmtpReplyValue,
+    WorkerStatsReply,
+    WorkerStatsRequest,
 )
 from meta1py.rpc.schema import message_to_json
 from meta1py.smar.greylist import Greylist, GreylistUnavailableError, GreyPolicy
@@ -53,6 +56,7 @@ from meta1py.smtp.status import (
     TEMP_NOT_AUTHORIZED,
     TEMP_SYSTEM_MISCONFIGURED,
 )
+from meta1py.status import worker_stats
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +78,8 @@ _MAX_HOST_NAME = _cap(SmarHostValue, "name")
 _MAX_HOST_ADDRESS = _cap(SmarHostValue, "address")
 _MAX_ENHANCED = _cap(SmtpReplyValue, "enhanced")
 _MAX_TEXT = _cap(SmtpReplyValue, "text")
+_MAX_LOCAL_USER = _cap(SmarLocalDeliveryValue, "user")
+_MAX_LOCAL_HOME = _cap(SmarLocalDeliveryValue, "home")
 # What the routes of one SmarRouteReply may take (by a bound on their JSON size): smar.sock's frame
 # cap less room for the envelope. qmgr sends every due recipient of a message in one request.
 _ROUTE_REPLY_BUDGET = DEFAULT_MAX_FRAME_BYTES - 4096
@@ -115,7 +121,17 @@ def _overheads() -> tuple[int, int, int, int]:
     return base, host, reply, path
 
 
+def _local_overhead() -> int:
+    """Bytes a pipe or file route's account adds beyond its strings (the largest ids)."""
+    plain = SmarRouteValue(
+        status="temp", transport="maildir", destination="", hosts=(), path=None, reply=None
+    )
+    local = SmarLocalDeliveryValue(user="", uid=2**32, gid=2**32, home="", shell="", source="include")
+    return _json_size((dataclasses.replace(plain, local=local),)) - _json_size((plain,))
+
+
 _ROUTE_BYTES, _HOST_BYTES, _REPLY_BYTES, _PATH_BYTES = _overheads()
+_LOCAL_BYTES = _local_overhead()
 
 
 def _route_bound(route: SmarRouteValue) -> int:
@@ -127,6 +143,9 @@ def _route_bound(route: SmarRouteValue) -> int:
         size += _REPLY_BYTES + _text_bound(route.reply.text) + _text_bound(route.reply.enhanced)
     for h in route.hosts:
         size += _HOST_BYTES + _text_bound(h.name) + _text_bound(h.address) + len(str(h.port)) - 5
+    if route.local is not None:
+        local = route.local
+        size += _LOCAL_BYTES + _text_bound(local.user) + _text_bound(local.home) + _text_bound(local.shell)
     return size
 
 
@@ -227,6 +246,11 @@ class SmarService:
         self.handle.on(SmarRecipientCheckRequest).answer(self._answer_check)
         self.handle.on(SmarClientCheckRequest).answer(self._answer_client)
         self.handle.on(SmarRouteRequest).answer(self._answer_routes)
+        self.handle.on(WorkerStatsRequest).answer(self._answer_stats)
+
+    async def _answer_stats(self, _req: WorkerStatsRequest) -> WorkerStatsReply:
+        # smar counts nothing of its own yet; qmgr asks for its recent errors (meta1 status).
+        return WorkerStatsReply(stats=worker_stats("smar", None))
 
     async def _answer_check(self, req: SmarRecipientCheckRequest) -> SmarRecipientCheckReply:
         return await self.check(req)
@@ -470,11 +494,31 @@ class SmarService:
                 elif result.lmtp_address is not None:
                     host, port = result.lmtp_address
                     hosts = (SmarHostValue(name=host, address=host, port=port),)
+            elif result.transport in ("pipe", "file"):
+                path = result.target
             else:
                 path = str(result.maildir)
             if path is not None and len(path) > _MAX_PATH:
                 return _error_route(
                     "temp", _reply_value(451, TEMP_SYSTEM_MISCONFIGURED, "delivery path too long")
+                )
+            local: SmarLocalDeliveryValue | None = None
+            account = result.account
+            if account is not None and result.source is not None:
+                if (
+                    len(account.user) > _MAX_LOCAL_USER
+                    or max(len(account.home), len(account.shell)) > _MAX_LOCAL_HOME
+                ):
+                    return _error_route(
+                        "temp", _reply_value(451, TEMP_SYSTEM_MISCONFIGURED, "account name or home too long")
+                    )
+                local = SmarLocalDeliveryValue(
+                    user=account.user,
+                    uid=account.uid,
+                    gid=account.gid,
+                    home=account.home,
+                    shell=account.shell,
+                    source=result.source,
                 )
             return SmarRouteValue(
                 status="ok",
@@ -483,6 +527,7 @@ class SmarService:
                 hosts=hosts,
                 path=path,
                 reply=None,
+                local=local,
             )
         status: FailureStatus = "perm" if isinstance(result, PermanentFailure) else "temp"
         return _error_route(status, _reply_value(result.code, result.enhanced, result.text))

@@ -57,6 +57,9 @@ PERM_NULL_MX: Final = "5.1.10"
 TEMP_MAILBOX_FULL: Final = "4.2.2"
 """4.2.2 Mailbox full (a maildir on a full disk or over quota)."""
 
+PERM_MAILBOX_OTHER: Final = "5.2.0"
+"""5.2.0 Other or undefined mailbox status: a file target that cannot be written (local(8))."""
+
 # --- mail system (X.3.X, RFC 3463 §3.4) ---------------------------------------------------------
 
 TEMP_MAIL_SYSTEM_ERROR: Final = "4.3.0"
@@ -67,6 +70,9 @@ TEMP_MAIL_SYSTEM_FULL: Final = "4.3.1"
 
 TEMP_SYSTEM_MISCONFIGURED: Final = "4.3.5"
 """4.3.5 System incorrectly configured, temporary (e.g. a delivery path that is too long)."""
+
+PERM_MAIL_SYSTEM_OTHER: Final = "5.3.0"
+"""5.3.0 Other or undefined mail system status, permanent: a command that failed (local(8))."""
 
 PERM_SYSTEM_MISCONFIGURED: Final = "5.3.5"
 """5.3.5 System incorrectly configured, permanent (e.g. a route names an unknown transport)."""
@@ -104,13 +110,20 @@ PERM_PROTOCOL_ERROR: Final = "5.5.0"
 
 # --- message content (X.6.X, RFC 3463 §3.7) -----------------------------------------------------
 
+PERM_MEDIA_OTHER: Final = "5.6.0"
+"""5.6.0 Other or undefined media error: a command's EX_DATAERR (sysexits)."""
+
 PERM_NON_ASCII_ADDRESS: Final = "5.6.7"
 """5.6.7 Non-ASCII addresses not permitted for that sender/recipient (RFC 6531 §3.5, RFC 6533)."""
 
 # --- security (X.7.X, RFC 3463 §3.8) ------------------------------------------------------------
 
+PERM_SECURITY_OTHER: Final = "5.7.0"
+"""5.7.0 Other or undefined security status: a command's EX_NOPERM (sysexits)."""
+
 PERM_NOT_AUTHORIZED: Final = "5.7.1"
-"""5.7.1 Delivery not authorized, message refused (relaying denied)."""
+"""5.7.1 Delivery not authorized, message refused (relaying denied; mail to a command or file
+that ``allow_mail_to_commands``/``allow_mail_to_files`` does not allow)."""
 
 TEMP_NOT_AUTHORIZED: Final = "4.7.1"
 """4.7.1 Not authorized now (an access map's TEMPFAIL, greylisting, a rate limit)."""

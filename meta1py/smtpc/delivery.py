@@ -27,7 +27,8 @@ keyed by host *and* requirements, so a session checked against one set of requir
 reused for another.
 
 LMTP (RFC 2033): one reply per accepted recipient after the data.  Maildir: see
-:mod:`meta1py.smtpc.maildir`.
+:mod:`meta1py.smtpc.maildir`.  Commands and files (aliases(5) targets): see
+:mod:`meta1py.smtpc.local`.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from meta1py.crashpoints import crash_point
 from meta1py.envelope import DeliveryStatus
 from meta1py.maps import BrokenEntry, MapErrors, ReloadingMap
 from meta1py.maps.tls_policy import TlsPolicy, destination_nexthop, parse_tls_policy
+from meta1py.metrics import SMTPC_SESSIONS, SMTPC_TLS_SESSIONS, Counters
 from meta1py.queue.content import content_file, open_content
 from meta1py.rpc.handlers import Handlers
 from meta1py.rpc.messages import (
@@ -58,6 +60,8 @@ from meta1py.rpc.messages import (
     SmtpcRecipientResult,
     SmtpcRecipientValue,
     SmtpReplyValue,
+    WorkerStatsReply,
+    WorkerStatsRequest,
 )
 from meta1py.smtp.client import ClientConnection, MalformedReplyError
 from meta1py.smtp.errors import SmtpProtocolError
@@ -74,8 +78,10 @@ from meta1py.smtp.status import (
     TEMP_ROUTING_SERVER_FAILURE,
     TEMP_SYSTEM_MISCONFIGURED,
 )
+from meta1py.smtpc.local import LocalAgent, LocalHelper
 from meta1py.smtpc.maildir import DeliveryOutcome, deliver_maildir
 from meta1py.sockio import read_when_ready, write_nowait
+from meta1py.status import worker_stats
 from meta1py.tls.checks import check_requirements
 from meta1py.tls.contexts import ClientTlsSettings, TlsConfigError, context_for_requirements, parse_protocols
 from meta1py.tls.facts import tls_facts
@@ -298,10 +304,18 @@ class RecentResults:
 
 
 class DeliveryAgents:
-    """Answers ``SmtpcDeliveryRequest`` calls."""
+    """Answers ``SmtpcDeliveryRequest`` calls.
 
-    def __init__(self, config: Config) -> None:
+    Args:
+        config: the configuration.
+        local_helper: the root helper of command and file deliveries (started before the
+            privilege drop), or None when they are off.
+    """
+
+    def __init__(self, config: Config, local_helper: LocalHelper | None = None) -> None:
         self.config = config
+        #: The pipe and file agents (:mod:`meta1py.smtpc.local`).
+        self.local = LocalAgent(config, local_helper)
         self.hostname = config.hostname
         self.io_timeout = config.smtpc.io_timeout
         self.queue_dir = Path(config.queue_directory)
@@ -348,6 +362,12 @@ class DeliveryAgents:
         self.handle = Handlers()
         """The RPC entry point, smtpc.sock's handler: ``SmtpcDeliveryRequest`` -> `deliver_once`."""
         self.handle.on(SmtpcDeliveryRequest).answer(self.deliver_once)
+        #: Outbound sessions and their TLS (meta1py.metrics), which qmgr asks for.
+        self.counters = Counters()
+        self.handle.on(WorkerStatsRequest).answer(self._answer_stats)
+
+    async def _answer_stats(self, _req: WorkerStatsRequest) -> WorkerStatsReply:
+        return WorkerStatsReply(stats=worker_stats("smtpc", self.counters))
 
     def _content_stamp(self, qid: str) -> int | None:
         """The identity of ``qid``'s content file (its ctime in ns), None if it cannot be read."""
@@ -426,6 +446,8 @@ class DeliveryAgents:
             return await self._lmtp(req)
         if route.transport == "smtp":
             return await self._smtp(req)
+        if route.transport in ("pipe", "file"):
+            return await self.local.deliver(req)
         reply = _local(554, PERM_SYSTEM_MISCONFIGURED, f"unknown transport {route.transport!r}")
         return SmtpcDeliveryReply(
             results=tuple(
@@ -603,6 +625,9 @@ class DeliveryAgents:
         except _SessionError:
             await client.close(polite=True)
             raise
+        self.counters.inc(SMTPC_SESSIONS)
+        if client.tls is not None:
+            self.counters.inc(SMTPC_TLS_SESSIONS)
         return client
 
     # -- connection cache -------------------------------------------------------------------

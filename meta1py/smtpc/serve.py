@@ -9,6 +9,7 @@ import trio
 from meta1py.conf import Config
 from meta1py.rpc.channel import serve_unix
 from meta1py.smtpc.delivery import DeliveryAgents
+from meta1py.smtpc.local import LocalHelper, local_delivery_enabled
 from meta1py.worker import WorkerFds
 
 # Deliveries running at SIGTERM get this long to finish and report to qmgr.
@@ -17,8 +18,11 @@ _DRAIN_S = 4.0
 
 def prepare(cfg: Config) -> DeliveryAgents:
     """Build the delivery agents before the privilege drop: their TLS contexts load the client
-    certificate and key now, so the key file can stay readable by root alone."""
-    return DeliveryAgents(cfg)
+    certificate and key now, so the key file can stay readable by root alone; and, when commands
+    or files may be delivered, start the root helper that runs them as their users
+    (:mod:`meta1py.smtpc.runas`)."""
+    helper = LocalHelper.start(cfg) if local_delivery_enabled(cfg) else None
+    return DeliveryAgents(cfg, local_helper=helper)
 
 
 async def serve(cfg: Config, fds: WorkerFds, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:

@@ -32,7 +32,8 @@ SECURITY
 
 PEERS
     Client of ``smar.sock`` (``SmarRecipientCheckRequest`` at RCPT) and ``qmgr.sock``
-    (``QueueEnvelopeCommitRequest`` at the end of data). Message names are in docs/rpc.md.
+    (``QueueEnvelopeCommitRequest`` at the end of data; ``QueueStatsReport``, its counters and
+    recent errors, about once a second while they change). Message names are in docs/rpc.md.
 
 DIAGNOSTICS
     Log lines ``meta1py/smtps[PID]: ...`` with a session id; maillog ``rejected`` lines

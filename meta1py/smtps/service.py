@@ -15,6 +15,10 @@ cannot read them again once it serves. A file that cannot be used is a configura
 78, no restart loop). On SIGHUP mcp hands the listeners to a
 new smtps, which loads the files again, while the old one drains with the certificates it has: a
 reload never drops a session.
+
+Counters (meta1py.metrics: connections, TLS sessions, refusals) and the recent errors go to qmgr
+in a ``QueueStatsReport`` about once a second while they change (:class:`StatsReporter`), and once
+more as the process ends; smtps serves no socket, so qmgr cannot ask for them.
 """
 
 from __future__ import annotations
@@ -25,23 +29,60 @@ import os
 import resource
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import trio
 
 from meta1py.conf import Config, ListenSocket, SmtpsConfig, listen_sockets
 from meta1py.contract import rpc_socket_path
+from meta1py.metrics import SMTPS_CONNECTIONS, Counters
 from meta1py.passwords import PasswordFileError
-from meta1py.rpc.caller import Caller
+from meta1py.rpc.caller import Caller, Notifier
 from meta1py.rpc.channel import RpcClient
+from meta1py.rpc.errors import RpcError
+from meta1py.rpc.messages import QueueStatsReport
 from meta1py.smtp import replies
 from meta1py.smtps.auth import Authenticator, AuthFailureLimiter
 from meta1py.smtps.limits import Admission, QueueSpace, SessionLimits, is_trusted
-from meta1py.smtps.session import Session, SmtpsContext
+from meta1py.smtps.session import Session, SmtpsContext, count_refusal
+from meta1py.status import recent_errors_seq, worker_stats
 from meta1py.tls.contexts import ReloadableServerContext, ServerTlsSettings, TlsConfigError, parse_protocols
 from meta1py.worker import WorkerConfigError, WorkerFds
 
 log = logging.getLogger(__name__)
+
+#: How often smtps sends its counters to qmgr (when they changed).
+STATS_INTERVAL_S = 1.0
+_STATS_TIMEOUT_S = 2.0
+
+
+class StatsReporter:
+    """Sends smtps's counters and recent errors to qmgr (``QueueStatsReport``) when they changed."""
+
+    def __init__(self, qmgr: Notifier, counters: Counters) -> None:
+        self.qmgr = qmgr
+        self.counters = counters
+        self._sent: tuple[int, int] | None = None
+
+    async def report(self) -> None:
+        """Send a report if anything changed since the last one that was sent."""
+        state = (self.counters.version, recent_errors_seq())
+        if state == self._sent:
+            return
+        try:
+            report = QueueStatsReport(stats=worker_stats("smtps", self.counters))
+            await self.qmgr.notify(report, timeout=_STATS_TIMEOUT_S)
+        except RpcError as exc:
+            log.debug("cannot report counters to qmgr: %s", exc)
+            return
+        self._sent = state
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> NoReturn:
+        """Report every ``STATS_INTERVAL_S`` (a clock, not a wait for anything)."""
+        task_status.started()
+        while True:
+            await trio.sleep(STATS_INTERVAL_S)
+            await self.report()
 
 
 def _peer_address(stream: trio.SocketStream) -> str:
@@ -196,6 +237,7 @@ class SmtpsServer:
     ) -> None:
         client = _peer_address(stream)
         sid = f"{self._pid:x}.{next(self._ids)}"
+        self.ctx.counters.inc(SMTPS_CONNECTIONS)
         limits = self.ctx.limits
         trusted = is_trusted(client, service)
         refusal: replies.Reply | None = None
@@ -213,6 +255,7 @@ class SmtpsServer:
                     if admission.reason == "total"
                     else replies.too_many_sessions_client()
                 )
+                count_refusal(self.ctx.counters, "connect", refusal)
                 if admission.log:
                     # Once per client per minute: a flood must not flood the log too.
                     log.info(
@@ -375,12 +418,14 @@ async def serve(cfg: Config, fds: WorkerFds, task_status: Any = trio.TASK_STATUS
     qmgr = RpcClient(rpc_socket_path(run_dir, "qmgr"), name="smtps->qmgr")
     security = fds.prepared if isinstance(fds.prepared, SmtpsSecurity) else None
     server = SmtpsServer(cfg, smar, qmgr, security)
+    reporter = StatsReporter(qmgr, server.ctx.counters)
     sections = listen_sockets(cfg)
     if len(sections) != len(fds.listeners):
         raise RuntimeError(f"mcp passed {len(fds.listeners)} listeners for {len(sections)} listen_sockets")
     async with trio.open_nursery() as nursery:
         await nursery.start(smar.run)
         await nursery.start(qmgr.run)
+        await nursery.start(reporter.run)
         # The sessions nursery ends when its last session does; its deadline bounds that.
         async with trio.open_nursery() as sessions:
             async with trio.open_nursery() as accepting:
@@ -408,4 +453,7 @@ async def serve(cfg: Config, fds: WorkerFds, task_status: Any = trio.TASK_STATUS
                 nursery.start_soon(_shut_down_when_asked, fds, server, sessions)
         if sessions.cancel_scope.cancelled_caught and not fds.shutdown.is_set():
             log.warning("drain limit reached: the remaining sessions were cancelled")
+        # What the last sessions counted (bounded: qmgr may be gone already).
+        with trio.move_on_after(_STATS_TIMEOUT_S):
+            await reporter.report()
         nursery.cancel_scope.cancel()

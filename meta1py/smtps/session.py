@@ -45,6 +45,7 @@ from meta1py import log as mlog
 from meta1py.conf import Config, ListenSocket, SmtpsConfig
 from meta1py.crashpoints import crash_point
 from meta1py.message.received import received_header
+from meta1py.metrics import SMTPS_REJECTED, SMTPS_TLS_SESSIONS, Counters
 from meta1py.queue.content import ContentWriter
 from meta1py.queue.errors import QueueStorageError
 from meta1py.rpc.caller import Caller
@@ -131,6 +132,8 @@ class SmtpsContext:
     added_checks: Checks = field(default_factory=Checks)
     #: What every session runs: builtin_checks(self), then added_checks.
     checks: Checks = field(init=False)
+    #: Connections, TLS sessions and refusals (meta1py.metrics), reported to qmgr.
+    counters: Counters = field(default_factory=Counters)
 
     def __post_init__(self) -> None:
         # The built-in checks read smar, rcpt_cache and space from this object at each call.
@@ -539,8 +542,17 @@ class Session:
                 self.client_address,
                 data[:64],
             )
-            mlog.maillog("rejected", None, session=self.sid, client=self.client_address, reason="pregreet")
-            self.out += replies.pregreet().to_bytes()
+            reply = replies.pregreet()
+            mlog.maillog(
+                "rejected",
+                None,
+                session=self.sid,
+                client=self.client_address,
+                reason="pregreet",
+                reply=str(reply),
+            )
+            count_refusal(self.ctx.counters, "connect", reply)
+            self.out += reply.to_bytes()
             await self.flush()
             return True
         return False
@@ -704,7 +716,10 @@ class Session:
 
     def _refusal(self, stage: Stage, decision: Decision) -> Reply | None:
         """The reply refusing ``stage`` for ``decision``; None when the stage goes on."""
-        return refusal(stage, decision, self.hostname)
+        reply = refusal(stage, decision, self.hostname)
+        if reply is not None:
+            count_refusal(self.ctx.counters, stage, reply)
+        return reply
 
     def _check_space(self, size: int | None) -> Reply | None:
         """``queue_minfree``: 452 4.3.1 when the queue has no room for a message of ``size``."""
@@ -740,6 +755,8 @@ class Session:
                     sender=str(txn.sender) if isinstance(txn.sender, Address) else "",
                     rcpt=rcpt,
                     reply=str(refused),
+                    helo=self.helo or "",
+                    proto="ESMTP" if self.esmtp else "SMTP",
                 )
             self.reply(refused)
             return
@@ -865,8 +882,18 @@ class Session:
             return replies.insufficient_storage() if err is None or err.disk_full else replies.local_error()
         if txn.hops >= self.ctx.config.qmgr.max_hops:
             writer.abort()
-            mlog.maillog("rejected", writer.qid, session=self.sid, reason="too many hops", hops=txn.hops)
-            return replies.too_many_hops()
+            reply = replies.too_many_hops()
+            mlog.maillog(
+                "rejected",
+                writer.qid,
+                session=self.sid,
+                reason="too many hops",
+                hops=txn.hops,
+                client=self.client_address,
+                reply=str(reply),
+            )
+            count_refusal(self.ctx.counters, "eom", reply)
+            return reply
         qid = writer.qid
         try:
             # No fsync here: qmgr fsyncs the content file and its directory in the same thread
@@ -1054,6 +1081,7 @@ class Session:
             return False
         self.stream = tls_stream
         self.tls_active = True
+        self.ctx.counters.inc(SMTPS_TLS_SESSIONS)
         self.core.tls_active = True  # for implicit TLS: no STARTTLS in EHLO, refused if sent
         facts = tls_facts(tls_stream)
         self.tls_facts = facts
@@ -1150,12 +1178,26 @@ class Session:
             credentials.user[:64],
             mechanism,
             self.client_address,
+            # log_format json and postfix write it as an event (fail2ban's postfix-sasl jail).
+            extra=mlog.event_fields(
+                "auth_failed",
+                session=self.sid,
+                client=self.client_address,
+                mechanism=mechanism,
+                user=credentials.user[:64],
+            ),
         )
         self.reply(replies.auth_failed())
         return False
 
 
 _GREETINGS: dict[str, Reply] = {}
+
+
+def count_refusal(counters: Counters, stage: str, reply: Reply) -> None:
+    """Count a refusal at ``stage`` by the reply's RFC 3463 code (``none`` for a reply without
+    one, which replies.py never builds)."""
+    counters.inc(SMTPS_REJECTED, stage, reply.enhanced or "none")
 
 
 def _greeting(hostname: str) -> Reply:

@@ -272,10 +272,11 @@ def test_aliases_chain_loop_and_unknown_user(make_daemon: Callable[..., Meta1Dae
 
 
 def test_bad_map_lines_do_not_stop_the_mta(make_daemon: Callable[..., Meta1Daemon]) -> None:
-    # A "|command" alias and a routes typo: the MTA starts, the other lines work, and mail that
-    # needs a bad line is deferred (451 4.3.5) instead of stopping everything or going astray.
+    # An alias with a relative :include: path and a routes typo: the MTA starts, the other lines
+    # work, and mail that needs a bad line is deferred (451 4.3.5) instead of stopping everything
+    # or going astray.
     daemon = make_daemon(sections={"smar": "aliases = ../aliases; routes = ../routes;"})
-    (daemon.dir / "aliases").write_text("postmaster: alice\nalice: alice\ntickets: |/usr/bin/ticket\n")
+    (daemon.dir / "aliases").write_text("postmaster: alice\nalice: alice\ntickets: :include:tickets.list\n")
     (daemon.dir / "routes").write_text("typo.example smtp:[127.0.0.1\n")
     with daemon:
         qid = send(daemon, ["postmaster@localhost"])
@@ -290,7 +291,7 @@ def test_bad_map_lines_do_not_stop_the_mta(make_daemon: Callable[..., Meta1Daemo
 
         def logged() -> str | None:
             text = daemon.log_text()
-            return text if "aliases:3: program targets" in text else None
+            return text if "aliases:3: relative :include: path" in text else None
 
         log = poll(logged, 10, "smar to log the bad aliases line")
         assert "routes:1:" in log

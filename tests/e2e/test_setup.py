@@ -7,6 +7,7 @@ created and removes them afterwards; the sendmail entry points go under ``--dest
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import os
 import pwd
@@ -42,7 +43,7 @@ def site() -> Iterator[dict[str, Any]]:
         pytest.skip("needs root")
     tag = secrets.token_hex(3)
     users = {name: f"m1{tag}{letter}" for name, letter in zip(WORKERS, "qrcs", strict=True)}
-    group, smar_group = f"m1{tag}", f"m1{tag}r"
+    group, smar_group, submission_group = f"m1{tag}", f"m1{tag}r", f"m1{tag}d"
     base = Path(tempfile.mkdtemp(prefix="meta1-setup-", dir="/tmp"))
     base.chmod(0o755)
     conf = base / "meta1.conf"
@@ -52,14 +53,14 @@ def site() -> Iterator[dict[str, Any]]:
     )
     conf.write_text(
         f"queue_directory = {base}/spool; run_directory = {base}/run; mail_directory = {base}/mail;\n"
-        f"{sections}\n"
+        f"setgid_group = {submission_group};\n{sections}\n"
     )
     try:
         yield {"conf": conf, "base": base, "users": users, "group": group, "smar_group": smar_group}
     finally:
         for user in users.values():
             subprocess.run(["userdel", user], check=False, stderr=subprocess.DEVNULL)
-        for name in (group, smar_group):
+        for name in (group, smar_group, submission_group):
             subprocess.run(["groupdel", name], check=False, stderr=subprocess.DEVNULL)
         shutil.rmtree(base, ignore_errors=True)
 
@@ -144,8 +145,11 @@ def test_without_root_only_check_is_allowed(site: dict[str, Any]) -> None:
 
 def test_sendmail_entry_points_submit_mail_to_the_running_mta(make_daemon: Any, tmp_path: Path) -> None:
     destdir = tmp_path / "root"
-    daemon: Meta1Daemon = make_daemon()
-    with daemon:
+    # --sendmail creates the submission group: a throw-away one, so that the machine's other
+    # daemons keep their layout (with a submission group the queue directory is 0751).
+    group = f"m1d{secrets.token_hex(3)}"
+    daemon: Meta1Daemon = make_daemon(f"setgid_group = {group};")
+    with daemon, _group_removed(group):
         installed = meta1("setup", "-f", str(daemon.conf_path), "--sendmail", "--destdir", str(destdir))
         assert installed.returncode == 0, installed.stderr
         sendmail, mailq = destdir / "usr/sbin/sendmail", destdir / "usr/bin/mailq"
@@ -164,6 +168,14 @@ def test_sendmail_entry_points_submit_mail_to_the_running_mta(make_daemon: Any, 
         assert listed.returncode == 0, listed.stderr
         again = meta1("setup", "-f", str(daemon.conf_path), "--sendmail", "--destdir", str(destdir))
         assert "installed" not in again.stdout and again.returncode == 0, again
+
+
+@contextlib.contextmanager
+def _group_removed(name: str) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        subprocess.run(["groupdel", name], check=False, stderr=subprocess.DEVNULL)
 
 
 def test_sendmail_does_not_replace_another_mtas_file(site: dict[str, Any]) -> None:

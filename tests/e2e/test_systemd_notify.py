@@ -12,7 +12,8 @@ meta1.service) relies on:
 - SIGTERM: ``STOPPING=1``, then exit 0.
 
 And the log: stderr lines start with a timestamp, except when ``JOURNAL_STREAM`` names mcp's
-stderr (journald adds its own), in mcp and in every worker it starts.
+stderr (journald adds its own; the lines start with their ``<priority>`` then), in mcp and in
+every worker it starts.
 """
 
 from __future__ import annotations
@@ -32,7 +33,11 @@ pytestmark = pytest.mark.e2e
 MakeDaemon = Callable[..., Meta1Daemon]
 
 RELOAD_TIMEOUT_S = 120.0
-_LOG_LINE = re.compile(r"^(?:(?P<ts>\S+) )?meta1py/(?P<name>\w+)\[\d+\]: \w+: ", re.MULTILINE)
+_LOG_LINE = re.compile(
+    r"^(?:<(?P<priority>\d)>)?(?:(?P<ts>\S+) )?meta1py/(?P<name>\w+)\[\d+\]: (?P<level>\w+): ", re.MULTILINE
+)
+# sd-daemon(3)'s prefix of each level under journald.
+_PRIORITY = {"debug": "7", "info": "6", "warning": "4", "error": "3", "critical": "2"}
 
 
 def _fields(message: str) -> dict[str, str]:
@@ -129,6 +134,7 @@ def test_log_lines_carry_timestamps(make_daemon: MakeDaemon) -> None:
         lines = _log_lines(daemon)
         for match in lines:
             assert match["ts"], f"no timestamp: {match.group()!r}"
+            assert match["priority"] is None, "a priority prefix is for journald only"
             assert datetime.fromisoformat(match["ts"]).tzinfo is not None
 
 
@@ -148,4 +154,7 @@ def test_no_timestamps_when_stderr_is_the_journal(
     lines = _log_lines(daemon)
     stamped = [m.group() for m in lines if m["ts"]]
     assert stamped == [], "journald adds timestamps; these lines have their own"
+    # Instead each line starts with its priority (journald files it under it: journalctl -p).
+    wrong = [m.group() for m in lines if m["priority"] != _PRIORITY[m["level"]]]
+    assert wrong == [], "each line starts with <priority> of its level"
     assert daemon.stop() == 0

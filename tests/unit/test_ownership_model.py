@@ -54,7 +54,7 @@ def test_a_fresh_layout_is_created_then_nothing_differs(tmp_path: Path) -> None:
     owners = Owners.unprivileged()
     assert any(p.found == "nothing" for p in inspect_layout(cfg, owners))
     changes = repair_layout(cfg, owners)
-    assert sum(c.startswith("created ") for c in changes) == 31 * 31 + 5
+    assert sum(c.startswith("created ") for c in changes) == 31 * 31 + 7
     assert inspect_layout(cfg, owners) == []
     assert repair_layout(cfg, owners) == []
     assert _mode(tmp_path / "queue") == 0o750
@@ -62,6 +62,8 @@ def test_a_fresh_layout_is_created_then_nothing_differs(tmp_path: Path) -> None:
     assert _mode(tmp_path / "run") == 0o750
     assert _mode(tmp_path / "mail") == 0o700
     assert _mode(tmp_path / "queue" / "smar") == 0o700
+    assert _mode(tmp_path / "queue" / "pickup") == 0o1730
+    assert _mode(tmp_path / "queue" / "corrupt") == 0o700
 
 
 def test_wrong_modes_are_reported_then_repaired(tmp_path: Path) -> None:
@@ -167,6 +169,24 @@ def test_access_problem_names_the_directory_in_the_way(open_tmp: Path) -> None:
     lib.chmod(0o750)
     assert access_problem(lib, NOBODY, {lib.stat().st_gid}) is None
     assert access_problem(lib, 0, set()) is None
+
+
+def test_the_pickup_directory_belongs_to_the_submission_group(tmp_path: Path) -> None:
+    cfg = _config(tmp_path)
+    without = Owners.from_accounts(FOUR_ACCOUNTS)
+    pickup = {e.path.name: e for e in expected_layout(cfg, without)}["pickup"]
+    # No submission group: root's group, so only root and qmgr (the owner) may drop mail there.
+    assert (pickup.uid, pickup.gid, pickup.mode) == (4001, 0, 0o1730)
+    assert queue_directory_mode(cfg, without) == 0o750
+    group = Owners.from_accounts(FOUR_ACCOUNTS, submission_gid=4010)
+    pickup = {e.path.name: e for e in expected_layout(cfg, group)}["pickup"]
+    assert (pickup.uid, pickup.gid, pickup.mode) == (4001, 4010, 0o1730)
+    # meta1-postdrop runs with that group only: it must search the queue directory to reach pickup.
+    assert queue_directory_mode(cfg, group) == 0o751
+    corrupt = {e.path.name: e for e in expected_layout(cfg, group)}["corrupt"]
+    assert (corrupt.uid, corrupt.gid, corrupt.mode) == (4001, 4000, 0o700)
+    # Unprivileged, everything is the invoking user's; the queue stays closed.
+    assert queue_directory_mode(cfg, Owners.unprivileged()) == 0o750
 
 
 def _greylisting(tmp_path: Path, extra: str = "") -> Config:

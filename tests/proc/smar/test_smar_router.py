@@ -257,18 +257,18 @@ async def test_maps_reload_and_a_bad_line_defers_only_its_own_key(
     os.replace(new, path)
     assert r.check_recipient("b@example.com") == RecipientAccepted(local=True)
     # An edit with a bad line: the rest of the file is in use, its own name is deferred.
-    new.write_text("a: a\nb: b\nc: |/bin/sh\nd: d\n")
+    new.write_text("a: a\nb: b\nc: :include:lists/c\nd: d\n")
     os.replace(new, path)
     assert r.check_recipient("b@example.com") == RecipientAccepted(local=True)
     assert r.check_recipient("d@example.com") == RecipientAccepted(local=True)
     c = r.check_recipient("c@example.com")
     assert isinstance(c, RecipientRejected) and (c.code, c.enhanced) == (451, "4.3.5")
-    assert f"{path}:3: program targets are not supported" in c.text
+    assert f"{path}:3: relative :include: path" in c.text
 
 
 BAD_ALIASES = """\
 postmaster: alice
-ops:        |/usr/local/bin/ticket
+ops:        :include:ops.list
 sales:      bob
 this line has no colon
 sales:      carol

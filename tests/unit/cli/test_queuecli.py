@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import time
 
-from meta1py.cli.queue import build_parser, envelope_json, format_list, message_state
+from meta1py.cli.queue import PickupFile, build_parser, envelope_json, format_list, message_state
 from meta1py.queue.envelopes import Envelope, Recipient
 
 QID = "3Q8W4K2XF7TB"
@@ -74,8 +75,20 @@ def test_states_and_mailq_text() -> None:
     assert message_state(envelope(hold=True)) == "hold"
     text = format_list([envelope(hold=True)], now=1_700_000_000.5 + 7 * 60)
     lines = text.splitlines()
-    assert lines[1].split() == [f"{QID}!", "2048", "7m", "<>"]
-    assert "(451 4.3.0 try later)" in text and "x@example.net" in text
+    # Postfix's layout (postqueue -p): the header, id+mark, size, asctime's first 20 characters.
+    assert lines[0] == "-Queue ID-  --Size-- ----Arrival Time---- -Sender/Recipient-------"
+    arrival = time.asctime(time.localtime(1_700_000_000.5))[:20]
+    assert lines[1] == f"{QID}!    2048 {arrival} MAILER-DAEMON"
+    assert lines[2] == "(451 4.3.0 try later)".rjust(78)
+    assert lines[3] == " " * 41 + "x@example.net"
     assert "y@example.net" not in text  # final recipients are not listed
-    assert lines[-1] == "-- 2 Kbytes in 1 Request."
+    assert lines[-2:] == ["", "-- 2 Kbytes in 1 Request."]
     assert format_list([], 0) == "Mail queue is empty\n"
+
+
+def test_pickup_files_are_listed_like_postfixs_maildrop_queue() -> None:
+    waiting = PickupFile("0123456789abcdef0123456789abcdef", 1500, 1_700_000_000.0, 1000)
+    lines = format_list([envelope()], 0, [waiting]).splitlines()
+    assert lines[1].startswith(f"{QID}     2048 ")  # deferred: no mark
+    assert lines[-3].startswith(waiting.name) and lines[-3].endswith("(maildrop queue, sender UID 1000)")
+    assert lines[-1] == "-- 3 Kbytes in 2 Requests."

@@ -4,7 +4,7 @@ import io
 
 import pytest
 
-from meta1py.cli.sendmail import UsageError, parse_args, prepare, read_message
+from meta1py.cli.sendmail import UsageError, parse_args, prepare, qualify, read_message
 
 
 def test_flags_with_attached_and_separate_values() -> None:
@@ -46,3 +46,51 @@ def test_extract_recipients_strips_bcc_and_adds_headers() -> None:
 def test_no_recipients_is_a_usage_error() -> None:
     with pytest.raises(UsageError):
         prepare(parse_args([]), b"Subject: x\r\n\r\n", "h", "u")
+
+
+# -- modes (issue 20): -bs, -bv, -bp, -q, -bi/-I ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "mode"),
+    [
+        (["-bs"], "smtp"),
+        (["-bv", "a@example.org"], "verify"),
+        (["-bp"], "list"),
+        (["-q"], "flush"),
+        (["-bi"], "newaliases"),
+        (["-I"], "newaliases"),
+        (["-bm", "-t"], "submit"),
+        ([], "submit"),
+    ],
+)
+def test_each_mode_flag_selects_its_mode(argv: list[str], mode: str) -> None:
+    assert parse_args(argv).mode == mode
+
+
+def test_queue_run_flags() -> None:
+    args = parse_args(["-qRexample.com"])
+    assert args.mode == "flush" and args.flush_site == "example.com"
+    args = parse_args(["-qI3Q8W4K2XF7TB"])
+    assert args.flush_ids == ["3Q8W4K2XF7TB"]
+    args = parse_args(["-q30m"])
+    assert args.mode == "flush" and args.queue_interval == "30m"
+    with pytest.raises(UsageError, match="-qS"):
+        parse_args(["-qSsender.example"])
+
+
+def test_bad_combinations_and_values_are_usage_errors() -> None:
+    for argv in (["-bs", "-bp"], ["-bv"], ["-bd"], ["-q", "-bi"], ["-N", "sometimes"], ["-N", "never,delay"]):
+        with pytest.raises(UsageError):
+            parse_args(argv)
+    assert parse_args(["-L", "cron", "-h", "5", "-G", "-v", "x@example.net"]).recipients == ["x@example.net"]
+    assert parse_args(["-v"]).verbose
+
+
+def test_addresses_without_a_domain_get_the_hostname() -> None:
+    assert qualify("root", "host.example") == "root@host.example"
+    assert qualify("<ops@example.net>", "h") == "ops@example.net"
+    assert qualify("<>", "h") == ""
+    sender, rcpts, out = prepare(parse_args(["-f", "<>", "root"]), b"Subject: x\r\n\r\n", "host.example", "u")
+    assert sender == "" and rcpts == ["root@host.example"]
+    assert b"From: MAILER-DAEMON@host.example\r\n" in out

@@ -133,13 +133,16 @@ def test_extension_lookup_exact_first_then_base() -> None:
     assert base_local_part("a+b+c") == "a"
 
 
-def test_unsupported_targets_rejected() -> None:
-    errs = errors_of('a: |/usr/bin/prog\nb: /var/mail/b\nc: :include:/etc/list\nd: "|prog"\n')
+def test_bad_command_file_and_include_targets_rejected() -> None:
+    errs = errors_of('a: |/usr/bin/prog arg\nb: /var/mail/b/\nc: :include:lists/c\nd: "|"\ne: "|prog, f\n')
     assert errs == [
-        "/etc/meta1/aliases:1: program targets are not supported: '|/usr/bin/prog'",
-        "/etc/meta1/aliases:2: file targets are not supported: '/var/mail/b'",
-        "/etc/meta1/aliases:3: :include: targets are not supported: ':include:/etc/list'",
-        "/etc/meta1/aliases:4: program targets are not supported: '\"|prog\"'",
+        '/etc/meta1/aliases:1: quote a command or file name with spaces: "|/usr/bin/prog arg" (or is a'
+        " comma missing?)",
+        "/etc/meta1/aliases:2: Maildir targets ('/path/') are not supported: '/var/mail/b/'; deliver to a"
+        " file or a command",
+        "/etc/meta1/aliases:3: relative :include: path in ':include:lists/c' (it must start with /)",
+        "/etc/meta1/aliases:4: empty command: '\"|\"'",
+        "/etc/meta1/aliases:5: unterminated quote in '\"|prog, f'",
     ]
 
 
@@ -148,7 +151,7 @@ def test_all_errors_reported_with_physical_line_numbers() -> None:
   orphan
 good: x
 no colon here
-a@example.com: x
+@example.com: x
 empty:
 dup: x
 dup: y
@@ -159,7 +162,7 @@ multi: ok,
     assert errs == [
         "/etc/meta1/aliases:1: continuation line without an alias before it",
         "/etc/meta1/aliases:3: expected 'name: target, ...', got 'no colon here'",
-        "/etc/meta1/aliases:4: alias name 'a@example.com' must be a local part (no '@domain')",
+        "/etc/meta1/aliases:4: alias name '@example.com' needs a local part and a domain (local@domain)",
         "/etc/meta1/aliases:5: alias 'empty' has no targets",
         "/etc/meta1/aliases:7: duplicate alias 'dup' (first defined on line 6)",
         "/etc/meta1/aliases:9: target contains whitespace (missing comma?): 'bad target'",

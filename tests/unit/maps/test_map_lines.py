@@ -68,11 +68,11 @@ def test_the_three_formats_report_line_errors_in_file_order() -> None:
         "routes:3: unknown transport 'bogus' (smtp, lmtp, maildir, error)",
     ]
     with pytest.raises(MapErrors) as aliases:
-        parse_aliases("  orphan\nno colon\na: |/bin/sh\n", "aliases")
+        parse_aliases("  orphan\nno colon\na: :include:lists/a\n", "aliases")
     assert str(aliases.value).splitlines() == [
         "aliases:1: continuation line without an alias before it",
         "aliases:2: expected 'name: target, ...', got 'no colon'",
-        "aliases:3: program targets are not supported: '|/bin/sh'",
+        "aliases:3: relative :include: path in ':include:lists/a' (it must start with /)",
     ]
     with pytest.raises(MapErrors) as policy:
         parse_tls_policy("example.com\n  example.org bogus\n", "tls_policy")

@@ -59,11 +59,11 @@ def test_broken_new_version_keeps_old_and_logs(tmp_path: Path, caplog: pytest.Lo
     path.write_text("a: one\n")
     clock = FakeClock()
     m: ReloadingMap[Aliases] = ReloadingMap(path, parse_aliases, clock=clock)
-    rewrite(path, "a: one\nb: |/bin/sh\n")
+    rewrite(path, "a: one\nb: :include:lists/b\n")
     clock.now += 1
     with caplog.at_level(logging.ERROR, logger="meta1py.maps"):
         assert m.current.lookup("a") == ("one",)
-    assert f"{path}:2: program targets are not supported" in caplog.text
+    assert f"{path}:2: relative :include: path" in caplog.text
     assert "keeping the previous version" in caplog.text
     assert m.generation == 0
     # Reported once per change, not on every lookup.

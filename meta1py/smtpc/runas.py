@@ -1,0 +1,461 @@
+"""runas: smtpc's privileged helper for command and file deliveries.
+
+NAME
+    runas -- runs one command, or appends to one file, as a given unprivileged user.
+
+DESCRIPTION
+    aliases(5) ``"|command"`` and ``/file`` targets (and those of ``:include:`` and ``.forward``
+    files) must run as the user Postfix would run them as: the owner of the file that named them,
+    ``default_privs`` when root owns it, the user of a ``.forward``. smtpc runs as ``meta1c`` and
+    cannot change its uid, so when ``allow_mail_to_commands`` or ``allow_mail_to_files`` is set,
+    smtpc starts this helper in its ``prepare`` step, before it drops privileges: a fresh
+    interpreter (``python -I -m meta1py.smtpc.runas``) that keeps root and imports nothing but
+    this module and the standard library.
+
+    smtpc sends one request per delivery over a ``SOCK_SEQPACKET`` socket: a JSON object (kind,
+    target, uid, gid, home, source, environment, time limit) with two descriptors attached: the
+    message, already formatted by smtpc (a memfd; mbox ``From`` line, ``Return-Path:``,
+    ``Delivered-To:``), and a socket for the answer. The helper checks the request, forks a
+    *runner* and goes back to its loop; it never waits for a delivery. The runner closes the
+    helper's socket, drops to the user (setgroups, setresgid, setresuid, then proves that root
+    cannot be regained) and only then touches the message: it runs ``/bin/sh -c command`` with the
+    message on standard input (killing its process group after the time limit), or locks and
+    appends to the file (``O_APPEND``, no symbolic links, one hard link, truncated back on error),
+    and writes a JSON result (exit status, signal, output, errno) to the answer socket. smtpc turns
+    that result into a delivery status.
+
+SECURITY
+    Root's code is this module's loop: read a small JSON request, check it, fork, change uid. It
+    never reads the message and never runs as root anything the request names. It refuses uid or
+    gid 0 and the worker accounts and groups (a command with group ``meta1`` could read the
+    queue), requests for a kind or source the configuration does not allow, and, unless
+    ``:include:`` or ``.forward`` targets are allowed, any uid other than ``default_privs`` and
+    the owners of the aliases files. What it trusts smtpc for: the uid, within those limits; a
+    compromised smtpc could run a command as such a user, which Postfix's local(8), running as
+    root throughout, would have allowed too. When mcp does not run as root, neither does the
+    helper: every delivery runs as the invoking user.
+
+PEERS
+    smtpc only, over the socketpair made when smtpc started it; it exits at end of file (smtpc
+    gone) and when its parent dies (``PR_SET_PDEATHSIG``).
+
+DIAGNOSTICS
+    Refusals and runner failures are answered to smtpc, which logs them with the queue id.
+    Exit status 0 at end of file, 64 for a bad command line.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import pwd
+import select
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["ENV_NAMES", "MAX_OUTPUT_BYTES", "MAX_REQUEST_BYTES", "Policy", "main"]
+
+#: Largest request (JSON) smtpc sends.
+MAX_REQUEST_BYTES = 64 * 1024
+#: Command output kept for the delivery status (the rest is read and dropped).
+MAX_OUTPUT_BYTES = 2048
+#: The environment variables a command may get (Postfix local(8)'s).
+ENV_NAMES = frozenset(
+    {
+        "HOME",
+        "LOGNAME",
+        "USER",
+        "SHELL",
+        "PATH",
+        "SENDER",
+        "RECIPIENT",
+        "LOCAL",
+        "DOMAIN",
+        "EXTENSION",
+        "ORIGINAL_RECIPIENT",
+        "TZ",
+        "LANG",
+    }
+)
+_PR_SET_PDEATHSIG = 1
+_COPY_BYTES = 64 * 1024
+
+
+class RequestError(Exception):
+    """A request the helper refuses."""
+
+
+class Policy:
+    """What the helper allows, from the configuration smtpc read (JSON on the command line).
+
+    Attributes:
+        commands: sources whose commands may run (``alias``, ``include``, ``forward``).
+        files: sources whose files may be written.
+        forbidden_users: the worker accounts (and root): never run as them.
+        forbidden_groups: the worker groups: never a primary or supplementary group.
+        default_privs: the account for root's files.
+        alias_files: the aliases files (their owners may run commands and files).
+        time_limit_s: the longest command run (``command_time_limit``).
+    """
+
+    def __init__(self, data: Mapping[str, Any]) -> None:
+        self.commands = frozenset(str(s) for s in data.get("commands", ()))
+        self.files = frozenset(str(s) for s in data.get("files", ()))
+        self.forbidden_users = frozenset(str(u) for u in data.get("forbidden_users", ()))
+        self.forbidden_groups = frozenset(str(g) for g in data.get("forbidden_groups", ()))
+        self.default_privs = str(data.get("default_privs", "nobody"))
+        self.alias_files = tuple(str(p) for p in data.get("alias_files", ()))
+        self.time_limit_s = float(data.get("time_limit_s", 1000.0))
+
+    def to_json(self) -> str:
+        """The form :func:`main` reads back."""
+        return json.dumps(
+            {
+                "commands": sorted(self.commands),
+                "files": sorted(self.files),
+                "forbidden_users": sorted(self.forbidden_users),
+                "forbidden_groups": sorted(self.forbidden_groups),
+                "default_privs": self.default_privs,
+                "alias_files": list(self.alias_files),
+                "time_limit_s": self.time_limit_s,
+            }
+        )
+
+    def _ids(self) -> tuple[set[int], set[int]]:
+        """The uids and gids of the forbidden accounts and groups (looked up now: accounts may
+        be created after the helper started)."""
+        import grp
+
+        uids, gids = {0}, {0}
+        for name in self.forbidden_users:
+            try:
+                uids.add(pwd.getpwnam(name).pw_uid)
+            except KeyError:
+                pass
+        for name in self.forbidden_groups:
+            try:
+                gids.add(grp.getgrnam(name).gr_gid)
+            except KeyError:
+                pass
+        return uids, gids
+
+    def check(self, request: Mapping[str, Any]) -> dict[str, Any]:
+        """The request, checked and normalised.
+
+        Raises:
+            RequestError: why it is refused.
+        """
+        kind, source, target = request.get("kind"), request.get("source"), request.get("target")
+        if kind not in ("command", "file"):
+            raise RequestError(f"unknown kind {kind!r}")
+        allowed = self.commands if kind == "command" else self.files
+        if source not in allowed:
+            raise RequestError(f"mail to {kind} from {source!r} is not allowed here")
+        if not isinstance(target, str) or not target or "\0" in target:
+            raise RequestError("bad target")
+        if kind == "file" and not target.startswith("/"):
+            raise RequestError("a file target must be an absolute path")
+        uid, gid = request.get("uid"), request.get("gid")
+        if not isinstance(uid, int) or not isinstance(gid, int) or uid < 0 or gid < 0:
+            raise RequestError("bad uid or gid")
+        forbidden_uids, forbidden_gids = self._ids()
+        if os.geteuid() == 0:
+            if uid in forbidden_uids or gid in forbidden_gids:
+                raise RequestError(f"refusing to run as uid {uid} gid {gid} (root or a meta1py account)")
+            if "include" not in allowed and "forward" not in allowed and uid not in self._alias_uids():
+                raise RequestError(f"uid {uid} is neither default_privs nor an aliases file's owner")
+        home = request.get("home")
+        env = request.get("env")
+        if not isinstance(env, dict) or not all(
+            isinstance(k, str) and k in ENV_NAMES and isinstance(v, str) and "\0" not in v
+            for k, v in env.items()
+        ):
+            raise RequestError("bad environment")
+        limit = request.get("time_limit_s", self.time_limit_s)
+        if not isinstance(limit, int | float) or limit <= 0:
+            raise RequestError("bad time limit")
+        return {
+            "kind": kind,
+            "target": target,
+            "uid": uid,
+            "gid": gid,
+            "home": home if isinstance(home, str) and home.startswith("/") else "/",
+            "env": dict(env),
+            "time_limit_s": min(float(limit), self.time_limit_s),
+            "forbidden_gids": sorted(forbidden_gids),
+        }
+
+    def _alias_uids(self) -> set[int]:
+        uids = set()
+        try:
+            uids.add(pwd.getpwnam(self.default_privs).pw_uid)
+        except KeyError:
+            pass
+        for path in self.alias_files:
+            try:
+                owner = os.stat(path).st_uid
+            except OSError:
+                continue
+            if owner != 0:
+                uids.add(owner)
+        return uids
+
+
+# -- the runner (after the fork) -------------------------------------------------------------------
+
+
+def _become(uid: int, gid: int, forbidden_gids: set[int]) -> None:
+    """Drop to ``uid``:``gid`` for good (root only; otherwise the runner stays who it is)."""
+    if os.geteuid() != 0:
+        return
+    try:
+        name = pwd.getpwuid(uid).pw_name
+        groups = os.getgrouplist(name, gid)
+    except KeyError:
+        groups = [gid]
+    os.setgroups([g for g in groups if g not in forbidden_gids] or [gid])
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
+    for regain in (os.setuid, os.seteuid):
+        try:
+            regain(0)
+        except PermissionError:
+            continue
+        raise RuntimeError(f"{regain.__name__}(0) succeeded after dropping privileges")
+    if 0 in os.getresuid() or 0 in os.getresgid():
+        raise RuntimeError("an id is still 0 after dropping privileges")
+
+
+def _run_command(command: str, message: int, env: dict[str, str], time_limit_s: float) -> dict[str, Any]:
+    """``/bin/sh -c command`` with the message on stdin, killed (with its process group) after
+    ``time_limit_s``."""
+    os.lseek(message, 0, os.SEEK_SET)
+    out_r, out_w = os.pipe()
+    deadline = time.monotonic() + time_limit_s
+    try:
+        proc = subprocess.Popen(
+            ["/bin/sh", "-c", command],
+            stdin=message,
+            stdout=out_w,
+            stderr=out_w,
+            env=env,
+            start_new_session=True,
+            close_fds=True,
+        )
+    except OSError as exc:
+        os.close(out_r)
+        os.close(out_w)
+        return {"error": f"cannot start /bin/sh: {exc.strerror or exc}"}
+    os.close(out_w)
+    output = bytearray()
+    timed_out = False
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                timed_out = True
+                break
+            ready, _, _ = select.select([out_r], [], [], left)
+            if not ready:
+                continue
+            chunk = os.read(out_r, _COPY_BYTES)
+            if not chunk:
+                break
+            output += chunk[: max(0, MAX_OUTPUT_BYTES - len(output))]
+        if not timed_out:
+            try:
+                proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                timed_out = True
+    finally:
+        os.close(out_r)
+        if timed_out:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except OSError:
+                pass
+        proc.wait()
+    status = proc.returncode
+    return {
+        "exit": status if status >= 0 else None,
+        "signal": -status if status < 0 and not timed_out else None,
+        "timeout": timed_out,
+        "output": output.decode("utf-8", "replace"),
+    }
+
+
+class _LockTimeout(Exception):
+    pass
+
+
+def _alarm(_signum: int, _frame: object) -> None:
+    raise _LockTimeout
+
+
+def _append_file(path: str, message: int, time_limit_s: float) -> dict[str, Any]:
+    """Append the message to ``path`` under an exclusive ``flock``; on error the file is cut back
+    to its old size, so a reader never sees half a message."""
+    if path == "/dev/null":  # Postfix's special case: a successful delivery to nowhere
+        return {"ok": True}
+    stage = "open"
+    try:
+        fd = os.open(
+            path,
+            os.O_WRONLY
+            | os.O_APPEND
+            | os.O_CREAT
+            | os.O_NOFOLLOW
+            | os.O_NOCTTY
+            | os.O_NONBLOCK
+            | os.O_CLOEXEC,
+            0o600,
+        )
+    except OSError as exc:
+        return {"errno": exc.errno, "error": exc.strerror or str(exc), "stage": stage}
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return {"errno": errno.EINVAL, "error": "not a regular file", "stage": stage}
+        if st.st_nlink > 1:
+            return {"errno": errno.EPERM, "error": f"the file has {st.st_nlink} hard links", "stage": stage}
+        stage = "lock"
+        signal.signal(signal.SIGALRM, _alarm)
+        signal.alarm(max(1, int(time_limit_s)))
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except _LockTimeout:
+            return {"errno": errno.EAGAIN, "error": "timed out waiting for the file's lock", "stage": stage}
+        finally:
+            signal.alarm(0)
+        stage = "write"
+        size = os.lseek(fd, 0, os.SEEK_END)
+        try:
+            os.lseek(message, 0, os.SEEK_SET)
+            while chunk := os.read(message, _COPY_BYTES):
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        except OSError as exc:
+            try:
+                os.ftruncate(fd, size)
+            except OSError:
+                pass
+            return {"errno": exc.errno, "error": exc.strerror or str(exc), "stage": stage}
+        return {"ok": True}
+    except OSError as exc:
+        return {"errno": exc.errno, "error": exc.strerror or str(exc), "stage": stage}
+    finally:
+        os.close(fd)
+
+
+def _runner(sock: socket.socket, message: int, answer: int, request: dict[str, Any]) -> None:
+    """In the forked runner: become the user, deliver, answer, exit."""
+    result: dict[str, Any]
+    try:
+        sock.close()  # the user's command must never reach the root helper
+        # The helper's own dispositions are not the command's (an ignored SIGINT would be kept
+        # across exec).
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        _become(request["uid"], request["gid"], set(request["forbidden_gids"]))
+        os.umask(0o077)
+        try:
+            os.chdir(request["home"])
+        except OSError:
+            os.chdir("/")
+        if request["kind"] == "command":
+            result = _run_command(request["target"], message, request["env"], request["time_limit_s"])
+        else:
+            result = _append_file(request["target"], message, request["time_limit_s"])
+        result["uid"] = os.getuid()
+    except BaseException as exc:
+        result = {"error": f"{type(exc).__name__}: {exc}"}
+    try:
+        os.write(answer, json.dumps(result).encode()[:MAX_REQUEST_BYTES])
+    finally:
+        os._exit(0)
+
+
+# -- the helper's loop -----------------------------------------------------------------------------
+
+
+def _answer(fd: int, result: Mapping[str, Any]) -> None:
+    try:
+        os.write(fd, json.dumps(result).encode())
+    except OSError:
+        pass
+
+
+def serve(sock: socket.socket, policy: Policy) -> int:
+    """Answer requests until end of file (smtpc gone)."""
+    while True:
+        try:
+            data, fds, _flags, _addr = socket.recv_fds(sock, MAX_REQUEST_BYTES, 2)
+        except InterruptedError:
+            continue
+        except ConnectionResetError:
+            return 0
+        if not data:
+            for fd in fds:
+                os.close(fd)
+            return 0
+        if len(fds) != 2:
+            for fd in fds:
+                os.close(fd)
+            continue
+        message, answer = fds
+        try:
+            try:
+                request = policy.check(json.loads(data))
+            except (RequestError, ValueError) as exc:
+                _answer(answer, {"refused": str(exc)})
+                continue
+            pid = os.fork()
+            if pid == 0:
+                _runner(sock, message, answer, request)
+        finally:
+            os.close(message)
+            os.close(answer)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -I -m meta1py.smtpc.runas FD POLICY_JSON``: serve the socket ``FD``."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2 or not args[0].isdigit():
+        print("usage: python -m meta1py.smtpc.runas FD POLICY_JSON", file=sys.stderr)
+        return 64
+    try:
+        policy = Policy(json.loads(args[1]))
+    except (ValueError, TypeError, AttributeError) as exc:
+        print(f"runas: bad policy: {exc}", file=sys.stderr)
+        return 64
+    sock = socket.socket(fileno=int(args[0]))
+    _set_parent_death_signal()
+    # Runners are reaped by the kernel; a Ctrl-C on the terminal is for mcp.
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.chdir("/")
+    return serve(sock, policy)
+
+
+def _set_parent_death_signal() -> None:
+    """SIGKILL when smtpc dies (end of file on the socket also ends the loop)."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())
