@@ -29,6 +29,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "setup": ("meta1py.cli.setup", "create the worker users and directories; --check only reports"),
     "newaliases": ("meta1py.cli.newaliases", "check the aliases file (smar reloads it by itself)"),
     "explain": ("meta1py.smar.explain", "what smar would answer at RCPT TO, and why (no mail sent)"),
+    "manpages": ("meta1py.cli.manpages", "write the manual pages (meta1(8), meta1.conf(5), ...) from docs/"),
     "map": ("meta1py.cli.map", "map query MAP KEY...: look keys up as the MTA would (postmap -q)"),
     "makemap": ("meta1py.cli.makemap", "compile a map file to FILE.cdb, checking every line (postmap)"),
     "grey": ("meta1py.smar.greycmd", "greylisting database: list, remove (greyprint, greyrm)"),
