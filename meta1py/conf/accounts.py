@@ -116,8 +116,6 @@ def _smar_map_files(cfg: Config) -> list[tuple[str, str, Path, Path | None]]:
     """The files of smar's map options (``aliases``, ``routes``, ``access``), as ``(location key,
     option, file, text map it is compiled from or None)``: a text member's file, a compiled
     member's ``FILE.cdb`` (socketmap members have no file)."""
-    from meta1py.maps.compiled import compiled_path
-
     files: list[tuple[str, str, Path, Path | None]] = []
     for attr in ("aliases", "routes", "access"):
         spec = getattr(cfg.smar, attr)
@@ -128,6 +126,9 @@ def _smar_map_files(cfg: Config) -> list[tuple[str, str, Path, Path | None]]:
             if member.kind == "text":
                 files.append((f"smar.{attr}", attr, member.path, None))
             else:
+                # Only here: the map code is a large import that mcp's start does not need.
+                from meta1py.maps.compiled import compiled_path
+
                 files.append(
                     (f"smar.{attr}", attr, Path(compiled_path(member.path, member.kind)), member.path)
                 )

@@ -27,6 +27,7 @@ Errors raise :class:`~meta1py.smtp.errors.SmtpProtocolError` whose
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -63,7 +64,13 @@ def _build(utf8: bool) -> re.Pattern[str]:
 
 
 _PATH_ASCII = _build(False)
-_PATH_UTF8 = _build(True)
+
+
+@functools.cache
+def _path_utf8() -> re.Pattern[str]:
+    """The SMTPUTF8 pattern, compiled when first needed: its character classes span all of
+    Unicode and take some 40 ms to compile, a large part of every process's start-up."""
+    return _build(True)
 # Used by the command parser to find where the path ends: quoted strings may
 # hold spaces and '>'.
 _PATH_TOKEN = re.compile(r'<(?:[^<>"\\]|"(?:[^"\\]|\\.)*")*>')
@@ -168,7 +175,7 @@ def parse_path(
     if len(text.encode("utf-8", "surrogateescape")) > MAX_PATH_BYTES + 2:
         raise SmtpProtocolError("path too long", replies.bad_address_not_allowed("Path too long"))
     ascii_only = text.isascii()
-    m = (_PATH_ASCII if ascii_only else _PATH_UTF8).match(text)
+    m = (_PATH_ASCII if ascii_only else _path_utf8()).match(text)
     if m is None:
         raise SmtpProtocolError(f"bad path {text[:80]!r}", replies.bad_address_syntax())
     if not ascii_only and not smtputf8:
