@@ -15,13 +15,13 @@ from meta1py.smtp._frozen import fast_init
 from meta1py.smtp.address import (
     _PATH_ASCII,
     _PATH_TOKEN,
-    _PATH_UTF8,
     MAX_DOMAIN_BYTES,
     MAX_LOCAL_BYTES,
     MAX_PATH_BYTES,
     NULL_PATH,
     Address,
     _check_literal,
+    _path_utf8,
     match_path,
     parse_path,
 )
@@ -77,7 +77,7 @@ def _reference_parse(text: str, smtputf8: bool, allow_null: bool, allow_postmast
         if len(text.encode("utf-8", "surrogateescape")) > MAX_PATH_BYTES + 2:
             raise SmtpProtocolError("path too long", replies.bad_address_not_allowed("Path too long"))
         ascii_only = text.isascii()
-        m = (_PATH_ASCII if ascii_only else _PATH_UTF8).match(text)
+        m = (_PATH_ASCII if ascii_only else _path_utf8()).match(text)
         if m is None:
             raise SmtpProtocolError(f"bad path {text[:80]!r}", replies.bad_address_syntax())
         if not ascii_only and not smtputf8:
