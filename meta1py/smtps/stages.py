@@ -70,6 +70,7 @@ from meta1py.rpc.messages import (
     SmarClientCheckRequest,
     SmarRecipientCheckReply,
     SmarRecipientCheckRequest,
+    SmtpReplyValue,
 )
 from meta1py.smtp import events as ev
 from meta1py.smtp import replies
@@ -509,17 +510,8 @@ class RecipientCheck:
                 return TempFail(replies.temp_failure("Recipient check unavailable, try again later"))
             if answer.action != "tempfail":
                 res.rcpt_cache.put(key, answer, now)
-        if answer.action == "discard":  # the access map: accept, then drop the message
-            context.expanded = answer.expanded or None
-            return Discard("discarded by the access map")
-        if answer.action != "accept":
-            r = answer.reply
-            if 400 <= r.code < 600:
-                return Refuse(Reply(r.code, r.enhanced or None, (r.text,)))
-            # Not a refusal code: never tell the client more than "try again" for a refusal.
-            return Refuse(replies.relayed(r.code, r.enhanced or None, r.text))
         context.expanded = answer.expanded or None
-        return CONTINUE
+        return smar_decision(answer.action, answer.reply)
 
 
 def verified_certificate(tls: TlsFacts | None) -> tuple[str, str]:
@@ -578,14 +570,20 @@ class ClientCheck:
             if lookup:
                 context.client_name = answer.client_name
             context.limits_exempt = context.limits_exempt or answer.limits_exempt
-        if answer.action == "discard":
-            return Discard("discarded by the access map")
-        if answer.action != "accept":
-            r = answer.reply
-            if 400 <= r.code < 600:
-                return Refuse(Reply(r.code, r.enhanced or None, (r.text,)))
-            return Refuse(replies.relayed(r.code, r.enhanced or None, r.text))
+        return smar_decision(answer.action, answer.reply)
+
+
+def smar_decision(action: str, reply: SmtpReplyValue) -> Decision:
+    """smar's verdict on a stage as a decision: ``accept`` goes on, ``discard`` (the access map:
+    accept, then drop the message) marks it, anything else refuses with smar's reply."""
+    if action == "accept":
         return CONTINUE
+    if action == "discard":
+        return Discard("discarded by the access map")
+    if 400 <= reply.code < 600:
+        return Refuse(Reply(reply.code, reply.enhanced or None, (reply.text,)))
+    # Not a refusal code: never tell the client more than "try again" for a refusal.
+    return Refuse(replies.relayed(reply.code, reply.enhanced or None, reply.text))
 
 
 def builtin_checks(resources: CheckResources) -> Checks:
