@@ -16,7 +16,8 @@ queue_directory           qmgr:meta1     0750    mcp creates; every worker enter
                                                  when the submission group exists: they may then
                                                  search the directory, not list it)
 queue/content             qmgr:meta1     0750    mcp creates; workers enter and read (not write)
-queue/content/XX (961)    qmgr:meta1     3730    mcp creates them all; smtps and qmgr create files;
+queue/content/XX (961)    qmgr:meta1     3730    mcp creates them all (930 of them while the
+                                                 workers start); smtps and qmgr create files;
                                                  only qmgr lists and removes (sticky: smtps may
                                                  remove only files it owns); setgid: new files
                                                  are group meta1
@@ -57,16 +58,20 @@ opened relative to its parent with ``O_NOFOLLOW`` and changed through its descri
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import grp
 import os
 import pwd
 import stat
+import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from meta1py.contract import WORKER_NAMES, smar_data_directory
+from meta1py.queue.ids import ALPHABET, is_seed_subdir
 from meta1py.queue.pickup import CORRUPT_DIRNAME, PICKUP_DIRNAME
 
 if TYPE_CHECKING:
@@ -195,6 +200,9 @@ class Expected:
     mode: int
     #: Created by mcp when missing (directories); files are only checked when they exist.
     create: bool
+    #: May be created after the workers started (:func:`create_deferred`): the content
+    #: subdirectories other than the seed ones (meta1py.queue.ids.is_seed_subdir).
+    later: bool = False
 
 
 @dataclass(frozen=True)
@@ -218,8 +226,6 @@ class LayoutError(Exception):
 
 def content_subdirs() -> Iterator[str]:
     """The names of the 961 content subdirectories (the last two symbols of a queue id)."""
-    from meta1py.queue.ids import ALPHABET
-
     for first in ALPHABET:
         for second in ALPHABET:
             yield first + second
@@ -257,7 +263,8 @@ def expected_layout(cfg: Config, owners: Owners) -> list[Expected]:
         Expected(content, "dir", qmgr, shared, CONTENT_DIR_MODE, True),
     ]
     layout += [
-        Expected(content / name, "dir", qmgr, shared, CONTENT_SUBDIR_MODE, True) for name in content_subdirs()
+        Expected(content / name, "dir", qmgr, shared, CONTENT_SUBDIR_MODE, True, not is_seed_subdir(name))
+        for name in content_subdirs()
     ]
     layout += [
         Expected(queue / name, "file", qmgr, shared, ENVELOPE_FILE_MODE, False) for name in ENVELOPE_FILES
@@ -342,11 +349,17 @@ def _open_nofollow(path: Path, directory: bool) -> int:
     return os.open(path, flags)
 
 
-def repair_layout(cfg: Config, owners: Owners) -> list[str]:
+def repair_layout(cfg: Config, owners: Owners, deferred: list[Expected] | None = None) -> list[str]:
     """Create what is missing and set owners and modes as the model says.
 
     Only the invoking user's own paths can be changed when mcp is not root; then owners are not
     touched. Symbolic links are never followed.
+
+    Args:
+        cfg: the configuration.
+        owners: who owns what.
+        deferred: when given, missing paths that may be made later (``Expected.later``) are
+            appended to it instead of being made; pass them to :func:`create_deferred`.
 
     Returns:
         One line per change made (for the log).
@@ -363,6 +376,9 @@ def repair_layout(cfg: Config, owners: Owners) -> list[str]:
             st = os.lstat(item.path)
         except FileNotFoundError:
             if not item.create:
+                continue
+            if item.later and deferred is not None:
+                deferred.append(item)
                 continue
             try:
                 item.path.mkdir(parents=True, exist_ok=True)
@@ -404,6 +420,48 @@ def repair_layout(cfg: Config, owners: Owners) -> list[str]:
     for parent in created_dirs:
         _fsync_dir(parent)
     return changes
+
+
+def create_deferred(items: list[Expected], stop: threading.Event | None = None) -> int:
+    """Make the directories :func:`repair_layout` deferred; returns how many were made.
+
+    Each one appears complete or not at all: it is made under a temporary name, given its owner
+    and mode through a descriptor, then renamed into place, so a worker never finds one that is
+    still root's. One that appeared meanwhile is left alone. The parents are fsynced at the end.
+    When ``stop`` is set, the rest are left for the next start.
+
+    Raises:
+        LayoutError: a system call failed (the rest stay missing; writers use the seed ones).
+    """
+    made = 0
+    parents: set[Path] = set()
+    for item in items:
+        if stop is not None and stop.is_set():
+            break  # mcp is stopping; the next start makes the rest
+        temp = item.path.with_name(f".new-{item.path.name}-{os.getpid()}")
+        try:
+            os.mkdir(temp, 0o700)
+            try:
+                fd = _open_nofollow(temp, True)
+                try:
+                    os.fchown(fd, item.uid, item.gid)
+                    os.fchmod(fd, item.mode)
+                finally:
+                    os.close(fd)
+                os.rename(temp, item.path)  # replaces nothing but an empty directory
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.rmdir(temp)
+                raise
+        except OSError as exc:
+            if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                continue
+            raise LayoutError(f"{item.path}: cannot create the directory: {exc.strerror or exc}") from exc
+        made += 1
+        parents.add(item.path.parent)
+    for parent in parents:
+        _fsync_dir(parent)
+    return made
 
 
 def _fsync_dir(path: Path) -> None:
@@ -458,18 +516,21 @@ def access_problem(path: Path, uid: int, gids: set[int], want: int = os.R_OK) ->
 def python_paths() -> list[tuple[str, Path]]:
     """The files a worker needs after it dropped privileges: the interpreter, the standard
     library (modules are imported lazily, e.g. codecs), the installed packages, and meta1py."""
+    import importlib.util
     import sys
-    import sysconfig
-
-    import trio
 
     import meta1py
+
+    def found(module: str) -> Path:
+        # Located, not imported: importing trio here would cost mcp a tenth of a second.
+        spec = importlib.util.find_spec(module)
+        return Path(spec.origin) if spec is not None and spec.origin else Path("/nonexistent")
 
     paths = [
         ("the Python interpreter", Path(sys.executable)),
         ("the Python standard library", Path(os.__file__).parent),
-        ("Python's extension modules", Path(sysconfig.get_path("platstdlib")) / "lib-dynload"),
-        ("the installed packages", Path(trio.__file__).parent.parent),
+        ("Python's extension modules", found("_ssl").parent),
+        ("the installed packages", found("trio").parent.parent),
         ("the meta1py package", Path(meta1py.__file__).parent),
     ]
     return [(what, p) for what, p in paths if p.exists()]

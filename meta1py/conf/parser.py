@@ -47,17 +47,43 @@ _TOP = "at the top level"
 _PUNCT_TEXT = {"EQUAL": "'='", "SEMICOLON": "';'", "LBRACE": "'{'", "RBRACE": "'}'", "COMMA": "','"}
 
 
+def build_parser(grammar: str) -> Lark:
+    """Lark's LALR parser for ``grammar``, built from the grammar itself (about 30 ms)."""
+    return Lark(grammar, parser="lalr", lexer="basic", propagate_positions=False)
+
+
+def _tabled_parser(grammar: str) -> Lark | None:
+    """The parser loaded from the tables in :mod:`meta1py.conf.lalr_table` (a few ms), when they
+    were made from this very grammar with this Lark version; None otherwise."""
+    import hashlib
+
+    import lark
+
+    from meta1py.conf import lalr_table
+
+    digest = hashlib.sha256(grammar.encode()).hexdigest()
+    if (lalr_table.GRAMMAR_SHA256, lalr_table.LARK_VERSION) != (digest, lark.__version__):
+        return None
+    # A dict, so Lark.load reads data (never a pickle); the data is a literal in our own module.
+    return Lark.load({"data": lalr_table.DATA, "memo": lalr_table.MEMO})
+
+
 @functools.cache
 def _lark() -> tuple[Lark, re.Pattern[str]]:
-    """The LALR parser and the tokenizer regex, built once per process."""
+    """The LALR parser and the tokenizer regex, made once per process."""
     grammar = (Path(__file__).with_name("meta1.lark")).read_text(encoding="utf-8")
-    parser = Lark(grammar, parser="lalr", lexer="basic", propagate_positions=False)
+    parser = _tabled_parser(grammar) or build_parser(grammar)
     # One alternation of every terminal, longest-first is unnecessary: WORD excludes the
     # punctuation, so the terminals never overlap.
     order = ["WS", "COMMENT", "STRING", "WORD", "EQUAL", "SEMICOLON", "LBRACE", "RBRACE", "COMMA"]
     by_name = {t.name: t.pattern.to_regexp() for t in parser.terminals}
     master = re.compile("|".join(f"(?P<{n}>{by_name[n]})" for n in order) + r"|(?P<BAD>.)", re.DOTALL)
     return parser, master
+
+
+def prepare_parser() -> None:
+    """Make the parser now rather than on first use (mcp's fork server, before it forks workers)."""
+    _lark()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,8 +10,10 @@ pays only for what it changes: the MTA's total memory falls by more than half (b
 How (``docs/mcp.md``, "How workers are started"):
 
 1. Before its event loop starts, mcp forks the fork server (``ForkServer.start``), which imports
-   every worker's code (``preload``) and freezes the collector's objects while mcp goes on
-   preparing its directories and sockets: the imports are off mcp's path to the first greeting.
+   the workers' code (``preload``), one worker at a time in ``PRELOAD_ORDER`` (smtps first),
+   while mcp goes on parsing the config and preparing its directories and sockets. A request
+   that comes in meanwhile is served between two workers' imports, so smtps starts as soon as
+   its own code is loaded. Once all is loaded, the collector's objects are frozen.
    mcp never forks inside ``trio.run``; the fork server never runs trio: it is a plain loop,
    single-threaded.
 2. To start a worker, mcp sends the fork server a request over a private ``SOCK_SEQPACKET``
@@ -31,7 +33,7 @@ The fork server is a copy of mcp made before mcp reads any network input or bind
 keeps mcp's privileges (it must start workers that drop to different users) but holds no
 descriptor except its socketpair and stdio, and it obeys only mcp. It dies with mcp
 (``PR_SET_PDEATHSIG`` and end of file on the socketpair). If it cannot be started or dies,
-mcp starts workers as fresh interpreters instead (``spawn.spawn_worker``) and logs why.
+mcp starts workers as fresh interpreters instead (``spawn.launch_worker``) and logs why.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ import importlib
 import json
 import logging
 import os
+import select
 import signal
 import socket
 import sys
@@ -66,12 +69,19 @@ class ForkServerError(Exception):
     """The fork server could not start a worker (or is gone)."""
 
 
-def preload() -> None:
-    """Import every worker's code, then freeze the collector's objects for copy-on-write sharing."""
-    for name in WORKER_NAMES:
-        importlib.import_module(f"meta1py.{name}.main")
-    gc.collect()
-    gc.freeze()
+#: The order the fork server imports the workers' code in: smtps first, since mcp asks for it
+#: first and the first greeting waits for it (meta1py.mcp.main.PRESTART_ORDER).
+PRELOAD_ORDER = ("smtps", "smar", "qmgr", "smtpc")
+
+
+def preload(name: str) -> None:
+    """Import worker ``name``'s code (and, with smtps's, the config parser's tables: every worker
+    parses the config it is sent)."""
+    importlib.import_module(f"meta1py.{name}.main")
+    if name == PRELOAD_ORDER[0]:
+        from meta1py.conf.parser import prepare_parser
+
+        prepare_parser()
 
 
 def set_process_title(title: str) -> None:
@@ -132,7 +142,6 @@ class ForkServer:
             status = 1
             try:
                 ours.detach()
-                preload()
                 status = _serve(theirs, mcp_pid)
             except BaseException:
                 traceback.print_exc()
@@ -217,7 +226,19 @@ def _serve(sock: socket.socket, mcp_pid: int) -> int:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     _close_fds_except({0, 1, 2, sock.fileno()})
     set_process_title("meta1py: forkserver")
+    # Workers' code is imported one worker at a time, and a request that comes in meanwhile is
+    # served first: smtps can start while the others' code is still being imported.
+    pending = list(PRELOAD_ORDER)
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
     while True:
+        if pending and not poller.poll(0):
+            preload(pending.pop(0))
+            if not pending:
+                # For copy-on-write sharing: later forks find the objects in the permanent generation.
+                gc.collect()
+                gc.freeze()
+            continue
         try:
             message, fds, _flags, _addr = socket.recv_fds(sock, MAX_MESSAGE, MAX_FDS)
         except InterruptedError:
@@ -249,6 +270,8 @@ def _fork_worker(message: bytes, fds: list[int], sock: socket.socket, mcp_pid: i
         raise ValueError("descriptor names do not match the descriptors")
     named = dict(zip(names, fds[:-1], strict=True))
     conf_fd = fds[-1]
+    preload(name)  # at once if it is loaded already
+    gc.freeze()
     pid_r, pid_w = os.pipe()
     intermediate = os.fork()
     if intermediate == 0:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,6 +23,8 @@ if TYPE_CHECKING:
 
     from meta1py.conf import Config
     from meta1py.mcp.forkserver import ForkServer
+    from meta1py.mcp.spawn import Launched
+    from meta1py.ownership import Account
 
 # The rest (trio, the configuration model, the supervisor) is imported in main(), after the fork
 # server has been forked: it imports the workers' code on the other core meanwhile, which takes
@@ -93,20 +97,20 @@ def _run(
     args: argparse.Namespace, cfg: Config, path: Path | None, root: bool, forkserver: ForkServer | None
 ) -> int:
 
-    import trio
+    import threading
 
     from meta1py.conf import dump_config, listen_sockets
     from meta1py.contract import RPC_SERVERS, mcp_pid_path, mcp_status_path, rpc_socket_path
     from meta1py.log import setup_logging
     from meta1py.mcp.privs import (
         check_access,
+        create_deferred_directories,
         prepare_directories,
         resolve_accounts,
         rpc_socket_owner,
         write_pid_file,
     )
     from meta1py.mcp.spawn import StartupError, bind_listener, bind_rpc_socket
-    from meta1py.mcp.supervise import Supervisor
     from meta1py.status import install_recent_errors
 
     setup_logging("mcp", cfg.log_level, syslog=args.syslog, log_format=cfg.log_format)
@@ -122,7 +126,7 @@ def _run(
     pid_file = mcp_pid_path(cfg.run_directory)
     try:
         accounts = resolve_accounts(cfg) if root else None
-        prepare_directories(cfg, accounts)
+        deferred = prepare_directories(cfg, accounts)
         check_access(cfg, accounts)
         for _section, ls in listen_sockets(cfg):
             key = (ls.address, ls.port)
@@ -144,25 +148,102 @@ def _run(
             metrics_listener.close()
         return EX_OSERR
 
-    supervisor = Supervisor(
+    config_text = dump_config(cfg, only_changed=False)
+    lifeline = os.pipe()
+    # Until the supervisor's own handlers take over, a signal is noted, not obeyed at once: a
+    # SIGTERM now still stops the workers in order (and cleans up) once the supervisor runs.
+    early_signals: list[int] = []
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, lambda signum, _frame: early_signals.append(signum))
+    # The workers start now, before mcp imports trio and its supervisor (a tenth of a second):
+    # the supervisor adopts them. smtps first, since the first greeting waits for it.
+    prestarted = _prestart(
         cfg,
-        path,
-        dump_config(cfg, only_changed=False),
+        config_text,
         listeners,
         rpc_sockets,
+        metrics_listener,
         accounts,
-        syslog=args.syslog,
-        forkserver=forkserver,
-        metrics_listener=metrics_listener,
+        lifeline[0],
+        args.syslog,
+        forkserver,
+        early_signals,
     )
+    stop_later = threading.Event()
+    later = threading.Thread(
+        target=create_deferred_directories, args=(cfg, deferred, stop_later), name="mkdirs"
+    )
+    later.start()
     try:
+        import trio
+
+        from meta1py.mcp.supervise import Supervisor
+
+        supervisor = Supervisor(
+            cfg,
+            path,
+            config_text,
+            listeners,
+            rpc_sockets,
+            accounts,
+            syslog=args.syslog,
+            forkserver=forkserver,
+            metrics_listener=metrics_listener,
+            lifeline=lifeline,
+            prestarted=prestarted,
+            early_signals=early_signals,
+        )
         return trio.run(supervisor.run)
     finally:
+        stop_later.set()
+        later.join()
         _close_all(supervisor.listeners, rpc_sockets, cfg.run_directory)
         if supervisor.metrics_listener is not None:
             supervisor.metrics_listener.close()
         mcp_status_path(cfg.run_directory).unlink(missing_ok=True)
         pid_file.unlink(missing_ok=True)
+
+
+#: The order the first workers start in: smtps first (the first greeting waits for it), then
+#: smar (its reverse lookups), qmgr, smtpc.
+PRESTART_ORDER = ("smtps", "smar", "qmgr", "smtpc")
+
+
+def _prestart(
+    cfg: Config,
+    config_text: str,
+    listeners: dict[tuple[str, int], socket.socket],
+    rpc_sockets: dict[str, socket.socket],
+    metrics_listener: socket.socket | None,
+    accounts: dict[str, Account] | None,
+    lifeline_r: int,
+    syslog: bool,
+    forkserver: ForkServer | None,
+    early_signals: list[int],
+) -> dict[str, Launched]:
+    """Start every worker (the supervisor adopts them); one that cannot be started is left to the
+    supervisor, which retries and reports it. A SIGTERM or SIGINT meanwhile ends the round."""
+    from meta1py.mcp.spawn import launch_worker, worker_fds
+
+    started: dict[str, Launched] = {}
+    for name in PRESTART_ORDER:
+        if signal.SIGTERM in early_signals or signal.SIGINT in early_signals:
+            break
+        account = accounts.get(name) if accounts else None
+        try:
+            started[name] = launch_worker(
+                name,
+                config_text,
+                worker_fds(name, cfg, listeners, rpc_sockets, metrics_listener),
+                lifeline_r,
+                user=account.user if account else None,
+                group=account.group if account else None,
+                syslog=syslog,
+                forkserver=forkserver,
+            )
+        except OSError as exc:
+            log.warning("cannot start %s yet (%s): the supervisor tries again", name, exc)
+    return started
 
 
 def _close_all(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,8 +22,10 @@ from meta1py.ownership import (
     PRIVATE_SOCKET_MODE,
     SHARED_SOCKET_MODE,
     Account,
+    Expected,
     LayoutError,
     Owners,
+    create_deferred,
     python_problems,
     reach_problems,
     repair_layout,
@@ -59,7 +62,7 @@ def owners_of(accounts: dict[str, Account] | None, submission_gid: int | None = 
     return Owners.from_accounts(accounts, submission_gid)
 
 
-def prepare_directories(cfg: Config, accounts: dict[str, Account] | None) -> None:
+def prepare_directories(cfg: Config, accounts: dict[str, Account] | None) -> list[Expected]:
     """Create and repair the queue, content, run, mail and smar data directories as the ownership
     model says.
 
@@ -67,11 +70,16 @@ def prepare_directories(cfg: Config, accounts: dict[str, Account] | None) -> Non
         cfg: the configuration.
         accounts: from ``resolve_accounts`` when root; None when unprivileged.
 
+    Returns:
+        The missing directories that may be made while the workers start (most content
+        subdirectories on a first start): pass them to :func:`create_deferred_directories`.
+
     Raises:
         StartupError: a path cannot be made right (which path, what was found, what was expected).
     """
+    deferred: list[Expected] = []
     try:
-        changes = repair_layout(cfg, owners_of(accounts, ownership.submission_gid(cfg)))
+        changes = repair_layout(cfg, owners_of(accounts, ownership.submission_gid(cfg)), deferred)
     except LayoutError as exc:
         raise StartupError(str(exc)) from exc
     created = [c for c in changes if c.startswith("created ")]
@@ -83,6 +91,21 @@ def prepare_directories(cfg: Config, accounts: dict[str, Account] | None) -> Non
     for change in changes:
         if not change.startswith("created "):
             log.warning("%s", change)
+    return deferred
+
+
+def create_deferred_directories(cfg: Config, items: list[Expected], stop: threading.Event) -> None:
+    """Make what :func:`prepare_directories` left for later (in a thread, while the workers
+    start; ``stop`` cuts it short); a failure is logged (writers keep to the seed
+    subdirectories; the next start tries again)."""
+    if not items:
+        return
+    try:
+        made = create_deferred(items, stop)
+    except LayoutError as exc:
+        log.error("%s", exc)
+        return
+    log.info("created %d more content directories under %s", made, cfg.queue_directory)
 
 
 def check_access(cfg: Config, accounts: dict[str, Account] | None) -> None:

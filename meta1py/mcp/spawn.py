@@ -1,4 +1,5 @@
-"""Binding the sockets mcp owns, and starting one worker process.
+"""Binding the sockets mcp owns, and starting one worker process (no trio here: mcp starts the
+first workers before it imports trio; meta1py.mcp.child watches them once trio runs).
 
 The listening sockets (SMTP and RPC) are bound by mcp and inherited by the workers, so that they
 survive worker restarts: while a worker restarts, new connections wait in the kernel's backlog
@@ -8,7 +9,7 @@ Workers are started with ``subprocess.Popen`` from the main thread. ``trio.lowle
 would call Popen from a worker thread, and ``PR_SET_PDEATHSIG`` fires when the *thread* that forked
 the child exits, so trio's idle-thread reaping would SIGTERM healthy workers. Popen forks and execs
 in C immediately (no Python runs in the child), which is the "never fork inside trio.run" rule's
-intent. Exits are awaited through a pidfd, which also makes signalling race-free.
+intent.
 """
 
 from __future__ import annotations
@@ -21,21 +22,27 @@ import signal
 import socket
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import trio
-
+from meta1py.conf.model import listen_sockets
 from meta1py.contract import (
     FD_LIFELINE,
+    FD_METRICS,
     FD_READY,
+    FD_RPC,
     FDS_ENV,
     GROUP_ENV,
-    READY_LINE,
     SYSLOG_ENV,
     USER_ENV,
     format_fds,
+    listen_fd_name,
 )
 from meta1py.mcp.forkserver import ForkServer, ForkServerError
+
+if TYPE_CHECKING:
+    from meta1py.conf import Config
 
 log = logging.getLogger(__name__)
 
@@ -46,92 +53,39 @@ class StartupError(Exception):
     """mcp cannot start: a socket cannot be bound, a directory cannot be created, ..."""
 
 
-class Child:
-    """One running worker process, as seen by mcp.
+@dataclass(frozen=True)
+class Launched:
+    """A worker process just started (meta1py.mcp.child.Child wraps it once trio runs)."""
 
-    Attributes:
-        name: the worker's name.
-        pid: the process id (a child of mcp, started by exec or by the fork server).
-        started_at: ``trio.current_time()`` at spawn.
-        ready: set once the worker wrote ``READY`` on its ready pipe.
-        exited: set once the process has been reaped; ``returncode`` is then valid.
-        planned: True when mcp itself asked it to stop (reload, dependency restart, shutdown)
-            or retired it (smtps handover), so its exit is not counted as a death.
-        drain_limit_s: for smtps, how long it may take to drain its sessions (the longest
-            ``session_timeout`` of the configuration it runs); 0 for other workers.
-    """
-
-    def __init__(
-        self, name: str, pid: int, ready_fd: int, popen: subprocess.Popen[bytes] | None = None
-    ) -> None:
-        self.name = name
-        self.pid = pid
-        self.started_at = trio.current_time()
-        self.ready = trio.Event()
-        self.exited = trio.Event()
-        self.planned = False
-        self.drain_limit_s = 0.0
-        #: The exit status (negative: killed by that signal), None while running.
-        self.returncode: int | None = None
-        self._popen = popen
-        self._ready_fd = ready_fd
-        self._pidfd = os.pidfd_open(pid)
-        os.set_blocking(ready_fd, False)
-
-    async def wait(self) -> int:
-        """Wait for the process to exit, reap it and set ``exited``."""
-        try:
-            await trio.lowlevel.wait_readable(self._pidfd)
-            # The pid cannot be reused before this reaps it.
-            _pid, status = os.waitpid(self.pid, 0)
-            code = self.returncode = os.waitstatus_to_exitcode(status)
-            if self._popen is not None:
-                # Reaped here: keep subprocess from ever waiting for this pid again.
-                self._popen.returncode = code
-        finally:
-            if self.returncode is not None and self._pidfd >= 0:
-                trio.lowlevel.notify_closing(self._pidfd)
-                os.close(self._pidfd)
-                self._pidfd = -1
-                self.exited.set()
-        return code
-
-    async def read_ready(self) -> bool:
-        """Wait for ``READY`` on the ready pipe; False if it closed without it (the worker died)."""
-        data = b""
-        while b"\n" not in data:
-            await trio.lowlevel.wait_readable(self._ready_fd)
-            try:
-                chunk = os.read(self._ready_fd, 64)
-            except BlockingIOError:
-                continue
-            if not chunk:
-                return False
-            data += chunk
-        if data.startswith(READY_LINE.rstrip()):
-            self.ready.set()
-            return True
-        log.warning("%s sent %r on its ready pipe", self.name, data[:64])
-        return False
-
-    def send_signal(self, sig: int) -> None:
-        """Signal the process through its pidfd (never a recycled pid); no-op once it exited."""
-        if self.exited.is_set() or self._pidfd < 0:
-            return
-        try:
-            signal.pidfd_send_signal(self._pidfd, sig)
-        except ProcessLookupError:
-            pass
-
-    def close(self) -> None:
-        """Release the ready pipe (after ``exited``, once nobody reads it any more)."""
-        if self._ready_fd >= 0:
-            trio.lowlevel.notify_closing(self._ready_fd)
-            os.close(self._ready_fd)
-            self._ready_fd = -1
+    name: str
+    pid: int
+    #: The read end of its ready pipe.
+    ready_fd: int
+    #: Set when it was started as a fresh interpreter (no fork server).
+    popen: subprocess.Popen[bytes] | None = None
 
 
-def spawn_worker(
+def worker_fds(
+    name: str,
+    cfg: Config,
+    listeners: dict[tuple[str, int], socket.socket],
+    rpc_sockets: dict[str, socket.socket],
+    metrics_listener: socket.socket | None,
+) -> dict[str, int]:
+    """The descriptors worker ``name`` gets, by name: its RPC socket, smtps's listening sockets,
+    qmgr's metrics socket."""
+    fds: dict[str, int] = {}
+    if name in rpc_sockets:
+        fds[FD_RPC] = rpc_sockets[name].fileno()
+    if name == "smtps":
+        for index, (_section, ls) in enumerate(listen_sockets(cfg)):
+            fds[listen_fd_name(index)] = listeners[(ls.address, ls.port)].fileno()
+    if name == "qmgr" and metrics_listener is not None:
+        fds[FD_METRICS] = metrics_listener.fileno()
+    return fds
+
+
+def launch_worker(
     name: str,
     config_text: str,
     fds: dict[str, int],
@@ -140,7 +94,7 @@ def spawn_worker(
     group: str | None = None,
     syslog: bool = False,
     forkserver: ForkServer | None = None,
-) -> Child:
+) -> Launched:
     """Start worker ``name`` with only ``fds``, the lifeline and a ready pipe.
 
     The worker is forked by ``forkserver`` when it is given and alive, else it is started as a
@@ -184,7 +138,7 @@ def spawn_worker(
                     "fork server failed (%s): starting workers as fresh interpreters from now on", exc
                 )
             else:
-                return Child(name, pid, ready_r)
+                return Launched(name, pid, ready_r)
         popen = subprocess.Popen(
             [sys.executable, "-m", f"meta1py.{name}"],
             stdin=conf_fd,
@@ -200,7 +154,7 @@ def spawn_worker(
     finally:
         os.close(conf_fd)
         os.close(ready_w)
-    return Child(name, popen.pid, ready_r, popen)
+    return Launched(name, popen.pid, ready_r, popen)
 
 
 def describe_status(returncode: int | None) -> str:

@@ -49,24 +49,16 @@ from meta1py.conf import listen_sockets, process_config
 from meta1py.contract import (
     DRAIN_SIGNAL,
     EX_CRASH,
-    FD_METRICS,
-    FD_RPC,
     HARD_FAILURE_STATUSES,
     WORKER_NAMES,
-    listen_fd_name,
     mcp_status_path,
 )
 from meta1py.log import setup_logging
+from meta1py.mcp.child import Child, spawn_worker
 from meta1py.mcp.forkserver import ForkServer
 from meta1py.mcp.notify import notify
 from meta1py.mcp.privs import Account, prepare_directories, resolve_accounts
-from meta1py.mcp.spawn import (
-    Child,
-    StartupError,
-    bind_listener,
-    describe_status,
-    spawn_worker,
-)
+from meta1py.mcp.spawn import Launched, StartupError, bind_listener, describe_status, worker_fds
 from meta1py.status import McpStatus, WorkerStatus, recent_errors, write_mcp_status
 
 if TYPE_CHECKING:
@@ -219,6 +211,9 @@ class Supervisor:
         syslog: bool = False,
         forkserver: ForkServer | None = None,
         metrics_listener: socket.socket | None = None,
+        lifeline: tuple[int, int] | None = None,
+        prestarted: dict[str, Launched] | None = None,
+        early_signals: list[int] | None = None,
     ) -> None:
         self.cfg = cfg
         self.metrics_listener = metrics_listener
@@ -251,7 +246,11 @@ class Supervisor:
         self._reload_lock = trio.Lock()
         # The lifeline: workers hold the read end; when mcp dies for any reason the kernel closes
         # the write end and every worker sees EOF. Nobody ever writes to it.
-        self._lifeline_r, self._lifeline_w = os.pipe()
+        self._lifeline_r, self._lifeline_w = lifeline if lifeline is not None else os.pipe()
+        #: Workers mcp started before trio ran (meta1py.mcp.main): adopted by their first spawn.
+        self._prestarted = dict(prestarted or {})
+        #: SIGTERM, SIGINT or SIGHUP received before trio ran: acted on as soon as it does.
+        self._early_signals = early_signals if early_signals is not None else []
         self._nursery: trio.Nursery | None = None
 
     # -- running -------------------------------------------------------------------------------
@@ -262,7 +261,11 @@ class Supervisor:
             self._nursery = nursery
             await nursery.start(self._watch_signals)
             for name in WORKER_NAMES:
-                nursery.start_soon(self._supervise, self.states[name])
+                if self.shutdown_requested.is_set() and name not in self._prestarted:
+                    continue  # told to stop while starting: only adopt (and stop) what runs
+                # start(), not start_soon(): each worker is spawned or adopted before we go on,
+                # so a stop that comes now finds it.
+                await nursery.start(self._supervise, self.states[name])
             await self.shutdown_requested.wait()
             await self._stop_all()
             nursery.cancel_scope.cancel()
@@ -277,41 +280,44 @@ class Supervisor:
         return 0
 
     def _spawn(self, name: str) -> Child:
-        fds: dict[str, int] = {}
-        if name in self.rpc_sockets:
-            fds[FD_RPC] = self.rpc_sockets[name].fileno()
-        if name == "smtps":
-            for index, (_section, ls) in enumerate(listen_sockets(self.cfg)):
-                fds[listen_fd_name(index)] = self.listeners[(ls.address, ls.port)].fileno()
-        if name == "qmgr" and self.metrics_listener is not None:
-            fds[FD_METRICS] = self.metrics_listener.fileno()
-        account = self.accounts.get(name) if self.accounts else None
-        child = spawn_worker(
-            name,
-            self.config_text,
-            fds,
-            self._lifeline_r,
-            user=account.user if account else None,
-            group=account.group if account else None,
-            syslog=self.syslog,
-            forkserver=self.forkserver,
-        )
+        launched = self._prestarted.pop(name, None)
+        if launched is not None:
+            child = Child.adopt(launched)
+        else:
+            account = self.accounts.get(name) if self.accounts else None
+            child = spawn_worker(
+                name,
+                self.config_text,
+                worker_fds(name, self.cfg, self.listeners, self.rpc_sockets, self.metrics_listener),
+                self._lifeline_r,
+                user=account.user if account else None,
+                group=account.group if account else None,
+                syslog=self.syslog,
+                forkserver=self.forkserver,
+            )
         if name == "smtps":
             # Mirrors smtps.service.drain_limit_s (process packages never import each other).
             child.drain_limit_s = max((s.session_timeout for s in self.cfg.smtps), default=0.0)
         return child
 
-    async def _supervise(self, state: WorkerState) -> None:
+    async def _supervise(
+        self, state: WorkerState, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Spawn (or adopt) the worker, report started, then watch and restart it."""
         name = state.name
+        started = False
         while not self.stopping:
             try:
                 child = self._spawn(name)
             except OSError as exc:
                 self._hard_fail(EX_CRASH, f"cannot start {name}: {exc}")
-                return
+                break
             state.set_child(child)
             log.info("started %s (pid %d)", name, child.pid)
             self.write_status()
+            if not started:
+                started = True
+                task_status.started()
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._await_ready, child)
                 handed_over = await _wait_exit_or(child, state.handover)
@@ -361,6 +367,8 @@ class Supervisor:
             for dependent in getattr(section, "restart_dependencies", ()):
                 self._restart_soon(dependent, reason=f"it depends on {name}")
             await trio.sleep(decision.delay_s)
+        if not started:
+            task_status.started()
 
     async def _await_ready(self, child: Child) -> None:
         with trio.move_on_after(READY_TIMEOUT_S):
@@ -518,17 +526,24 @@ class Supervisor:
     async def _watch_signals(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             task_status.started()
+            # Signals that came while mcp started the workers, before trio ran (meta1py.mcp.main).
+            for signum in self._early_signals:
+                self._on_signal(signum)
+            self._early_signals.clear()
             async for signum in signals:
-                name = signal.Signals(signum).name
-                if signum == signal.SIGHUP:
-                    if self._nursery is not None and not self.stopping:
-                        self._nursery.start_soon(self._reload)
-                    continue
-                if self.shutdown_requested.is_set():
-                    log.info("%s: already stopping", name)
-                    continue
-                log.info("%s: shutting down", name)
-                self.shutdown_requested.set()
+                self._on_signal(signum)
+
+    def _on_signal(self, signum: int) -> None:
+        name = signal.Signals(signum).name
+        if signum == signal.SIGHUP:
+            if self._nursery is not None and not self.stopping:
+                self._nursery.start_soon(self._reload)
+            return
+        if self.shutdown_requested.is_set():
+            log.info("%s: already stopping", name)
+            return
+        log.info("%s: shutting down", name)
+        self.shutdown_requested.set()
 
     async def _reload(self) -> None:
         async with self._reload_lock:

@@ -11,9 +11,15 @@ directory entry must be durable. smtps closes the file (:meth:`ContentWriter.clo
 qmgr does both with :func:`sync_content_files`, for a whole batch of new messages in the same thread
 trip as their envelopes' commit. qmgr's own bounces use :meth:`ContentWriter.finish` and
 :class:`DirectorySyncer` (one directory fsync shared by every message that finished in that
-directory since the last one started). Subdirectories are created lazily; the first time a
-process uses one it fsyncs ``content/`` once, whether it created the subdirectory or found it, because
-another process may have created it and not yet made it durable.
+directory since the last one started). The first time a process uses a subdirectory it fsyncs
+``content/`` once, whether it created the subdirectory or found it, because another process may have
+created it and not yet made it durable.
+
+mcp makes the 31 *seed* subdirectories (:func:`~meta1py.queue.ids.is_seed_subdir`) before any worker
+starts and the other 930 while the workers start. A writer that draws a subdirectory that does not
+exist yet never creates it (in production it could not: ``content/`` is not writable by workers);
+it takes a seed subdirectory instead, creating that one if it is missing (a queue made by tests,
+without mcp).
 
 A file that is being written has its final name from the start (no rename): a half-written file is
 harmless because nothing refers to it until qmgr has committed the envelope, and qmgr's start-up
@@ -22,6 +28,7 @@ recovery removes content files without an envelope (:func:`scan_content_ids`).
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import io
 import os
@@ -36,7 +43,14 @@ import trio
 
 from meta1py.libc import start_writeback
 from meta1py.queue.errors import QueueStorageError
-from meta1py.queue.ids import SUFFIXES, is_queue_id, new_queue_id, queue_id_time
+from meta1py.queue.ids import (
+    SEED_SUFFIXES,
+    SUFFIXES,
+    is_queue_id,
+    is_seed_subdir,
+    new_queue_id,
+    queue_id_time,
+)
 
 __all__ = [
     "ContentWriter",
@@ -82,6 +96,12 @@ class _SubdirTurn:
             cls.left = FILES_PER_SUBDIR
         cls.left -= 1
         return cls.suffix
+
+    @classmethod
+    def use_seed(cls) -> None:
+        """The current subdirectory does not exist yet: take a seed one for this turn."""
+        cls.suffix = secrets.randbelow(SEED_SUFFIXES)
+        cls.left = FILES_PER_SUBDIR
 
 
 class _IssuedIds:
@@ -152,22 +172,29 @@ _durable_dirs: dict[tuple[str, str], str] = {}
 _durable_dirs_lock = threading.Lock()
 
 
-def _ensure_dir(parent: str, name: str) -> str:
+def _ensure_dir(parent: str, name: str, create: bool = True) -> str:
     """Create ``parent/name`` if needed and make sure its entry in ``parent`` is on disk.
 
     Plain strings, not pathlib: this runs twice per message.
+
+    Raises:
+        FileNotFoundError: ``create`` is false and the directory does not exist (yet).
     """
     key = (parent, name)
     known = _durable_dirs.get(key)  # dict reads are atomic under the GIL
     if known is not None:
         return known
     path = os.path.join(parent, name)
-    try:
-        os.mkdir(path, 0o700)
-    except FileExistsError:
-        pass
+    if not create:
+        if not os.path.isdir(path):
+            raise FileNotFoundError(errno.ENOENT, "not made yet", path)
     else:
-        os.chmod(path, _DIR_MODE)  # mkdir's mode passes through the umask and may drop setgid
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            pass
+        else:
+            os.chmod(path, _DIR_MODE)  # mkdir's mode passes through the umask and may drop setgid
     _fsync_dir(parent)
     with _durable_dirs_lock:
         _durable_dirs[key] = path
@@ -237,7 +264,12 @@ class ContentWriter:
                 candidate = new_queue_id(suffix=_SubdirTurn.next_suffix()) if qid is None else qid
                 if qid is None and not _IssuedIds.claim(candidate):
                     continue
-                subdir = _ensure_dir(content_dir, candidate[-2:])
+                name = candidate[-2:]
+                try:
+                    subdir = _ensure_dir(content_dir, name, create=qid is not None or is_seed_subdir(name))
+                except FileNotFoundError:
+                    _SubdirTurn.use_seed()  # mcp has not made this one yet (it does at start)
+                    continue
                 path = f"{subdir}/{candidate}"
                 try:
                     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)

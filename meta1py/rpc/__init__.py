@@ -12,27 +12,67 @@
 See ``docs/rpc.md``.
 """
 
-from meta1py.rpc.caller import Caller, Notifier
-from meta1py.rpc.channel import (
-    Handler,
-    RpcChannel,
-    RpcClient,
-    connect_unix,
-    open_channel_pair,
-    serve_unix,
-    unix_listener_from_fd,
-)
-from meta1py.rpc.codec import DEFAULT_MAX_FRAME_BYTES, Frame, FrameDecoder, decode_frame, encode_frame
-from meta1py.rpc.errors import (
-    RpcEncodeError,
-    RpcError,
-    RpcPeerGoneError,
-    RpcProtocolError,
-    RpcRemoteError,
-    RpcTimeoutError,
-)
-from meta1py.rpc.handlers import Handlers
-from meta1py.rpc.schema import RpcMessage, RpcRequest, caps, rpc_message, rpc_struct
+from typing import TYPE_CHECKING
+
+from meta1py.lazyexports import lazy_exports
+
+if TYPE_CHECKING:
+    from meta1py.rpc.caller import Caller, Notifier
+    from meta1py.rpc.channel import (
+        Handler,
+        RpcChannel,
+        RpcClient,
+        connect_unix,
+        open_channel_pair,
+        serve_unix,
+        unix_listener_from_fd,
+    )
+    from meta1py.rpc.codec import DEFAULT_MAX_FRAME_BYTES, Frame, FrameDecoder, decode_frame, encode_frame
+    from meta1py.rpc.errors import (
+        RpcEncodeError,
+        RpcError,
+        RpcPeerGoneError,
+        RpcProtocolError,
+        RpcRemoteError,
+        RpcTimeoutError,
+    )
+    from meta1py.rpc.handlers import Handlers
+    from meta1py.rpc.schema import RpcMessage, RpcRequest, caps, rpc_message, rpc_struct
+
+# The package names load their module on first use (PEP 562): importing meta1py.rpc.messages or
+# the codec must not import trio with the channel (mcp imports the messages before trio).
+_LAZY = {
+    "Caller": "meta1py.rpc.caller",
+    "DEFAULT_MAX_FRAME_BYTES": "meta1py.rpc.codec",
+    "Frame": "meta1py.rpc.codec",
+    "FrameDecoder": "meta1py.rpc.codec",
+    "Handler": "meta1py.rpc.channel",
+    "Handlers": "meta1py.rpc.handlers",
+    "Notifier": "meta1py.rpc.caller",
+    "RpcChannel": "meta1py.rpc.channel",
+    "RpcClient": "meta1py.rpc.channel",
+    "RpcEncodeError": "meta1py.rpc.errors",
+    "RpcError": "meta1py.rpc.errors",
+    "RpcMessage": "meta1py.rpc.schema",
+    "RpcPeerGoneError": "meta1py.rpc.errors",
+    "RpcProtocolError": "meta1py.rpc.errors",
+    "RpcRemoteError": "meta1py.rpc.errors",
+    "RpcRequest": "meta1py.rpc.schema",
+    "RpcTimeoutError": "meta1py.rpc.errors",
+    "caps": "meta1py.rpc.schema",
+    "connect_unix": "meta1py.rpc.channel",
+    "decode_frame": "meta1py.rpc.codec",
+    "encode_frame": "meta1py.rpc.codec",
+    "open_channel_pair": "meta1py.rpc.channel",
+    "rpc_message": "meta1py.rpc.schema",
+    "rpc_struct": "meta1py.rpc.schema",
+    "serve_unix": "meta1py.rpc.channel",
+    "unix_listener_from_fd": "meta1py.rpc.channel",
+}
+
+
+__getattr__ = lazy_exports("meta1py.rpc", _LAZY, globals())
+
 
 __all__ = [
     "DEFAULT_MAX_FRAME_BYTES",

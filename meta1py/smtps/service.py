@@ -230,10 +230,14 @@ class SmtpsServer:
                 log.warning("accept failed: %s", exc)
                 await trio.sleep(0.1)
                 continue
-            sessions.start_soon(self._run_session, stream, service, listen_socket)
+            sessions.start_soon(self._run_session, stream, service, listen_socket, sessions)
 
     async def _run_session(
-        self, stream: trio.SocketStream, service: SmtpsConfig, listen_socket: ListenSocket | None = None
+        self,
+        stream: trio.SocketStream,
+        service: SmtpsConfig,
+        listen_socket: ListenSocket | None = None,
+        sessions: trio.Nursery | None = None,
     ) -> None:
         client = _peer_address(stream)
         sid = f"{self._pid:x}.{next(self._ids)}"
@@ -274,7 +278,7 @@ class SmtpsServer:
                     pass
             await _close(stream)
             return
-        session = Session(self.ctx, service, stream, client, sid, listen_socket, trusted)
+        session = Session(self.ctx, service, stream, client, sid, listen_socket, trusted, background=sessions)
         self.sessions.add(session)
         self._by_client.setdefault(client, set()).add(session)
         self.idle = trio.Event()

@@ -69,6 +69,7 @@ from meta1py.smtps.auth import (
 )
 from meta1py.smtps.limits import MailRates, QueueSpace, SessionLimits
 from meta1py.smtps.stages import (
+    Check,
     Checks,
     Decision,
     Discard,
@@ -80,6 +81,7 @@ from meta1py.smtps.stages import (
     StageContext,
     builtin_checks,
     mark_of,
+    may_follow_greeting,
     quarantine_refused,
     refusal,
     run_chain,
@@ -167,6 +169,9 @@ class Session:
     # Slots: thousands of idle sessions are the common case under a flood, and an instance
     # __dict__ of this many attributes costs about 1.3 KB more per session than slots do.
     __slots__ = (
+        "_background",
+        "_connect_done",
+        "_connect_scope",
         "_data_bytes",
         "_data_started",
         "_evicted",
@@ -216,8 +221,13 @@ class Session:
         session_id: str,
         listener: ListenSocket | None = None,
         trusted: bool = False,
+        background: trio.Nursery | None = None,
     ) -> None:
         self.ctx = ctx
+        #: Where the connect checks run beside the greeting (None: the greeting waits for them).
+        self._background = background
+        self._connect_done: trio.Event | None = None
+        self._connect_scope = trio.CancelScope()
         self.service = service
         self.stream = stream
         self.client_address = client_address
@@ -442,6 +452,7 @@ class Session:
         except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
             log.info("session %s: connection lost", self.sid)
         finally:
+            self._connect_scope.cancel()
             self._abort_transaction()
             mlog.maillog(
                 "disconnect", None, session=self.sid, client=self.client_address, messages=self.messages
@@ -481,7 +492,12 @@ class Session:
             return
         greeting = _greeting(self.hostname)
         checks = self.ctx.checks.connect
-        if checks:
+        if checks and self._background is not None and all(may_follow_greeting(c) for c in checks):
+            # Nothing at connect can refuse (delay_checks = yes): the greeting goes out at once,
+            # and the first command waits for the client's name (_await_connect_checks).
+            self._connect_done = trio.Event()
+            self._background.start_soon(self._connect_checks_later, checks, self._stage("connect"))
+        elif checks:
             context = self._stage("connect")
             decision = await run_chain(checks, context)
             self.client_name = context.client_name
@@ -557,8 +573,26 @@ class Session:
             return True
         return False
 
+    async def _connect_checks_later(self, checks: tuple[Check, ...], context: StageContext) -> None:
+        """The connect checks, run beside the greeting: they only learn facts (the client's name,
+        its exemption from the limits); each has its own deadline."""
+        assert self._connect_done is not None
+        try:
+            with self._connect_scope:
+                decision = await run_chain(checks, context)
+                self.client_name = context.client_name
+                self._limits_exempt = context.limits_exempt
+                if self._refusal("connect", decision) is not None:
+                    log.warning("session %s: a connect check refused after the greeting; ignored", self.sid)
+                else:
+                    self._session_mark = mark_of(decision)
+        finally:
+            self._connect_done.set()
+
     async def handle(self, event: object) -> bool:
         """Answer one event. Returns True when the session must end."""
+        if self._connect_done is not None and not isinstance(event, ev.Quit):
+            await self._connect_done.wait()
         if isinstance(event, ev.DataChunk):
             if self._write_content(event.data):
                 assert self.txn is not None

@@ -215,6 +215,12 @@ class StageContext:
 Check: TypeAlias = Callable[[StageContext], Awaitable[Decision]]
 
 
+def may_follow_greeting(check: Check) -> bool:
+    """True when a connect check cannot refuse (it only learns facts about the client), so the
+    greeting need not wait for it: a check says so with a true ``may_follow_greeting``."""
+    return bool(getattr(check, "may_follow_greeting", False))
+
+
 @dataclass(frozen=True, slots=True)
 class Checks:
     """The ordered checks of every stage."""
@@ -535,6 +541,12 @@ class ClientCheck:
     def __init__(self, resources: CheckResources, stage: Literal["connect", "helo", "mail"]) -> None:
         self._resources = resources
         self._stage: Literal["connect", "helo", "mail"] = stage
+
+    @property
+    def may_follow_greeting(self) -> bool:
+        """At connect with ``delay_checks = yes`` smar only names the client: the greeting goes
+        out without waiting (a slow resolver never delays it)."""
+        return self._stage == "connect" and self._resources.config.smar.delay_checks
 
     async def __call__(self, context: StageContext) -> Decision:
         res = self._resources

@@ -23,6 +23,7 @@ import trio.testing
 import meta1py.mcp.supervise as supervise_module
 from meta1py.conf import listen_sockets, parse_config
 from meta1py.contract import DRAIN_SIGNAL, WORKER_NAMES
+from meta1py.mcp.spawn import Launched
 from meta1py.mcp.supervise import BACKOFF_INITIAL_S, Supervisor
 
 # What a worker does once started: None (run until signalled) or an exit status right after it
@@ -181,3 +182,55 @@ async def test_a_worker_that_ran_a_while_restarts_after_the_shortest_delay(
             await trio.sleep(0.001)
         assert workers.of("qmgr")[-1].started_at - died_at == pytest.approx(BACKOFF_INITIAL_S, abs=0.01)
         sup.shutdown_requested.set()
+
+
+def _prestarted_supervisor(
+    monkeypatch: pytest.MonkeyPatch, names: tuple[str, ...], early_signals: list[int]
+) -> tuple[Supervisor, Workers, list[FakeChild]]:
+    """A supervisor given workers mcp started before trio ran (meta1py.mcp.main): FakeChild
+    values stand for them, adopted instead of spawned."""
+    workers = Workers({})
+    monkeypatch.setattr(supervise_module, "spawn_worker", workers.spawn)
+    monkeypatch.setattr(supervise_module, "notify", lambda *_lines: None)
+    adopted: list[FakeChild] = []
+
+    class Adopting:
+        @staticmethod
+        def adopt(launched: Launched) -> FakeChild:
+            child = FakeChild(launched.name, launched.pid, None, terminated=workers.terminated)
+            adopted.append(child)
+            return child
+
+    monkeypatch.setattr(supervise_module, "Child", Adopting)
+    prestarted = {name: Launched(name, 500 + i, -1) for i, name in enumerate(names)}
+    sup = Supervisor(
+        parse_config(""), None, "", {}, {}, None, prestarted=prestarted, early_signals=early_signals
+    )
+    return sup, workers, adopted
+
+
+async def test_workers_started_before_trio_are_adopted_not_started_again(
+    monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
+) -> None:
+    sup, workers, adopted = _prestarted_supervisor(monkeypatch, ("smtps", "smar"), [])
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(sup.run)
+        while not sup.announced_ready:
+            await trio.sleep(0.01)
+        assert [(c.name, c.pid) for c in adopted] == [("smar", 501), ("smtps", 500)]
+        assert sorted(c.name for c in workers.spawned) == sorted(set(WORKER_NAMES) - {"smtps", "smar"})
+        sup.shutdown_requested.set()
+
+
+async def test_a_sigterm_while_workers_start_stops_those_that_run(
+    monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
+) -> None:
+    """SIGTERM came while mcp was still starting workers, before trio ran: the supervisor stops
+    the ones that run, in order, starts no other, and exits 0."""
+    sup, workers, adopted = _prestarted_supervisor(monkeypatch, ("smtps", "smar"), [signal.SIGTERM])
+    with trio.fail_after(30):
+        assert await sup.run() == 0
+    assert workers.spawned == []
+    assert sorted(c.name for c in adopted) == ["smar", "smtps"]
+    assert all(c.signals == [signal.SIGTERM] and c.planned for c in adopted)
+    assert workers.terminated == [n for n in reversed(WORKER_NAMES) if n in ("smtps", "smar")]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from meta1py.ownership import content_subdirs
 from meta1py.queue.content import (
     FILES_PER_SUBDIR,
     ContentWriter,
@@ -18,7 +19,7 @@ from meta1py.queue.content import (
     scan_content_ids,
 )
 from meta1py.queue.errors import QueueStorageError
-from meta1py.queue.ids import new_queue_id
+from meta1py.queue.ids import is_seed_subdir, new_queue_id
 
 
 def test_write_finish_read(tmp_path: Path) -> None:
@@ -157,3 +158,27 @@ def test_disk_full_is_reported_and_abort_cleans_up(tiny_tmpfs: Path) -> None:
     again.finish()
     with open_content(tiny_tmpfs, kept.qid) as f:
         assert f.read() == b"a" * 10_000
+
+
+def test_a_writer_never_makes_a_subdirectory_that_mcp_has_not_made(tmp_path: Path) -> None:
+    """Right after a first start only the seed subdirectories exist (mcp makes the rest while
+    the workers start): new files go there, and no writer makes another one."""
+    writers = [ContentWriter(tmp_path) for _ in range(2 * FILES_PER_SUBDIR)]
+    for writer in writers:
+        writer.finish()
+    made = {p.name for p in (tmp_path / "content").iterdir()}
+    assert made and all(is_seed_subdir(name) for name in made)
+    assert sorted(scan_content_ids(tmp_path)) == sorted(w.qid for w in writers)
+
+
+def test_a_writer_uses_every_subdirectory_once_they_exist(tmp_path: Path) -> None:
+    content = tmp_path / "content"
+    content.mkdir()
+    for name in content_subdirs():
+        (content / name).mkdir()
+    writers = [ContentWriter(tmp_path) for _ in range(40 * FILES_PER_SUBDIR)]
+    for writer in writers:
+        writer.finish()
+    used = {Path(w.dir_name).name for w in writers}
+    # 40 turns over 961 subdirectories: nearly all outside the 31 seed ones.
+    assert sum(not is_seed_subdir(name) for name in used) >= 30
