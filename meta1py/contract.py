@@ -38,10 +38,15 @@ GROUP_ENV: Final = "META1_GROUP"
 SYSLOG_ENV: Final = "META1_SYSLOG"
 
 # Names in the META1_FDS map.
+TEST_DIRECTORY_NAME: Final = "test"
+#: The active scripted replies in the test directory (qmgr writes; smtps and smtpc read).
+TEST_SCRIPTS_NAME: Final = "scripts.json"
 FD_RPC: Final = "rpc"
 FD_READY: Final = "ready"
 FD_LIFELINE: Final = "lifeline"
 FD_METRICS: Final = "metrics"
+#: qmgr only, in test mode: the control API's TCP socket (``test_mode { listen }``).
+FD_TESTAPI: Final = "testapi"
 _LISTEN_PREFIX: Final = "listen"
 
 # What a worker writes on its ready pipe once it serves.
@@ -98,6 +103,12 @@ def smar_data_directory(queue_directory: Path | str) -> Path:
     """``<queue_directory>/smar``: the directory smar writes (relative ``greylisting { database }``
     paths are relative to it)."""
     return Path(queue_directory) / SMAR_DATA_DIRECTORY_NAME
+
+
+def test_directory(queue_directory: Path | str) -> Path:
+    """``<queue_directory>/test``: test mode's files (the active scripts, captured deliveries;
+    meta1py.testmode)."""
+    return Path(queue_directory) / TEST_DIRECTORY_NAME
 
 
 def listen_fd_name(index: int) -> str:

@@ -44,6 +44,10 @@ pickup files              submitter:     0644    the submitting user owns them (
 queue/corrupt             qmgr:meta1     0700    pickup files that are not messages, for the
                                                  operator
 queue/smar                smar:smar      0700    mcp creates; smar alone: its data directory
+queue/test (test mode)    qmgr:meta1     2770    qmgr writes the active scripts; smtps and smtpc
+                                                 read them
+queue/test/messages       smtpc:meta1    2770    smtpc writes captured deliveries; qmgr reads
+                                                 and clears them
 greylist.db(-wal,-shm)    smar:smar      0600    smar creates and writes them (``meta1 grey``
                                                  runs as their owner); mcp repairs
 TLS keys, password_file   (operator)     0600    read by smtps and smtpc at start, *before* they
@@ -70,7 +74,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from meta1py.contract import WORKER_NAMES, smar_data_directory
+from meta1py.contract import WORKER_NAMES, smar_data_directory, test_directory
 from meta1py.queue.ids import ALPHABET, is_seed_subdir
 from meta1py.queue.pickup import CORRUPT_DIRNAME, PICKUP_DIRNAME
 
@@ -87,6 +91,8 @@ QUEUE_DIR_MODE = 0o750
 #: of a name they guess (the envelope store's size and time).
 QUEUE_DIR_SEARCH_MODE = 0o751
 SMAR_DATA_DIR_MODE = 0o700
+#: queue/test and queue/test/messages in test mode: setgid, group-writable (qmgr and smtpc).
+TEST_DIR_MODE = 0o2770
 GREYLIST_FILE_MODE = 0o600
 CONTENT_DIR_MODE = 0o750
 #: setgid (files take the shared group), sticky (only a file's owner or qmgr may remove it), owner
@@ -274,6 +280,12 @@ def expected_layout(cfg: Config, owners: Owners) -> list[Expected]:
     layout.append(Expected(queue / CORRUPT_DIRNAME, "dir", qmgr, shared, CORRUPT_DIR_MODE, True))
     layout.append(Expected(Path(cfg.run_directory), "dir", owners.uid("root"), shared, RUN_DIR_MODE, True))
     layout.append(Expected(Path(cfg.mail_directory), "dir", owners.uid("smtpc"), shared, MAIL_DIR_MODE, True))
+    if cfg.test_mode.enable:
+        # Test mode (meta1py.testmode): qmgr writes the active scripts; smtpc writes captured
+        # deliveries, which qmgr's control API reads and clears (setgid: files stay group meta1).
+        test = test_directory(queue)
+        layout.append(Expected(test, "dir", qmgr, shared, TEST_DIR_MODE, True))
+        layout.append(Expected(test / "messages", "dir", owners.uid("smtpc"), shared, TEST_DIR_MODE, True))
     # smar's data directory, made whether or not greylisting is on: turning it on is then a reload.
     smar_uid, smar_gid = owners.uid("smar"), owners.roles["smar"].gid
     data = smar_data_directory(queue)

@@ -64,6 +64,7 @@ from meta1py.contract import (
     FD_METRICS,
     FD_READY,
     FD_RPC,
+    FD_TESTAPI,
     FDS_ENV,
     GROUP_ENV,
     READY_LINE,
@@ -116,6 +117,7 @@ class WorkerFds:
         rpc: the worker's RPC listening socket (``<run_directory>/<name>.sock``), or None.
         listeners: the SMTP listening sockets, ``listen0..N``, in ``listen_sockets(cfg)`` order.
         metrics: the metrics endpoint's listening socket (qmgr, with ``metrics { listen }``), or None.
+        testapi: test mode's control API listening socket (qmgr, in test mode), or None.
         shutdown: set when mcp asked this worker to stop (SIGTERM) or mcp went away.
         drain: set when mcp asked this worker to drain (``DRAIN_SIGNAL``): stop accepting, let
             open sessions end normally, then return from serve.
@@ -127,6 +129,7 @@ class WorkerFds:
     rpc: trio.SocketListener | None
     listeners: list[trio.SocketListener]
     metrics: trio.SocketListener | None = None
+    testapi: trio.SocketListener | None = None
     shutdown: trio.Event = field(default_factory=trio.Event)
     drain: trio.Event = field(default_factory=trio.Event)
     raw: dict[str, int] = field(default_factory=dict)
@@ -276,6 +279,7 @@ async def _run(name: str, serve: Serve, cfg: Config, raw: dict[str, int], prepar
         rpc=_listener(raw[FD_RPC]) if FD_RPC in raw else None,
         listeners=[_listener(fd) for _index, fd in listen_fds],
         metrics=_listener(raw[FD_METRICS]) if FD_METRICS in raw else None,
+        testapi=_listener(raw[FD_TESTAPI]) if FD_TESTAPI in raw else None,
         raw=dict(raw),
         prepared=prepared,
     )

@@ -2,8 +2,8 @@
 # Run the whole test suite: lint, type check, then every test (end-to-end included).
 #
 # Installs what the tests need when it is missing: as root with apt-get (Postfix's smtp-sink, swaks,
-# Knot DNS, Dovecot's LMTP server, openssl, pflogsumm, fail2ban), and the project with its test
-# extras into .venv.
+# Knot DNS, Dovecot's LMTP server, openssl, pflogsumm, fail2ban, Chromium and its chromedriver), and
+# the project with its test extras into .venv.
 # No mail or DNS daemon is left running: Postfix is installed with "No configuration" and any
 # service the packages started is stopped again.
 #
@@ -55,6 +55,10 @@ declare -A NEEDED=(
     [aardvark-dns]=/usr/lib/podman/aardvark-dns
     [iptables]=/usr/sbin/iptables
     [mmdebstrap]=/usr/bin/mmdebstrap
+    # tests/e2e/test_testmode_web.py: test mode's web page in headless Chromium, driven through
+    # Debian's chromedriver (selenium, from the test extra, is the client).
+    [chromium]=/usr/bin/chromium
+    [chromium-driver]=/usr/bin/chromedriver
 )
 MISSING=()
 for pkg in "${!NEEDED[@]}"; do

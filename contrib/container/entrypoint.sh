@@ -11,7 +11,8 @@
 #     Before "run" and "meta1 ...", writes two small files into $META1_RUNTIME_DIR that the
 #     configuration includes (see contrib/container/meta1.conf):
 #
-#         paths.conf    queue_directory and mail_directory: the two volumes
+#         paths.conf    queue_directory and mail_directory: the two volumes; with META1_TEST=1
+#                       also test_mode { listen; allow_non_loopback; } (the control API)
 #         listen.conf   listen_socket sections for smtps: $META1_LISTEN_ADDRESS:$META1_PORT, and
 #                       port 25 on the same address when this process has CAP_NET_BIND_SERVICE
 #                       in its effective capability set (podman run --cap-add NET_BIND_SERVICE)
@@ -31,6 +32,12 @@
 #     META1_MAIL_DIRECTORY    default /var/mail/meta1 (a volume): Maildirs <domain>/<user>/
 #     META1_LISTEN_ADDRESS    default 0.0.0.0
 #     META1_PORT              default 2525
+#     META1_TEST              1: test mode (meta1 run reads it: captured deliveries, control API)
+#     META1_TEST_LISTEN_ADDRESS  the control API's address (default 127.0.0.1: inside the
+#                             container only); another address needs
+#     META1_TEST_ALLOW_NON_LOOPBACK=yes  (default no): the operator's consent to serve the API on
+#                             the container's network, so that a published port reaches it
+#     META1_TEST_PORT         the control API's port (default 8025)
 #
 # EXIT STATUS
 #     that of meta1 (0 after SIGTERM; see docs/mcp.md), or 64 for a bad environment variable,
@@ -44,6 +51,10 @@ set -euo pipefail
 : "${META1_MAIL_DIRECTORY:=/var/mail/meta1}"
 : "${META1_LISTEN_ADDRESS:=0.0.0.0}"
 : "${META1_PORT:=2525}"
+: "${META1_TEST:=}"
+: "${META1_TEST_LISTEN_ADDRESS:=127.0.0.1}"
+: "${META1_TEST_PORT:=8025}"
+: "${META1_TEST_ALLOW_NON_LOOPBACK:=no}"
 export META1_CONF
 
 CAP_NET_BIND_SERVICE=10  # linux/capability.h
@@ -112,10 +123,28 @@ write_runtime_files() {
         die 71 "cannot write to $META1_RUNTIME_DIR as uid $(id -u): it must be a directory that uid may write"
     fi
 
+    local test_mode="" tested=""
+    if [ "$META1_TEST" = 1 ]; then
+        check_address META1_TEST_LISTEN_ADDRESS "$META1_TEST_LISTEN_ADDRESS"
+        check_port META1_TEST_PORT "$META1_TEST_PORT"
+        case "$META1_TEST_ALLOW_NON_LOOPBACK" in
+            yes | no) ;;
+            *) die 64 "META1_TEST_ALLOW_NON_LOOPBACK=$META1_TEST_ALLOW_NON_LOOPBACK: yes or no" ;;
+        esac
+        local api="$META1_TEST_LISTEN_ADDRESS:$META1_TEST_PORT"
+        case "$META1_TEST_LISTEN_ADDRESS" in
+            *:*) api="[$META1_TEST_LISTEN_ADDRESS]:$META1_TEST_PORT" ;;
+        esac
+        # meta1 run refuses an address that is not loopback unless allow_non_loopback = yes.
+        test_mode="# META1_TEST=1: the control API (META1_TEST_LISTEN_ADDRESS, META1_TEST_PORT).
+test_mode { listen = $api; allow_non_loopback = $META1_TEST_ALLOW_NON_LOOPBACK; }"
+        tested="; TEST MODE: control API on $api"
+    fi
     write_file "$META1_RUNTIME_DIR/paths.conf" <<EOF
 # Written by meta1-entrypoint at each start, from META1_QUEUE_DIRECTORY and META1_MAIL_DIRECTORY.
 queue_directory = "$META1_QUEUE_DIRECTORY";
 mail_directory = "$META1_MAIL_DIRECTORY";
+$test_mode
 EOF
     local port25="" listeners="$META1_LISTEN_ADDRESS:$META1_PORT"
     local why="no CAP_NET_BIND_SERVICE, so not on port 25"
@@ -133,7 +162,7 @@ listen_socket { address = $META1_LISTEN_ADDRESS; port = $META1_PORT; }
 $port25
 EOF
     if [ "${1:-}" = verbose ]; then
-        say info "uid $(id -u), $why: smtps listens on $listeners; configuration $META1_CONF"
+        say info "uid $(id -u), $why: smtps listens on $listeners; configuration $META1_CONF$tested"
     fi
 }
 

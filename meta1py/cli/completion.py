@@ -51,7 +51,7 @@ _meta1() {
                 COMPREPLY=($(compgen -W "@MAP_FORMATS@" -- "$cur"))
             fi ;;
         makemap)
-            COMPREPLY=($(compgen -W "-f -t -v @MAKEMAP_FORMATS@" -- "$cur"))
+            COMPREPLY=($(compgen -W "-f -t -v -q @MAKEMAP_FORMATS@" -- "$cur"))
             [[ ${#COMPREPLY[@]} -eq 0 ]] && COMPREPLY=($(compgen -f -- "$cur")) ;;
         grey)
             COMPREPLY=($(compgen -W "-f list remove --json --from --to" -- "$cur")) ;;

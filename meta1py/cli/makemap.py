@@ -1,4 +1,4 @@
-"""``meta1 makemap [-f CONFIG] [-t TYPE] [-v] FORMAT [FILE]``: compile a map file (Postfix's postmap,
+"""``meta1 makemap [-f CONFIG] [-t TYPE] [-v] [-q] FORMAT [FILE]``: compile a map file (Postfix's postmap,
 MeTA1's createmap).
 
 FORMAT is ``access``, ``routes`` or ``aliases``; FILE is the text map. Every line is checked with
@@ -14,8 +14,9 @@ Without FILE, every compiled member of the FORMAT option of meta1.conf (``-f``, 
 configuration) is compiled from its text map: ``meta1 makemap access`` after editing the file
 that ``access = cdb:/etc/meta1/access;`` names.
 
-A progress bar goes to stderr when it is a terminal and the map has more than 50,000 lines.
-``-v`` prints the number of entries and the time taken.
+A progress bar (by lines; meta1py.cli.progress) goes to stderr when it is a terminal and the map
+has more than 50,000 lines; ``-q`` leaves it out. ``-v`` prints the number of entries and the
+time taken.
 
 Exit 0 done, 64 bad usage, 65 bad lines in the map, 66 the map cannot be read, 73 the compiled
 file cannot be created, 74 a write error (disk full), 78 a configuration error.
@@ -28,7 +29,6 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from typing import TextIO
 
 EX_OK, EX_USAGE, EX_DATAERR, EX_NOINPUT, EX_CANTCREAT, EX_IOERR, EX_CONFIG = 0, 64, 65, 66, 73, 74, 78
@@ -59,6 +59,7 @@ def main(argv: list[str]) -> int:
     )
     ap.add_argument("-t", dest="type", default="cdb", metavar="TYPE", help="compiled type: cdb (the default)")
     ap.add_argument("-v", dest="verbose", action="store_true", help="print the entries written and the time")
+    ap.add_argument("-q", dest="quiet", action="store_true", help="no progress bar, even on a terminal")
     ap.add_argument("format", metavar="FORMAT", help=", ".join(COMPILED_FORMATS))
     ap.add_argument("file", metavar="FILE", nargs="?", help="the text map (default: the configured ones)")
     try:
@@ -84,7 +85,9 @@ def main(argv: list[str]) -> int:
     for kind, source in jobs:
         started = time.monotonic()
         try:
-            count, target = makemap(args.format, source, kind=kind, progress_to=sys.stderr)
+            count, target = makemap(
+                args.format, source, kind=kind, progress_to=None if args.quiet else sys.stderr
+            )
         except MakemapError as exc:
             print(f"meta1 makemap: {exc}", file=sys.stderr)
             return exc.status
@@ -125,7 +128,8 @@ def makemap(
         fmt: ``access``, ``routes``, ``aliases``.
         source: the text map.
         kind: the compiled type.
-        progress_to: where a progress bar goes when it is a terminal and the map is big.
+        progress_to: where a progress bar goes when it is a terminal and the map has more than
+            `PROGRESS_MIN_LINES` lines (None: nowhere).
 
     Returns:
         The number of entries and the compiled file's path.
@@ -134,6 +138,7 @@ def makemap(
         MakemapError: the map cannot be read (66), has bad lines (65; each is printed on stderr
             first), or the compiled file cannot be written (73, 74). Nothing is left behind.
     """
+    from meta1py.cli.progress import progress_bar
     from meta1py.maps.cdb import CdbFormatError
     from meta1py.maps.compiled import COMPILED_FORMATS, compile_map, compiled_path
     from meta1py.maps.errors import MapErrors
@@ -154,16 +159,18 @@ def makemap(
         raise MakemapError(
             EX_CANTCREAT, f"cannot create a file in {directory}: {exc.strerror or exc}"
         ) from None
-    bar = _progress_bar(progress_to, fmt, text.count("\n") + (not text.endswith("\n") and bool(text)))
+    lines = text.count("\n") + (not text.endswith("\n") and bool(text))
+    bar = progress_bar(fmt, lines, unit="lines", stream=progress_to, minimum=PROGRESS_MIN_LINES)
     try:
         with os.fdopen(fd, "wb", buffering=1 << 20) as out:
             try:
-                count, errors = compile_map(COMPILED_FORMATS[fmt], text, source, out, progress=bar)
+                with bar:  # ended before the bad lines are printed
+                    count, errors = compile_map(
+                        COMPILED_FORMATS[fmt], text, source, out, progress=bar.update if bar.shown else None
+                    )
+                    bar.update(lines)
             except CdbFormatError as exc:  # the 4 GiB limit
                 raise MakemapError(EX_DATAERR, f"{source}: {exc}") from None
-            finally:
-                if bar is not None:
-                    bar(-1)
             if errors:
                 for err in errors:
                     print(str(err), file=sys.stderr)
@@ -198,26 +205,3 @@ def _fsync_directory(directory: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _progress_bar(stream: TextIO | None, fmt: str, lines: int) -> Callable[[int], None] | None:
-    """A ``bar(line)`` that redraws a progress bar on ``stream`` (``bar(-1)`` ends it), or None
-    when ``stream`` is no terminal or the map is small."""
-    if stream is None or lines <= PROGRESS_MIN_LINES or not stream.isatty():
-        return None
-    width = 30
-    started = time.monotonic()
-
-    def bar(line: int) -> None:
-        if line < 0:
-            stream.write("\r\x1b[K")
-            stream.flush()
-            return
-        done = min(line, lines) / lines
-        filled = int(width * done)
-        took = time.monotonic() - started
-        shown = f"{min(line, lines):,}/{lines:,} lines"
-        stream.write(f"\r{fmt}: [{'#' * filled}{'.' * (width - filled)}] {done:4.0%} {shown} {took:.0f}s")
-        stream.flush()
-
-    return bar

@@ -4,7 +4,9 @@ Reading (``list``, ``show``, ``stats``) opens the envelope store read-only; SQLi
 do so while qmgr runs, and what it shows is what is durable.  Changing (``flush``, ``delete``,
 ``bounce``, ``hold``, ``release``, ``requeue``) goes through qmgr over ``qmgr.sock`` when qmgr runs, because
 qmgr owns the queue; when it does not run, ``delete``, ``hold`` and ``release`` change the store
-directly (``flush``, ``bounce`` and ``requeue`` need the running qmgr).
+directly (``flush``, ``bounce`` and ``requeue`` need the running qmgr). A change of more than
+`BATCH_MESSAGES` messages goes in batches, with a progress bar on a terminal (``-q``: none); its
+output is the same as one request's.
 
 Run it as root or as the queue's owner.  The ``--json`` output of ``list`` is documented in
 ``docs/queue.md`` and is stable: one JSON object per message per line, like ``postqueue -j``.
@@ -13,19 +15,30 @@ Run it as root or as the queue's owner.  The ``--json`` output of ``list`` is do
 from __future__ import annotations
 
 import argparse
+import contextlib
 import email.parser
 import email.policy
 import json
 import os
+import signal
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
+from meta1py.cli.progress import progress_bar
 from meta1py.conf import Config, ConfigErrors, config_file, load_config
 from meta1py.contract import rpc_socket_path
 from meta1py.queue.content import open_content, remove_content
-from meta1py.queue.envelopes import Envelope, EnvelopeStore, envelope_store_path
+from meta1py.queue.envelopes import (
+    DeleteMessage,
+    Envelope,
+    EnvelopeStore,
+    SetHold,
+    StoreOp,
+    envelope_store_path,
+)
 from meta1py.queue.errors import QueueStorageError
 from meta1py.queue.ids import is_queue_id
 from meta1py.queue.pickup import is_pickup_name, pickup_directory
@@ -37,6 +50,7 @@ EX_IOERR = 74
 EX_TEMPFAIL = 75
 EX_NOPERM = 77
 EX_CONFIG = 78
+EX_INTERRUPTED = 130  # 128 + SIGINT, as the shell reports a command Ctrl-C stopped
 
 
 def message_state(env: Envelope) -> str:
@@ -283,21 +297,127 @@ def cmd_stats(cfg: Config, args: argparse.Namespace) -> int:
     return 0
 
 
-def _control(cfg: Config, action: str, ids: list[str], to: str | None, all_deferred: bool) -> int | None:
-    """Ask the running qmgr; None when it is not running."""
+#: Messages per request to qmgr (and per transaction when qmgr is down) when a command touches
+#: many. A batch of deletions, the slowest change (one durable transaction each in qmgr), takes
+#: qmgr one to two seconds, far from the 60 s deadline of a call (one request for 100,000 took
+#: 138 s: the command gave up after 60 s, and qmgr, its caller gone, stopped two thirds of the
+#: way); 100 requests for 100,000 messages cost 2 % more than one. The bar advances per batch;
+#: a command on more messages than this shows it (on a terminal; meta1py.cli.progress).
+BATCH_MESSAGES = 1_000
+
+
+@dataclass
+class _Outcome:
+    """What a change did so far: messages changed, ids not queued, messages handled."""
+
+    count: int = 0
+    missing: list[str] = field(default_factory=list)
+    done: int = 0
+    total: int = 0
+
+    def summary(self, action: str) -> str:
+        return f"{action}: {self.count} message{'s' if self.count != 1 else ''}"
+
+
+def _batches(ids: Sequence[str], size: int = BATCH_MESSAGES) -> Iterator[tuple[str, ...]]:
+    for start in range(0, len(ids), size):
+        yield tuple(ids[start : start + size])
+
+
+@contextlib.contextmanager
+def _ctrl_c_after() -> Iterator[None]:
+    """Ctrl-C (SIGINT) waits until the block ends: one batch is sent and its answer counted, or
+    committed and counted, or not begun, so that what the interrupted command says it did is
+    what it did. (qmgr drops a request whose caller went away in the middle of it.) The signal
+    stays pending meanwhile and is delivered, as KeyboardInterrupt, when the block ends."""
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
+def _interrupted(action: str, outcome: _Outcome) -> int:
+    print(
+        f"meta1 queue: interrupted after {outcome.done} of {outcome.total} messages;"
+        f" {outcome.summary(action)}",
+        file=sys.stderr,
+    )
+    return EX_INTERRUPTED
+
+
+def _control(
+    cfg: Config,
+    action: str,
+    ids: list[str],
+    to: str | None,
+    all_deferred: bool,
+    outcome: _Outcome,
+    quiet: bool,
+) -> int | None:
+    """Ask the running qmgr; None when it is not running.
+
+    Up to `BATCH_MESSAGES` messages go in one `QueueControlRequest`, as they always did. More
+    named ids go in batches of that size. A selection (every message, ``--to``,
+    ``--all-deferred``) is first asked of qmgr (`QueueSelectRequest`, qmgr's own test of
+    what matches); when it holds more than a batch, the ids go in batches with ``among``, and
+    qmgr does to each batch what one request would have done to those messages. The counts are
+    added up, so the summary line is the one a single request gives.
+    """
     import trio
 
-    from meta1py.rpc.channel import connect_unix
+    from meta1py.rpc.channel import RpcChannel, connect_unix
     from meta1py.rpc.errors import RpcError
-    from meta1py.rpc.messages import QueueControlRequest
+    from meta1py.rpc.messages import QUEUE_SELECT_MAX_IDS, QueueControlRequest, QueueSelectRequest
 
     sock = rpc_socket_path(cfg.run_directory, "qmgr")
-    request = QueueControlRequest(
-        action=action,  # type: ignore[arg-type]
-        qids=tuple(ids),
-        to_domain=to,
-        all_deferred=all_deferred,
-    )
+
+    def request(qids: tuple[str, ...] = (), among: tuple[str, ...] = ()) -> QueueControlRequest:
+        return QueueControlRequest(
+            action=action,  # type: ignore[arg-type]
+            qids=qids,
+            to_domain=to,
+            all_deferred=all_deferred,
+            among=among,
+        )
+
+    async def select(channel: RpcChannel) -> list[str]:
+        """Every id of the selection, one page after another."""
+        found: list[str] = []
+        after = ""
+        while True:
+            page = await channel.call(
+                QueueSelectRequest(
+                    to_domain=to, all_deferred=all_deferred, after=after, limit=QUEUE_SELECT_MAX_IDS
+                ),
+                timeout=60,
+            )
+            found += page.qids
+            if not page.more or not page.qids:
+                return found
+            after = page.qids[-1]
+
+    async def change(channel: RpcChannel) -> None:
+        batches: list[tuple[QueueControlRequest, int]]
+        if ids:
+            batches = [(request(qids=batch), len(batch)) for batch in _batches(ids)]
+            outcome.total = len(ids)
+        else:
+            selected = await select(channel)
+            outcome.total = len(selected)
+            if len(selected) <= BATCH_MESSAGES:
+                batches = [(request(), len(selected))]  # the one request of old, exactly
+            else:
+                batches = [(request(among=batch), len(batch)) for batch in _batches(selected)]
+        bar = progress_bar(action, outcome.total, quiet=quiet, stream=sys.stderr, minimum=BATCH_MESSAGES)
+        with bar:
+            for req, size in batches:
+                with _ctrl_c_after():
+                    reply = await channel.call(req, timeout=60)
+                    outcome.count += reply.count
+                    outcome.missing += reply.missing
+                    outcome.done += size
+                    bar.update(outcome.done)
 
     async def ask() -> int | None:
         try:
@@ -311,21 +431,69 @@ def _control(cfg: Config, action: str, ids: list[str], to: str | None, all_defer
         except OSError:
             return None
         async with trio.open_nursery() as nursery:
-            await nursery.start(channel.run)
             try:
-                reply = await channel.call(request, timeout=60)
+                await nursery.start(channel.run)
+                await change(channel)
             except RpcError as exc:
-                print(f"meta1 queue: qmgr did not answer: {exc}", file=sys.stderr)
+                done = ""
+                if outcome.done:  # some batches were answered: say how far it got
+                    done = (
+                        f"; stopped after {outcome.done} of {outcome.total} messages;"
+                        f" {outcome.summary(action)}"
+                    )
+                print(f"meta1 queue: qmgr did not answer: {exc}{done}", file=sys.stderr)
                 channel.close()
                 return EX_TEMPFAIL
+            except KeyboardInterrupt:
+                channel.close()
+                return _interrupted(action, outcome)
             channel.close()
             nursery.cancel_scope.cancel()
-        for qid in reply.missing:
+        for qid in outcome.missing:
             print(f"meta1 queue: {qid}: no such message", file=sys.stderr)
-        print(f"{action}: {reply.count} message{'s' if reply.count != 1 else ''}")
-        return 0 if not reply.missing else EX_NOINPUT
+        print(outcome.summary(action))
+        return 0 if not outcome.missing else EX_NOINPUT
 
     return trio.run(ask)
+
+
+def _change_store(
+    cfg: Config, action: str, ids: list[str], all_deferred: bool, outcome: _Outcome, quiet: bool
+) -> int:
+    """``delete``, ``hold``, ``release`` while qmgr is down: the store directly, one transaction
+    per `BATCH_MESSAGES` messages (a message's content file goes once its deletion committed)."""
+    path = envelope_store_path(cfg.queue_directory)
+    if not path.exists():
+        print("meta1 queue: the queue is empty", file=sys.stderr)
+        return EX_NOINPUT if ids else 0
+    try:
+        with EnvelopeStore(path) as store:
+            if all_deferred:
+                ids = [e.qid for e in store.list_envelopes(state="deferred")]
+            outcome.total = len(ids)
+            bar = progress_bar(action, len(ids), quiet=quiet, stream=sys.stderr, minimum=BATCH_MESSAGES)
+            with bar:
+                for batch in _batches(ids):
+                    ops: list[StoreOp] = (
+                        [DeleteMessage(qid) for qid in batch]
+                        if action == "delete"
+                        else [SetHold(qid, action == "hold") for qid in batch]
+                    )
+                    with _ctrl_c_after():
+                        for qid, existed in zip(batch, store.apply(ops), strict=True):
+                            if existed is True:
+                                if action == "delete":
+                                    remove_content(cfg.queue_directory, qid)
+                                outcome.count += 1
+                            else:
+                                outcome.missing.append(qid)
+                        outcome.done += len(batch)
+                        bar.update(outcome.done)
+    finally:
+        for qid in outcome.missing:
+            print(f"meta1 queue: {qid}: no such message", file=sys.stderr)
+    print(outcome.summary(action))
+    return EX_NOINPUT if outcome.missing else 0
 
 
 def cmd_change(cfg: Config, args: argparse.Namespace) -> int:
@@ -337,6 +505,7 @@ def cmd_change(cfg: Config, args: argparse.Namespace) -> int:
         return EX_USAGE
     to = getattr(args, "to", None)
     all_deferred = bool(getattr(args, "all_deferred", False))
+    quiet = bool(getattr(args, "quiet", False))
     if action == "requeue" and not ids:
         if not getattr(args, "all", False):
             print("meta1 queue requeue: name the messages (queue ids) or --all", file=sys.stderr)
@@ -348,37 +517,19 @@ def cmd_change(cfg: Config, args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EX_USAGE
-    result = _control(cfg, action, ids, to, all_deferred)
-    if result is not None:
-        return result
-    # qmgr is not running: change the store directly where that is safe.
-    if action in ("flush", "bounce", "requeue"):
-        print(f"meta1 queue {action}: qmgr is not running (start meta1 first)", file=sys.stderr)
-        return EX_TEMPFAIL
-    path = envelope_store_path(cfg.queue_directory)
-    if not path.exists():
-        print("meta1 queue: the queue is empty", file=sys.stderr)
-        return EX_NOINPUT if ids else 0
-    count = 0
-    missing = 0
-    with EnvelopeStore(path) as store:
-        if all_deferred:
-            ids = [e.qid for e in store.list_envelopes(state="deferred")]
-        for qid in ids:
-            if action == "delete":
-                if store.delete_messages([qid]):
-                    remove_content(cfg.queue_directory, qid)
-                    count += 1
-                else:
-                    missing += 1
-                    print(f"meta1 queue: {qid}: no such message", file=sys.stderr)
-            elif store.set_hold(qid, action == "hold"):
-                count += 1
-            else:
-                missing += 1
-                print(f"meta1 queue: {qid}: no such message", file=sys.stderr)
-    print(f"{action}: {count} message{'s' if count != 1 else ''}")
-    return EX_NOINPUT if missing else 0
+    outcome = _Outcome()
+    try:
+        result = _control(cfg, action, ids, to, all_deferred, outcome, quiet)
+        if result is not None:
+            return result
+        # qmgr is not running: change the store directly where that is safe.
+        if action in ("flush", "bounce", "requeue"):
+            print(f"meta1 queue {action}: qmgr is not running (start meta1 first)", file=sys.stderr)
+            return EX_TEMPFAIL
+        return _change_store(cfg, action, ids, all_deferred, outcome, quiet)
+    except KeyboardInterrupt:
+        # Ctrl-C in a long change (between two batches): what was done stays done; say how much.
+        return _interrupted(action, outcome)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -408,13 +559,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--body", action="store_true", help="the whole message after the envelope (postcat -q)")
     p = add("stats", "counts by state and destination, oldest message")
     p.add_argument("--json", action="store_true", help="one JSON object")
-    p = add("flush", "retry deferred mail now")
+    # A change of more than BATCH_MESSAGES messages shows a progress bar on a terminal.
+    changing = argparse.ArgumentParser(add_help=False)
+    changing.add_argument("-q", "--quiet", action="store_true", help="no progress bar, even on a terminal")
+
+    def add_change(name: str, text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=text, parents=[common, changing])
+
+    p = add_change("flush", "retry deferred mail now")
     p.add_argument("ids", nargs="*", help="queue ids (none: every message)")
     p.add_argument("--to", metavar="DOMAIN", help="only messages with a recipient in DOMAIN")
-    p = add("delete", "remove messages without a bounce")
+    p = add_change("delete", "remove messages without a bounce")
     p.add_argument("ids", nargs="*", help="queue ids")
     p.add_argument("--all-deferred", action="store_true", help="every message with a deferred recipient")
-    p = add("requeue", "release, route afresh and retry now (postsuper -r), e.g. after a routes change")
+    p = add_change(
+        "requeue", "release, route afresh and retry now (postsuper -r), e.g. after a routes change"
+    )
     p.add_argument("ids", nargs="*", help="queue ids")
     p.add_argument("--all", action="store_true", help="every queued message (postsuper -r ALL)")
     for name, text in (
@@ -422,7 +582,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("hold", "put messages on hold"),
         ("release", "release held messages"),
     ):
-        p = add(name, text)
+        p = add_change(name, text)
         p.add_argument("ids", nargs="+", help="queue ids")
     return parser
 

@@ -25,7 +25,7 @@ from meta1py.conf.model import (
     process_config,
     process_log_level,
 )
-from meta1py.conf.parser import load_config, parse_config
+from meta1py.conf.parser import load_config, parse_config, with_test_mode
 
 __all__ = [
     "SMTPS_DEFAULT_FLAGS",
@@ -50,4 +50,5 @@ __all__ = [
     "parse_config",
     "process_config",
     "process_log_level",
+    "with_test_mode",
 ]

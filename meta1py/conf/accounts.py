@@ -192,7 +192,46 @@ def check_files(cfg: Config) -> list[ConfigError]:
             if problem == "does not exist":
                 hint = f"compile it with: meta1 makemap {name} {source}"
         errors.append(_error(cfg, key, f"{name} {kind} {str(path)!r} {problem}", hint))
-    return errors + _smar_reach_problems(cfg)
+    return errors + _smar_reach_problems(cfg) + _zone_file_problems(cfg)
+
+
+def _zone_file_problems(cfg: Config) -> list[ConfigError]:
+    """Test mode's ``zone_file`` (smar's fake DNS): it must exist, parse, and (as root) be
+    readable by smar's user, who reads it after dropping privileges."""
+    path = cfg.test_mode.zone_file
+    if not cfg.test_mode.enable or path is None:
+        return []
+    key = "test_mode.zone_file"
+    problem = _file_problem(path)
+    if problem is not None:
+        hint = f"relative paths are relative to queue_directory ({cfg.queue_directory})"
+        return [
+            _error(
+                cfg, key, f"zone_file {str(path)!r} {problem}", hint if problem == "does not exist" else ""
+            )
+        ]
+    # Only here: dnspython is a large import that a start without a zone file does not need.
+    from meta1py.testmode.zone import ZoneFileError, load_zone
+
+    try:
+        load_zone(path)
+    except ZoneFileError as exc:
+        return [_error(cfg, key, f"zone_file {exc}", "an RFC 1035 master file; see docs/testmode.md")]
+    if os.geteuid() == 0:
+        import grp
+        import pwd
+
+        from meta1py.ownership import access_problem
+
+        try:
+            uid, gid = pwd.getpwnam(cfg.smar.user).pw_uid, grp.getgrnam(cfg.smar.group).gr_gid
+        except KeyError:
+            return []  # check_accounts reports it
+        reason = access_problem(path, uid, {gid})
+        if reason is not None:
+            hint = f"let {cfg.smar.user} read it (chgrp {cfg.smar.group} and chmod g+r, or o+r)"
+            return [_error(cfg, key, f"smar cannot read zone_file {str(path)!r}: {reason}", hint)]
+    return []
 
 
 def _smar_reach_problems(cfg: Config) -> list[ConfigError]:

@@ -859,6 +859,56 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class TestModeConfig:
+    """``test_mode { }``: the MTA as CI pipelines drive it (docs/testmode.md).
+
+    The same five processes and the same queue, plus a control API over HTTP on loopback
+    (served by qmgr): deliveries are captured instead of leaving the machine, replies can be
+    scripted, the clock can be moved, DNS can come from a zone file. ``meta1 run --test-mode``
+    (or ``META1_TEST=1`` in the container image) turns it on.
+    """
+
+    enable: bool = opt(
+        "enable",
+        Boolean(),
+        "no",
+        "run in test mode: capture every delivery, serve the control API (never on a real gateway)",
+        "yes",
+    )
+    listen: tuple[str, int] = opt(
+        "listen",
+        HostPort(8025),
+        "127.0.0.1:8025",
+        "address of the control API and web page (HTTP, served by qmgr); must be loopback unless"
+        " allow_non_loopback = yes",
+        "127.0.0.1:8025",
+    )
+    allow_non_loopback: bool = opt(
+        "allow_non_loopback",
+        Boolean(),
+        "no",
+        "let the control API listen on an address that is not loopback (a container's own network)",
+        "yes",
+    )
+    script_file: Path | None = opt(
+        "script_file",
+        PathType(),
+        None,
+        "scripted replies loaded at start (JSON, the format of PUT /scripts)",
+        "/etc/meta1/test-scripts.json",
+        base="queue",
+    )
+    zone_file: Path | None = opt(
+        "zone_file",
+        PathType(),
+        None,
+        "answer DNS from this zone file (RFC 1035 master file) instead of asking a server",
+        "/etc/meta1/test.zone",
+        base="queue",
+    )
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration (top level of meta1.conf)."""
 
@@ -980,6 +1030,9 @@ class Config:
     )
     metrics: MetricsConfig = sect(
         "metrics", MetricsConfig, "the Prometheus metrics endpoint (served by qmgr)"
+    )
+    test_mode: TestModeConfig = sect(
+        "test_mode", TestModeConfig, "test mode: captured deliveries, scripted replies, a control API"
     )
     # The file it came from; not part of equality (a dump parsed elsewhere is the same config).
     path: Path | None = field(default=None, compare=False)

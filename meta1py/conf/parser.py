@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import ipaddress
 import os
 import re
 from collections.abc import Iterator
@@ -714,6 +715,13 @@ def _check(cfg: Config, b: _Builder, src: _Source) -> None:
         )
         b.errors.add(where, line, col, message, hint)
 
+    t = cfg.test_mode
+    if t.enable and not t.allow_non_loopback and not ipaddress.ip_address(t.listen[0]).is_loopback:
+        add(
+            "test_mode.listen",
+            f"the test-mode control API may not listen on {t.listen[0]}: it is not a loopback address",
+            "use 127.0.0.1 or ::1, or say allow_non_loopback = yes if this network is the test's own",
+        )
     q = cfg.qmgr
     if q.retry_min > q.retry_max:
         add(
@@ -894,3 +902,27 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
     if text is None:
         raise ConfigErrors(problems)
     return parse_config(text, name)
+
+
+def with_test_mode(cfg: Config) -> Config:
+    """``cfg`` with ``test_mode { enable = yes; }``: ``meta1 run --test-mode`` (or ``META1_TEST=1``).
+
+    Raises:
+        ConfigErrors: its ``test_mode { listen }`` is not loopback and ``allow_non_loopback`` is
+            not set (at that option when the file sets it).
+    """
+    t = cfg.test_mode
+    if not t.allow_non_loopback and not ipaddress.ip_address(t.listen[0]).is_loopback:
+        where = cfg.locations.get("test_mode.listen") or (str(cfg.path or "<defaults>"), 0, 0)
+        raise ConfigErrors(
+            [
+                ConfigError(
+                    where[0],
+                    where[1],
+                    where[2],
+                    f"the test-mode control API may not listen on {t.listen[0]}: not a loopback address",
+                    "use 127.0.0.1 or ::1, or say allow_non_loopback = yes if this network is the test's own",
+                )
+            ]
+        )
+    return dataclasses.replace(cfg, test_mode=dataclasses.replace(t, enable=True))

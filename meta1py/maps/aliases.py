@@ -663,6 +663,7 @@ def parse_aliases(
     strict: bool = True,
     max_depth: int = DEFAULT_MAX_DEPTH,
     max_recipients: int = DEFAULT_MAX_RECIPIENTS,
+    progress: Callable[[int], None] | None = None,
 ) -> Aliases:
     """Parse the text of an aliases file.
 
@@ -675,6 +676,8 @@ def parse_aliases(
             one name the first is kept.
         max_depth: passed to :class:`Aliases`.
         max_recipients: passed to :class:`Aliases`.
+        progress: called now and then with the number of the line reached (``meta1
+            newaliases`` draws its progress bar with it).
 
     Raises:
         MapErrors: (``strict`` only) every problem in the file, as ``path:line: message``.
@@ -682,7 +685,11 @@ def parse_aliases(
     errors: list[MapError] = []
     broken: dict[str, BrokenEntry] = {}
     entries: dict[str, tuple[str, ...]] = {}
-    for _line, key, value in alias_entries(text, path, errors):
+    next_report = 0
+    for line, key, value in alias_entries(text, path, errors):
+        if progress is not None and line >= next_report:
+            progress(line)
+            next_report = line + 1_000
         if isinstance(value, BrokenEntry):
             broken[key] = value
         else:

@@ -48,6 +48,12 @@ def _parse_args(argv: list[str]) -> argparse.Namespace | None:
     )
     parser.add_argument("-f", dest="config", metavar="FILE", help="configuration file")
     parser.add_argument("--syslog", action="store_true", help="log to syslog instead of stderr")
+    parser.add_argument(
+        "--test-mode",
+        action="store_true",
+        help="run in test mode (docs/testmode.md): capture deliveries, serve the control API;"
+        " META1_TEST=1 in the environment does the same",
+    )
     try:
         return parser.parse_args(argv)
     except SystemExit as exc:
@@ -68,7 +74,7 @@ def main(argv: list[str]) -> int:
 
     forkserver = ForkServer.start()
     try:
-        from meta1py.conf import ConfigErrors, check_accounts, check_files, load_config
+        from meta1py.conf import ConfigErrors, check_accounts, check_files, load_config, with_test_mode
         from meta1py.conf.accounts import check_tls_support
         from meta1py.mcp.privs import is_root
 
@@ -76,6 +82,8 @@ def main(argv: list[str]) -> int:
         root = is_root()
         try:
             cfg = load_config(path)
+            if args.test_mode or os.environ.get("META1_TEST") == "1":
+                cfg = with_test_mode(cfg)
             # Files the workers would fail on (maps, certificates, password files): report them
             # here, all at once and with file:line:col, rather than as a worker exiting 78.
             problems = check_files(cfg) + check_tls_support(cfg) + (check_accounts(cfg) if root else [])
@@ -123,6 +131,7 @@ def _run(
     listeners: dict[tuple[str, int], socket.socket] = {}
     rpc_sockets: dict[str, socket.socket] = {}
     metrics_listener: socket.socket | None = None
+    test_listener: socket.socket | None = None
     pid_file = mcp_pid_path(cfg.run_directory)
     try:
         accounts = resolve_accounts(cfg) if root else None
@@ -133,6 +142,13 @@ def _run(
             if key not in listeners:
                 listeners[key] = bind_listener(ls.address, ls.port)
                 log.info("listening on %s:%d", *key)
+        if cfg.test_mode.enable:
+            # Bound here and answered by qmgr, as the metrics endpoint is.
+            test_listener = bind_listener(*cfg.test_mode.listen)
+            log.warning(
+                "TEST MODE: deliveries are captured, never sent; control API on http://%s/ (served by qmgr)",
+                _hostport(*cfg.test_mode.listen),
+            )
         if cfg.metrics.listen is not None:
             # Bound here (as root, like port 25) and answered by qmgr: mcp never reads from it.
             metrics_listener = bind_listener(*cfg.metrics.listen)
@@ -144,8 +160,9 @@ def _run(
     except StartupError as exc:
         log.critical("%s", exc)
         _close_all(listeners, rpc_sockets, cfg.run_directory)
-        if metrics_listener is not None:
-            metrics_listener.close()
+        for extra in (metrics_listener, test_listener):
+            if extra is not None:
+                extra.close()
         return EX_OSERR
 
     config_text = dump_config(cfg, only_changed=False)
@@ -163,6 +180,7 @@ def _run(
         listeners,
         rpc_sockets,
         metrics_listener,
+        test_listener,
         accounts,
         lifeline[0],
         args.syslog,
@@ -189,6 +207,7 @@ def _run(
             syslog=args.syslog,
             forkserver=forkserver,
             metrics_listener=metrics_listener,
+            test_listener=test_listener,
             lifeline=lifeline,
             prestarted=prestarted,
             early_signals=early_signals,
@@ -198,8 +217,9 @@ def _run(
         stop_later.set()
         later.join()
         _close_all(supervisor.listeners, rpc_sockets, cfg.run_directory)
-        if supervisor.metrics_listener is not None:
-            supervisor.metrics_listener.close()
+        for extra in (supervisor.metrics_listener, supervisor.test_listener):
+            if extra is not None:
+                extra.close()
         mcp_status_path(cfg.run_directory).unlink(missing_ok=True)
         pid_file.unlink(missing_ok=True)
 
@@ -215,6 +235,7 @@ def _prestart(
     listeners: dict[tuple[str, int], socket.socket],
     rpc_sockets: dict[str, socket.socket],
     metrics_listener: socket.socket | None,
+    test_listener: socket.socket | None,
     accounts: dict[str, Account] | None,
     lifeline_r: int,
     syslog: bool,
@@ -234,7 +255,7 @@ def _prestart(
             started[name] = launch_worker(
                 name,
                 config_text,
-                worker_fds(name, cfg, listeners, rpc_sockets, metrics_listener),
+                worker_fds(name, cfg, listeners, rpc_sockets, metrics_listener, test_listener),
                 lifeline_r,
                 user=account.user if account else None,
                 group=account.group if account else None,
@@ -244,6 +265,10 @@ def _prestart(
         except OSError as exc:
             log.warning("cannot start %s yet (%s): the supervisor tries again", name, exc)
     return started
+
+
+def _hostport(address: str, port: int) -> str:
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
 def _close_all(

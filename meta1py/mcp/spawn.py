@@ -32,6 +32,7 @@ from meta1py.contract import (
     FD_METRICS,
     FD_READY,
     FD_RPC,
+    FD_TESTAPI,
     FDS_ENV,
     GROUP_ENV,
     SYSLOG_ENV,
@@ -71,9 +72,10 @@ def worker_fds(
     listeners: dict[tuple[str, int], socket.socket],
     rpc_sockets: dict[str, socket.socket],
     metrics_listener: socket.socket | None,
+    test_listener: socket.socket | None = None,
 ) -> dict[str, int]:
     """The descriptors worker ``name`` gets, by name: its RPC socket, smtps's listening sockets,
-    qmgr's metrics socket."""
+    qmgr's metrics socket and, in test mode, qmgr's control API socket."""
     fds: dict[str, int] = {}
     if name in rpc_sockets:
         fds[FD_RPC] = rpc_sockets[name].fileno()
@@ -82,6 +84,8 @@ def worker_fds(
             fds[listen_fd_name(index)] = listeners[(ls.address, ls.port)].fileno()
     if name == "qmgr" and metrics_listener is not None:
         fds[FD_METRICS] = metrics_listener.fileno()
+    if name == "qmgr" and test_listener is not None:
+        fds[FD_TESTAPI] = test_listener.fileno()
     return fds
 
 

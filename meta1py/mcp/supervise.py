@@ -33,6 +33,7 @@ mcp's own recent errors. qmgr reads it for its metrics, ``meta1 status`` for its
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -198,6 +199,7 @@ class Supervisor:
         syslog: workers log to syslog.
         forkserver: the fork server to start workers with (None: fresh interpreters).
         metrics_listener: the bound ``metrics { listen }`` socket, passed to qmgr; None: off.
+        test_listener: the bound ``test_mode { listen }`` socket, passed to qmgr; None: off.
     """
 
     def __init__(
@@ -211,12 +213,15 @@ class Supervisor:
         syslog: bool = False,
         forkserver: ForkServer | None = None,
         metrics_listener: socket.socket | None = None,
+        test_listener: socket.socket | None = None,
         lifeline: tuple[int, int] | None = None,
         prestarted: dict[str, Launched] | None = None,
         early_signals: list[int] | None = None,
     ) -> None:
         self.cfg = cfg
         self.metrics_listener = metrics_listener
+        #: test mode's control API socket (qmgr answers it); kept across reloads.
+        self.test_listener = test_listener
         self.started_wall = time.time()
         self._status_error: str | None = None
         self.forkserver = forkserver
@@ -288,7 +293,14 @@ class Supervisor:
             child = spawn_worker(
                 name,
                 self.config_text,
-                worker_fds(name, self.cfg, self.listeners, self.rpc_sockets, self.metrics_listener),
+                worker_fds(
+                    name,
+                    self.cfg,
+                    self.listeners,
+                    self.rpc_sockets,
+                    self.metrics_listener,
+                    self.test_listener,
+                ),
                 self._lifeline_r,
                 user=account.user if account else None,
                 group=account.group if account else None,
@@ -561,6 +573,8 @@ class Supervisor:
         notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}", "STATUS=reloading")
         try:
             new = load_config(self.conf_path)
+            # Test mode and its socket stay as they started (--test-mode is not in the file).
+            new = dataclasses.replace(new, test_mode=self.cfg.test_mode)
             problems = check_files(new) + check_tls_support(new)
             if self.accounts is not None:
                 problems += check_accounts(new)

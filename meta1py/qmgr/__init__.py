@@ -25,6 +25,9 @@ SECURITY
     bound for it: its own counters, smtps's reports, smar's and smtpc's counters (asked for as
     the page is made), the queue by state and mcp's status file (docs/qmgr.md, "Metrics").
 
+    In test mode (``test_mode { enable }``) it serves the control API and web page over HTTP on
+    ``test_mode { listen }`` (:mod:`meta1py.qmgr.testserver`, docs/testmode.md).
+
 PEERS
     Serves ``qmgr.sock`` (clients: smtps, which also sends ``QueueStatsReport``; the
     ``meta1 queue``, ``meta1 status`` and ``meta1 monitor`` CLIs). Client of ``smar.sock``

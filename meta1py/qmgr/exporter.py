@@ -28,6 +28,7 @@ from meta1py.httpget import (
     response,
 )
 from meta1py.metrics import CONTENT_TYPE
+from meta1py.qmgr.listening import serve_limited
 
 log = logging.getLogger(__name__)
 
@@ -50,35 +51,16 @@ async def serve_metrics(
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """Answer scrapes on ``listener`` with ``await page()`` until cancelled."""
-    slots = trio.Semaphore(MAX_CONNECTIONS)
-    async with trio.open_nursery() as nursery:
-        task_status.started()
-        while True:
-            await slots.acquire()
-            try:
-                stream = await listener.accept()
-            except OSError as exc:
-                # EMFILE and friends: log, breathe, go on (the listener itself is fine).
-                slots.release()
-                log.warning("metrics: accept failed: %s", exc)
-                await trio.sleep(0.1)
-                continue
-            nursery.start_soon(_serve_connection, stream, page, slots)
 
-
-async def _serve_connection(stream: trio.SocketStream, page: Page, slots: trio.Semaphore) -> None:
-    try:
+    async def one(stream: trio.SocketStream) -> None:
         answer = await _answer(stream, page)
         if answer:
             with trio.move_on_after(SEND_TIMEOUT_S):
                 await stream.send_all(answer)
                 await stream.send_eof()
             await _linger(stream)
-    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-        log.debug("metrics: connection lost: %s", exc)
-    finally:
-        slots.release()
-        await stream.aclose()
+
+    await serve_limited(listener, one, MAX_CONNECTIONS, "metrics", task_status=task_status)
 
 
 async def _linger(stream: trio.SocketStream) -> None:

@@ -31,13 +31,14 @@ import heapq
 import logging
 import random
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
 import trio
 
+from meta1py import clock
 from meta1py import log as mlog
 from meta1py.conf import Config
 from meta1py.crashpoints import crash_point
@@ -85,10 +86,13 @@ from meta1py.rpc.caller import Caller
 from meta1py.rpc.errors import RpcError, RpcPeerGoneError, RpcRemoteError
 from meta1py.rpc.handlers import Handlers
 from meta1py.rpc.messages import (
+    QUEUE_SELECT_MAX_IDS,
     QueueControlReply,
     QueueControlRequest,
     QueueEnvelopeCommitReply,
     QueueEnvelopeCommitRequest,
+    QueueSelectReply,
+    QueueSelectRequest,
     SmarHostValue,
     SmarRouteRequest,
     SmarRouteValue,
@@ -202,6 +206,17 @@ def _domain(address: str) -> str:
     return address.rpartition("@")[2].lower()
 
 
+def _matches(msg: _Msg, domain: str | None, all_deferred: bool) -> bool:
+    """Whether an operator command without queue ids touches ``msg``: a pending recipient in
+    ``domain`` (lower-cased; None: any), and a deferred one with ``all_deferred``."""
+    if domain is None and not all_deferred:
+        return True
+    pending = msg.pending()
+    if domain is not None and not any(_domain(r.address) == domain for r in pending):
+        return False
+    return not all_deferred or any(r.status == "deferred" for r in pending)
+
+
 class _RemovalTrip:
     """Content files to remove once their messages' deletions are durable (an AfterDurable)."""
 
@@ -284,7 +299,7 @@ class QueueManager:
         self._agent_backoff_s = _AGENT_BACKOFF_MIN_S
         self.agent_outages = 0
         """How many times dispatching paused because smtpc was gone (for tests and diagnostics)."""
-        self.started_at = time.time()
+        self.started_at = clock.now()
         delivery_timeout = config.smtpc.io_timeout * 12 + 60
         self._delivery_timeout_s = delivery_timeout
         # The envelope store's health (see _store_failed): the error of the last write that
@@ -299,6 +314,13 @@ class QueueManager:
         self._maybe_sent: dict[str, set[int]] = {}
         self.handle = self._handlers()
         """Answers the calls qmgr serves on qmgr.sock (the channel's handler)."""
+        # Work started by the loop (routing, deliveries, deferrals, finishing) still running, and
+        # an event set whenever some of it ends or the loop has looked at the timers: test mode's
+        # clock waits on them until qmgr is quiet (see quiet()).
+        self._working = 0
+        self._progress = trio.Event()
+        self.events_run = 0
+        """Timers that started work (a routing or a finishing): ``ran`` of ``POST /clock/advance``."""
 
     # -- start-up ------------------------------------------------------------------------------
 
@@ -311,7 +333,7 @@ class QueueManager:
         after a second restart.  Messages whose recipients are all final (qmgr stopped between
         the last result and the bounce) are finished: their bounce is queued, then they go.
         """
-        now = time.time()
+        now = clock.now()
         spread = min(_RECOVERY_SPREAD_S, max(1.0, self.qcfg.retry_min))
         marker = self.queue_dir / CLEAN_STOP_NAME
         clean = marker.exists()
@@ -354,7 +376,8 @@ class QueueManager:
             pending = msg.pending()
             self._schedule(env.qid, min((r.next_attempt for r in pending), default=now))
             loaded += 1
-        self._remove_orphans(now)
+        # Content files' ages are real (their mtimes), whatever test mode's clock says.
+        self._remove_orphans(time.time())
         log.info("recovery: %d messages in the queue (%d finished)", loaded, len(finished))
         if self._maybe_sent:
             log.warning(
@@ -430,13 +453,49 @@ class QueueManager:
         """Make the loop look at the timers and the scheduler now."""
         self._wake.set()
 
+    def _spawn(self, work: Callable[..., Awaitable[None]], *args: object) -> None:
+        """Start one piece of the loop's work in the manager's nursery, counted for quiet()."""
+        assert self._nursery is not None
+        self._working += 1
+
+        async def counted() -> None:
+            try:
+                await work(*args)
+            finally:
+                self._working -= 1
+                self._progress.set()
+
+        self._nursery.start_soon(counted)
+
+    def quiet(self) -> bool:
+        """Whether nothing is due or in progress: no timer due now that the loop has not run, no
+        routing, delivery, deferral or finishing running, no job waiting to start (test mode's
+        clock steps from one quiet state to the next). While the store cannot be written, due
+        timers wait (they would start nothing) and do not count."""
+        if self._working or self.scheduler.active or self.scheduler.waiting():
+            return False
+        return not (self.store_error is None and self._timers and self._timers[0][0] <= clock.now())
+
+    def next_timer(self) -> float | None:
+        """When the loop next looks at a message (the virtual clock's time), or None."""
+        return self._timers[0][0] if self._timers else None
+
+    async def settle(self) -> None:
+        """Wait until :meth:`quiet` (the caller bounds the wait with a cancel scope)."""
+        while not self.quiet():
+            self._progress = trio.Event()
+            # Woken by the end of any counted work or a loop pass; the short timeout covers the
+            # states that end without either (a commit from smtps adding a message).
+            with trio.move_on_after(0.05):
+                await self._progress.wait()
+
     def _schedule(self, qid: str, when: float) -> None:
         self._seq += 1
         heapq.heappush(self._timers, (when, self._seq, qid))
 
     async def _loop(self) -> None:
         while True:
-            now = time.time()
+            now = clock.now()
             # While the store cannot be written, nothing is started: a delivery's result could
             # not be recorded either (the timers stay; they fire once the store is back).
             while self.store_error is None and self._timers and self._timers[0][0] <= now:
@@ -445,6 +504,7 @@ class QueueManager:
             if self.store_error is None:
                 self._dispatch(now)
             delay = self._timers[0][0] - now if self._timers and self.store_error is None else 3600.0
+            self._progress.set()  # the due timers have been looked at (settle())
             with trio.move_on_after(max(0.0, min(delay, 3600.0))):
                 await self._wake.wait()
             self._wake = trio.Event()
@@ -617,7 +677,8 @@ class QueueManager:
             # or its bounce could not be written last time): queue the bounce and remove it.
             msg.finishing = True
             assert self._nursery is not None
-            self._nursery.start_soon(self._finish, msg, ())
+            self.events_run += 1
+            self._spawn(self._finish, msg, ())
             return
         due = [r for r in msg.pending() if r.idx not in msg.busy and r.next_attempt <= now + 0.001]
         later = [r.next_attempt for r in msg.pending() if r.idx not in msg.busy and r.next_attempt > now]
@@ -627,7 +688,8 @@ class QueueManager:
             return
         msg.busy.update(r.idx for r in due)
         assert self._nursery is not None
-        self._nursery.start_soon(self._route, msg, [r.idx for r in due])
+        self.events_run += 1
+        self._spawn(self._route, msg, [r.idx for r in due])
 
     # -- routing -----------------------------------------------------------------------------
 
@@ -675,7 +737,7 @@ class QueueManager:
             )
             await self._record(msg, [(i, "temp", reply, None, None) for i in idxs], session_failed=False)
             return
-        now = time.time()
+        now = clock.now()
         groups: dict[_RouteKey, list[int]] = {}
         failures: list[tuple[int, str, SmtpReplyValue, str | None, str | None]] = []
         route_of: dict[_RouteKey, SmarRouteValue] = {}
@@ -714,11 +776,11 @@ class QueueManager:
         start, deferred = self.scheduler.take_ready(now)
         assert self._nursery is not None
         for job in start:
-            self._nursery.start_soon(self._deliver, job)
+            self._spawn(self._deliver, job)
         for job in deferred:
             msg = self.messages.get(job.qid)
             if msg is not None:
-                self._nursery.start_soon(self._defer_down, msg, list(job.recipients), job.destination)
+                self._spawn(self._defer_down, msg, list(job.recipients), job.destination)
 
     async def _defer_down(self, msg: _Msg, idxs: list[int], destination: str) -> None:
         """Defer recipients whose destination is marked dead, until it may be tried again."""
@@ -727,13 +789,13 @@ class QueueManager:
         reply = SmtpReplyValue(
             code=451, enhanced=TEMP_NO_ANSWER_FROM_HOST, text=f"delivery temporarily suspended: {reason}"
         )
-        if self._expired(msg.env, time.time()):
+        if self._expired(msg.env, clock.now()):
             # Mail waiting for a dead destination must expire too, not only the probe's.
             results = [(i, "temp", reply, None, destination) for i in idxs]
             await self._record(msg, results, session_failed=True)
             return
         updates = []
-        now = time.time()
+        now = clock.now()
         for idx in idxs:
             r = msg.rcpts[idx]
             # Spread out after the probe time, but never past retry_max from now.
@@ -769,7 +831,7 @@ class QueueManager:
                 to=msg.rcpts[idx].address,
                 status="deferred",
                 reason=text,
-                delay=f"{time.time() - msg.env.arrival_time:.2f}",
+                delay=f"{clock.now() - msg.env.arrival_time:.2f}",
                 dsn=_enhanced_of(text, TEMP_UNDEFINED),
                 transport=_transport_of(destination),
             )
@@ -792,7 +854,7 @@ class QueueManager:
         env = msg.env
         if limit <= 0 or env.kind != "normal" or env.sender == "" or msg.deleted:
             return
-        if time.time() - env.arrival_time < limit:
+        if clock.now() - env.arrival_time < limit:
             return
         due = [
             r
@@ -909,7 +971,7 @@ class QueueManager:
         revived = False
         if verdict:
             revived = self.scheduler.finish(
-                job, delivered_any=delivered_any, session_failed=session_failed, now=time.time()
+                job, delivered_any=delivered_any, session_failed=session_failed, now=clock.now()
             )
         else:
             self.scheduler.abandon(job)
@@ -993,7 +1055,7 @@ class QueueManager:
 
     def _release(self, destination: str) -> None:
         """A dead destination works again: retry what was deferred because of it, now."""
-        now = time.time()
+        now = clock.now()
         for qid in self._deferred_by_dest.pop(destination, set()):
             msg = self.messages.get(qid)
             if msg is None:
@@ -1016,7 +1078,7 @@ class QueueManager:
         session_failed: bool,
     ) -> None:
         """Write delivery results, defer or expire temporary failures, finish the message if done."""
-        now = time.time()
+        now = clock.now()
         env = msg.env
         expired = self._expired(env, now)
         finals: list[RecipientUpdate] = []
@@ -1167,7 +1229,7 @@ class QueueManager:
                     await self._write_updates(msg, finals, "final results")
                 msg.finishing = False
                 retry_s = min(self.qcfg.retry_max, max(60.0, self.qcfg.retry_min))
-                self._schedule(env.qid, time.time() + retry_s)
+                self._schedule(env.qid, clock.now() + retry_s)
                 return
         ops.append(DeleteMessage(env.qid))
         try:
@@ -1182,7 +1244,7 @@ class QueueManager:
             if finals:
                 self._keep_unsaved(env.qid, (u.idx for u in finals))
             msg.finishing = False
-            self._schedule(env.qid, time.time() + _STORE_RETRY_MIN_S)
+            self._schedule(env.qid, clock.now() + _STORE_RETRY_MIN_S)
             return
         self._store_ok()
         self._unsaved.pop(env.qid, None)
@@ -1229,7 +1291,7 @@ class QueueManager:
                     to=to,
                     qid=env.qid,
                     arrival_time=env.arrival_time,
-                    now=time.time(),
+                    now=clock.now(),
                     envid=env.envid,
                     ret=env.ret,
                     recipients=dsn,
@@ -1252,7 +1314,7 @@ class QueueManager:
         benv = Envelope(
             qid=writer.qid,
             sender="",
-            arrival_time=time.time(),
+            arrival_time=clock.now(),
             size=size,
             body="8BITMIME",
             kind=kind,
@@ -1262,7 +1324,7 @@ class QueueManager:
 
     def _add(self, env: Envelope) -> None:
         self.messages[env.qid] = _Msg(env, {r.idx: r for r in env.recipients})
-        self._schedule(env.qid, time.time())
+        self._schedule(env.qid, clock.now())
         self.wake()
 
     # -- RPC handlers --------------------------------------------------------------------------
@@ -1272,7 +1334,25 @@ class QueueManager:
         handlers = Handlers()
         handlers.on(QueueEnvelopeCommitRequest).answer(self._commit)
         handlers.on(QueueControlRequest).answer(self._answer_control)
+        handlers.on(QueueSelectRequest).answer(self._answer_select)
         return handlers
+
+    async def _answer_select(self, req: QueueSelectRequest) -> QueueSelectReply:
+        """The ids of one page of a selection (meta1 queue sends a large one in batches).
+
+        One pass over the queue per page and no state kept between pages: a page of 20,000
+        ids out of 100,000 messages costs a few tens of milliseconds.
+        """
+        limit = max(1, min(req.limit, QUEUE_SELECT_MAX_IDS))
+        domain = req.to_domain.lower() if req.to_domain else None
+        after = req.after
+        matching = (
+            qid
+            for qid, msg in self.messages.items()
+            if qid > after and _matches(msg, domain, req.all_deferred)
+        )
+        page = heapq.nsmallest(limit + 1, matching)
+        return QueueSelectReply(qids=tuple(page[:limit]), more=len(page) > limit)
 
     async def _answer_control(self, req: QueueControlRequest) -> QueueControlReply:
         try:
@@ -1288,7 +1368,7 @@ class QueueManager:
                 ok=False, reply=SmtpReplyValue(code=554, enhanced=PERM_PROTOCOL_ERROR, text="bad envelope")
             )
         path = content_file(self.queue_dir, req.qid)
-        now = time.time()
+        now = clock.now()
         env = Envelope(
             **envelope_params(req),
             qid=req.qid,
@@ -1352,19 +1432,23 @@ class QueueManager:
                 else:
                     selected.append(msg)
         else:
-            for msg in self.messages.values():
-                if req.to_domain and not any(
-                    _domain(r.address) == req.to_domain.lower() for r in msg.pending()
-                ):
-                    continue
-                if req.all_deferred and not any(r.status == "deferred" for r in msg.pending()):
-                    continue
-                selected.append(msg)
+            # A batch of a larger selection (``among``): the same test, on those ids alone; the
+            # ids that left the queue or stopped matching since they were selected are skipped,
+            # as a single request sent now would not have seen them either.
+            candidates: Iterable[_Msg | None] = (
+                (self.messages.get(qid) for qid in dict.fromkeys(req.among))
+                if req.among
+                else self.messages.values()
+            )
+            domain = req.to_domain.lower() if req.to_domain else None
+            selected = [
+                msg for msg in candidates if msg is not None and _matches(msg, domain, req.all_deferred)
+            ]
         return selected, missing
 
     async def _control(self, req: QueueControlRequest) -> QueueControlReply:
         selected, missing = self._select(req)
-        now = time.time()
+        now = clock.now()
         count = 0
         if req.action == "requeue":
             # postsuper -r: held messages are released, every recipient is routed afresh (routes

@@ -42,6 +42,7 @@ from typing import NoReturn
 
 import trio
 
+from meta1py import clock
 from meta1py import log as mlog
 from meta1py.conf import Config
 from meta1py.message.received import pickup_received_header
@@ -132,6 +133,7 @@ class Pickup:
     def _list(self) -> list[str]:
         """The complete files in arrival order; stale temporary files are removed on the way."""
         found: list[tuple[float, str]] = []
+        # File ages are measured on the real clock (mtimes are real), not test mode's virtual one.
         now = time.time()
         try:
             entries = list(os.scandir(self.directory))
@@ -190,7 +192,7 @@ class Pickup:
             smtputf8=env.smtputf8,
             client_address="local",
             client_helo=f"userid {taken.uid}",
-            arrival_time=time.time(),
+            arrival_time=clock.now(),
         )
         # Shielded: once committed, the file must go, or the next scan queues the message again.
         with trio.CancelScope(shield=True):
@@ -270,7 +272,7 @@ class Pickup:
                         qid=writer.qid,
                         uid=st.st_uid,
                         recipients=[r.address for r in envelope.recipients],
-                        now=time.time(),
+                        now=clock.now(),
                     )
                 )
                 envelope = copy_pickup_content(file, envelope, writer.write)

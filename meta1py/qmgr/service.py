@@ -11,12 +11,14 @@ from typing import Any
 import trio
 
 from meta1py.conf import Config
-from meta1py.contract import rpc_socket_path
+from meta1py.contract import TEST_SCRIPTS_NAME, rpc_socket_path, test_directory
 from meta1py.metrics import Counters
 from meta1py.qmgr.exporter import serve_metrics
 from meta1py.qmgr.manager import QueueManager
 from meta1py.qmgr.pickup import Pickup
 from meta1py.qmgr.stats import QueueStats
+from meta1py.qmgr.testapi import ControlApi
+from meta1py.qmgr.testserver import QmgrControl, serve_testapi, start_scripts
 from meta1py.queue.envelopes import EnvelopeStore, envelope_store_path
 from meta1py.queue.errors import QueueStorageError
 from meta1py.rpc.channel import RpcClient, serve_unix
@@ -25,6 +27,7 @@ from meta1py.rpc.handlers import Handlers
 from meta1py.rpc.messages import QueueEnvelopeCommitReply, QueueEnvelopeCommitRequest, SmtpReplyValue
 from meta1py.rpc.schema import RpcMessage
 from meta1py.smtp.status import TEMP_MAIL_SYSTEM_ERROR, TEMP_MAIL_SYSTEM_FULL
+from meta1py.testmode.capture import MESSAGES_DIRNAME, CaptureStore
 from meta1py.worker import WorkerFds
 
 log = logging.getLogger(__name__)
@@ -108,6 +111,17 @@ async def serve(cfg: Config, fds: WorkerFds, task_status: Any = trio.TASK_STATUS
     # Commits through the same answer as smtps's calls (4xx while the store is closed).
     pickup = Pickup(cfg, handle)
 
+    # Test mode's control API (docs/testmode.md): only when mcp passed its socket.
+    testapi: ControlApi | None = None
+    if fds.testapi is not None and cfg.test_mode.enable:
+        test_dir = test_directory(cfg.queue_directory)
+        await trio.to_thread.run_sync(start_scripts, test_dir / TEST_SCRIPTS_NAME, cfg.test_mode.script_file)
+        testapi = ControlApi(
+            test_dir,
+            CaptureStore(test_dir / MESSAGES_DIRNAME),
+            QmgrControl(manager, smar) if manager is not None else None,
+        )
+
     async def reopen(nursery: trio.Nursery) -> None:
         nonlocal manager, failure
         delay = _OPEN_RETRY_MIN_S
@@ -121,6 +135,8 @@ async def serve(cfg: Config, fds: WorkerFds, task_status: Any = trio.TASK_STATUS
                 log.debug("still cannot open the queue: %s", exc)
                 continue
             manager = stats.manager = opened
+            if testapi is not None:
+                testapi.qmgr = QmgrControl(opened, smar)
             await nursery.start(opened.run)
             nursery.start_soon(pickup.run)
             log.info("queue opened: accepting mail again")
@@ -134,6 +150,8 @@ async def serve(cfg: Config, fds: WorkerFds, task_status: Any = trio.TASK_STATUS
                 await nursery.start(serve_unix, fds.rpc, handle)
             if fds.metrics is not None:
                 await nursery.start(serve_metrics, fds.metrics, stats.metrics_page)
+            if testapi is not None and fds.testapi is not None:
+                await nursery.start(serve_testapi, fds.testapi, testapi)
             if manager is not None:
                 await nursery.start(manager.run)
                 # After the manager: the pickup directory's messages are committed through it.

@@ -19,10 +19,14 @@ Allowed field types: str, int, float, bool, None, ``X | None``, bytes, ``tuple[X
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Final, Literal
 
 from meta1py.envelope import BodyType, DeliveryStatus, DsnRet
 from meta1py.rpc.schema import RpcMessage, RpcRequest, caps, rpc_message, rpc_struct
+
+#: The most queue ids in one `QueueSelectReply` (and in one `QueueControlRequest.among`):
+#: about 300 KB of JSON, well below the 1 MiB frame cap.
+QUEUE_SELECT_MAX_IDS: Final = 20_000
 
 # --- RPC layer ----------------------------------------------------------------------------------
 
@@ -371,6 +375,13 @@ class QueueControlReply(RpcMessage):
 class QueueControlRequest(RpcRequest[QueueControlReply]):
     """An operator command: flush, delete, bounce, hold, release or requeue messages.
 
+    The messages are ``qids`` (each one not queued is in the reply's ``missing``), or else every
+    message that matches ``to_domain`` and ``all_deferred`` (none given: every message); with
+    ``among``, only those of ``among`` that still match when the request arrives, the others
+    skipped silently. ``meta1 queue`` sends a large selection in batches that way: it asks
+    `QueueSelectRequest` for the ids first, so that each batch does what one request for the
+    whole selection would have done, and it can show its progress.
+
     Sender: meta1 queue (the CLI, run as root or the queue owner).
     Receiver: qmgr.
     """
@@ -379,6 +390,39 @@ class QueueControlRequest(RpcRequest[QueueControlReply]):
     qids: tuple[str, ...] = field(metadata=caps(max_items=100_000))
     to_domain: str | None = field(metadata=caps(max_len=256))
     all_deferred: bool
+    among: tuple[str, ...] = field(default=(), metadata=caps(max_len=64, max_items=QUEUE_SELECT_MAX_IDS))
+
+
+@rpc_message
+@dataclass(frozen=True, slots=True)
+class QueueSelectReply(RpcMessage):
+    """One page of the queue ids a selection matches, in id order; ``more`` when others follow.
+
+    Sender: qmgr.
+    Receiver: meta1 queue (the CLI).
+    """
+
+    qids: tuple[str, ...] = field(metadata=caps(max_len=64, max_items=QUEUE_SELECT_MAX_IDS))
+    more: bool
+
+
+@rpc_message
+@dataclass(frozen=True, slots=True)
+class QueueSelectRequest(RpcRequest[QueueSelectReply]):
+    """Which messages an operator command without queue ids would touch: those that match
+    ``to_domain`` and ``all_deferred`` as `QueueControlRequest` matches them (none given: every
+    message), at most ``limit`` (capped at `QUEUE_SELECT_MAX_IDS`) of those whose ids sort after
+    ``after`` ("" from the first). The CLI pages through a large queue with ``after`` set to
+    the last id of the previous page.
+
+    Sender: meta1 queue (the CLI, run as root or the queue owner).
+    Receiver: qmgr.
+    """
+
+    to_domain: str | None = field(metadata=caps(max_len=256))
+    all_deferred: bool
+    after: str = field(metadata=caps(max_len=64))
+    limit: int
 
 
 # --- Status and metrics (docs/internals.md, "Metrics and status") -------------------------------
@@ -511,3 +555,31 @@ class QueueStatusRequest(RpcRequest[QueueStatusReply]):
 
     errors: bool = True
     by_state: bool = True
+
+
+# --- Test mode (docs/testmode.md) ----------------------------------------------------------------
+
+
+@rpc_message
+@dataclass(frozen=True, slots=True)
+class SmarClockReply(RpcMessage):
+    """smar's virtual clock offset, as it now is.
+
+    Sender: smar.
+    Receiver: qmgr.
+    """
+
+    offset: float
+
+
+@rpc_message
+@dataclass(frozen=True, slots=True)
+class SmarClockRequest(RpcRequest[SmarClockReply]):
+    """Test mode: move smar's clock (greylisting) to ``offset`` seconds ahead of the real one, as
+    qmgr's own (``POST /clock/advance``, ``POST /reset``).
+
+    Sender: qmgr (test mode only).
+    Receiver: smar.
+    """
+
+    offset: float

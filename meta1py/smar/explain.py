@@ -83,15 +83,18 @@ def main(argv: list[str]) -> int:
 
     from meta1py.conf import ConfigErrors, config_file, load_config
     from meta1py.maps import MapErrors
-    from meta1py.smar.resolver import Resolver
+    from meta1py.smar.resolver import Resolver, ZoneFileError
     from meta1py.smar.router import Router
     from meta1py.smar.service import SmarService
 
     try:
         cfg = load_config(config_file(args.config))
-        router = Router(cfg, Resolver.from_config(cfg.smar, cfg.smtpc))
+        router = Router(cfg, Resolver.from_config(cfg.smar, cfg.smtpc, cfg.test_mode))
     except ConfigErrors as exc:
         print(str(exc), file=sys.stderr)
+        return EX_CONFIG
+    except ZoneFileError as exc:
+        print(f"meta1 explain: zone_file {exc}", file=sys.stderr)
         return EX_CONFIG
     except MapErrors as exc:
         print(f"meta1 explain: {exc}", file=sys.stderr)

@@ -27,6 +27,12 @@ Null MX: RFC 7505 §4.3 names 5.1.10 for "recipient address has null MX"
 and RFC 7504 introduced reply code 556 ("domain does not accept mail") for
 exactly this case; 5.7.27 is the *sender* variant, which is smtps' business.
 
+Backends: the answers come from a :class:`DnsBackend`. :class:`NetworkBackend` asks DNS servers
+(dnspython); in test mode :class:`ZoneBackend` answers from ``test_mode { zone_file }``
+(:mod:`meta1py.testmode.zone`) and, without a zone file, :class:`NoDnsBackend` routes every domain
+and host to :data:`SYNTHETIC_ADDRESS` and says NXDOMAIN to everything else (no lookups at all).
+:meth:`Resolver.from_config` chooses. Composition, caps and caching are the same for all three.
+
 Caching: every (name, type) answer is cached until its TTL runs out;
 NXDOMAIN and "no data" for the SOA-derived negative TTL (RFC 2308 §5,
 capped); temporary failures for a few seconds, so that a dead nameserver is
@@ -45,7 +51,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 import dns.asyncresolver
 import dns.exception
@@ -54,9 +60,11 @@ import dns.name
 import dns.nameserver
 import dns.rdatatype
 import dns.resolver
+import dns.rrset
 import trio
 
 from meta1py.conf import SmarConfig, SmtpcConfig
+from meta1py.conf.model import TestModeConfig
 from meta1py.smar.mx import (
     MAX_ADDRESSES_PER_ANSWER,
     MxHost,
@@ -72,14 +80,21 @@ from meta1py.smtp.status import (
     PERM_UNABLE_TO_ROUTE,
     TEMP_ROUTING_SERVER_FAILURE,
 )
+from meta1py.testmode.zone import FakeZone, ZoneFileError, load_zone
 
 __all__ = [
+    "SYNTHETIC_ADDRESS",
+    "DnsBackend",
     "DnsFailure",
     "DnsListAnswer",
     "MxHost",
     "MxResult",
+    "NetworkBackend",
+    "NoDnsBackend",
     "Resolver",
     "ReverseName",
+    "ZoneBackend",
+    "ZoneFileError",
     "parse_domain_literal",
 ]
 
@@ -179,6 +194,11 @@ def _perm(code: int, enhanced: str, text: str) -> DnsFailure:
     return DnsFailure(True, code, enhanced, text)
 
 
+def _synthetic(name: str) -> MxResult:
+    """Test mode without a zone file: the domain (or host) is its own host, at one address."""
+    return MxResult(name, hosts=(MxHost(name, 0, (SYNTHETIC_ADDRESS,)),))
+
+
 def parse_domain_literal(literal: str) -> str | None:
     """``[1.2.3.4]`` -> ``1.2.3.4``; ``[IPv6:::1]`` -> ``::1``; None when invalid (RFC 5321 §4.1.3)."""
     if not (literal.startswith("[") and literal.endswith("]")):
@@ -216,6 +236,107 @@ def _negative_ttl(response: dns.message.Message | None) -> float | None:
     return None
 
 
+#: The address of every host when test mode routes without DNS (TEST-NET-1, RFC 5737): smtpc
+#: never connects to it, it delivers to a captured destination instead.
+SYNTHETIC_ADDRESS = "192.0.2.1"
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    """What a :class:`DnsBackend` found for one (name, type): ``rrset`` when ``kind`` is OK; the
+    negative TTL (RFC 2308 §5) for NODATA and NXDOMAIN when the answer had an SOA; ``detail``
+    says why a TEMP failed."""
+
+    kind: _Kind
+    rrset: dns.rrset.RRset | None = None
+    negative_ttl_s: float | None = None
+    detail: str = ""
+
+
+class DnsBackend(Protocol):
+    """Where the :class:`Resolver` gets its answers: DNS servers, a zone file, or nothing.
+
+    Attributes:
+        routes_without_dns: every domain and host gets one synthetic address
+            (:data:`SYNTHETIC_ADDRESS`) instead of being looked up (test mode without a zone file).
+    """
+
+    routes_without_dns: bool
+
+    async def lookup(self, name: dns.name.Name, rdtype: str) -> Lookup:
+        """The answer for ``name`` and ``rdtype``; never raises for DNS problems."""
+        ...
+
+
+class NetworkBackend:
+    """Asks DNS servers, with dnspython's async resolver.
+
+    Args:
+        nameservers: ``(ip, port)`` pairs to ask; empty: use /etc/resolv.conf.
+        timeout_s: limit for one query.
+    """
+
+    routes_without_dns = False
+
+    def __init__(self, nameservers: Sequence[tuple[str, int]] = (), timeout_s: float = 10.0) -> None:
+        if nameservers:
+            self._dns = dns.asyncresolver.Resolver(configure=False)
+            self._dns.nameservers = [dns.nameserver.Do53Nameserver(ip, port) for ip, port in nameservers]
+        else:
+            self._dns = dns.asyncresolver.Resolver()
+        self._dns.cache = None  # the Resolver caches composed answers itself
+        self._dns.lifetime = timeout_s
+        self._dns.timeout = min(self._dns.timeout, timeout_s)
+
+    async def lookup(self, name: dns.name.Name, rdtype: str) -> Lookup:
+        try:
+            result = await self._dns.resolve(name, rdtype, search=False, raise_on_no_answer=False)
+        except dns.resolver.NXDOMAIN as e:
+            responses = list(e.responses().values())
+            return Lookup(_Kind.NXDOMAIN, negative_ttl_s=_negative_ttl(responses[0] if responses else None))
+        except dns.resolver.YXDOMAIN:
+            return Lookup(_Kind.NXDOMAIN, detail="YXDOMAIN")
+        except dns.exception.Timeout as e:
+            return Lookup(_Kind.TEMP, detail=f"timeout ({e})")
+        except dns.resolver.NoNameservers as e:
+            # SERVFAIL, REFUSED, or every server unreachable.
+            return Lookup(_Kind.TEMP, detail=str(e))
+        except dns.exception.DNSException as e:
+            return Lookup(_Kind.TEMP, detail=f"{type(e).__name__}: {e}")
+        if result.rrset is None:
+            return Lookup(_Kind.NODATA, negative_ttl_s=_negative_ttl(result.response))
+        return Lookup(_Kind.OK, result.rrset)
+
+
+_ZONE_KINDS = {"ok": _Kind.OK, "nodata": _Kind.NODATA, "nxdomain": _Kind.NXDOMAIN, "servfail": _Kind.TEMP}
+
+
+class ZoneBackend:
+    """Test mode's fake DNS: answers from a zone file (:class:`meta1py.testmode.zone.FakeZone`),
+    never from the network."""
+
+    routes_without_dns = False
+
+    def __init__(self, zone: FakeZone, path: str = "") -> None:
+        self.zone = zone
+        self.path = path
+
+    async def lookup(self, name: dns.name.Name, rdtype: str) -> Lookup:
+        answer = self.zone.query(name, rdtype)
+        return Lookup(_ZONE_KINDS[answer.kind], answer.rrset, answer.negative_ttl_s, answer.detail)
+
+
+class NoDnsBackend:
+    """Test mode without a zone file: nothing is asked. Domains and hosts route to
+    :data:`SYNTHETIC_ADDRESS`; every other name does not exist (no client has a reverse name, no
+    DNS list lists anything)."""
+
+    routes_without_dns = True
+
+    async def lookup(self, name: dns.name.Name, rdtype: str) -> Lookup:
+        return Lookup(_Kind.NXDOMAIN)
+
+
 class Resolver:
     """MX and address resolution with a TTL-honouring, size-bounded cache.
 
@@ -233,6 +354,9 @@ class Resolver:
         rng: random source for shuffling ties (seedable in tests).
         clock: monotonic seconds, for cache expiry.
         mx_address_limit: most addresses in one result (``smtpc { mx_address_limit }``).
+        backend: where answers come from; by default the DNS servers of ``nameservers``
+            (:class:`NetworkBackend`). Test mode passes a :class:`ZoneBackend` or a
+            :class:`NoDnsBackend` (:meth:`from_config`).
     """
 
     def __init__(
@@ -248,15 +372,9 @@ class Resolver:
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
         mx_address_limit: int = 5,
+        backend: DnsBackend | None = None,
     ) -> None:
-        if nameservers:
-            self._dns = dns.asyncresolver.Resolver(configure=False)
-            self._dns.nameservers = [dns.nameserver.Do53Nameserver(ip, port) for ip, port in nameservers]
-        else:
-            self._dns = dns.asyncresolver.Resolver()
-        self._dns.cache = None  # we cache composed answers ourselves
-        self._dns.lifetime = timeout_s
-        self._dns.timeout = min(self._dns.timeout, timeout_s)
+        self._backend: DnsBackend = backend or NetworkBackend(nameservers, timeout_s)
         self.timeout_s = timeout_s
         self._cache: OrderedDict[tuple[str, str], _Answer] = OrderedDict()
         self._cache_size = cache_size
@@ -271,10 +389,30 @@ class Resolver:
         self.queries_sent = 0
 
     @classmethod
-    def from_config(cls, smar: SmarConfig, smtpc: SmtpcConfig | None = None) -> Resolver:
-        """A resolver for ``smar { nameserver, DNS_timeout }`` and ``smtpc { mx_address_limit }``."""
+    def from_config(
+        cls, smar: SmarConfig, smtpc: SmtpcConfig | None = None, test_mode: TestModeConfig | None = None
+    ) -> Resolver:
+        """A resolver for ``smar { nameserver, DNS_timeout }`` and ``smtpc { mx_address_limit }``.
+
+        In test mode (``test_mode { enable }``) it never asks a DNS server: with ``zone_file`` it
+        answers from that file, without one every domain routes to a synthetic host.
+
+        Raises:
+            ZoneFileError: the zone file cannot be read or parsed.
+        """
         limit = (smtpc or SmtpcConfig()).mx_address_limit
-        return cls(smar.nameserver, smar.dns_timeout, mx_address_limit=limit)
+        backend: DnsBackend | None = None
+        if test_mode is not None and test_mode.enable:
+            if test_mode.zone_file is not None:
+                backend = ZoneBackend(load_zone(test_mode.zone_file), str(test_mode.zone_file))
+            else:
+                backend = NoDnsBackend()
+        return cls(smar.nameserver, smar.dns_timeout, mx_address_limit=limit, backend=backend)
+
+    @property
+    def backend(self) -> DnsBackend:
+        """Where the answers come from."""
+        return self._backend
 
     @property
     def cached_answers(self) -> int:
@@ -294,6 +432,8 @@ class Resolver:
         bad = self._bad_name(name)
         if bad is not None:
             return MxResult(name, failure=bad)
+        if self._backend.routes_without_dns:
+            return _synthetic(name)
         with trio.move_on_after(2 * self.timeout_s):
             return await self._resolve_mx(name)
         return MxResult(name, failure=_temp(f"DNS lookup for {name} timed out"))
@@ -312,6 +452,8 @@ class Resolver:
         bad = self._bad_name(name)
         if bad is not None:
             return MxResult(name, failure=bad)
+        if self._backend.routes_without_dns:
+            return _synthetic(name)
         with trio.move_on_after(self.timeout_s):
             addresses, a_failure = await self._addresses(name)
             if addresses:
@@ -497,49 +639,32 @@ class Resolver:
 
     async def _send(self, name: str, rdtype: str) -> _Answer:
         self.queries_sent += 1
-        try:
-            result = await self._dns.resolve(
-                dns.name.from_text(name), rdtype, search=False, raise_on_no_answer=False
-            )
-        except dns.resolver.NXDOMAIN as e:
-            responses = list(e.responses().values())
-            ttl = _negative_ttl(responses[0] if responses else None)
-            return _Answer(_Kind.NXDOMAIN, self._negative_expiry(ttl), "NXDOMAIN")
-        except dns.resolver.YXDOMAIN:
-            return _Answer(_Kind.NXDOMAIN, self._negative_expiry(None), "YXDOMAIN")
-        except dns.exception.Timeout as e:
-            return self._temp_answer(f"timeout ({e})")
-        except dns.resolver.NoNameservers as e:
-            # SERVFAIL, REFUSED, or every server unreachable.
-            return self._temp_answer(str(e))
-        except dns.exception.DNSException as e:
-            return self._temp_answer(f"{type(e).__name__}: {e}")
-        if result.rrset is None:
-            ttl = _negative_ttl(result.response)
-            return _Answer(_Kind.NODATA, self._negative_expiry(ttl), "no data")
-        expires = self._clock() + min(float(result.rrset.ttl), self._max_ttl_s)
+        found = await self._backend.lookup(dns.name.from_text(name), rdtype)
+        if found.kind is _Kind.TEMP:
+            return self._temp_answer(found.detail)
+        if found.kind is not _Kind.OK or found.rrset is None:
+            return _Answer(found.kind, self._negative_expiry(found.negative_ttl_s), found.kind.value)
+        rrset = found.rrset
+        expires = self._clock() + min(float(rrset.ttl), self._max_ttl_s)
         if rdtype == "MX":
-            records = [
-                (int(r.preference), r.exchange.to_text(omit_final_dot=True).lower()) for r in result.rrset
-            ]
+            records = [(int(r.preference), r.exchange.to_text(omit_final_dot=True).lower()) for r in rrset]
             mx = keep_mx_records(records, self._rng)
             if len(mx) < len(records):
                 log.info("MX answer for %s has %d records; using the %d best", name, len(records), len(mx))
             return _Answer(_Kind.OK, expires, mx=mx)
         if rdtype == "PTR":
             names = tuple(
-                r.target.to_text(omit_final_dot=True).lower()
-                for r in itertools.islice(result.rrset, MAX_PTR_NAMES)
+                r.target.to_text(omit_final_dot=True).lower() for r in itertools.islice(rrset, MAX_PTR_NAMES)
             )
             return _Answer(_Kind.OK, expires, names=names)
         if rdtype == "TXT":
             texts = tuple(
                 b"".join(r.strings).decode("utf-8", "replace")[:MAX_TXT_CHARS]
-                for r in itertools.islice(result.rrset, MAX_TXT_RECORDS)
+                for r in itertools.islice(rrset, MAX_TXT_RECORDS)
             )
             return _Answer(_Kind.OK, expires, texts=texts)
         # One answer contributes a bounded number of addresses, whatever the server sent.
-        addresses = tuple(str(r.address) for r in itertools.islice(result.rrset, MAX_ADDRESSES_PER_ANSWER))
+        addresses = tuple(str(r.address) for r in itertools.islice(rrset, MAX_ADDRESSES_PER_ANSWER))
         return _Answer(_Kind.OK, expires, addresses=addresses)
 
     def _negative_expiry(self, ttl: float | None) -> float:

@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 import trio
 
+from meta1py import clock
 from meta1py.conf import Config, SmarConfig, SmtpsConfig
 from meta1py.envelope import FailureStatus
 from meta1py.maps.access import AccessMap, AccessResult, keys_for
@@ -33,6 +34,8 @@ from meta1py.rpc.handlers import Handlers
 from meta1py.rpc.messages import (
     SmarClientCheckReply,
     SmarClientCheckRequest,
+    SmarClockReply,
+    SmarClockRequest,
     SmarHostValue,
     SmarLocalDeliveryValue,
     SmarRecipientCheckReply,
@@ -239,7 +242,7 @@ class SmarService:
         self.greylist: Greylist | None = None
         if grey.enable:
             policy = GreyPolicy.from_config(grey)
-            self.greylist = Greylist(grey.database, policy, readonly=dry_run)
+            self.greylist = Greylist(grey.database, policy, readonly=dry_run, clock=clock.now)
         self.router = router
         self.handle = Handlers()
         """smar.sock's handler: answers ``SmarRecipientCheckRequest`` and ``SmarRouteRequest``."""
@@ -247,10 +250,20 @@ class SmarService:
         self.handle.on(SmarClientCheckRequest).answer(self._answer_client)
         self.handle.on(SmarRouteRequest).answer(self._answer_routes)
         self.handle.on(WorkerStatsRequest).answer(self._answer_stats)
+        if config.test_mode.enable:
+            self.handle.on(SmarClockRequest).answer(self._answer_clock)
 
     async def _answer_stats(self, _req: WorkerStatsRequest) -> WorkerStatsReply:
         # smar counts nothing of its own yet; qmgr asks for its recent errors (meta1 status).
         return WorkerStatsReply(stats=worker_stats("smar", None))
+
+    async def _answer_clock(self, req: SmarClockRequest) -> SmarClockReply:
+        # Test mode's virtual clock (qmgr moves it): greylisting's delays pass with it.
+        try:
+            clock.set_offset(req.offset)
+        except ValueError as exc:
+            raise RpcRemoteError("bad_request", str(exc)) from None
+        return SmarClockReply(offset=clock.offset())
 
     async def _answer_check(self, req: SmarRecipientCheckRequest) -> SmarRecipientCheckReply:
         return await self.check(req)

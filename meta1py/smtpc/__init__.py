@@ -10,7 +10,9 @@ DESCRIPTION
     reports a per-recipient result that says whether a failure is temporary or permanent. It
     limits connections per destination (``max_connections``) and in total
     (``max_connections_total``). Commands and files (``pipe`` and ``file`` routes) are run by
-    its helper as the account smar named (meta1py.smtpc.local, docs/smtpc.md).
+    its helper as the account smar named (meta1py.smtpc.local, docs/smtpc.md). In test mode it
+    connects nowhere: every SMTP and LMTP session goes to a captured destination in memory, and
+    what it accepts is written to ``<queue_directory>/test/messages`` (meta1py.smtpc.captured).
 
 SECURITY
     Runs as the ``smtpc`` section's user (``meta1c``) when mcp is root. It reads content files

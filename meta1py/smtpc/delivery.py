@@ -78,10 +78,12 @@ from meta1py.smtp.status import (
     TEMP_ROUTING_SERVER_FAILURE,
     TEMP_SYSTEM_MISCONFIGURED,
 )
+from meta1py.smtpc.captured import CapturedDestinations, CapturedJob, message_kind
 from meta1py.smtpc.local import LocalAgent, LocalHelper
 from meta1py.smtpc.maildir import DeliveryOutcome, deliver_maildir
 from meta1py.sockio import read_when_ready, write_nowait
 from meta1py.status import worker_stats
+from meta1py.testmode.capture import CaptureRecord
 from meta1py.tls.checks import check_requirements
 from meta1py.tls.contexts import ClientTlsSettings, TlsConfigError, context_for_requirements, parse_protocols
 from meta1py.tls.facts import tls_facts
@@ -320,6 +322,11 @@ class DeliveryAgents:
         self.io_timeout = config.smtpc.io_timeout
         self.queue_dir = Path(config.queue_directory)
         self._cache: dict[_CacheKey, list[_Client]] = {}
+        #: Test mode: every SMTP and LMTP session goes to a captured destination instead of the
+        #: network, and Maildir deliveries are captured too (meta1py.smtpc.captured).
+        self.captured: CapturedDestinations | None = (
+            CapturedDestinations(self.queue_dir, config.hostname) if config.test_mode.enable else None
+        )
         smtpc = config.smtpc
         min_protocol, self._max_protocol = parse_protocols(smtpc.tls.protocols)
         self.tls_settings = ClientTlsSettings(
@@ -482,12 +489,67 @@ class DeliveryAgents:
             results.append(
                 SmtpcRecipientResult(idx=r.idx, status=outcome.status, reply=reply, remote_mta=None)
             )
+        if self.captured is not None:
+            await self._capture_maildir(req, results)
         return SmtpcDeliveryReply(results=tuple(results), session_failed=False)
+
+    async def _capture_maildir(self, req: SmtpcDeliveryRequest, results: list[SmtpcRecipientResult]) -> None:
+        """Test mode: record a Maildir delivery as a capture (the stored message, no transcript)."""
+        assert self.captured is not None
+        addresses = {r.idx: r.address for r in req.recipients}
+        statuses = {"ok": "delivered", "temp": "deferred", "perm": "bounced"}
+        delivered = [addresses[res.idx] for res in results if res.status == "ok"]
+        if not delivered:
+            return
+        record = CaptureRecord(
+            qid=req.qid,
+            mail_from=req.sender,
+            rcpt_to=delivered,
+            destination=req.route.destination,
+            transport="maildir",
+            recipients=[
+                {
+                    "address": addresses[res.idx],
+                    "status": statuses[res.status],
+                    "reply": f"{res.reply.code} {res.reply.enhanced} {res.reply.text}".replace("  ", " "),
+                }
+                for res in results
+            ],
+        )
+        await trio.to_thread.run_sync(self._store_maildir_capture, record)
+
+    def _store_maildir_capture(self, record: CaptureRecord) -> None:
+        assert self.captured is not None
+        try:
+            with open_content(self.queue_dir, record.qid) as content:
+                message = content.read()
+        except FileNotFoundError:
+            return
+        record.kind = message_kind(record.mail_from, message)
+        self.captured.store.add(record, message)
 
     # -- connections -------------------------------------------------------------------------
 
-    async def _connect(self, host: SmarHostValue, lmtp: bool) -> _Client:
+    def _captured_client(self, job: SmtpcDeliveryRequest | None, peer: str, lmtp: bool) -> _Client:
+        """Test mode: a session with a captured destination standing in for ``peer``."""
+        assert self.captured is not None
+        if job is None:
+            captured = CapturedJob("", "", "lmtp" if lmtp else "smtp", "")
+        else:
+            first = job.recipients[0].address if job.recipients else ""
+            captured = CapturedJob(
+                job.qid, job.route.destination, job.route.transport, first.rpartition("@")[2]
+            )
+        stream = self.captured.open(captured, lmtp=lmtp)
+        self.connections_opened += 1
+        return _Client(stream, ClientConnection(lmtp=lmtp), peer, self.io_timeout)
+
+    async def _connect(
+        self, host: SmarHostValue, lmtp: bool, job: SmtpcDeliveryRequest | None = None
+    ) -> _Client:
         peer = f"{host.name}[{host.address}]:{host.port}"
+        if self.captured is not None:
+            return self._captured_client(job, peer, lmtp)
         try:
             with trio.fail_after(min(self.io_timeout, _CONNECT_TIMEOUT_S)):
                 stream = await trio.open_tcp_stream(host.address, host.port)
@@ -499,8 +561,10 @@ class DeliveryAgents:
         self.connections_opened += 1
         return _Client(stream, ClientConnection(lmtp=lmtp), peer, self.io_timeout)
 
-    async def _connect_unix(self, path: str) -> _Client:
+    async def _connect_unix(self, path: str, job: SmtpcDeliveryRequest | None = None) -> _Client:
         peer = f"unix:{path}"
+        if self.captured is not None:
+            return self._captured_client(job, peer, lmtp=True)
         try:
             with trio.fail_after(min(self.io_timeout, _CONNECT_TIMEOUT_S)):
                 stream = await trio.open_unix_socket(path)
@@ -555,7 +619,9 @@ class DeliveryAgents:
         """
         conn = client.conn
         assert conn.extensions is not None
-        if req.level == "none" or plaintext:
+        if req.level == "none" or plaintext or self.captured is not None:
+            # Test mode: the captured destination offers no STARTTLS, and no requirement is
+            # checked (nothing leaves the host; a policy asking for TLS must not defer it all).
             return
         if not conn.extensions.starttls:
             reason = check_requirements(req, None, host.name)
@@ -609,10 +675,16 @@ class DeliveryAgents:
             raise _SessionError(_value(answer.reply))
 
     async def _open(
-        self, host: SmarHostValue, req: TlsRequirements, qid: str, plaintext: bool = False
+        self,
+        host: SmarHostValue,
+        req: TlsRequirements,
+        qid: str,
+        plaintext: bool = False,
+        job: SmtpcDeliveryRequest | None = None,
     ) -> _Client:
-        """A new SMTP session with ``host``, in TLS as ``req`` asks, ready for MAIL."""
-        client = await self._connect(host, lmtp=False)
+        """A new SMTP session with ``host``, in TLS as ``req`` asks, ready for MAIL (``job``:
+        the delivery, for a captured destination in test mode)."""
+        client = await self._connect(host, lmtp=False, job=job)
         try:
             await self._hello(client)
             await self._starttls(client, host, req, qid, plaintext)
@@ -621,7 +693,7 @@ class DeliveryAgents:
             if req.level != "may" or not self.tls_plaintext_fallback:
                 raise
             log.info("%s: %s: retrying without TLS (tls_plaintext_fallback)", qid, client.peer)
-            return await self._open(host, req, qid, plaintext=True)
+            return await self._open(host, req, qid, plaintext=True, job=job)
         except _SessionError:
             await client.close(polite=True)
             raise
@@ -646,6 +718,11 @@ class DeliveryAgents:
         return None
 
     async def _release(self, host: SmarHostValue, req: TlsRequirements, client: _Client) -> None:
+        if self.captured is not None:
+            # Test mode: one captured session per delivery, so each capture's transcript is a
+            # whole session (a cached one would carry the previous job's).
+            await client.close(polite=True)
+            return
         key = self._cache_key(host, req)
         clients = self._cache.setdefault(key, [])
         if sum(len(c) for c in self._cache.values()) >= _CACHE_MAX:
@@ -751,7 +828,7 @@ class DeliveryAgents:
                         client = None
                         reused = False
                 if client is None:
-                    client = await self._open(host, tls_req, req.qid)
+                    client = await self._open(host, tls_req, req.qid, job=req)
             except _SessionError as exc:
                 session_reply = exc.reply
                 sessions += not isinstance(exc, _ConnectError)
@@ -771,7 +848,7 @@ class DeliveryAgents:
                     # The cached connection had died while idle (nothing was sent for this
                     # message beyond the envelope): use a fresh one.
                     await client.close(polite=False)
-                    client = await self._open(host, tls_req, req.qid)
+                    client = await self._open(host, tls_req, req.qid, job=req)
                     outcome = await self._transaction(client, req, list(pending.values()), host)
             except _SessionError as exc:
                 log.info("%s: %s", req.qid, exc.reply.text)
@@ -969,9 +1046,9 @@ class DeliveryAgents:
         client: _Client | None = None
         try:
             if route.path is not None:
-                client = await self._connect_unix(route.path)
+                client = await self._connect_unix(route.path, job=req)
             else:
-                client = await self._connect(route.hosts[0], lmtp=True)
+                client = await self._connect(route.hosts[0], lmtp=True, job=req)
             await self._hello(client)
             host = route.hosts[0] if route.hosts else SmarHostValue(name=route.path or "", address="", port=0)
             results = await self._transaction_lmtp(client, req, rcpts, host)

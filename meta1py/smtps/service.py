@@ -45,6 +45,7 @@ from meta1py.smtp import replies
 from meta1py.smtps.auth import Authenticator, AuthFailureLimiter
 from meta1py.smtps.limits import Admission, QueueSpace, SessionLimits, is_trusted
 from meta1py.smtps.session import Session, SmtpsContext, count_refusal
+from meta1py.smtps.stages import Checks, scripted_checks
 from meta1py.status import recent_errors_seq, worker_stats
 from meta1py.tls.contexts import ReloadableServerContext, ServerTlsSettings, TlsConfigError, parse_protocols
 from meta1py.worker import WorkerConfigError, WorkerFds
@@ -202,6 +203,8 @@ class SmtpsServer:
             authenticators=security.authenticators,
             auth_limiters=security.auth_limiters,
             space=_queue_space(config),
+            # Test mode: the scripted replies for mail coming in (docs/testmode.md).
+            added_checks=scripted_checks(config.queue_directory) if config.test_mode.enable else Checks(),
         )
         self.sessions: set[Session] = set()
         # The open sessions of each client address (to find one to evict at the cap).

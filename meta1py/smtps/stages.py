@@ -45,6 +45,9 @@ The built-in checks (:func:`builtin_checks`), first in their chains:
 * MAIL: :class:`SenderCheck` (``require_auth``, ``sender_must_match_login``), then
   :class:`SpaceCheck` (``queue_minfree``: 452 4.3.1). DATA and BDAT check the space inline (a
   refusal there drops content already being received).
+* Test mode only (docs/testmode.md): :class:`ScriptCheck`, appended to the connect, HELO, MAIL,
+  RCPT and end-of-message chains by :func:`scripted_checks`: the ``in`` rules of the active
+  script refuse with their reply.
 * RCPT: :class:`RecipientCheck`: smar's ``SmarRecipientCheckRequest`` (the access map, if any;
   does a local recipient exist; may this client relay: relay_clients, AUTH or an access RELAY;
   smar decides all three, because only smar knows whether a domain is local), with a few
@@ -63,6 +66,7 @@ from typing import Literal, Protocol, TypeAlias
 import trio
 
 from meta1py.conf import Config, SmtpsConfig
+from meta1py.contract import TEST_SCRIPTS_NAME, test_directory
 from meta1py.rpc.caller import Caller
 from meta1py.rpc.errors import RpcError
 from meta1py.rpc.messages import (
@@ -78,6 +82,7 @@ from meta1py.smtp.address import Address, NullPath
 from meta1py.smtp.replies import Reply
 from meta1py.smtps.limits import MailRates, QueueSpace
 from meta1py.submission import submission_refusal
+from meta1py.testmode.scripts import ScriptSource
 from meta1py.tls.facts import TlsFacts
 
 log = logging.getLogger(__name__)
@@ -610,4 +615,72 @@ def builtin_checks(resources: CheckResources) -> Checks:
             ClientCheck(resources, "mail"),
         ),
         rcpt=(RateCheck(resources, "rcpt"), RecipientCheck(resources)),
+    )
+
+
+# -- test mode -------------------------------------------------------------------------------------
+
+_SCRIPT_STAGES: dict[Stage, Literal["connect", "helo", "mail", "rcpt", "data"]] = {
+    "connect": "connect",
+    "helo": "helo",
+    "mail": "mail",
+    "rcpt": "rcpt",
+    "eom": "data",
+}
+
+
+class ScriptCheck:
+    """Test mode: the ``in`` rules of the active script (:mod:`meta1py.testmode.scripts`).
+
+    Phases: ``connect`` (``client``), ``helo``, ``mail`` (``from``), ``rcpt`` (``to``, ``from``,
+    ``domain``) and ``data``, asked at the end of the message (``to`` matches when any accepted
+    recipient matches). A matching rule refuses with its reply; a 4xx at connect is sent as 421
+    (:func:`refusal`). The rules file is looked at (one ``stat``) at every stage.
+    """
+
+    bounded = True  # no I/O beyond a stat and, when the file changed, a small read
+
+    def __init__(self, source: ScriptSource, stage: Stage) -> None:
+        self._source = source
+        self._stage = stage
+        self._phase = _SCRIPT_STAGES[stage]
+
+    @property
+    def may_follow_greeting(self) -> bool:
+        """The greeting need not wait for this check unless a rule is about connections."""
+        return not any(r.direction == "in" and r.phase == "connect" for r in self._source.current().rules)
+
+    async def __call__(self, context: StageContext) -> Decision:
+        book = self._source.current()
+        if not book.has("in"):
+            return CONTINUE
+        sender = context.sender
+        from_ = None if sender is None else str(sender) if isinstance(sender, Address) else ""
+        client = context.client_address
+        if self._phase == "rcpt":
+            to = None if context.recipient is None else str(context.recipient)
+            rule = book.take("in", "rcpt", to=to, sender=from_, client=client)
+        elif self._phase == "data":
+            rule = None
+            for to in context.recipients or (None,):
+                rule = book.take("in", "data", to=to, sender=from_, client=client)
+                if rule is not None:
+                    break
+        else:
+            rule = book.take("in", self._phase, sender=from_, client=client)
+        if rule is None or rule.reply is None:
+            return CONTINUE
+        log.info("session %s: test mode: scripted %s reply: %s", context.session_id, self._phase, rule.reply)
+        return Refuse(Reply(rule.reply.code, rule.reply.enhanced, (rule.reply.text,)))
+
+
+def scripted_checks(queue_directory: str | Path) -> Checks:
+    """The test mode checks smtps runs after the built-in ones (one rules file for all stages)."""
+    source = ScriptSource(test_directory(queue_directory) / TEST_SCRIPTS_NAME)
+    return Checks(
+        connect=(ScriptCheck(source, "connect"),),
+        helo=(ScriptCheck(source, "helo"),),
+        mail=(ScriptCheck(source, "mail"),),
+        rcpt=(ScriptCheck(source, "rcpt"),),
+        eom=(ScriptCheck(source, "eom"),),
     )

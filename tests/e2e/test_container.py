@@ -510,3 +510,109 @@ def test_container_image(podman: Podman, image: str) -> None:
     finally:
         podman.run("rm", "--force", "--ignore", "--volumes", "--time", "0", container)
         shutil.rmtree(base, ignore_errors=True)
+
+
+BLACKBOX = ROOT / "tests" / "blackbox"
+
+
+def test_the_blackbox_suite_passes_against_the_image(podman: Podman, image: str) -> None:
+    """tests/blackbox (SMTP and HTTP only) against the image in test mode (``META1_TEST=1``).
+
+    Host networking, so that clients keep their loopback addresses (the suite trusts 127.0.0.1
+    and greylists 127.0.0.2; through a published port both would come from the gateway); the
+    SMTP port and the control API listen on free loopback ports.
+    """
+    base = Path(tempfile.mkdtemp(prefix="meta1-container-bb-"))
+    base.chmod(0o755)
+    conf_dir, queue, mail = base / "etc", base / "queue", base / "mail"
+    conf_dir.mkdir()
+    (conf_dir / "meta1.conf").write_text(
+        (BLACKBOX / "meta1.conf.in")
+        .read_text()
+        .format(
+            paths='include "/run/meta1/paths.conf";',  # with META1_TEST=1, test_mode { listen } too
+            listen='include "/run/meta1/listen.conf";',
+            test_mode="",
+            qmgr_user="",
+            smar_user="",
+            smtpc_user="",
+            smtps_user="",
+        )
+    )
+    for path, mode in ((queue, 0o750), (mail, 0o700)):
+        path.mkdir(mode=mode)
+        os.chown(path, IMAGE_UID, IMAGE_UID)
+    smtp_port, api_port = free_port(), free_port()
+    name = f"meta1py-e2e-bb-{secrets.token_hex(4)}"
+    started = podman.run(
+        "run",
+        "--detach",
+        "--name",
+        name,
+        "--health-interval",
+        "disable",
+        "--network",
+        "host",
+        "--env",
+        "META1_TEST=1",
+        "--env",
+        "META1_LISTEN_ADDRESS=127.0.0.1",
+        "--env",
+        f"META1_PORT={smtp_port}",
+        "--env",
+        f"META1_TEST_PORT={api_port}",
+        "--volume",
+        f"{conf_dir}:/etc/meta1:ro",
+        "--volume",
+        f"{queue}:/var/spool/meta1",
+        "--volume",
+        f"{mail}:/var/mail/meta1",
+        image,
+    )
+    container = started.stdout.strip() or name
+    try:
+        assert started.returncode == 0, started.stderr
+
+        def logs() -> str:
+            result = podman.run("logs", container)
+            return result.stdout + result.stderr
+
+        def greets() -> bool:
+            state = podman.run("inspect", "--format", "{{.State.Status}}", container).stdout.strip()
+            if state != "running":
+                raise DaemonError(f"the container is {state}\n{logs()}")
+            try:
+                with smtplib.SMTP("127.0.0.1", smtp_port, timeout=5) as client:
+                    return client.noop()[0] == 250
+            except OSError:
+                return False
+
+        poll(greets, READY_S, "the container's greeting")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("META1_")}
+        env.update(
+            META1_BLACKBOX_SMTP=f"127.0.0.1:{smtp_port}", META1_BLACKBOX_API=f"http://127.0.0.1:{api_port}"
+        )
+        suite = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                "--rootdir",
+                str(ROOT),
+                str(BLACKBOX),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert suite.returncode == 0, f"{_tail(suite.stdout, 40)}\n{_tail(logs(), 40)}"
+        summary = suite.stdout.strip().splitlines()[-1]
+        assert re.search(r"\d+ passed", summary) and "skipped" not in summary, suite.stdout
+        assert "TEST MODE" in logs()
+    finally:
+        podman.run("rm", "--force", "--ignore", "--volumes", "--time", "0", container)
+        shutil.rmtree(base, ignore_errors=True)

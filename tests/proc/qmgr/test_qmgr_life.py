@@ -220,6 +220,8 @@ async def running_qmgr(
     )
     clock = WallClock()
     monkeypatch.setattr(manager_module, "time", clock)
+    # The manager reads the mail system's time through meta1py.clock (test mode's virtual clock).
+    monkeypatch.setattr(manager_module.clock, "now", clock.time)
     smtpc_path = tmp_path / "smtpc.sock"
     listener = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     await listener.bind(str(smtpc_path))

@@ -111,6 +111,7 @@ class _Terminal(io.StringIO):
 def test_progress_bar_only_on_a_terminal_for_big_maps(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("TERM", "xterm")
     source = tmp_path / "access"
     source.write_text("".join(f"from:u{i}@b.test OK\n" for i in range(30_000)))
     terminal, pipe = _Terminal(), io.StringIO()
@@ -119,7 +120,9 @@ def test_progress_bar_only_on_a_terminal_for_big_maps(
     assert pipe.getvalue() == ""
     makemap_module.makemap("access", str(source), progress_to=terminal)
     shown = terminal.getvalue()
-    assert "access: [" in shown and "30,000 lines" in shown and shown.endswith("\r\x1b[K")
+    assert shown.startswith("\raccess [") and "0/30,000 lines" in shown
+    last = shown.split("\r")[-1]
+    assert "100%  30,000/30,000 lines" in last and "done in" in last and last.endswith("\n")
     monkeypatch.setattr(makemap_module, "PROGRESS_MIN_LINES", 50_000)
     small = _Terminal()
     makemap_module.makemap("access", str(source), progress_to=small)
@@ -153,3 +156,16 @@ def test_newaliases_compiles_a_compiled_aliases_map(
     assert newaliases(["-f", str(conf)]) == 1
     assert "relative :include: path" in capsys.readouterr().err
     assert open_compiled("aliases", tmp_path / "aliases").get("postmaster") == ("alice",)  # kept
+
+
+def test_q_leaves_the_bar_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TERM", "xterm")
+    monkeypatch.setattr(makemap_module, "PROGRESS_MIN_LINES", 10)
+    source = tmp_path / "access"
+    source.write_text("".join(f"from:u{i}@b.test OK\n" for i in range(20)))
+    stderr = _Terminal()
+    monkeypatch.setattr("sys.stderr", stderr)
+    assert main(["-q", "access", str(source)]) == 0
+    assert stderr.getvalue() == ""
+    assert main(["access", str(source)]) == 0
+    assert "100%  20/20 lines" in stderr.getvalue()
