@@ -6,7 +6,7 @@ starts ``python -m meta1py.<name>``, whose ``__main__`` calls ``sys.exit(run_wor
 
 1. parses ``META1_FDS`` (``rpc``, ``listen0..N``, ``metrics``, ``ready``, ``lifeline``; exit 64
    if malformed);
-2. reads the effective config text on stdin and parses it (exit 78 on errors);
+2. reads the effective config on stdin (mcp sends it parsed, ``conf.config_wire``) (exit 78 on errors);
 3. runs the worker's ``prepare(cfg)`` if it has one (smtps loads its TLS keys and password files
    there, so that they can stay readable by root alone), then, when ``META1_USER`` is set, drops
    privileges in a fixed order (setgroups, setresgid, setresuid),
@@ -51,6 +51,7 @@ from meta1py.conf import (
     Config,
     ConfigErrors,
     parse_config,
+    parse_config_wire,
     process_log_level,
 )
 from meta1py.contract import (
@@ -334,7 +335,9 @@ def run_worker(name: str, serve: Serve, prepare: Prepare | None = None) -> int:
         log.critical("%s", exc)
         return EX_USAGE
     try:
-        cfg = parse_config(_read_config_text(), path="<config from mcp>")
+        text = _read_config_text()
+        # mcp sends the parsed tree (config_wire); a configuration text is read too (by hand).
+        cfg = parse_config_wire(text) if text.startswith("{") else parse_config(text, "<config from mcp>")
     except ConfigErrors as exc:
         log.critical("configuration errors:\n%s", exc)
         return EX_CONFIG

@@ -25,7 +25,7 @@ from meta1py.conf.model import (
     process_config,
     process_log_level,
 )
-from meta1py.conf.parser import load_config, parse_config, with_test_mode
+from meta1py.conf.parser import config_wire, load_config, parse_config, parse_config_wire, with_test_mode
 
 __all__ = [
     "SMTPS_DEFAULT_FLAGS",
@@ -43,11 +43,13 @@ __all__ = [
     "check_accounts",
     "check_files",
     "config_file",
+    "config_wire",
     "defaults_text",
     "dump_config",
     "listen_sockets",
     "load_config",
     "parse_config",
+    "parse_config_wire",
     "process_config",
     "process_log_level",
     "with_test_mode",

@@ -13,15 +13,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 import ipaddress
+import json
 import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from lark import Lark, Token, Tree
-from lark.exceptions import UnexpectedToken
+from typing import TYPE_CHECKING, Any, cast
 
 from meta1py.conf.errors import ConfigError, ConfigErrors
 from meta1py.conf.mapspec import MapSpec
@@ -40,6 +38,12 @@ from meta1py.conf.schema import (
 )
 from meta1py.contract import smar_data_directory
 
+if TYPE_CHECKING:
+    from lark import Lark, Token, Tree
+
+# Lark itself is imported where a text is parsed, not with this module: workers get the
+# configuration as an already parsed tree (config_wire, parse_config_wire) and never load it.
+
 _MAX_ERRORS = 100
 _MAX_INCLUDE_DEPTH = 16
 _MAX_FILE_BYTES = 16 * 1024 * 1024
@@ -50,6 +54,8 @@ _PUNCT_TEXT = {"EQUAL": "'='", "SEMICOLON": "';'", "LBRACE": "'{'", "RBRACE": "'
 
 def build_parser(grammar: str) -> Lark:
     """Lark's LALR parser for ``grammar``, built from the grammar itself (about 30 ms)."""
+    from lark import Lark
+
     return Lark(grammar, parser="lalr", lexer="basic", propagate_positions=False)
 
 
@@ -59,6 +65,7 @@ def _tabled_parser(grammar: str) -> Lark | None:
     import hashlib
 
     import lark
+    from lark import Lark
 
     from meta1py.conf import lalr_table
 
@@ -80,11 +87,6 @@ def _lark() -> tuple[Lark, re.Pattern[str]]:
     by_name = {t.name: t.pattern.to_regexp() for t in parser.terminals}
     master = re.compile("|".join(f"(?P<{n}>{by_name[n]})" for n in order) + r"|(?P<BAD>.)", re.DOTALL)
     return parser, master
-
-
-def prepare_parser() -> None:
-    """Make the parser now rather than on first use (mcp's fork server, before it forks workers)."""
-    _lark()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -147,6 +149,8 @@ class _Errors:
 
 
 def _tokenize(src: _Source, errors: _Errors) -> list[Token]:
+    from lark import Token
+
     _, master = _lark()
     text = src.text
     tokens: list[Token] = []
@@ -222,6 +226,9 @@ def _brace_owner(tokens: list[Token], i: int) -> str:
 
 
 def _parse_tokens(src: _Source, tokens: list[Token], errors: _Errors) -> Tree[Any] | None:
+    from lark import Token
+    from lark.exceptions import UnexpectedToken
+
     parser, _ = _lark()
     ip = parser.parse_interactive("")
     state = ip.parser_state
@@ -379,8 +386,7 @@ def _name(tok: Token) -> Scalar:
 
 
 def _value(tree: Tree[Any], src: _Source, errors: _Errors) -> Scalar:
-    tok = tree.children[0]
-    assert isinstance(tok, Token)
+    tok = cast("Token", tree.children[0])
     line, col = tok.line or 1, tok.column or 1
     if tok.type == "WORD":
         return Scalar(str(tok), False, line, col)
@@ -410,6 +416,8 @@ def _value(tree: Tree[Any], src: _Source, errors: _Errors) -> Scalar:
 
 
 def _items(children: list[Any], src: _Source, errors: _Errors) -> list[Any]:
+    from lark import Token, Tree
+
     out: list[Any] = []
     for node in children:
         if not isinstance(node, Tree):
@@ -845,13 +853,14 @@ def parse_config(text: str, path: str = "<string>") -> Config:
     return _parse(text, path, 0)
 
 
-def _parse(text: str, path: str, _index: int) -> Config:
+def _parse(text: str, path: str, _index: int, items: list[Any] | None = None) -> Config:
     errors = _Errors()
     src = _Source(path, text, 0)
     builder = _Builder(errors, src)
     cfg: Config | None = None
     try:
-        items = _parse_source(src, errors)
+        if items is None:
+            items = _parse_source(src, errors)
         cfg = builder.build(Config, items, _TOP, "")
         if "hostname" not in builder.locations:
             from meta1py.conf.model import _fqdn
@@ -926,3 +935,96 @@ def with_test_mode(cfg: Config) -> Config:
             ]
         )
     return dataclasses.replace(cfg, test_mode=dataclasses.replace(t, enable=True))
+
+
+# ---------------------------------------------------------------------------------------------
+# The configuration as mcp sends it to the workers: the parsed tree of its dump, as JSON
+
+
+WIRE_KEY = "meta1-config-tree"
+
+
+def config_wire(cfg: Config) -> str:
+    """The effective configuration as workers get it (mcp writes it into their config memfd).
+
+    It is the tree Lark made of ``dump_config(cfg)``, as JSON: a worker turns it into the model
+    with the same builder as a file (:func:`parse_config_wire`) without loading Lark, which keeps
+    Lark's import and the parse off a worker's start-up.
+    """
+    from meta1py.conf.dump import dump_config
+
+    text = dump_config(cfg, only_changed=False)
+    errors = _Errors()
+    items = _parse_source(_Source("<effective config>", text, 0), errors)
+    if errors.items:  # a dump always parses (tests/unit/conf/test_roundtrip.py)
+        raise ConfigErrors(errors.sorted())
+    return json.dumps({WIRE_KEY: 1, "items": [_item_json(item) for item in items]}, separators=(",", ":"))
+
+
+def parse_config_wire(data: str) -> Config:
+    """The model from :func:`config_wire`'s text.
+
+    Raises:
+        ConfigErrors: not such a text, or it does not make a valid configuration.
+    """
+    path = "<config from mcp>"
+    try:
+        obj = json.loads(data)
+        if not isinstance(obj, dict) or obj.get(WIRE_KEY) != 1:
+            raise ValueError("not a configuration tree")
+        src = _Source(path, "", 0)
+        items = [_item_from_json(item, src) for item in obj["items"]]
+    except (ValueError, KeyError, TypeError, IndexError) as exc:
+        raise ConfigErrors([ConfigError(path, 0, 0, f"unreadable configuration tree: {exc}", "")]) from None
+    return _parse("", path, 0, items)
+
+
+def _scalar_json(value: Scalar) -> list[Any]:
+    return [value.text, value.quoted, value.line, value.column]
+
+
+def _scalar_from_json(obj: Any) -> Scalar:
+    text, quoted, line, column = obj
+    if not isinstance(text, str) or not isinstance(quoted, bool):
+        raise ValueError("bad scalar")
+    return Scalar(text, quoted, int(line), int(column))
+
+
+def _item_json(item: Any) -> dict[str, Any]:
+    if isinstance(item, _Option):
+        value = item.value
+        raw: Any = (
+            {"list": [_scalar_json(v) for v in value.items], "at": [value.line, value.column]}
+            if isinstance(value, ListValue)
+            else _scalar_json(value)
+        )
+        return {"option": _scalar_json(item.name), "value": raw}
+    if isinstance(item, _Section):
+        return {
+            "section": _scalar_json(item.keyword),
+            "label": None if item.label is None else _scalar_json(item.label),
+            "items": [_item_json(sub) for sub in item.items],
+        }
+    return {"directive": _scalar_json(item.name), "value": _scalar_json(item.value)}
+
+
+def _item_from_json(obj: dict[str, Any], src: _Source) -> Any:
+    if "option" in obj:
+        value = obj["value"]
+        raw: RawValue = (
+            ListValue(
+                tuple(_scalar_from_json(v) for v in value["list"]), int(value["at"][0]), int(value["at"][1])
+            )
+            if isinstance(value, dict)
+            else _scalar_from_json(value)
+        )
+        return _Option(_scalar_from_json(obj["option"]), raw, src)
+    if "section" in obj:
+        label = obj["label"]
+        return _Section(
+            _scalar_from_json(obj["section"]),
+            None if label is None else _scalar_from_json(label),
+            [_item_from_json(sub, src) for sub in obj["items"]],
+            src,
+        )
+    return _Directive(_scalar_from_json(obj["directive"]), _scalar_from_json(obj["value"]), src)

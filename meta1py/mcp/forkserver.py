@@ -75,13 +75,8 @@ PRELOAD_ORDER = ("smtps", "smar", "qmgr", "smtpc")
 
 
 def preload(name: str) -> None:
-    """Import worker ``name``'s code (and, with smtps's, the config parser's tables: every worker
-    parses the config it is sent)."""
+    """Import worker ``name``'s code (not Lark: workers get the configuration parsed)."""
     importlib.import_module(f"meta1py.{name}.main")
-    if name == PRELOAD_ORDER[0]:
-        from meta1py.conf.parser import prepare_parser
-
-        prepare_parser()
 
 
 def set_process_title(title: str) -> None:

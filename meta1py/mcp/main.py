@@ -107,7 +107,7 @@ def _run(
 
     import threading
 
-    from meta1py.conf import dump_config, listen_sockets
+    from meta1py.conf import config_wire, listen_sockets
     from meta1py.contract import RPC_SERVERS, mcp_pid_path, mcp_status_path, rpc_socket_path
     from meta1py.log import setup_logging
     from meta1py.mcp.privs import (
@@ -165,7 +165,7 @@ def _run(
                 extra.close()
         return EX_OSERR
 
-    config_text = dump_config(cfg, only_changed=False)
+    config_text = config_wire(cfg)
     lifeline = os.pipe()
     # Until the supervisor's own handlers take over, a signal is noted, not obeyed at once: a
     # SIGTERM now still stops the workers in order (and cleans up) once the supervisor runs.

@@ -192,7 +192,7 @@ class Supervisor:
     Args:
         cfg: the validated configuration.
         conf_path: the file to re-read on SIGHUP (None: built-in defaults).
-        config_text: ``dump_config(cfg, only_changed=False)``, sent to each worker.
+        config_text: ``config_wire(cfg)``, sent to each worker.
         listeners: bound SMTP listening sockets by ``(address, port)``.
         rpc_sockets: bound RPC listening sockets by worker name.
         accounts: worker accounts when mcp is root, else None.
@@ -565,7 +565,7 @@ class Supervisor:
             self.write_status()
 
     async def _reload_locked(self) -> None:
-        from meta1py.conf import ConfigErrors, check_accounts, check_files, dump_config, load_config
+        from meta1py.conf import ConfigErrors, check_accounts, check_files, config_wire, load_config
         from meta1py.conf.accounts import check_tls_support
 
         source = self.conf_path or "the built-in defaults"
@@ -615,7 +615,7 @@ class Supervisor:
             self.metrics_listener = new_metrics
         self.cfg = new
         self.accounts = accounts
-        self.config_text = dump_config(new, only_changed=False)
+        self.config_text = config_wire(new)
         setup_logging("mcp", new.log_level, syslog=self.syslog, log_format=new.log_format)
         for name in WORKER_NAMES:
             if self.stopping:

@@ -44,7 +44,6 @@ import trio
 from meta1py import log as mlog
 from meta1py.conf import Config, ListenSocket, SmtpsConfig
 from meta1py.crashpoints import crash_point
-from meta1py.message.received import received_header
 from meta1py.metrics import SMTPS_REJECTED, SMTPS_TLS_SESSIONS, Counters
 from meta1py.queue.content import ContentWriter
 from meta1py.queue.errors import QueueStorageError
@@ -813,6 +812,10 @@ class Session:
         self.reply(replies.recipient_ok())
 
     def _received_header(self, qid: str) -> bytes:
+        # Imported at the first message, not at start-up (email.utils and the TLS facts it needs
+        # cost smtps's first greeting about 10 ms).
+        from meta1py.message.received import received_header
+
         txn = self.txn
         return received_header(
             hostname=self.hostname,

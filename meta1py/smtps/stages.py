@@ -61,7 +61,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol, TypeAlias
+from typing import TYPE_CHECKING, Literal, Protocol, TypeAlias
 
 import trio
 
@@ -82,8 +82,11 @@ from meta1py.smtp.address import Address, NullPath
 from meta1py.smtp.replies import Reply
 from meta1py.smtps.limits import MailRates, QueueSpace
 from meta1py.submission import submission_refusal
-from meta1py.testmode.scripts import ScriptSource
 from meta1py.tls.facts import TlsFacts
+
+if TYPE_CHECKING:
+    # Test mode only: imported where it is used (a worker's start-up pays for no more than it needs).
+    from meta1py.testmode.scripts import ScriptSource
 
 log = logging.getLogger(__name__)
 
@@ -676,6 +679,8 @@ class ScriptCheck:
 
 def scripted_checks(queue_directory: str | Path) -> Checks:
     """The test mode checks smtps runs after the built-in ones (one rules file for all stages)."""
+    from meta1py.testmode.scripts import ScriptSource
+
     source = ScriptSource(test_directory(queue_directory) / TEST_SCRIPTS_NAME)
     return Checks(
         connect=(ScriptCheck(source, "connect"),),
