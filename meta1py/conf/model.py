@@ -385,6 +385,41 @@ class _ForwardPathTemplate(ValueType):
         return raw.text
 
 
+#: ``home_mailbox`` applies to accounts from this uid up (Debian's login.defs UID_MIN): system
+#: accounts (daemons, whose homes are root's or shared) keep their Maildir in mail_directory.
+HOME_MAILBOX_MIN_UID = 1000
+#: ``nobody`` (Debian's uid 65534) has no home of its own.
+NOBODY_UID = 65534
+
+
+class _HomeMailbox(ValueType):
+    """``home_mailbox``: a Maildir below the user's home, written as Postfix writes it
+    (``Maildir/``: relative, the trailing slash meaning Maildir format)."""
+
+    kind = "Maildir path"
+    expected = 'a path relative to the home directory that ends in "/", such as "Maildir/"'
+
+    def parse_one(self, raw: Scalar) -> str:
+        text = raw.text
+        if not text:
+            raise InvalidValue("home_mailbox is empty", "leave the option out to turn it off", raw)
+        if text.startswith("/") or text.startswith("~"):
+            raise InvalidValue(
+                f"{text!r} is not relative to the home directory", 'write it as Postfix does: "Maildir/"', raw
+            )
+        if not text.endswith("/"):
+            # Postfix reads a name without the slash as an mbox file; only Maildir is supported.
+            raise InvalidValue(
+                f"{text!r} names an mbox file: only Maildir delivery is supported",
+                f'end it with "/" for a Maildir: "{text}/"',
+                raw,
+            )
+        parts = text.rstrip("/").split("/")
+        if not text.strip("/") or any(p in ("", ".", "..") for p in parts):
+            raise InvalidValue(f"{text!r} must stay below the home directory", 'write "Maildir/"', raw)
+        return text
+
+
 class _TlsRequirementsText(ValueType):
     """smtpc's ``tls_requirements`` text (kept as written; checked with the pure parser of
     :mod:`meta1py.tls.requirements`)."""
@@ -996,6 +1031,18 @@ class Config:
         "the .forward files of local users, tried in order ($home, $user are replaced); empty: no"
         " .forward file is read",
         '{ "$home/.forward" }',
+    )
+    # Postfix's home_mailbox (local(8)): mail for a local user with an account of its own goes
+    # to a Maildir in the user's home, written as that user (docs/smar.md, docs/smtpc.md "Home
+    # mailboxes"). Off by default: every local recipient gets a virtual Maildir.
+    home_mailbox: str | None = opt(
+        "home_mailbox",
+        _HomeMailbox(),
+        None,
+        "deliver mail for local users (accounts with uid 1000 or more, not nobody) into this Maildir"
+        " below their home directory, as the user; unset: every local recipient gets a Maildir in"
+        " mail_directory",
+        "Maildir/",
     )
     command_time_limit: float = opt(
         "command_time_limit",

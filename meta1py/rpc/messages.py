@@ -236,6 +236,8 @@ class SmarLocalDeliveryValue(RpcMessage):
     """Who runs a command or file delivery (``pipe`` and ``file`` routes): the account smar chose
     (the aliases or include file's owner, ``default_privs`` for root's files, the user of a
     ``.forward``) and where the target came from (checked again against ``allow_mail_to_*``).
+    On a ``maildir`` route (source ``home_mailbox``): the local user whose home Maildir the
+    message is written to, as that user.
 
     Sender: smar.
     Receiver: qmgr (which passes it on to smtpc, whose local delivery helper runs as ``uid``).
@@ -246,7 +248,7 @@ class SmarLocalDeliveryValue(RpcMessage):
     gid: int
     home: str = field(metadata=caps(max_len=1024))
     shell: str = field(metadata=caps(max_len=1024))
-    source: Literal["alias", "include", "forward"]
+    source: Literal["alias", "include", "forward", "home_mailbox"]
 
 
 @rpc_struct
@@ -255,7 +257,7 @@ class SmarRouteValue(RpcMessage):
     """Where one recipient goes: a transport and its next hops, or an error.
 
     ``path`` is the Unix socket (lmtp), the Maildir (maildir), the command (pipe) or the file
-    (file); ``local`` says who runs a pipe or file delivery.
+    (file); ``local`` says who runs a pipe or file delivery, or whose home Maildir it is.
 
     Sender: smar.
     Receiver: qmgr (which passes it on to smtpc).

@@ -11,6 +11,9 @@ user's mail rather than delivering it to the mailbox the user wanted to forward 
 Who runs a command or a file delivery is Postfix's local(8) rule (docs/smar.md, "Commands and
 files"): the owner of the aliases file or include file that named it, or ``default_privs``
 (``nobody``) when that owner is root; the user of the ``.forward`` file. Never root.
+
+With ``home_mailbox``, :func:`home_account` says which local parts are users with a home Maildir
+(docs/smar.md, "Home mailboxes").
 """
 
 from __future__ import annotations
@@ -22,10 +25,11 @@ import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from meta1py.conf.model import HOME_MAILBOX_MIN_UID, NOBODY_UID
 from meta1py.maps.aliases import MAX_LIST_FILE_BYTES, ForwardFile, LocalTarget, parse_target_list
 from meta1py.maps.errors import MapTempError
 
-__all__ = ["Account", "AccountError", "ForwardFiles", "IncludeFiles", "account_for"]
+__all__ = ["Account", "AccountError", "ForwardFiles", "IncludeFiles", "account_for", "home_account"]
 
 log = logging.getLogger(__name__)
 
@@ -214,4 +218,29 @@ def account_for(target: LocalTarget, default_privs: str) -> Account:
                 return Account(str(owner.st_uid), owner.st_uid, owner.st_gid, "/", "/bin/sh")
     if found.pw_uid == 0 or found.pw_gid == 0:
         raise AccountError(f"refusing to deliver as {found.pw_name} (uid or gid 0); check default_privs")
+    return Account(found.pw_name, found.pw_uid, found.pw_gid, found.pw_dir, found.pw_shell)
+
+
+def home_account(name: str) -> Account | None:
+    """The user whose home Maildir gets the mail of local part ``name`` (``home_mailbox``), or
+    None: no such account, root (Postfix never delivers as root), ``nobody``, a system account
+    (uid below :data:`~meta1py.conf.model.HOME_MAILBOX_MIN_UID`), gid 0, or a home that is not an
+    absolute path. Those keep their Maildir in ``mail_directory``.
+
+    Args:
+        name: the local part, already lower-cased and without its ``+extension``.
+    """
+    if not name or "\0" in name:
+        return None
+    try:
+        found = pwd.getpwnam(name)
+    except KeyError:
+        return None
+    if (
+        found.pw_uid < HOME_MAILBOX_MIN_UID
+        or found.pw_uid == NOBODY_UID
+        or found.pw_gid == 0
+        or not found.pw_dir.startswith("/")
+    ):
+        return None
     return Account(found.pw_name, found.pw_uid, found.pw_gid, found.pw_dir, found.pw_shell)

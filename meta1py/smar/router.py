@@ -12,10 +12,14 @@ Precedence for one final recipient ``local@domain``:
 
 1. ``domain`` in ``local_domains``: Maildir delivery to
    ``mail_directory/<domain>/<local>/`` (local part lower-cased, ``+ext``
-   removed), unless the routes map has an entry for the domain itself or a
-   ``.parent`` of it (not ``*``). That exception is what lets a gateway accept
-   mail for its domains and hand it to a mail store (``lmtp:...``); without
-   it a domain could not be both accepted and relayed.
+   removed) or, with ``home_mailbox`` and a local part that names a user
+   (:func:`meta1py.smar.localfiles.home_account`), to the Maildir
+   ``$HOME/<home_mailbox>`` written as that user (destination
+   ``maildir:USER``), unless the routes map has an entry for the domain
+   itself or a ``.parent`` of it (not ``*``). That exception is what lets a
+   gateway accept mail for its domains and hand it to a mail store
+   (``lmtp:...``); without it a domain could not be both accepted and
+   relayed.
 2. the routes map (exact, ``.parent``, then ``*``);
 3. ``relayhost`` (``[host]:port``: that host; ``host``: its MX);
 4. the MX of the domain, at ``smtp_port``.
@@ -26,9 +30,11 @@ gets its own Maildir. When a map is configured it is the list of valid
 names: a local recipient is accepted only when its local part (or the part
 before ``+``) is a name in the map, or is ``postmaster`` (RFC 5321 §4.5.1
 requires it); anything else is ``550 5.1.1`` user unknown. A name that should
-be a mailbox is written ``alice: alice``. Targets of an alias need no entry
-of their own (the operator wrote them). Local domains routed elsewhere by the
-routes map are not checked: the server behind them knows its users.
+be a mailbox is written ``alice: alice``; with ``home_mailbox`` the users
+that get a home Maildir are valid too, as Postfix's ``local_recipient_maps``
+accepts the password file's users. Targets of an alias need no entry of their
+own (the operator wrote them). Local domains routed elsewhere by the routes
+map are not checked: the server behind them knows its users.
 
 Commands and files (aliases(5) ``|command`` and ``/file`` targets, also from ``:include:`` and
 ``.forward`` files): the expansion writes them into the queue as ``origin:|command`` or
@@ -91,7 +97,14 @@ from meta1py.maps.views import (
     UnansweredTable,
     open_member,
 )
-from meta1py.smar.localfiles import Account, AccountError, ForwardFiles, IncludeFiles, account_for
+from meta1py.smar.localfiles import (
+    Account,
+    AccountError,
+    ForwardFiles,
+    IncludeFiles,
+    account_for,
+    home_account,
+)
 from meta1py.smar.resolver import DnsFailure, MxResult, Resolver
 from meta1py.smar.socketmap import SocketmapClient
 from meta1py.smtp.status import (
@@ -108,6 +121,8 @@ from meta1py.smtp.status import (
 log = logging.getLogger(__name__)
 
 Transport = Literal["smtp", "lmtp", "maildir", "pipe", "file"]
+#: Where a local delivery's account comes from: a command or file's source, or home_mailbox.
+LocalSource = TargetSource | Literal["home_mailbox"]
 
 _T = TypeVar("_T")
 _T_co = TypeVar("_T_co", covariant=True)
@@ -157,8 +172,9 @@ class Delivery:
         lmtp_address: lmtp over TCP: ``(host, port)``.
         maildir: maildir only: the Maildir directory (holding tmp/new/cur).
         target: pipe: the command; file: the file.
-        account: pipe and file: who runs it.
-        source: pipe and file: where the target came from (``alias``, ``include``, ``forward``).
+        account: pipe and file: who runs it; maildir: the user whose home Maildir it is.
+        source: pipe and file: where the target came from (``alias``, ``include``, ``forward``);
+            ``home_mailbox`` for a home Maildir.
     """
 
     transport: Transport
@@ -170,7 +186,7 @@ class Delivery:
     maildir: Path | None = None
     target: str | None = None
     account: Account | None = None
-    source: TargetSource | None = None
+    source: LocalSource | None = None
 
 
 RouteResult = Delivery | PermanentFailure | TemporaryFailure
@@ -330,7 +346,7 @@ class Router:
         if domain in self.local_domains:
             route = routes.lookup(domain, use_default=False) if routes is not None else None
             if route is None or isinstance(route, MaildirRoute):
-                return self._maildir(local, domain)
+                return self._home_maildir(local, domain) or self._maildir(local, domain)
             return await self._follow(route, address, local, domain)
         route = routes.lookup(domain) if routes is not None else None
         if route is not None:
@@ -401,7 +417,36 @@ class Router:
             return None
         if base_local_part(local).lower() == "postmaster":
             return None
+        if self._home_account(local) is not None:
+            # Postfix's local_recipient_maps: the password file's users exist with home_mailbox.
+            return None
         return PermanentFailure(550, PERM_BAD_DESTINATION_MAILBOX, f"<{local}@{domain}>: user unknown")
+
+    def _home_account(self, local: str) -> Account | None:
+        """The local user whose home Maildir gets ``local``'s mail, when ``home_mailbox`` is set."""
+        if self.config.home_mailbox is None:
+            return None
+        name = base_local_part(local).lower()
+        if _UNSAFE_LOCAL.search(name):
+            return None
+        return home_account(name)
+
+    def _home_maildir(self, local: str, domain: str) -> Delivery | None:
+        """``home_mailbox`` for a local user (:func:`~meta1py.smar.localfiles.home_account`): the
+        Maildir below the home, written as the user; None for everyone else."""
+        account = self._home_account(local)
+        if account is None:
+            return None
+        assert self.config.home_mailbox is not None
+        path = Path(account.home) / self.config.home_mailbox
+        return Delivery(
+            "maildir",
+            f"maildir:{account.user}",
+            f"{local}@{domain}",
+            maildir=path,
+            account=account,
+            source="home_mailbox",
+        )
 
     def _maildir(self, local: str, domain: str) -> RouteResult:
         name = base_local_part(local).lower()

@@ -125,11 +125,12 @@ def _overheads() -> tuple[int, int, int, int]:
 
 
 def _local_overhead() -> int:
-    """Bytes a pipe or file route's account adds beyond its strings (the largest ids)."""
+    """Bytes a pipe, file or home Maildir route's account adds beyond its strings (the largest
+    ids and the longest source)."""
     plain = SmarRouteValue(
         status="temp", transport="maildir", destination="", hosts=(), path=None, reply=None
     )
-    local = SmarLocalDeliveryValue(user="", uid=2**32, gid=2**32, home="", shell="", source="include")
+    local = SmarLocalDeliveryValue(user="", uid=2**32, gid=2**32, home="", shell="", source="home_mailbox")
     return _json_size((dataclasses.replace(plain, local=local),)) - _json_size((plain,))
 
 

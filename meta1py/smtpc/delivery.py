@@ -27,8 +27,8 @@ keyed by host *and* requirements, so a session checked against one set of requir
 reused for another.
 
 LMTP (RFC 2033): one reply per accepted recipient after the data.  Maildir: see
-:mod:`meta1py.smtpc.maildir`.  Commands and files (aliases(5) targets): see
-:mod:`meta1py.smtpc.local`.
+:mod:`meta1py.smtpc.maildir`.  Commands and files (aliases(5) targets) and home Maildirs
+(``home_mailbox``): see :mod:`meta1py.smtpc.local`.
 """
 
 from __future__ import annotations
@@ -448,6 +448,8 @@ class DeliveryAgents:
         """Deliver one job and report every recipient."""
         route = req.route
         if route.transport == "maildir":
+            if route.local is not None:  # home_mailbox: written as the user, by the helper
+                return await self.local.deliver_home(req)
             return await self._maildir(req)
         if route.transport == "lmtp":
             return await self._lmtp(req)

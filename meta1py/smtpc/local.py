@@ -1,4 +1,5 @@
-"""smtpc's command and file delivery agents (the ``pipe`` and ``file`` transports).
+"""smtpc's command and file delivery agents (the ``pipe`` and ``file`` transports), and home
+Maildir deliveries (``home_mailbox``).
 
 smar routes an aliases(5) ``"|command"`` or ``/file`` target (or one from an ``:include:`` or
 ``.forward`` file) as ``pipe`` or ``file``, with the account that runs it (``route.local``).
@@ -15,8 +16,15 @@ For each recipient, smtpc:
    ``Command died with status N``, a signal defers, the time limit bounces) and for files (a full
    disk or a lock that does not come defers, a file that cannot be written bounces).
 
+Home Maildirs (Postfix's ``home_mailbox``): smar routes a local user's mail as ``maildir`` with
+the account (``route.local``, source ``home_mailbox``) and ``route.path`` its home Maildir.
+smtpc refuses a looping message (5.4.6) as the Maildir agent does, writes the Maildir file's
+content (``Return-Path:``, ``Delivered-To:``, LF line ends) into a memfd, picks the file name
+(:func:`meta1py.smtpc.maildir.maildir_unique_name`) and hands both to the helper, whose runner
+writes the file as the user. The statuses are Postfix local(8)'s (:func:`home_maildir_result`).
+
 The helper is started by :meth:`LocalHelper.start` in smtpc's ``prepare`` (as root, before the
-privilege drop), only when commands or files are allowed.
+privilege drop), only when commands, files or home Maildirs are enabled.
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ from typing import Any
 import trio
 
 from meta1py.conf import Config
+from meta1py.conf.model import HOME_MAILBOX_MIN_UID
 from meta1py.envelope import DeliveryStatus
 from meta1py.maps.aliases import base_local_part, parse_local_target_address, split_address
 from meta1py.message.delivered_to import delivered_to_header, has_delivered_to
@@ -64,9 +73,10 @@ from meta1py.smtp.status import (
     TEMP_MAILBOX_FULL,
     TEMP_SYSTEM_MISCONFIGURED,
 )
+from meta1py.smtpc.maildir import maildir_unique_name, write_maildir_message
 from meta1py.smtpc.runas import MAX_REQUEST_BYTES, Policy
 
-__all__ = ["LocalAgent", "LocalHelper", "helper_policy", "local_delivery_enabled"]
+__all__ = ["LocalAgent", "LocalHelper", "helper_policy", "home_maildir_result", "local_delivery_enabled"]
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +107,8 @@ _SYSEXITS: dict[int, tuple[int, str, str]] = {
 
 
 def local_delivery_enabled(config: Config) -> bool:
-    """Whether commands or files may be delivered at all (the helper is needed)."""
-    return bool(config.allow_mail_to_commands or config.allow_mail_to_files)
+    """Whether commands, files or home Maildirs may be delivered at all (the helper is needed)."""
+    return bool(config.allow_mail_to_commands or config.allow_mail_to_files or config.home_mailbox)
 
 
 def helper_policy(config: Config) -> Policy:
@@ -121,6 +131,8 @@ def helper_policy(config: Config) -> Policy:
             "default_privs": config.default_privs,
             "alias_files": alias_files,
             "time_limit_s": config.command_time_limit,
+            "home_mailbox": config.home_mailbox,
+            "home_min_uid": HOME_MAILBOX_MIN_UID,
         }
     )
 
@@ -269,6 +281,33 @@ def _prepare(queue_dir: str, qid: str, sender: str, origin: str, kind: str) -> i
         return fd
 
 
+def _prepare_maildir(queue_dir: str, qid: str, sender: str, recipient: str) -> int | str | None:
+    """The Maildir file's content in a memfd (its descriptor); ``"loop"`` when the message already
+    carries ``Delivered-To: <recipient>``; None when the queue file is gone."""
+    try:
+        content = open_content(queue_dir, qid)
+    except FileNotFoundError:
+        return None
+    with content:
+        if has_delivered_to(content, recipient):
+            return "loop"
+        content.seek(0)
+        fd = os.memfd_create("meta1py-maildir", os.MFD_CLOEXEC)
+        try:
+            with os.fdopen(os.dup(fd), "wb") as out:
+                try:
+                    write_maildir_message(content, out, recipient, sender)
+                except ValueError:  # a sender that cannot be a header: none
+                    content.seek(0)
+                    out.seek(0)
+                    out.truncate()
+                    write_maildir_message(content, out, recipient, None)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+
 def _value(code: int, enhanced: str, text: str) -> SmtpReplyValue:
     return SmtpReplyValue(code=code, enhanced=enhanced, text=text[:_MAX_TEXT])
 
@@ -319,6 +358,30 @@ def file_result(path: str, result: dict[str, Any]) -> SmtpReplyValue:
     return _value(550, PERM_MAILBOX_OTHER, why)
 
 
+def home_maildir_result(maildir: str, result: dict[str, Any]) -> SmtpReplyValue:
+    """The status of a home Maildir delivery from the runner's answer.
+
+    As Postfix's local(8) (``maildir delivery failed: ...``, 5.2.0): a home that is missing, not
+    the user's, or a Maildir the user cannot create or write, or one reached through a symbolic
+    link, bounces; Postfix defers such mail only with ``require_home_directory``, which we do
+    not have. A full disk or quota defers (452 4.2.2, as our virtual Maildirs do; Postfix
+    bounces a full quota), and so do passing errors (451 4.3.0).
+    """
+    if "refused" in result:
+        return _value(451, TEMP_SYSTEM_MISCONFIGURED, f"local delivery refused: {result['refused']}")
+    if result.get("ok"):
+        return _value(250, SUCCESS, f"delivered to maildir as {result.get('name')}")
+    if "errno" not in result:
+        return _value(451, TEMP_MAIL_SYSTEM_ERROR, f"local delivery failed: {result.get('error')}")
+    err = result["errno"]
+    why = f"maildir delivery failed: {maildir}: {result.get('error')}"
+    if err in (errno.ENOSPC, errno.EDQUOT):
+        return _value(452, TEMP_MAILBOX_FULL, why)
+    if err in (errno.EAGAIN, errno.EINTR, errno.EIO, errno.ESTALE, errno.ENOMEM):
+        return _value(451, TEMP_MAIL_SYSTEM_ERROR, why)
+    return _value(550, PERM_MAILBOX_OTHER, why)
+
+
 class LocalAgent:
     """Delivers ``pipe`` and ``file`` jobs (see the module docstring).
 
@@ -340,6 +403,65 @@ class LocalAgent:
             status: DeliveryStatus = "ok" if reply.code < 400 else ("temp" if reply.code < 500 else "perm")
             results.append(SmtpcRecipientResult(idx=r.idx, status=status, reply=reply, remote_mta=None))
         return SmtpcDeliveryReply(results=tuple(results), session_failed=False)
+
+    async def deliver_home(self, req: SmtpcDeliveryRequest) -> SmtpcDeliveryReply:
+        """A ``maildir`` route to a user's home Maildir (``route.local`` set): one result per
+        recipient, each written by the helper's runner as the user."""
+        results = []
+        for r in req.recipients:
+            reply = await self._home(req, r)
+            status: DeliveryStatus = "ok" if reply.code < 400 else ("temp" if reply.code < 500 else "perm")
+            results.append(SmtpcRecipientResult(idx=r.idx, status=status, reply=reply, remote_mta=None))
+        return SmtpcDeliveryReply(results=tuple(results), session_failed=False)
+
+    async def _home(self, req: SmtpcDeliveryRequest, r: SmtpcRecipientValue) -> SmtpReplyValue:
+        route, account = req.route, req.route.local
+        mailbox = self.config.home_mailbox
+        if account is None or not route.path:
+            return _value(451, TEMP_SYSTEM_MISCONFIGURED, "home Maildir route without an account or path")
+        if self.helper is None or mailbox is None:
+            # smar routed with a configuration smtpc does not have (a reload in between): wait.
+            return _value(451, TEMP_SYSTEM_MISCONFIGURED, "home_mailbox is not set in smtpc")
+        prepared = await trio.to_thread.run_sync(
+            _prepare_maildir, self.queue_dir, req.qid, req.sender, r.address
+        )
+        if prepared is None:
+            return _value(451, TEMP_MAIL_SYSTEM_ERROR, f"queue file {req.qid} missing")
+        if prepared == "loop":
+            return _value(554, PERM_ROUTING_LOOP, f"mail loop: already delivered to {r.address}")
+        assert isinstance(prepared, int)
+        request = {
+            "kind": "maildir",
+            "target": mailbox,
+            "name": maildir_unique_name(self.config.hostname),
+            "uid": account.uid,
+            "gid": account.gid,
+            "home": account.home,
+            "source": account.source,
+        }
+        try:
+            result = await self.helper.run(
+                request, prepared, self.config.command_time_limit + _ANSWER_GRACE_S
+            )
+        except LocalHelperGoneError as exc:
+            log.error("%s: %s", req.qid, exc)
+            return _value(451, TEMP_MAIL_SYSTEM_ERROR, str(exc))
+        finally:
+            os.close(prepared)
+        reply = home_maildir_result(route.path, result)
+        if "refused" in result or "error" in result:
+            log.error("%s: maildir %s as %s: %s", req.qid, route.path, account.user, reply.text)
+        else:
+            log.info(
+                "%s: maildir %s as %s (uid %s): %d %s",
+                req.qid,
+                route.path,
+                account.user,
+                result.get("uid"),
+                reply.code,
+                reply.text,
+            )
+        return reply
 
     async def _one(self, req: SmtpcDeliveryRequest, r: SmtpcRecipientValue) -> SmtpReplyValue:
         route = req.route

@@ -34,7 +34,7 @@ from meta1py.message.delivered_to import delivered_to_header, has_delivered_to
 from meta1py.message.return_path import return_path_header
 from meta1py.smtp.status import PERM_ROUTING_LOOP, SUCCESS, TEMP_MAIL_SYSTEM_ERROR, TEMP_MAILBOX_FULL
 
-__all__ = ["DeliveryOutcome", "deliver_maildir", "maildir_unique_name"]
+__all__ = ["DeliveryOutcome", "deliver_maildir", "maildir_unique_name", "write_maildir_message"]
 
 #: Bytes copied per read; messages are streamed, never held whole in memory.
 _CHUNK_BYTES = 64 * 1024
@@ -132,6 +132,19 @@ def _copy_lf(content: BinaryIO, out: BinaryIO) -> None:
         out.write(b"\r")
 
 
+def write_maildir_message(content: BinaryIO, out: BinaryIO, recipient: str, sender: str | None) -> None:
+    """Write what a Maildir file holds: ``Return-Path:`` (when ``sender`` is not None),
+    ``Delivered-To: <recipient>``, then the stored message with LF line ends.
+
+    Raises:
+        ValueError: ``sender`` cannot be written as a header.
+    """
+    if sender is not None:
+        out.write(return_path_header(sender, newline=b"\n"))
+    out.write(delivered_to_header(recipient, newline=b"\n"))
+    _copy_lf(content, out)
+
+
 def _temp_failure(exc: OSError, what: str) -> DeliveryOutcome:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return DeliveryOutcome("temp", 452, TEMP_MAILBOX_FULL, f"mailbox full: {what}: {exc.strerror}")
@@ -196,10 +209,7 @@ def deliver_maildir(
     linked = False  # whether new_path is ours to remove on failure
     try:
         with os.fdopen(fd, "wb") as out:
-            if sender is not None:
-                out.write(return_path_header(sender, newline=b"\n"))
-            out.write(delivered_to_header(recipient, newline=b"\n"))
-            _copy_lf(content, out)
+            write_maildir_message(content, out, recipient, sender)
             out.flush()
             os.fsync(out.fileno())
         try:

@@ -1,28 +1,33 @@
-"""runas: smtpc's privileged helper for command and file deliveries.
+"""runas: smtpc's privileged helper for command, file and home Maildir deliveries.
 
 NAME
-    runas -- runs one command, or appends to one file, as a given unprivileged user.
+    runas -- runs one command, appends to one file, or writes one message into a user's home
+    Maildir, as a given unprivileged user.
 
 DESCRIPTION
     aliases(5) ``"|command"`` and ``/file`` targets (and those of ``:include:`` and ``.forward``
     files) must run as the user Postfix would run them as: the owner of the file that named them,
-    ``default_privs`` when root owns it, the user of a ``.forward``. smtpc runs as ``meta1c`` and
-    cannot change its uid, so when ``allow_mail_to_commands`` or ``allow_mail_to_files`` is set,
-    smtpc starts this helper in its ``prepare`` step, before it drops privileges: a fresh
-    interpreter (``python -I -m meta1py.smtpc.runas``) that keeps root and imports nothing but
-    this module and the standard library.
+    ``default_privs`` when root owns it, the user of a ``.forward``; with ``home_mailbox``, a local
+    user's mail is written into the user's home as that user. smtpc runs as ``meta1c`` and cannot
+    change its uid, so when ``allow_mail_to_commands``, ``allow_mail_to_files`` or
+    ``home_mailbox`` is set, smtpc starts this helper in its ``prepare`` step, before it drops
+    privileges: a fresh interpreter (``python -I -m meta1py.smtpc.runas``) that keeps root and
+    imports nothing but this module and the standard library.
 
     smtpc sends one request per delivery over a ``SOCK_SEQPACKET`` socket: a JSON object (kind,
-    target, uid, gid, home, source, environment, time limit) with two descriptors attached: the
-    message, already formatted by smtpc (a memfd; mbox ``From`` line, ``Return-Path:``,
-    ``Delivered-To:``), and a socket for the answer. The helper checks the request, forks a
-    *runner* and goes back to its loop; it never waits for a delivery. The runner closes the
-    helper's socket, drops to the user (setgroups, setresgid, setresuid, then proves that root
-    cannot be regained) and only then touches the message: it runs ``/bin/sh -c command`` with the
-    message on standard input (killing its process group after the time limit), or locks and
-    appends to the file (``O_APPEND``, no symbolic links, one hard link, truncated back on error),
-    and writes a JSON result (exit status, signal, output, errno) to the answer socket. smtpc turns
-    that result into a delivery status.
+    target, uid, gid, home, source, environment, time limit; a Maildir file name) with two
+    descriptors attached: the message, already formatted by smtpc (a memfd; mbox ``From`` line,
+    ``Return-Path:``, ``Delivered-To:``), and a socket for the answer. The helper checks the
+    request, forks a *runner* and goes back to its loop; it never waits for a delivery. The runner
+    closes the helper's socket, drops to the user (setgroups, setresgid, setresuid, then proves
+    that root cannot be regained) and only then touches the message: it runs ``/bin/sh -c
+    command`` with the message on standard input (killing its process group after the time
+    limit), or locks and appends to the file (``O_APPEND``, no symbolic links, one hard link,
+    truncated back on error), or writes the message into ``home_mailbox`` below the user's home
+    (Maildir: ``tmp/``, fsync, link into ``new/``, fsync of ``new/``; every directory below the
+    home opened without following symbolic links and created mode 0700 when missing), and writes
+    a JSON result (exit status, signal, output, errno) to the answer socket. smtpc turns that
+    result into a delivery status.
 
 SECURITY
     Root's code is this module's loop: read a small JSON request, check it, fork, change uid. It
@@ -30,7 +35,9 @@ SECURITY
     gid 0 and the worker accounts and groups (a command with group ``meta1`` could read the
     queue), requests for a kind or source the configuration does not allow, and, unless
     ``:include:`` or ``.forward`` targets are allowed, any uid other than ``default_privs`` and
-    the owners of the aliases files. What it trusts smtpc for: the uid, within those limits; a
+    the owners of the aliases files. A home Maildir delivery must name ``home_mailbox`` itself,
+    a uid of ``home_min_uid`` or more (not ``nobody``) and that account's own gid and home, as
+    the password database has them now. What it trusts smtpc for: the uid, within those limits; a
     compromised smtpc could run a command as such a user, which Postfix's local(8), running as
     root throughout, would have allowed too. When mcp does not run as root, neither does the
     helper: every delivery runs as the invoking user.
@@ -46,6 +53,7 @@ DIAGNOSTICS
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
@@ -61,7 +69,15 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["ENV_NAMES", "MAX_OUTPUT_BYTES", "MAX_REQUEST_BYTES", "Policy", "main"]
+__all__ = [
+    "ENV_NAMES",
+    "HOME_MIN_UID",
+    "MAX_OUTPUT_BYTES",
+    "MAX_REQUEST_BYTES",
+    "NOBODY_UID",
+    "Policy",
+    "main",
+]
 
 #: Largest request (JSON) smtpc sends.
 MAX_REQUEST_BYTES = 64 * 1024
@@ -85,6 +101,11 @@ ENV_NAMES = frozenset(
         "LANG",
     }
 )
+#: The lowest uid whose mail goes to its home with ``home_mailbox`` when the policy does not say
+#: (meta1py.conf.model.HOME_MAILBOX_MIN_UID; this module imports the standard library only).
+HOME_MIN_UID = 1000
+#: ``nobody`` (Debian's 65534) never gets mail in a home of its own.
+NOBODY_UID = 65534
 _PR_SET_PDEATHSIG = 1
 _COPY_BYTES = 64 * 1024
 
@@ -104,6 +125,8 @@ class Policy:
         default_privs: the account for root's files.
         alias_files: the aliases files (their owners may run commands and files).
         time_limit_s: the longest command run (``command_time_limit``).
+        home_mailbox: ``home_mailbox`` (``Maildir/``), or None when home deliveries are off.
+        home_min_uid: the lowest uid whose mail goes to its home.
     """
 
     def __init__(self, data: Mapping[str, Any]) -> None:
@@ -114,6 +137,9 @@ class Policy:
         self.default_privs = str(data.get("default_privs", "nobody"))
         self.alias_files = tuple(str(p) for p in data.get("alias_files", ()))
         self.time_limit_s = float(data.get("time_limit_s", 1000.0))
+        home_mailbox = data.get("home_mailbox")
+        self.home_mailbox = str(home_mailbox) if home_mailbox else None
+        self.home_min_uid = int(data.get("home_min_uid", HOME_MIN_UID))
 
     def to_json(self) -> str:
         """The form :func:`main` reads back."""
@@ -126,6 +152,8 @@ class Policy:
                 "default_privs": self.default_privs,
                 "alias_files": list(self.alias_files),
                 "time_limit_s": self.time_limit_s,
+                "home_mailbox": self.home_mailbox,
+                "home_min_uid": self.home_min_uid,
             }
         )
 
@@ -154,6 +182,8 @@ class Policy:
             RequestError: why it is refused.
         """
         kind, source, target = request.get("kind"), request.get("source"), request.get("target")
+        if kind == "maildir":
+            return self._check_maildir(request)
         if kind not in ("command", "file"):
             raise RequestError(f"unknown kind {kind!r}")
         allowed = self.commands if kind == "command" else self.files
@@ -190,6 +220,46 @@ class Policy:
             "home": home if isinstance(home, str) and home.startswith("/") else "/",
             "env": dict(env),
             "time_limit_s": min(float(limit), self.time_limit_s),
+            "forbidden_gids": sorted(forbidden_gids),
+        }
+
+    def _check_maildir(self, request: Mapping[str, Any]) -> dict[str, Any]:
+        """A home Maildir delivery: ``home_mailbox`` below the home of the account with that uid,
+        as the password database says now (smtpc names the uid; the rest must agree with it)."""
+        if self.home_mailbox is None:
+            raise RequestError("home_mailbox is not set here")
+        if request.get("source") != "home_mailbox" or request.get("target") != self.home_mailbox:
+            raise RequestError(f"a home Maildir delivery must be to home_mailbox ({self.home_mailbox})")
+        name = request.get("name")
+        if (
+            not isinstance(name, str)
+            or not name
+            or len(name) > 255
+            or name.startswith(".")
+            or any(c in name for c in "/\0")
+        ):
+            raise RequestError("bad Maildir file name")
+        uid, gid, home = request.get("uid"), request.get("gid"), request.get("home")
+        if not isinstance(uid, int) or not isinstance(gid, int) or not isinstance(home, str):
+            raise RequestError("bad uid, gid or home")
+        try:
+            account = pwd.getpwuid(uid)
+        except KeyError:
+            raise RequestError(f"uid {uid} has no account") from None
+        if (account.pw_gid, account.pw_dir) != (gid, home) or not home.startswith("/"):
+            raise RequestError(f"gid {gid} or home {home!r} is not uid {uid}'s")
+        forbidden_uids, forbidden_gids = self._ids()
+        if os.geteuid() == 0 and (
+            uid in forbidden_uids or gid in forbidden_gids or uid < self.home_min_uid or uid == NOBODY_UID
+        ):
+            raise RequestError(f"no home Maildir delivery as uid {uid} gid {gid}")
+        return {
+            "kind": "maildir",
+            "target": self.home_mailbox,
+            "name": name,
+            "uid": uid,
+            "gid": gid,
+            "home": home,
             "forbidden_gids": sorted(forbidden_gids),
         }
 
@@ -357,6 +427,86 @@ def _append_file(path: str, message: int, time_limit_s: float) -> dict[str, Any]
         os.close(fd)
 
 
+def _open_below(parent: int, name: str, created: list[int]) -> int:
+    """The directory ``name`` in ``parent`` (made mode 0700 when missing), opened without following
+    a symbolic link; the descriptor of a directory that got a new entry goes into ``created``."""
+    try:
+        os.mkdir(name, 0o700, dir_fd=parent)
+        created.append(parent)
+    except FileExistsError:
+        pass
+    return os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+
+
+def _deliver_maildir(home: str, mailbox: str, name: str, message: int) -> dict[str, Any]:
+    """Write the message as ``home/mailbox/new/name`` (through ``tmp/``), as the user the runner
+    has become.
+
+    The home itself is taken as the password database names it (a symbolic link there is the
+    administrator's), but it must belong to the user; below it nothing is followed: every
+    component is opened with ``O_NOFOLLOW`` relative to its parent, so a link planted as
+    ``Maildir`` or ``Maildir/new`` fails (ELOOP) instead of leading out of the home.
+    """
+    stage = "home"
+    fds: list[int] = []
+    created: list[int] = []
+    try:
+        fds.append(os.open(home, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
+        if os.fstat(fds[0]).st_uid != os.getuid():
+            return {"errno": errno.EPERM, "error": f"home directory {home} is not the user's", "stage": stage}
+        stage = "mkdir"
+        for part in mailbox.strip("/").split("/"):
+            fds.append(_open_below(fds[-1], part, created))
+        maildir = fds[-1]
+        tmp = _open_below(maildir, "tmp", created)
+        fds.append(tmp)
+        new = _open_below(maildir, "new", created)
+        fds.append(new)
+        fds.append(_open_below(maildir, "cur", created))
+        for fd in dict.fromkeys(created):
+            os.fsync(fd)  # a new directory entry is durable once its parent is synced
+        stage = "create"
+        out = os.open(
+            name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=tmp
+        )
+        stage = "write"
+        linked = False
+        try:
+            try:
+                os.lseek(message, 0, os.SEEK_SET)
+                while chunk := os.read(message, _COPY_BYTES):
+                    view = memoryview(chunk)
+                    while view:
+                        view = view[os.write(out, view) :]
+                os.fsync(out)
+            finally:
+                os.close(out)
+            try:
+                os.link(name, name, src_dir_fd=tmp, dst_dir_fd=new, follow_symlinks=False)
+                linked = True
+                os.unlink(name, dir_fd=tmp)
+            except OSError as exc:
+                if linked or exc.errno not in (errno.EPERM, errno.EXDEV, errno.EMLINK, errno.ENOTSUP):
+                    raise
+                os.rename(name, name, src_dir_fd=tmp, dst_dir_fd=new)
+                linked = True
+            os.fsync(new)
+        except OSError:
+            # Never a partial file in new/, nor one a crash could lose after a 250.
+            with contextlib.suppress(OSError):
+                os.unlink(name, dir_fd=tmp)
+            if linked:
+                with contextlib.suppress(OSError):
+                    os.unlink(name, dir_fd=new)
+            raise
+        return {"ok": True, "name": name}
+    except OSError as exc:
+        return {"errno": exc.errno, "error": exc.strerror or str(exc), "stage": stage}
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
 def _runner(sock: socket.socket, message: int, answer: int, request: dict[str, Any]) -> None:
     """In the forked runner: become the user, deliver, answer, exit."""
     result: dict[str, Any]
@@ -374,6 +524,8 @@ def _runner(sock: socket.socket, message: int, answer: int, request: dict[str, A
             os.chdir("/")
         if request["kind"] == "command":
             result = _run_command(request["target"], message, request["env"], request["time_limit_s"])
+        elif request["kind"] == "maildir":
+            result = _deliver_maildir(request["home"], request["target"], request["name"], message)
         else:
             result = _append_file(request["target"], message, request["time_limit_s"])
         result["uid"] = os.getuid()
