@@ -32,6 +32,7 @@ from __future__ import annotations
 import array
 import contextlib
 import errno
+import io
 import json
 import logging
 import os
@@ -48,7 +49,7 @@ from meta1py.envelope import DeliveryStatus
 from meta1py.maps.aliases import base_local_part, parse_local_target_address, split_address
 from meta1py.message.delivered_to import delivered_to_header, has_delivered_to
 from meta1py.message.mbox import from_line, write_message
-from meta1py.message.return_path import return_path_header
+from meta1py.message.return_path import read_head_without_return_path, return_path_header
 from meta1py.queue.content import open_content
 from meta1py.rpc.messages import (
     SmtpcDeliveryReply,
@@ -274,6 +275,9 @@ def _prepare(queue_dir: str, qid: str, sender: str, origin: str, kind: str) -> i
                 with contextlib.suppress(ValueError):  # a sender that cannot be a header: none
                     out.write(return_path_header(sender, newline=b"\n"))
                 out.write(delivered_to_header(origin, newline=b"\n"))
+                # A Return-Path: that came with the message goes: this one is the envelope's.
+                head = io.BytesIO(read_head_without_return_path(content))
+                write_message(head, out, quote_from=kind == "file", blank_line=False)
                 write_message(content, out, quote_from=kind == "file", blank_line=kind == "file")
         except BaseException:
             os.close(fd)

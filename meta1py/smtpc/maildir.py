@@ -31,7 +31,7 @@ from typing import BinaryIO
 
 from meta1py.envelope import DeliveryStatus
 from meta1py.message.delivered_to import delivered_to_header, has_delivered_to
-from meta1py.message.return_path import return_path_header
+from meta1py.message.return_path import read_head_without_return_path, return_path_header
 from meta1py.smtp.status import PERM_ROUTING_LOOP, SUCCESS, TEMP_MAIL_SYSTEM_ERROR, TEMP_MAILBOX_FULL
 
 __all__ = ["DeliveryOutcome", "deliver_maildir", "maildir_unique_name", "write_maildir_message"]
@@ -142,6 +142,8 @@ def write_maildir_message(content: BinaryIO, out: BinaryIO, recipient: str, send
     if sender is not None:
         out.write(return_path_header(sender, newline=b"\n"))
     out.write(delivered_to_header(recipient, newline=b"\n"))
+    # A Return-Path: that came with the message goes: this one is the envelope's.
+    out.write(read_head_without_return_path(content).replace(b"\r\n", b"\n"))
     _copy_lf(content, out)
 
 

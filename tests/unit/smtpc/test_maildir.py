@@ -180,3 +180,16 @@ def test_return_path_records_the_envelope_sender(tmp_path: Path, sender: str, li
     )
     (msg,) = _files(md / "new")
     assert msg.read_bytes().startswith(b"Return-Path: " + line + b"\nDelivered-To: bob@example.org\nFrom: ")
+
+
+def test_a_return_path_the_client_wrote_is_replaced_by_the_envelopes(tmp_path: Path) -> None:
+    md = tmp_path / "bob"
+    forged = b"Return-Path: <boss@example.com>\r\n" + MESSAGE
+    assert (
+        deliver_maildir(md, io.BytesIO(forged), "bob@example.org", "mx.test", sender="a@example.org").status
+        == "ok"
+    )
+    (msg,) = _files(md / "new")
+    data = msg.read_bytes()
+    assert data.count(b"Return-Path:") == 1 and data.startswith(b"Return-Path: <a@example.org>\n")
+    assert b"boss@example.com" not in data
