@@ -176,9 +176,15 @@ def main(argv: list[str]) -> int:
 
     try:
         return trio.run(monitor, cfg, args.interval, args.count, sys.stdout)
-    except KeyboardInterrupt:
-        return EX_OK
-    except BrokenPipeError:
-        # The reader went away (| head): not an error. Keep the interpreter's last flush quiet.
-        sys.stdout = open(os.devnull, "w")
-        return EX_OK
+    except BaseException as exc:
+        # Ctrl-C: trio raises it, wrapped in a group when it came while a nursery was open.
+        interrupted = isinstance(exc, KeyboardInterrupt) or (
+            isinstance(exc, BaseExceptionGroup) and exc.split(KeyboardInterrupt)[1] is None
+        )
+        if interrupted:
+            return EX_OK
+        if isinstance(exc, BrokenPipeError):
+            # The reader went away (| head): not an error. Keep the interpreter's last flush quiet.
+            sys.stdout = open(os.devnull, "w")
+            return EX_OK
+        raise
