@@ -139,6 +139,30 @@ async def monitor(cfg: Config, interval_s: float, count: int | None, out: TextIO
     return EX_OK
 
 
+async def _until_interrupted(cfg: Config, interval_s: float, count: int | None, out: TextIO) -> int:
+    """:func:`monitor` until it ends or Ctrl-C: SIGINT is received as a signal here, not raised as
+    KeyboardInterrupt wherever the monitor happens to be (an exit by SIGINT, not 0, when it
+    escaped in between)."""
+    import signal
+
+    import trio
+
+    status = EX_OK
+    with trio.open_signal_receiver(signal.SIGINT) as interrupts:
+        async with trio.open_nursery() as nursery:
+
+            async def run() -> None:
+                nonlocal status
+                status = await monitor(cfg, interval_s, count, out)
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(run)
+            async for _ in interrupts:
+                nursery.cancel_scope.cancel()
+                break
+    return status
+
+
 def _positive(text: str) -> float:
     value = float(text)
     if not value > 0:
@@ -175,7 +199,7 @@ def main(argv: list[str]) -> int:
     import trio
 
     try:
-        return trio.run(monitor, cfg, args.interval, args.count, sys.stdout)
+        return trio.run(_until_interrupted, cfg, args.interval, args.count, sys.stdout)
     except BaseException as exc:
         # Ctrl-C: trio raises it, wrapped in a group when it came while a nursery was open.
         interrupted = isinstance(exc, KeyboardInterrupt) or (
