@@ -347,19 +347,7 @@ def command_result(command: str, result: dict[str, Any]) -> SmtpReplyValue:
 
 def file_result(path: str, result: dict[str, Any]) -> SmtpReplyValue:
     """The status of a file delivery from the runner's answer."""
-    if "refused" in result:
-        return _value(451, TEMP_SYSTEM_MISCONFIGURED, f"local delivery refused: {result['refused']}")
-    if result.get("ok"):
-        return _value(250, SUCCESS, f"delivered to file: {path}")
-    if "errno" not in result:
-        return _value(451, TEMP_MAIL_SYSTEM_ERROR, f"local delivery failed: {result.get('error')}")
-    err = result["errno"]
-    why = f"cannot append message to file {path}: {result.get('error')}"
-    if err in (errno.ENOSPC, errno.EDQUOT):
-        return _value(452, TEMP_MAILBOX_FULL, why)
-    if err in (errno.EAGAIN, errno.EINTR, errno.EIO, errno.ESTALE, errno.ENOMEM):
-        return _value(451, TEMP_MAIL_SYSTEM_ERROR, why)
-    return _value(550, PERM_MAILBOX_OTHER, why)
+    return _write_result(result, f"delivered to file: {path}", f"cannot append message to file {path}")
 
 
 def home_maildir_result(maildir: str, result: dict[str, Any]) -> SmtpReplyValue:
@@ -371,14 +359,22 @@ def home_maildir_result(maildir: str, result: dict[str, Any]) -> SmtpReplyValue:
     not have. A full disk or quota defers (452 4.2.2, as our virtual Maildirs do; Postfix
     bounces a full quota), and so do passing errors (451 4.3.0).
     """
+    return _write_result(
+        result, f"delivered to maildir as {result.get('name')}", f"maildir delivery failed: {maildir}"
+    )
+
+
+def _write_result(result: dict[str, Any], delivered: str, failed: str) -> SmtpReplyValue:
+    """The status of a file or home Maildir write from the runner's answer: refused by the
+    helper, done, or failed (a full disk defers, passing errors defer, the rest bounce)."""
     if "refused" in result:
         return _value(451, TEMP_SYSTEM_MISCONFIGURED, f"local delivery refused: {result['refused']}")
     if result.get("ok"):
-        return _value(250, SUCCESS, f"delivered to maildir as {result.get('name')}")
+        return _value(250, SUCCESS, delivered)
     if "errno" not in result:
         return _value(451, TEMP_MAIL_SYSTEM_ERROR, f"local delivery failed: {result.get('error')}")
     err = result["errno"]
-    why = f"maildir delivery failed: {maildir}: {result.get('error')}"
+    why = f"{failed}: {result.get('error')}"
     if err in (errno.ENOSPC, errno.EDQUOT):
         return _value(452, TEMP_MAILBOX_FULL, why)
     if err in (errno.EAGAIN, errno.EINTR, errno.EIO, errno.ESTALE, errno.ENOMEM):
