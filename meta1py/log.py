@@ -602,13 +602,20 @@ def postfix_lines(
         relay = _pf_relay(transport, _pf(fields.get("relay")))
         dsn = _pf(fields.get("dsn")) or _default_dsn(status)
         why = _pf(fields.get("reply") or fields.get("reason"))
+        # Postfix's delays=a/b/c/d (postfix_exporter reads delivery lines only with it).
+        delays = f"delays={_pf(fields['delays'])}, " if fields.get("delays") else ""
         return [
             (
                 _PF_AGENTS.get(transport, "smtp"),
                 f"{q}: to=<{_pf(fields.get('to'))}>, relay={relay}, delay={_pf(fields.get('delay')) or '0'}, "
-                f"dsn={dsn}, status={status} ({why})",
+                f"{delays}dsn={dsn}, status={status} ({why})",
             )
         ]
+    if event == "tls":
+        bits = _pf(fields.get("bits"))
+        trust = _pf(fields.get("trust")).capitalize()
+        text = f"{trust} TLS connection established from {_pf_client(fields)}: {_pf(fields.get('protocol'))}"
+        return [("smtpd", f"{text} with cipher {_pf(fields.get('cipher'))} ({bits}/{bits} bits)")]
     if event == "auth_failed":
         # Postfix's smtpd logs a failed AUTH as a warning, with the SASL library's reason.
         text = f"warning: {_pf_client(fields)}: SASL {_pf(fields.get('mechanism'))} authentication failed: "

@@ -2,8 +2,8 @@
 # Run the whole test suite: lint, type check, then every test (end-to-end included).
 #
 # Installs what the tests need when it is missing: as root with apt-get (Postfix's smtp-sink, swaks,
-# Knot DNS, Dovecot's LMTP server, openssl, pflogsumm, fail2ban, Chromium and its chromedriver), and
-# the project with its test extras into .venv.
+# Knot DNS, Dovecot's LMTP server, openssl, pflogsumm, fail2ban, postfix_exporter, Chromium and its
+# chromedriver), and the project with its test extras into .venv.
 # No mail or DNS daemon is left running: Postfix is installed with "No configuration" and any
 # service the packages started is stopped again.
 #
@@ -45,6 +45,9 @@ declare -A NEEDED=(
     # fail2ban-regex with Debian's postfix filter (the fail2ban service is stopped below).
     [pflogsumm]=/usr/sbin/pflogsumm
     [fail2ban]=/usr/bin/fail2ban-regex
+    # ... and by postfix_exporter (the test starts its own on a loopback port; the packaged
+    # service is stopped below).
+    [prometheus-postfix-exporter]=/usr/bin/prometheus-postfix-exporter
     # tests/e2e/test_container.py: rootful podman with runc, netavark (which needs iptables for
     # published ports) and mmdebstrap for the base image. None starts a daemon on installation
     # (with policy-rc.d as below); podman enables podman.socket, podman.service,
@@ -86,7 +89,7 @@ if [ "${#MISSING[@]}" -gt 0 ]; then
     apt-get install -y -q --no-install-recommends "${MISSING[@]}"
     if [ -n "${ADDED_POLICY:-}" ]; then rm -f /usr/sbin/policy-rc.d; ADDED_POLICY=; fi
     step "stopping services the packages may have started"
-    for svc in postfix dovecot knot fail2ban podman.socket podman-restart podman-auto-update.timer; do
+    for svc in postfix dovecot knot fail2ban prometheus-postfix-exporter podman.socket podman-restart podman-auto-update.timer; do
         if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$svc" 2>/dev/null; then
             systemctl stop "$svc" && systemctl disable "$svc" >/dev/null 2>&1 || true
             echo "stopped $svc" >&2

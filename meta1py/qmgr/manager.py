@@ -196,6 +196,22 @@ def _enhanced_of(reply: str | None, default: str) -> str:
     return default
 
 
+def _seconds(value: float) -> str:
+    """A duration as Postfix writes the parts of ``delays=``: two decimals, no trailing zeros,
+    whole seconds from 10 s on (never an exponent)."""
+    if value >= 10:
+        return f"{value:.0f}"
+    return f"{max(0.0, value):.2f}".rstrip("0").rstrip(".") or "0"
+
+
+def _delays(arrival: float, started: float, now: float) -> str:
+    """Postfix's ``delays=a/b/c/d`` of one delivery attempt: a (before the queue manager) is 0,
+    since a message is queued when smtps has it on disk; b is the time in the queue until this
+    attempt began; c (connection set-up) is 0, since smtpc does not report it apart from d; d is
+    the attempt, as qmgr waited for smtpc's answer."""
+    return f"0/{_seconds(started - arrival)}/0/{_seconds(now - started)}"
+
+
 def _transport_of(destination: str | None) -> str | None:
     """``smtp``, ``lmtp``, ``maildir``, ...: the transport of a route's destination key (for the
     maillog: ``log_format = postfix`` names the delivery agent by it)."""
@@ -804,8 +820,16 @@ class QueueManager:
         await self._apply_deferrals(msg, updates, reply, destination)
 
     async def _apply_deferrals(
-        self, msg: _Msg, updates: list[tuple[int, int, float]], reply: SmtpReplyValue, destination: str | None
+        self,
+        msg: _Msg,
+        updates: list[tuple[int, int, float]],
+        reply: SmtpReplyValue,
+        destination: str | None,
+        remote: str = "",
+        timing: dict[str, str] | None = None,
     ) -> None:
+        """Write the recipients' next attempts and log them; ``remote`` is the host that answered
+        (empty when none did: the log line then says ``relay=none``, as Postfix's does)."""
         text = _reply_text(reply)
         ups = tuple(
             RecipientUpdate(idx, "deferred", attempts, when, text, destination)
@@ -829,9 +853,11 @@ class QueueManager:
                 "deferred",
                 msg.env.qid,
                 to=msg.rcpts[idx].address,
+                relay=remote or destination or "",
                 status="deferred",
                 reason=text,
                 delay=f"{clock.now() - msg.env.arrival_time:.2f}",
+                **(timing or {}),
                 dsn=_enhanced_of(text, TEMP_UNDEFINED),
                 transport=_transport_of(destination),
             )
@@ -927,6 +953,7 @@ class QueueManager:
         )
         session_failed = False
         verdict = True  # the outcome says something about the destination
+        started = clock.now()
         try:
             answer = await self.smtpc.call(request, timeout=self._delivery_timeout_s)
             results = [(r.idx, r.status, r.reply, r.remote_mta, route.destination) for r in answer.results]
@@ -976,7 +1003,7 @@ class QueueManager:
         else:
             self.scheduler.abandon(job)
         try:
-            await self._record(msg, results, session_failed=session_failed)
+            await self._record(msg, results, session_failed=session_failed, started=started)
         finally:
             if revived:
                 self._release(route.destination)
@@ -1076,15 +1103,21 @@ class QueueManager:
         results: Iterable[tuple[int, str, SmtpReplyValue, str | None, str | None]],
         *,
         session_failed: bool,
+        started: float | None = None,
     ) -> None:
-        """Write delivery results, defer or expire temporary failures, finish the message if done."""
+        """Write delivery results, defer or expire temporary failures, finish the message if done.
+
+        ``started``: when the delivery attempt that gave these results began (None: no attempt
+        was made, the results are qmgr's own); the log lines then carry ``delays=``."""
         now = clock.now()
         env = msg.env
         expired = self._expired(env, now)
+        timing = {} if started is None else {"delays": _delays(env.arrival_time, started, now)}
         finals: list[RecipientUpdate] = []
         deferrals: list[tuple[int, int, float]] = []
         defer_reply: SmtpReplyValue | None = None
         defer_dest: str | None = None
+        defer_remote = ""
         results = list(results)
         if msg.deleted:
             # Deleted by the operator while the delivery ran: nothing left to record.
@@ -1117,6 +1150,7 @@ class QueueManager:
                     relay=remote or dest or "",
                     status="sent",
                     delay=f"{now - env.arrival_time:.2f}",
+                    **timing,
                     reply=text,
                     dsn=_enhanced_of(text, SUCCESS),
                     transport=_transport_of(dest),
@@ -1137,15 +1171,16 @@ class QueueManager:
                     status=final_status,
                     reply=text,
                     delay=f"{now - env.arrival_time:.2f}",
+                    **timing,
                     dsn=_enhanced_of(text, PERM_UNDEFINED),
                     transport=_transport_of(dest),
                 )
                 counters.inc(QMGR_BOUNCED, final_status)
             else:
                 deferrals.append((idx, attempts, now + self.scheduler.retry_delay(attempts)))
-                defer_reply, defer_dest = reply, dest
+                defer_reply, defer_dest, defer_remote = reply, dest, remote or ""
         if deferrals and defer_reply is not None:
-            await self._apply_deferrals(msg, deferrals, defer_reply, defer_dest)
+            await self._apply_deferrals(msg, deferrals, defer_reply, defer_dest, defer_remote, timing)
         if not finals:
             return
         for u in finals:

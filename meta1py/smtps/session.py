@@ -170,6 +170,7 @@ class Session:
     __slots__ = (
         "_background",
         "_connect_done",
+        "_connect_logged",
         "_connect_scope",
         "_data_bytes",
         "_data_started",
@@ -185,6 +186,7 @@ class Session:
         "_scope",
         "_session_deadline",
         "_session_mark",
+        "_tls_line",
         "_wait_limit",
         "_waiting",
         "auth_limiter",
@@ -260,6 +262,8 @@ class Session:
         self.tls_facts: TlsFacts | None = None
         #: The client's forward-confirmed name from smar ("" none; None: not looked up).
         self.client_name: str | None = None
+        self._connect_logged = False
+        self._tls_line: dict[str, str | int] | None = None
         #: Exempt from the message and recipient limits (relay_clients unless
         #: limit_relay_clients; the access map's ratelimit: OK, from smar at connect).
         self._limits_exempt = trusted and not service.limit_relay_clients
@@ -424,7 +428,6 @@ class Session:
 
     async def run(self) -> None:
         """Serve the session until QUIT, EOF, timeout or shutdown."""
-        mlog.maillog("connect", None, session=self.sid, client=self.client_address)
         try:
             timed_out = shutdown = False
             with self._scope:
@@ -453,9 +456,28 @@ class Session:
         finally:
             self._connect_scope.cancel()
             self._abort_transaction()
+            self._log_connect()
             mlog.maillog(
-                "disconnect", None, session=self.sid, client=self.client_address, messages=self.messages
+                "disconnect",
+                None,
+                session=self.sid,
+                client=self.client_address,
+                **self._name_field(),
+                messages=self.messages,
             )
+
+    def _name_field(self) -> dict[str, str]:
+        return {"client_name": self.client_name} if self.client_name else {}
+
+    def _log_connect(self) -> None:
+        """The ``connect`` line, once, with the client's name when it is known: as Postfix's smtpd
+        writes it after its reverse lookup. So it waits for the connect checks (which may run
+        beside the greeting), and is written at the latest before anything else of the session."""
+        if self._connect_logged:
+            return
+        self._connect_logged = True
+        mlog.maillog("connect", None, session=self.sid, client=self.client_address, **self._name_field())
+        self._log_tls()
 
     def _timeout_reply(self) -> Reply:
         limit = self._wait_limit
@@ -491,6 +513,8 @@ class Session:
             return
         greeting = _greeting(self.hostname)
         checks = self.ctx.checks.connect
+        if not checks:
+            self._log_connect()
         if checks and self._background is not None and all(may_follow_greeting(c) for c in checks):
             # Nothing at connect can refuse (delay_checks = yes): the greeting goes out at once,
             # and the first command waits for the client's name (_await_connect_checks).
@@ -501,6 +525,7 @@ class Session:
             decision = await run_chain(checks, context)
             self.client_name = context.client_name
             self._limits_exempt = context.limits_exempt
+            self._log_connect()
             # A refusal is the greeting: 421 ends the session; after a 5xx the core answers 503
             # to everything but QUIT (RFC 5321 §3.1).
             greeting = self._refusal("connect", decision) or greeting
@@ -558,6 +583,7 @@ class Session:
                 data[:64],
             )
             reply = replies.pregreet()
+            self._log_connect()
             mlog.maillog(
                 "rejected",
                 None,
@@ -581,6 +607,7 @@ class Session:
                 decision = await run_chain(checks, context)
                 self.client_name = context.client_name
                 self._limits_exempt = context.limits_exempt
+                self._log_connect()
                 if self._refusal("connect", decision) is not None:
                     log.warning("session %s: a connect check refused after the greeting; ignored", self.sid)
                 else:
@@ -1135,7 +1162,26 @@ class Session:
             if facts.peer_subject is not None
             else "none",
         )
+        # Postfix's smtpd line (smtpd_tls_loglevel = 1), which postfix_exporter counts.
+        trust = (
+            "anonymous" if facts.peer_subject is None else "trusted" if facts.peer_verified else "untrusted"
+        )
+        self._tls_line = {
+            "protocol": facts.protocol,
+            "cipher": facts.cipher,
+            "bits": facts.bits,
+            "trust": trust,
+        }
+        if self._connect_logged:  # else (implicit TLS) it follows the connect line
+            self._log_tls()
         return True
+
+    def _log_tls(self) -> None:
+        if self._tls_line is not None:
+            fields, self._tls_line = self._tls_line, None
+            mlog.maillog(
+                "tls", None, session=self.sid, client=self.client_address, **self._name_field(), **fields
+            )
 
     # -- AUTH ------------------------------------------------------------------------------------
 

@@ -4,8 +4,8 @@ The MTA runs as the e2e fixture starts it (production mode as root). Mail goes t
 a day on a gateway would have it: delivered to a downstream server and to a Maildir, refused by
 the downstream server (a bounce, itself delivered to the sender), deferred, relaying refused to
 clients outside ``relay_clients``, and AUTH failures. Then Debian's pflogsumm summarises the log
-and fail2ban-regex runs Debian's postfix filter over it (``.ci/run`` installs both), and the test
-compares their counts with what was sent.
+and fail2ban-regex runs Debian's postfix filter over it, and Debian's prometheus-postfix-exporter
+reads it (``.ci/run`` installs all three); the test compares their counts with what was sent.
 """
 
 from __future__ import annotations
@@ -15,15 +15,17 @@ import re
 import smtplib
 import ssl
 import subprocess
+import urllib.request
 from base64 import b64encode
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from meta1py.passwords import hash_password
 from meta1py_testing.certs import make_pki
-from meta1py_testing.daemon import Meta1Daemon
+from meta1py_testing.daemon import Meta1Daemon, free_port, poll
 from meta1py_testing.peers import SinkScript, recording_sink
 
 pytestmark = pytest.mark.e2e
@@ -95,6 +97,65 @@ def fail2ban_hosts(log: Path, jail_filter: str) -> list[str]:
     return sorted(result.stdout.split())
 
 
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def exporter_samples(log: Path, settled: Callable[[Samples], bool]) -> Samples:
+    """Debian's prometheus-postfix-exporter reading ``log``: its samples, keyed by name and
+    sorted labels, once ``settled`` says it has read what it should.
+
+    The exporter follows its file from the end, as ``tail -f`` does: so it is given a file of its
+    own, and the log is appended to it once the exporter has counted a probe line written there.
+    """
+    port = free_port()
+    followed = log.parent / "exporter.log"
+    followed.touch()
+    exporter = subprocess.Popen(
+        [
+            "prometheus-postfix-exporter",
+            f"--web.listen-address=127.0.0.1:{port}",
+            f"--postfix.logfile_path={followed}",
+            f"--postfix.showq_path={log.parent / 'no-showq'}",  # no Postfix queue here
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    last: list[Samples] = []
+
+    def scrape(ready: Callable[[Samples], bool]) -> Samples | None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+                text = answer.read().decode()
+        except OSError:
+            return None
+        samples = {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name.startswith("postfix_")
+        }
+        last[:] = [samples]
+        return samples if ready(samples) else None
+
+    probe_key = ("postfix_unsupported_log_entries_total", (("service", "probe"),))
+
+    def probe_counted() -> Samples | None:
+        with followed.open("a") as out:  # again on each try: a line before the seek is not read
+            out.write("Dec  3 00:00:00 localhost postfix/probe[1]: probe\n")
+        return scrape(lambda samples: samples.get(probe_key, 0) >= 1)
+
+    try:
+        poll(probe_counted, TIMEOUT, "postfix_exporter to follow its file")
+        with followed.open("a") as out:
+            out.write(log.read_text())
+        return poll(lambda: scrape(settled), TIMEOUT, "postfix_exporter to read the whole log")
+    except Exception as exc:
+        raise AssertionError(f"{exc}; its last samples: {last}") from None
+    finally:
+        exporter.terminate()
+        exporter.wait(timeout=TIMEOUT)
+
+
 def test_pflogsumm_and_fail2ban_read_the_postfix_format(make_daemon: Callable[..., Meta1Daemon]) -> None:
     script = SinkScript(
         reject_recipients=frozenset({"gone@sink.test"}), temp_reject_recipients=frozenset({"later@sink.test"})
@@ -124,12 +185,12 @@ def test_pflogsumm_and_fail2ban_read_the_postfix_format(make_daemon: Callable[..
             refused_relay(daemon, source)
         for _ in range(2):
             failed_auth(daemon, "127.0.0.9", pki.ca.cert)
-        sink_relay = r"relay=127\.0\.0\.1\[127\.0\.0\.1\], delay=[\d.]+"
+        sink_relay = r"relay=127\.0\.0\.1\[127\.0\.0\.1\], delay=[\d.]+, delays=[\d.]+/[\d.]+/[\d.]+/[\d.]+"
         done = {
             "ok@sink.test": rf"{sink_relay}, dsn=2\.0\.0, status=sent",
-            "b@localhost": r"relay=local, delay=[\d.]+, dsn=2\.0\.0, status=sent \(250 ",
+            "b@localhost": r"relay=local, delay=[\d.]+, delays=[\d./]+, dsn=2\.0\.0, status=sent \(250 ",
             "gone@sink.test": rf"{sink_relay}, dsn=5\.1\.1, status=bounced",
-            "later@sink.test": r"relay=none, delay=[\d.]+, dsn=4\.2\.1, status=deferred \(450 4\.2\.1 ",
+            "later@sink.test": rf"{sink_relay}, dsn=4\.2\.1, status=deferred \(450 4\.2\.1 ",
         }
         for rcpt, outcome in done.items():
             daemon.wait_for_log(
@@ -175,6 +236,27 @@ def test_pflogsumm_and_fail2ban_read_the_postfix_format(make_daemon: Callable[..
         "127.0.0.9",
         "127.0.0.9",
     ]
+
+    # postfix_exporter (Debian's prometheus-postfix-exporter) counts what it reads: 9 connections
+    # (4 messages, 3 relay attempts, 2 password guessers, who used STARTTLS), and the 3 delivery
+    # attempts smtp made (sent, refused, deferred) with Postfix's delays=.
+    connects = 4 + 3 + 2
+    samples = exporter_samples(log, lambda got: got.get(("postfix_smtpd_disconnects_total", ())) == connects)
+    assert samples[("postfix_smtpd_connects_total", ())] == connects
+    assert samples[("postfix_smtpd_messages_processed_total", (("sasl_method", ""),))] == 4
+    assert samples[("postfix_smtpd_messages_rejected_total", (("code", "554"),))] == 3
+    assert samples[("postfix_smtpd_sasl_authentication_failures_total", ())] == 2
+    tls_connections = {
+        labels: n for (name, labels), n in samples.items() if name == "postfix_smtpd_tls_connections_total"
+    }
+    assert sum(tls_connections.values()) == 2, tls_connections
+    assert all(dict(labels)["trust"] == "Anonymous" for labels in tls_connections), tls_connections
+    # Each delivery line gives one observation per part of delays=a/b/c/d (Debian's build labels
+    # them with an empty stage).
+    observed = [n for (name, _), n in samples.items() if name == "postfix_smtp_delivery_delay_seconds_count"]
+    assert sum(observed) == 3 * 4, samples
+    assert samples[("postfix_smtp_status_deferred_total", ())] == 1
+    assert samples[("postfix_qmgr_messages_inserted_receipients_count", ())] == 5  # with the bounce
 
 
 def test_json_format_lines_all_parse(make_daemon: Callable[..., Meta1Daemon]) -> None:

@@ -451,6 +451,46 @@ CLIENT = {"session": "64e2.1", "client": "192.0.2.1"}
             "qmgr",
             "deferred",
             Q,
+            {
+                "to": "l@example.net",
+                "relay": "192.0.2.5",
+                "status": "deferred",
+                "reason": "450 4.2.1 try later",
+                "dsn": "4.2.1",
+                "delay": "9.00",
+                "delays": "0/8.5/0/0.52",
+            },
+            [
+                (
+                    "smtp",
+                    f"{Q}: to=<l@example.net>, relay=192.0.2.5[192.0.2.5], delay=9.00, delays=0/8.5/0/0.52, "
+                    "dsn=4.2.1, status=deferred (450 4.2.1 try later)",
+                )
+            ],
+        ),
+        (
+            "smtps",
+            "tls",
+            None,
+            {
+                **CLIENT,
+                "protocol": "TLSv1.3",
+                "cipher": "TLS_AES_256_GCM_SHA384",
+                "bits": 256,
+                "trust": "anonymous",
+            },
+            [
+                (
+                    "smtpd",
+                    "Anonymous TLS connection established from unknown[192.0.2.1]: TLSv1.3 with cipher "
+                    "TLS_AES_256_GCM_SHA384 (256/256 bits)",
+                )
+            ],
+        ),
+        (
+            "qmgr",
+            "deferred",
+            Q,
             {"to": "l@example.net", "status": "deferred", "reason": "451 4.4.1 no answer", "delay": "9.00"},
             [
                 (

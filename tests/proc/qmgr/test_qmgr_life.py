@@ -13,6 +13,7 @@ nothing and a test can check that nothing happens before it is due.
 
 from __future__ import annotations
 
+import re
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -336,6 +337,14 @@ async def test_a_4xx_defers_the_message_until_its_retry_time(
         assert len(h.smtpc.requests) == 2
         assert len(maillog("delivered")) == 1
         assert await h.stored(qid) is None
+        # The lines name the host that answered, and Postfix's delays=a/b/c/d: b is the time
+        # in the queue before the attempt (the retry waited wait_s and more).
+        (deferred,) = maillog("deferred")
+        (delivered,) = maillog("delivered")
+        assert "relay=mx.remote.test" in deferred, deferred
+        assert re.search(r" delays=0/[\d.]+/0/[\d.]+ ", deferred), deferred
+        in_queue = re.search(r" delays=0/([\d.]+)/0/[\d.]+ ", delivered)
+        assert in_queue is not None and float(in_queue[1]) >= wait_s, delivered
 
 
 # -- bounces -----------------------------------------------------------------------------------

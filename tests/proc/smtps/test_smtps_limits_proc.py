@@ -87,9 +87,15 @@ def make_ctx(tmp_path: Path, **smtps: Any) -> tuple[SmtpsContext, SmtpsConfig, F
     return ctx, service, qmgr
 
 
-async def start(nursery: trio.Nursery, ctx: SmtpsContext, service: SmtpsConfig) -> Client:
+async def start(
+    nursery: trio.Nursery, ctx: SmtpsContext, service: SmtpsConfig, background: bool = False
+) -> Client:
+    """A session on a memory stream; with ``background`` its connect checks may run beside the
+    greeting (as smtps's listener runs them)."""
     server_end, client_end = trio.testing.memory_stream_pair()
-    session = Session(ctx, service, server_end, "192.0.2.1", "t.1")
+    session = Session(
+        ctx, service, server_end, "192.0.2.1", "t.1", background=nursery if background else None
+    )
 
     async def run() -> None:
         await session.run()
@@ -343,3 +349,56 @@ async def test_replies_to_a_pipelining_client_are_flushed_past_the_cap(
         while data.count(b"\r\n250 ") < 2000:
             data += await client_end.receive_some(1 << 20)
         await client.command(b"QUIT")
+
+
+class HangingSmar(FakeSmar):
+    """smar that never answers the client check (its reverse lookup hangs)."""
+
+    async def call(self, msg: Any, timeout: float) -> SmarRecipientCheckReply | SmarClientCheckReply:
+        if isinstance(msg, SmarClientCheckRequest):
+            await trio.sleep_forever()
+        return await super().call(msg, timeout)
+
+
+def _delay_checks(ctx: SmtpsContext, on: bool) -> None:
+    ctx.config = dataclasses.replace(ctx.config, smar=dataclasses.replace(ctx.config.smar, delay_checks=on))
+
+
+def _session_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "meta1py.maillog"]
+
+
+@pytest.mark.parametrize("delay_checks", [True, False])
+async def test_the_connect_line_names_the_client_as_smar_found_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, delay_checks: bool
+) -> None:
+    # Postfix's smtpd writes "connect from NAME[ADDR]" after its reverse lookup; so does smtps,
+    # also when it greets before smar's answer (delay_checks = yes).
+    caplog.set_level("INFO", logger="meta1py.maillog")
+    ctx, service, _ = make_ctx(tmp_path)
+    _delay_checks(ctx, delay_checks)
+    async with trio.open_nursery() as nursery:
+        client = await start(nursery, ctx, service, background=True)
+        assert (await client.command(b"EHLO c.example")).startswith(b"250-")
+        assert (await client.command(b"QUIT")).startswith(b"221 ")
+        assert await client.reply() == b""
+    lines = _session_lines(caplog)
+    assert [line.split()[0] for line in lines] == ["connect", "disconnect"]
+    assert "client=192.0.2.1 client_name=client.example" in lines[0]
+    assert "client=192.0.2.1 client_name=client.example" in lines[1]
+
+
+async def test_a_client_gone_before_its_name_is_known_is_logged_in_order(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="meta1py.maillog")
+    ctx, service, _ = make_ctx(tmp_path)
+    _delay_checks(ctx, True)
+    ctx.smar = HangingSmar()
+    async with trio.open_nursery() as nursery:
+        client = await start(nursery, ctx, service, background=True)
+        assert (await client.command(b"QUIT")).startswith(b"221 ")
+        assert await client.reply() == b""
+    lines = _session_lines(caplog)
+    assert [line.split()[0] for line in lines] == ["connect", "disconnect"]
+    assert "client_name" not in lines[0]
