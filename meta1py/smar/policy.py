@@ -158,8 +158,9 @@ class Verdict:
 
 # (tag, the stage it belongs to) in the order they run; "to" is first, at RCPT only.
 _CLIENT_TAGS = ("cltaddr", "certissuer", "certsubject", "cltname", "cltresolve")
+# The tags whose RELAY grants relaying, and whose pass (any non-refusing answer) makes the client
+# trusted for the later checks.
 _RELAY_TAGS = frozenset({"to", "cltaddr", "certissuer", "certsubject", "cltname"})
-_TRUST_TAGS = _RELAY_TAGS
 _ORDER = ("to", "connect", "helo", "mail", "end")
 
 _Record = Callable[[str, str, "str | None", object, Effect], None]
@@ -262,7 +263,7 @@ def decide(access: AccessMap | None, facts: PolicyFacts, stage: Stage) -> Verdic
             return verdict("discard")
         grants = value.action == "relay" and tag in _RELAY_TAGS
         relay = relay or grants
-        trusted = trusted or tag in _TRUST_TAGS
+        trusted = trusted or tag in _RELAY_TAGS
         override = override or tag == "to"
         if value.quick:
             record(tag, subject, match.key, value, "quick")

@@ -427,41 +427,56 @@ def image(podman: Podman) -> str:
     return IMAGE
 
 
-def test_container_image(podman: Podman, image: str) -> None:
-    base = Path(tempfile.mkdtemp(prefix="meta1-container-"))
-    base.chmod(0o755)
-    conf_dir, queue, mail = base / "etc", base / "queue", base / "mail"
-    conf_dir.mkdir()
-    shutil.copy(IMAGE_CONF, conf_dir / "meta1.conf")
+def start_container(
+    podman: Podman, image: str, base: Path, *options: str
+) -> tuple[subprocess.CompletedProcess[str], str]:
+    """``podman run --detach`` of ``image`` with ``base``'s etc (read-only), queue and mail
+    directories as its volumes (queue and mail made here, owned by the image's user) and the
+    test's own ``options``; podman's answer, and the container to remove: its id, or its
+    (random) name if podman failed before it printed the id."""
+    queue, mail = base / "queue", base / "mail"
     for path, mode in ((queue, 0o750), (mail, 0o700)):
         path.mkdir(mode=mode)
         os.chown(path, IMAGE_UID, IMAGE_UID)
-    smtp_port, port_25 = free_port(), free_port()
     name = f"meta1py-e2e-{secrets.token_hex(4)}"
     started = podman.run(
         "run",
         "--detach",
         "--name",
         name,
-        # No systemd timer for the health check here: the test runs it with "healthcheck run".
+        # No systemd timer for the health check here: a test runs it with "healthcheck run".
         "--health-interval",
         "disable",
-        "--cap-add",
-        "NET_BIND_SERVICE",
-        "--publish",
-        f"127.0.0.1:{smtp_port}:2525",
-        "--publish",
-        f"127.0.0.1:{port_25}:25",
+        *options,
         "--volume",
-        f"{conf_dir}:/etc/meta1:ro",
+        f"{base / 'etc'}:/etc/meta1:ro",
         "--volume",
         f"{queue}:/var/spool/meta1",
         "--volume",
         f"{mail}:/var/mail/meta1",
         image,
     )
-    # Removed by id; by its (random) name if podman failed before it printed the id.
-    container = started.stdout.strip() or name
+    return started, started.stdout.strip() or name
+
+
+def test_container_image(podman: Podman, image: str) -> None:
+    base = Path(tempfile.mkdtemp(prefix="meta1-container-"))
+    base.chmod(0o755)
+    conf_dir, mail = base / "etc", base / "mail"
+    conf_dir.mkdir()
+    shutil.copy(IMAGE_CONF, conf_dir / "meta1.conf")
+    smtp_port, port_25 = free_port(), free_port()
+    started, container = start_container(
+        podman,
+        image,
+        base,
+        "--cap-add",
+        "NET_BIND_SERVICE",
+        "--publish",
+        f"127.0.0.1:{smtp_port}:2525",
+        "--publish",
+        f"127.0.0.1:{port_25}:25",
+    )
     try:
         assert started.returncode == 0, started.stderr
 
@@ -524,7 +539,7 @@ def test_the_blackbox_suite_passes_against_the_image(podman: Podman, image: str)
     """
     base = Path(tempfile.mkdtemp(prefix="meta1-container-bb-"))
     base.chmod(0o755)
-    conf_dir, queue, mail = base / "etc", base / "queue", base / "mail"
+    conf_dir = base / "etc"
     conf_dir.mkdir()
     (conf_dir / "meta1.conf").write_text(
         (BLACKBOX / "meta1.conf.in")
@@ -539,18 +554,11 @@ def test_the_blackbox_suite_passes_against_the_image(podman: Podman, image: str)
             smtps_user="",
         )
     )
-    for path, mode in ((queue, 0o750), (mail, 0o700)):
-        path.mkdir(mode=mode)
-        os.chown(path, IMAGE_UID, IMAGE_UID)
     smtp_port, api_port = free_port(), free_port()
-    name = f"meta1py-e2e-bb-{secrets.token_hex(4)}"
-    started = podman.run(
-        "run",
-        "--detach",
-        "--name",
-        name,
-        "--health-interval",
-        "disable",
+    started, container = start_container(
+        podman,
+        image,
+        base,
         "--network",
         "host",
         "--env",
@@ -561,15 +569,7 @@ def test_the_blackbox_suite_passes_against_the_image(podman: Podman, image: str)
         f"META1_PORT={smtp_port}",
         "--env",
         f"META1_TEST_PORT={api_port}",
-        "--volume",
-        f"{conf_dir}:/etc/meta1:ro",
-        "--volume",
-        f"{queue}:/var/spool/meta1",
-        "--volume",
-        f"{mail}:/var/mail/meta1",
-        image,
     )
-    container = started.stdout.strip() or name
     try:
         assert started.returncode == 0, started.stderr
 
