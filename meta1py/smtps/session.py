@@ -1149,29 +1149,21 @@ class Session:
         self.core.tls_active = True  # for implicit TLS: no STARTTLS in EHLO, refused if sent
         facts = tls_facts(tls_stream)
         self.tls_facts = facts
-        log.info(
-            "session %s: TLS %s cipher=%s bits=%d client_cert=%s",
-            self.sid,
-            facts.protocol,
-            facts.cipher,
-            facts.bits,
-            (
-                f"subject={facts.peer_subject!r} issuer={facts.peer_issuer!r} "
-                f"verified={'yes' if facts.peer_verified else 'no'}"
-            )
-            if facts.peer_subject is not None
-            else "none",
-        )
-        # Postfix's smtpd line (smtpd_tls_loglevel = 1), which postfix_exporter counts.
+        # The maillog's tls event; in the postfix format Postfix's smtpd line
+        # (smtpd_tls_loglevel = 1), which postfix_exporter counts.
         trust = (
             "anonymous" if facts.peer_subject is None else "trusted" if facts.peer_verified else "untrusted"
         )
-        self._tls_line = {
+        line: dict[str, str | int] = {
             "protocol": facts.protocol,
             "cipher": facts.cipher,
             "bits": facts.bits,
             "trust": trust,
         }
+        if facts.peer_subject is not None:
+            line["cert_subject"] = facts.peer_subject
+            line["cert_issuer"] = facts.peer_issuer or ""
+        self._tls_line = line
         if self._connect_logged:  # else (implicit TLS) it follows the connect line
             self._log_tls()
         return True
