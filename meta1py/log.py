@@ -549,8 +549,14 @@ def postfix_lines(
     """
     q = qid or "NOQUEUE"
     own = POSTFIX_PROGRAMS.get(process_name, process_name)
-    if event in ("connect", "disconnect"):
-        return [("smtpd", f"{event} from {_pf_client(fields)}")]
+    if event == "connect":
+        return [("smtpd", f"connect from {_pf_client(fields)}")]
+    if event == "disconnect":
+        commands = f" {_pf(fields['commands'])}" if fields.get("commands") else ""
+        return [("smtpd", f"disconnect from {_pf_client(fields)}{commands}")]
+    if event in ("lost", "timeout"):
+        what = "lost connection" if event == "lost" else "timeout"
+        return [("smtpd", f"{what} after {_pf(fields.get('after')) or 'CONNECT'} from {_pf_client(fields)}")]
     if event == "queued":
         lines = []
         if "client" in fields:

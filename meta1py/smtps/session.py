@@ -87,6 +87,7 @@ from meta1py.smtps.stages import (
     space_refusal,
     stronger,
 )
+from meta1py.smtps.tally import CommandTally
 from meta1py.sockio import write_nowait
 from meta1py.tls.contexts import ReloadableServerContext
 from meta1py.tls.facts import TlsFacts, tls_facts
@@ -186,6 +187,7 @@ class Session:
         "_scope",
         "_session_deadline",
         "_session_mark",
+        "_tally",
         "_tls_line",
         "_wait_limit",
         "_waiting",
@@ -263,6 +265,7 @@ class Session:
         #: The client's forward-confirmed name from smar ("" none; None: not looked up).
         self.client_name: str | None = None
         self._connect_logged = False
+        self._tally = CommandTally()
         self._tls_line: dict[str, str | int] | None = None
         #: Exempt from the message and recipient limits (relay_clients unless
         #: limit_relay_clients; the access map's ratelimit: OK, from smar at connect).
@@ -300,6 +303,7 @@ class Session:
 
     def reply(self, reply: Reply) -> None:
         """Queue a reply (written at the next flush)."""
+        self._tally.reply(reply.code)
         self.out += self.core.send(reply)
 
     async def flush(self) -> None:
@@ -444,6 +448,7 @@ class Session:
                 shutdown = self._interrupted
                 timed_out = not shutdown
             if timed_out:
+                self._log_lost("timeout")
                 self.out.clear()
                 await self._send_and_close(self._timeout_reply())
             elif shutdown and self._evicted:
@@ -453,6 +458,7 @@ class Session:
                 await self._send_and_close(replies.shutting_down())
         except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
             log.info("session %s: connection lost", self.sid)
+            self._log_lost("lost")
         finally:
             self._connect_scope.cancel()
             self._abort_transaction()
@@ -464,7 +470,24 @@ class Session:
                 client=self.client_address,
                 **self._name_field(),
                 messages=self.messages,
+                commands=self._tally.summary(),
             )
+
+    def _log_lost(self, event: str) -> None:
+        """``lost`` (the client went away) or ``timeout``, after which command: Postfix's
+        ``lost connection after RCPT from ...`` that fail2ban's ddos mode reads (not after QUIT:
+        a client may close before it reads the 221)."""
+        if self._tally.last == "QUIT":
+            return
+        self._log_connect()
+        mlog.maillog(
+            event,
+            None,
+            session=self.sid,
+            client=self.client_address,
+            **self._name_field(),
+            after=self._tally.last,
+        )
 
     def _name_field(self) -> dict[str, str]:
         return {"client_name": self.client_name} if self.client_name else {}
@@ -540,6 +563,7 @@ class Session:
                 await self.receive()
                 continue
             if isinstance(event, ev.ConnectionClosed):
+                self._log_lost("lost")
                 return
             self._line_started = None  # a command line (or data) came through: a new clock
             done = await self.handle(event)
@@ -617,6 +641,7 @@ class Session:
 
     async def handle(self, event: object) -> bool:
         """Answer one event. Returns True when the session must end."""
+        self._tally.command(event)
         if self._connect_done is not None and not isinstance(event, ev.Quit):
             await self._connect_done.wait()
         if isinstance(event, ev.DataChunk):

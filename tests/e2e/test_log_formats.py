@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 import smtplib
+import socket
 import ssl
 import subprocess
 import urllib.request
@@ -70,6 +71,20 @@ def failed_auth(daemon: Meta1Daemon, source: str, ca_file: Path) -> None:
     assert (code, text[:5]) == (535, b"5.7.8"), (code, text)
 
 
+def hang_up_after_ehlo(daemon: Meta1Daemon, source: str) -> None:
+    """A client that says EHLO and goes away without QUIT: ``lost connection after EHLO``."""
+    address = ("127.0.0.1", daemon.port)
+    with socket.create_connection(address, timeout=TIMEOUT, source_address=(source, 0)) as sock:
+        with sock.makefile("rb") as replies:  # closed first: the socket's descriptor goes with both
+            assert replies.readline().startswith(b"220 ")
+            sock.sendall(b"EHLO hangup.example\r\n")
+            while (line := replies.readline())[3:4] == b"-":
+                pass
+        assert line.startswith(b"250 "), line
+    lost = rf"postfix/smtpd\[\d+\]: lost connection after EHLO from unknown\[{re.escape(source)}\]"
+    daemon.wait_for_log(lost, TIMEOUT)
+
+
 def pflogsumm_totals(log: Path) -> tuple[dict[str, int], str]:
     """pflogsumm's "Grand Totals" (``received``, ``delivered``, ...) and its whole report."""
     report = subprocess.run(
@@ -100,12 +115,13 @@ def fail2ban_hosts(log: Path, jail_filter: str) -> list[str]:
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
-def exporter_samples(log: Path, settled: Callable[[Samples], bool]) -> Samples:
+def exporter_samples(log: Path) -> Samples:
     """Debian's prometheus-postfix-exporter reading ``log``: its samples, keyed by name and
-    sorted labels, once ``settled`` says it has read what it should.
+    sorted labels, once it has read the whole log.
 
     The exporter follows its file from the end, as ``tail -f`` does: so it is given a file of its
-    own, and the log is appended to it once the exporter has counted a probe line written there.
+    own, and the log is appended to it once the exporter has counted a probe line written there;
+    another probe line after the log says when it has read all of it (it reads in order).
     """
     port = free_port()
     followed = log.parent / "exporter.log"
@@ -137,18 +153,28 @@ def exporter_samples(log: Path, settled: Callable[[Samples], bool]) -> Samples:
         last[:] = [samples]
         return samples if ready(samples) else None
 
-    probe_key = ("postfix_unsupported_log_entries_total", (("service", "probe"),))
+    def probe(service: str) -> tuple[str, tuple[str, tuple[tuple[str, str], ...]]]:
+        """A line the exporter counts under its own name, and the name of that count."""
+        line = f"Dec  3 00:00:00 localhost postfix/{service}[1]: probe\n"
+        return line, ("postfix_unsupported_log_entries_total", (("service", service),))
 
-    def probe_counted() -> Samples | None:
+    start_line, start_key = probe("probestart")
+    end_line, end_key = probe("probeend")
+
+    def following() -> Samples | None:
         with followed.open("a") as out:  # again on each try: a line before the seek is not read
-            out.write("Dec  3 00:00:00 localhost postfix/probe[1]: probe\n")
-        return scrape(lambda samples: samples.get(probe_key, 0) >= 1)
+            out.write(start_line)
+        return scrape(lambda samples: samples.get(start_key, 0) >= 1)
 
     try:
-        poll(probe_counted, TIMEOUT, "postfix_exporter to follow its file")
+        poll(following, TIMEOUT, "postfix_exporter to follow its file")
         with followed.open("a") as out:
-            out.write(log.read_text())
-        return poll(lambda: scrape(settled), TIMEOUT, "postfix_exporter to read the whole log")
+            out.write(log.read_text() + end_line)
+        return poll(
+            lambda: scrape(lambda samples: samples.get(end_key, 0) >= 1),
+            TIMEOUT,
+            "postfix_exporter to read the whole log",
+        )
     except Exception as exc:
         raise AssertionError(f"{exc}; its last samples: {last}") from None
     finally:
@@ -185,6 +211,7 @@ def test_pflogsumm_and_fail2ban_read_the_postfix_format(make_daemon: Callable[..
             refused_relay(daemon, source)
         for _ in range(2):
             failed_auth(daemon, "127.0.0.9", pki.ca.cert)
+        hang_up_after_ehlo(daemon, "127.0.0.10")
         sink_relay = r"relay=127\.0\.0\.1\[127\.0\.0\.1\], delay=[\d.]+, delays=[\d.]+/[\d.]+/[\d.]+/[\d.]+"
         done = {
             "ok@sink.test": rf"{sink_relay}, dsn=2\.0\.0, status=sent",
@@ -229,23 +256,29 @@ def test_pflogsumm_and_fail2ban_read_the_postfix_format(make_daemon: Callable[..
     # mail (127.0.0.1) is never matched.
     assert fail2ban_hosts(log, FAIL2BAN_FILTER) == ["127.0.0.7", "127.0.0.7", "127.0.0.8"]
     assert fail2ban_hosts(log, "postfix[mode=auth]") == ["127.0.0.9", "127.0.0.9"]
+    # mode ddos: the guessers' disconnect lines (auth=0/1) and the client that hung up.
+    assert fail2ban_hosts(log, "postfix[mode=ddos]") == ["127.0.0.10", "127.0.0.9", "127.0.0.9"]
     assert fail2ban_hosts(log, "postfix[mode=aggressive]") == [
+        "127.0.0.10",
         "127.0.0.7",
         "127.0.0.7",
         "127.0.0.8",
         "127.0.0.9",
         "127.0.0.9",
+        "127.0.0.9",
+        "127.0.0.9",
     ]
 
-    # postfix_exporter (Debian's prometheus-postfix-exporter) counts what it reads: 9 connections
-    # (4 messages, 3 relay attempts, 2 password guessers, who used STARTTLS), and the 3 delivery
-    # attempts smtp made (sent, refused, deferred) with Postfix's delays=.
-    connects = 4 + 3 + 2
-    samples = exporter_samples(log, lambda got: got.get(("postfix_smtpd_disconnects_total", ())) == connects)
+    # postfix_exporter (Debian's prometheus-postfix-exporter) counts what it reads: 10 connections
+    # (4 messages, 3 relay attempts, 2 password guessers, who used STARTTLS, 1 hang-up), and the 3
+    # delivery attempts smtp made (sent, refused, deferred) with Postfix's delays=.
+    connects = 4 + 3 + 2 + 1
+    samples = exporter_samples(log)
     assert samples[("postfix_smtpd_connects_total", ())] == connects
     assert samples[("postfix_smtpd_messages_processed_total", (("sasl_method", ""),))] == 4
     assert samples[("postfix_smtpd_messages_rejected_total", (("code", "554"),))] == 3
     assert samples[("postfix_smtpd_sasl_authentication_failures_total", ())] == 2
+    assert samples[("postfix_smtpd_connections_lost_total", (("after_stage", "EHLO"),))] == 1
     tls_connections = {
         labels: n for (name, labels), n in samples.items() if name == "postfix_smtpd_tls_connections_total"
     }

@@ -320,6 +320,27 @@ CLIENT = {"session": "64e2.1", "client": "192.0.2.1"}
         ),
         (
             "smtps",
+            "disconnect",
+            None,
+            {**CLIENT, "messages": 0, "commands": "ehlo=2 starttls=1 auth=0/1 quit=1 commands=4/5"},
+            [("smtpd", "disconnect from unknown[192.0.2.1] ehlo=2 starttls=1 auth=0/1 quit=1 commands=4/5")],
+        ),
+        (
+            "smtps",
+            "lost",
+            None,
+            {**CLIENT, "after": "RCPT"},
+            [("smtpd", "lost connection after RCPT from unknown[192.0.2.1]")],
+        ),
+        (
+            "smtps",
+            "timeout",
+            None,
+            {**CLIENT, "after": "DATA"},
+            [("smtpd", "timeout after DATA from unknown[192.0.2.1]")],
+        ),
+        (
+            "smtps",
             "rejected",
             None,
             {

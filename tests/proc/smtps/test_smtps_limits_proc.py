@@ -386,6 +386,24 @@ async def test_the_connect_line_names_the_client_as_smar_found_it(
     assert [line.split()[0] for line in lines] == ["connect", "disconnect"]
     assert "client=192.0.2.1 client_name=client.example" in lines[0]
     assert "client=192.0.2.1 client_name=client.example" in lines[1]
+    assert lines[1].endswith('commands="ehlo=1 quit=1 commands=2"'), lines[1]
+
+
+async def test_a_client_that_goes_away_is_logged_after_its_last_command(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="meta1py.maillog")
+    ctx, service, _ = make_ctx(tmp_path)
+    async with trio.open_nursery() as nursery:
+        client = await start(nursery, ctx, service, background=True)
+        assert (await client.command(b"EHLO c.example")).startswith(b"250-")
+        assert (await client.command(b"MAIL FROM:<a@example.org>")).startswith(b"250 ")
+        assert (await client.command(b"RCPT TO:<x@elsewhere.test>")).startswith(b"250 ")
+        await client.stream.aclose()
+    lines = _session_lines(caplog)
+    assert [line.split()[0] for line in lines] == ["connect", "lost", "disconnect"], lines
+    assert lines[1].endswith("after=RCPT"), lines[1]
+    assert lines[2].endswith('commands="ehlo=1 mail=1 rcpt=1 commands=3"'), lines[2]
 
 
 async def test_a_client_gone_before_its_name_is_known_is_logged_in_order(
