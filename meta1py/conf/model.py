@@ -1012,8 +1012,8 @@ class Config:
         "allow_mail_to_files",
         ListOf(LOCAL_TARGET_SOURCES),
         (),
-        "append to /file targets from these sources: alias, include, forward; others bounce"
-        " (5.7.1 mail to file is restricted)",
+        "append to /file targets (write into /dir/ Maildir targets) from these sources: alias,"
+        " include, forward; others bounce (5.7.1 mail to file is restricted)",
         "{ alias, forward }",
     )
     default_privs: str = opt(

@@ -10,6 +10,7 @@ File format (Postfix's and sendmail's aliases(5); a Debian ``/etc/aliases`` read
                    carol
     info@example.org:  sales            # a virtual alias: only info@example.org
     archive:       /var/spool/mail-archive          # append to a file (mbox)
+    backup:        /var/spool/mail-backup/          # deliver into a Maildir
     tickets:       "|/usr/local/bin/ticket --new"   # pipe to a command
     staff:         :include:/etc/meta1/staff.list   # the targets in another file
     alice:         \\alice, alice@home.example       # \\name: this mailbox, no more aliasing
@@ -27,8 +28,9 @@ File format (Postfix's and sendmail's aliases(5); a Debian ``/etc/aliases`` read
     forwarded;
   - ``|command`` (quoted as ``"|command arg"`` when it has spaces or commas): the message is
     piped to ``/bin/sh -c command``;
-  - ``/path``: the message is appended to the file in mbox format (a path ending in ``/``,
-    Postfix's Maildir form, is refused);
+  - ``/path``: the message is appended to the file in mbox format; ``/path/`` (ending in ``/``,
+    Postfix's Maildir form) is delivered into that directory as a Maildir (a ``file`` target
+    too, its path keeping the ``/``);
   - ``:include:/path``: the targets listed in that file (one or more per line, comma
     separated, ``#`` comments), which may hold further targets of every kind. The path must be
     absolute.
@@ -86,7 +88,8 @@ class Target:
     Attributes:
         kind: ``address``, ``command``, ``file`` or ``include``.
         value: the address (without a leading backslash), the command (without ``|``, shell
-            syntax as written), or the absolute path (file, include).
+            syntax as written), or the absolute path (file, include; a Maildir file target's
+            ends in ``/``).
         text: the target as written (quotes included).
         literal: ``\\name``: this mailbox itself, no aliases and no ``.forward``.
     """
@@ -282,12 +285,12 @@ def parse_target(text: str) -> Target:
             return _refuse(f"command contains a NUL or newline: {text!r}")
         return Target("command", command, text)
     if special.startswith("/"):
-        if special.endswith("/"):
-            return _refuse(
-                f"Maildir targets ('/path/') are not supported: {text!r}; deliver to a file or a command"
-            )
+        # A path ending in "/" is a Maildir (Postfix's local(8)); it stays a "file" target, with
+        # the same switch (allow_mail_to_files) and the same account as an mbox file.
         if "\0" in special or "\n" in special:
             return _refuse(f"file name contains a NUL or newline: {text!r}")
+        if special.endswith("/") and special.rstrip("/").rsplit("/", 1)[-1] in ("", ".", ".."):
+            return _refuse(f"a Maildir target must name its directory: {text!r}")
         return Target("file", special, text)
     if special[: len(_INCLUDE)].lower() == _INCLUDE:
         path = special[len(_INCLUDE) :].strip()

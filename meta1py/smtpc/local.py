@@ -10,11 +10,14 @@ For each recipient, smtpc:
    that already holds ``Delivered-To: <origin>`` (a mail loop, 5.4.6), as the Maildir agent does;
 2. formats the message into an anonymous memory file: the mbox ``From`` line, ``Return-Path:``,
    ``Delivered-To:`` and the message with LF line ends (quoted ``>From`` lines and a closing
-   empty line for files; :mod:`meta1py.message.mbox`);
+   empty line for files; :mod:`meta1py.message.mbox`); for a file target ending in ``/``
+   (Postfix's Maildir form) the Maildir file's content instead, as for a home Maildir below, and
+   a Maildir file name (:func:`meta1py.smtpc.maildir.maildir_unique_name`);
 3. hands it to the root helper (:mod:`meta1py.smtpc.runas`), which runs it as the account, and
    turns the helper's answer into a result: Postfix's statuses for commands (sysexits codes,
    ``Command died with status N``, a signal defers, the time limit bounces) and for files (a full
-   disk or a lock that does not come defers, a file that cannot be written bounces).
+   disk or a lock that does not come defers, a file that cannot be written bounces; a Maildir:
+   ``delivered to maildir as NAME`` or ``maildir delivery failed: PATH: ...``).
 
 Home Maildirs (Postfix's ``home_mailbox``): smar routes a local user's mail as ``maildir`` with
 the account (``route.local``, source ``home_mailbox``) and ``route.path`` its home Maildir.
@@ -346,7 +349,10 @@ def command_result(command: str, result: dict[str, Any]) -> SmtpReplyValue:
 
 
 def file_result(path: str, result: dict[str, Any]) -> SmtpReplyValue:
-    """The status of a file delivery from the runner's answer."""
+    """The status of a file delivery from the runner's answer: appended to an mbox file, or, for a
+    path ending in ``/``, written into that Maildir (Postfix local(8)'s words for each)."""
+    if path.endswith("/"):
+        return _maildir_result(path, result)
     return _write_result(result, f"delivered to file: {path}", f"cannot append message to file {path}")
 
 
@@ -359,14 +365,18 @@ def home_maildir_result(maildir: str, result: dict[str, Any]) -> SmtpReplyValue:
     not have. A full disk or quota defers (452 4.2.2, as our virtual Maildirs do; Postfix
     bounces a full quota), and so do passing errors (451 4.3.0).
     """
+    return _maildir_result(maildir, result)
+
+
+def _maildir_result(maildir: str, result: dict[str, Any]) -> SmtpReplyValue:
     return _write_result(
         result, f"delivered to maildir as {result.get('name')}", f"maildir delivery failed: {maildir}"
     )
 
 
 def _write_result(result: dict[str, Any], delivered: str, failed: str) -> SmtpReplyValue:
-    """The status of a file or home Maildir write from the runner's answer: refused by the
-    helper, done, or failed (a full disk defers, passing errors defer, the rest bounce)."""
+    """The status of a file or Maildir write from the runner's answer: refused by the helper,
+    done, or failed (a full disk defers, passing errors defer, the rest bounce)."""
     if "refused" in result:
         return _value(451, TEMP_SYSTEM_MISCONFIGURED, f"local delivery refused: {result['refused']}")
     if result.get("ok"):
@@ -476,7 +486,16 @@ class LocalAgent:
             return _value(550, PERM_NOT_AUTHORIZED, f"mail to {kind} is restricted")
         parsed = parse_local_target_address(r.address)
         origin = parsed[0] if parsed is not None else r.address
-        prepared = await trio.to_thread.run_sync(_prepare, self.queue_dir, req.qid, req.sender, origin, kind)
+        # "/path/" is Postfix's Maildir form of a file target: the Maildir file's content, no mbox.
+        maildir = kind == "file" and target.endswith("/")
+        if maildir:
+            prepared = await trio.to_thread.run_sync(
+                _prepare_maildir, self.queue_dir, req.qid, req.sender, origin
+            )
+        else:
+            prepared = await trio.to_thread.run_sync(
+                _prepare, self.queue_dir, req.qid, req.sender, origin, kind
+            )
         if prepared is None:
             return _value(451, TEMP_MAIL_SYSTEM_ERROR, f"queue file {req.qid} missing")
         if prepared == "loop":
@@ -495,6 +514,8 @@ class LocalAgent:
             else {},
             "time_limit_s": limit,
         }
+        if maildir:
+            request["name"] = maildir_unique_name(self.config.hostname)
         try:
             result = await self.helper.run(request, prepared, limit + _ANSWER_GRACE_S)
         except LocalHelperGoneError as exc:

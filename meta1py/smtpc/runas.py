@@ -1,8 +1,8 @@
 """runas: smtpc's privileged helper for command, file and home Maildir deliveries.
 
 NAME
-    runas -- runs one command, appends to one file, or writes one message into a user's home
-    Maildir, as a given unprivileged user.
+    runas -- runs one command, appends to one file, or writes one message into a Maildir (a
+    ``/path/`` target or a user's home Maildir), as a given unprivileged user.
 
 DESCRIPTION
     aliases(5) ``"|command"`` and ``/file`` targets (and those of ``:include:`` and ``.forward``
@@ -23,11 +23,12 @@ DESCRIPTION
     that root cannot be regained) and only then touches the message: it runs ``/bin/sh -c
     command`` with the message on standard input (killing its process group after the time
     limit), or locks and appends to the file (``O_APPEND``, no symbolic links, one hard link,
-    truncated back on error), or writes the message into ``home_mailbox`` below the user's home
-    (Maildir: ``tmp/``, fsync, link into ``new/``, fsync of ``new/``; every directory below the
-    home opened without following symbolic links and created mode 0700 when missing), and writes
-    a JSON result (exit status, signal, output, errno) to the answer socket. smtpc turns that
-    result into a delivery status.
+    truncated back on error), or writes the message into a Maildir: ``home_mailbox`` below the
+    user's home, or the directory a file target ending in ``/`` names (Postfix's Maildir form),
+    below its parent as configured (``tmp/``, fsync, link into ``new/``, fsync of ``new/``; every
+    directory below the home or the parent opened without following symbolic links and created
+    mode 0700 when missing), and writes a JSON result (exit status, signal, output, errno) to the
+    answer socket. smtpc turns that result into a delivery status.
 
 SECURITY
     Root's code is this module's loop: read a small JSON request, check it, fork, change uid. It
@@ -35,12 +36,13 @@ SECURITY
     gid 0 and the worker accounts and groups (a command with group ``meta1`` could read the
     queue), requests for a kind or source the configuration does not allow, and, unless
     ``:include:`` or ``.forward`` targets are allowed, any uid other than ``default_privs`` and
-    the owners of the aliases files. A home Maildir delivery must name ``home_mailbox`` itself,
-    a uid of ``home_min_uid`` or more (not ``nobody``) and that account's own gid and home, as
-    the password database has them now. What it trusts smtpc for: the uid, within those limits; a
-    compromised smtpc could run a command as such a user, which Postfix's local(8), running as
-    root throughout, would have allowed too. When mcp does not run as root, neither does the
-    helper: every delivery runs as the invoking user.
+    the owners of the aliases files; a file target ending in ``/`` (a Maildir) is checked as a
+    file and must come with a Maildir file name. A home Maildir delivery must name
+    ``home_mailbox`` itself, a uid of ``home_min_uid`` or more (not ``nobody``) and that
+    account's own gid and home, as the password database has them now. What it trusts smtpc
+    for: the uid, within those limits; a compromised smtpc could run a command as such a user,
+    which Postfix's local(8), running as root throughout, would have allowed too. When mcp does
+    not run as root, neither does the helper: every delivery runs as the invoking user.
 
 PEERS
     smtpc only, over the socketpair made when smtpc started it; it exits at end of file (smtpc
@@ -193,6 +195,12 @@ class Policy:
             raise RequestError("bad target")
         if kind == "file" and not target.startswith("/"):
             raise RequestError("a file target must be an absolute path")
+        name = None
+        if kind == "file" and target.endswith("/"):
+            # Postfix's Maildir form of a file target: smtpc names the file, as for a home Maildir.
+            if _split_maildir(target)[1] in ("", ".", ".."):
+                raise RequestError("a Maildir target must name its directory")
+            name = _maildir_name(request.get("name"))
         uid, gid = request.get("uid"), request.get("gid")
         if not isinstance(uid, int) or not isinstance(gid, int) or uid < 0 or gid < 0:
             raise RequestError("bad uid or gid")
@@ -212,7 +220,7 @@ class Policy:
         limit = request.get("time_limit_s", self.time_limit_s)
         if not isinstance(limit, int | float) or limit <= 0:
             raise RequestError("bad time limit")
-        return {
+        checked: dict[str, Any] = {
             "kind": kind,
             "target": target,
             "uid": uid,
@@ -222,6 +230,9 @@ class Policy:
             "time_limit_s": min(float(limit), self.time_limit_s),
             "forbidden_gids": sorted(forbidden_gids),
         }
+        if name is not None:
+            checked["name"] = name
+        return checked
 
     def _check_maildir(self, request: Mapping[str, Any]) -> dict[str, Any]:
         """A home Maildir delivery: ``home_mailbox`` below the home of the account with that uid,
@@ -230,15 +241,7 @@ class Policy:
             raise RequestError("home_mailbox is not set here")
         if request.get("source") != "home_mailbox" or request.get("target") != self.home_mailbox:
             raise RequestError(f"a home Maildir delivery must be to home_mailbox ({self.home_mailbox})")
-        name = request.get("name")
-        if (
-            not isinstance(name, str)
-            or not name
-            or len(name) > 255
-            or name.startswith(".")
-            or any(c in name for c in "/\0")
-        ):
-            raise RequestError("bad Maildir file name")
+        name = _maildir_name(request.get("name"))
         uid, gid, home = request.get("uid"), request.get("gid"), request.get("home")
         if not isinstance(uid, int) or not isinstance(gid, int) or not isinstance(home, str):
             raise RequestError("bad uid, gid or home")
@@ -277,6 +280,30 @@ class Policy:
             if owner != 0:
                 uids.add(owner)
         return uids
+
+
+def _maildir_name(name: object) -> str:
+    """A Maildir file name smtpc chose: one component that is not hidden (``tmp/NAME``).
+
+    Raises:
+        RequestError: anything else.
+    """
+    if (
+        not isinstance(name, str)
+        or not name
+        or len(name) > 255
+        or name.startswith(".")
+        or any(c in name for c in "/\0")
+    ):
+        raise RequestError("bad Maildir file name")
+    return name
+
+
+def _split_maildir(target: str) -> tuple[str, str]:
+    """``(parent, directory)`` of a Maildir file target: ``/var/mail/archive/`` ->
+    ``("/var/mail", "archive")``."""
+    parent, _, last = target.rstrip("/").rpartition("/")
+    return parent or "/", last
 
 
 # -- the runner (after the fork) -------------------------------------------------------------------
@@ -429,31 +456,42 @@ def _append_file(path: str, message: int, time_limit_s: float) -> dict[str, Any]
 
 def _open_below(parent: int, name: str, created: list[int]) -> int:
     """The directory ``name`` in ``parent`` (made mode 0700 when missing), opened without following
-    a symbolic link; the descriptor of a directory that got a new entry goes into ``created``."""
+    a symbolic link; the descriptor of a directory that got a new entry goes into ``created``.
+
+    Raises:
+        OSError: ELOOP for a symbolic link (Linux says ENOTDIR when ``O_DIRECTORY`` meets one).
+    """
     try:
         os.mkdir(name, 0o700, dir_fd=parent)
         created.append(parent)
     except FileExistsError:
         pass
-    return os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+    try:
+        return os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+    except NotADirectoryError:
+        if stat.S_ISLNK(os.stat(name, dir_fd=parent, follow_symlinks=False).st_mode):
+            raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), name) from None
+        raise
 
 
-def _deliver_maildir(home: str, mailbox: str, name: str, message: int) -> dict[str, Any]:
-    """Write the message as ``home/mailbox/new/name`` (through ``tmp/``), as the user the runner
+def _deliver_maildir(base: str, mailbox: str, name: str, message: int, *, home: bool) -> dict[str, Any]:
+    """Write the message as ``base/mailbox/new/name`` (through ``tmp/``), as the user the runner
     has become.
 
-    The home itself is taken as the password database names it (a symbolic link there is the
-    administrator's), but it must belong to the user; below it nothing is followed: every
-    component is opened with ``O_NOFOLLOW`` relative to its parent, so a link planted as
-    ``Maildir`` or ``Maildir/new`` fails (ELOOP) instead of leading out of the home.
+    ``base`` is taken as configured (a symbolic link there is the administrator's): for a home
+    Maildir (``home``) the home as the password database names it, which must belong to the user;
+    for a Maildir file target (``/path/``) the target's parent directory, whoever owns it. Below
+    it nothing is followed: every component of ``mailbox`` and ``tmp``/``new``/``cur`` is opened
+    with ``O_NOFOLLOW`` relative to its parent (and made mode 0700 when missing), so a link planted
+    as ``Maildir`` or ``Maildir/new`` fails (ELOOP) instead of leading elsewhere.
     """
-    stage = "home"
+    stage = "home" if home else "parent"
     fds: list[int] = []
     created: list[int] = []
     try:
-        fds.append(os.open(home, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
-        if os.fstat(fds[0]).st_uid != os.getuid():
-            return {"errno": errno.EPERM, "error": f"home directory {home} is not the user's", "stage": stage}
+        fds.append(os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
+        if home and os.fstat(fds[0]).st_uid != os.getuid():
+            return {"errno": errno.EPERM, "error": f"home directory {base} is not the user's", "stage": stage}
         stage = "mkdir"
         for part in mailbox.strip("/").split("/"):
             fds.append(_open_below(fds[-1], part, created))
@@ -525,7 +563,10 @@ def _runner(sock: socket.socket, message: int, answer: int, request: dict[str, A
         if request["kind"] == "command":
             result = _run_command(request["target"], message, request["env"], request["time_limit_s"])
         elif request["kind"] == "maildir":
-            result = _deliver_maildir(request["home"], request["target"], request["name"], message)
+            result = _deliver_maildir(request["home"], request["target"], request["name"], message, home=True)
+        elif request["target"].endswith("/"):  # a Maildir file target (check() saw its name)
+            parent, directory = _split_maildir(request["target"])
+            result = _deliver_maildir(parent, directory, request["name"], message, home=False)
         else:
             result = _append_file(request["target"], message, request["time_limit_s"])
         result["uid"] = os.getuid()

@@ -141,6 +141,36 @@ async def test_a_file_gets_the_message_in_mbox_form_as_its_user(tmp_path: Path, 
     assert text.endswith(b"body line\n\n")
 
 
+async def test_a_maildir_target_gets_the_message_as_a_maildir_file(tmp_path: Path, shared: Path) -> None:
+    # "/path/" (Postfix's Maildir form of a file target): written into path/new as the account.
+    cfg = config(tmp_path)
+    maildir = shared / "archive"
+    result = await deliver(cfg, queued(tmp_path), route("file", f"{maildir}/"))
+    assert (result.status, result.reply.code, result.reply.enhanced) == ("ok", 250, "2.0.0"), result
+    (delivered,) = (maildir / "new").iterdir()
+    assert result.reply.text == f"delivered to maildir as {delivered.name}"
+    st = delivered.stat()
+    assert st.st_mode & 0o777 == 0o600
+    if ROOT:
+        assert (st.st_uid, maildir.stat().st_uid) == (NOBODY.pw_uid, NOBODY.pw_uid)
+    assert list((maildir / "tmp").iterdir()) == []
+    # No mbox "From " line, no ">From" quoting, no closing empty line: a Maildir file.
+    assert delivered.read_bytes() == (
+        b"Return-Path: <alice@example.org>\nDelivered-To: tickets@localhost\n"
+        b"Subject: to the helper\n\nFrom here on\nbody line\n"
+    )
+    # A link planted as the Maildir leads nowhere: the delivery bounces, nothing is written.
+    outside = shared / "outside"
+    (outside / "new").mkdir(parents=True)
+    (shared / "planted").symlink_to(outside)
+    result = await deliver(cfg, queued(tmp_path), route("file", f"{shared}/planted/"))
+    assert (result.status, result.reply.code, result.reply.enhanced) == ("perm", 550, "5.2.0")
+    assert (
+        result.reply.text == f"maildir delivery failed: {shared}/planted/: Too many levels of symbolic links"
+    )
+    assert list((outside / "new").iterdir()) == []
+
+
 async def test_command_failures_have_postfixs_statuses(tmp_path: Path, shared: Path) -> None:
     cfg = config(tmp_path, "command_time_limit = 1s;\n")
     result = await deliver(cfg, queued(tmp_path), route("pipe", "echo no such user >&2; exit 67"))

@@ -140,7 +140,8 @@ def test_targets_of_every_kind() -> None:
     assert parse_target("\\alice").literal and parse_target("\\alice").value == "alice"
     assert parse_target('"john smith"@example.org').kind == "address"
     assert split_targets('"|a, b", c ,,"d" ') == ['"|a, b"', "c", '"d"']
-    for bad in ("|x y", "/a b", ":include:rel", "/dir/", '"|"', "|/bin/sh@example.org x"):
+    assert parse_target("/var/mail/dir/").value == "/var/mail/dir/"  # a Maildir: still a file
+    for bad in ("|x y", "/a b", ":include:rel", "/", '"|"', "|/bin/sh@example.org x"):
         with pytest.raises(ValueError):
             parse_target(bad)
 

@@ -10,6 +10,8 @@ from meta1py.maps.aliases import (
     ExpansionFailure,
     base_local_part,
     parse_aliases,
+    parse_local_target_address,
+    parse_target,
 )
 
 LOCAL = frozenset({"example.com", "example.net"})
@@ -134,16 +136,44 @@ def test_extension_lookup_exact_first_then_base() -> None:
 
 
 def test_bad_command_file_and_include_targets_rejected() -> None:
-    errs = errors_of('a: |/usr/bin/prog arg\nb: /var/mail/b/\nc: :include:lists/c\nd: "|"\ne: "|prog, f\n')
+    errs = errors_of('a: |/usr/bin/prog arg\nb: /var/mail/..//\nc: :include:lists/c\nd: "|"\ne: "|prog, f\n')
     assert errs == [
         '/etc/meta1/aliases:1: quote a command or file name with spaces: "|/usr/bin/prog arg" (or is a'
         " comma missing?)",
-        "/etc/meta1/aliases:2: Maildir targets ('/path/') are not supported: '/var/mail/b/'; deliver to a"
-        " file or a command",
+        "/etc/meta1/aliases:2: a Maildir target must name its directory: '/var/mail/..//'",
         "/etc/meta1/aliases:3: relative :include: path in ':include:lists/c' (it must start with /)",
         "/etc/meta1/aliases:4: empty command: '\"|\"'",
         "/etc/meta1/aliases:5: unterminated quote in '\"|prog, f'",
     ]
+
+
+def test_maildir_targets_are_file_targets_ending_in_a_slash() -> None:
+    # Postfix's local(8): "/path/" is a Maildir; it keeps its "/" (smtpc tells the two apart by it).
+    for text, path in (
+        ("/var/mail/archive/", "/var/mail/archive/"),
+        ('"/var/mail/the archive/"', "/var/mail/the archive/"),
+    ):
+        target = parse_target(text)
+        assert (target.kind, target.value, target.text) == ("file", path, text)
+    result = expand("archive: /var/mail/archive/, \\archive\n", "archive@example.com")
+    assert isinstance(result, Expansion)
+    assert result.recipients == ("archive@example.com:/var/mail/archive/", "archive@example.com")
+    assert [(t.kind, t.target, t.origin) for t in result.local] == [
+        ("file", "/var/mail/archive/", "archive@example.com")
+    ]
+    assert parse_local_target_address(result.recipients[0]) == (
+        "archive@example.com",
+        "file",
+        "/var/mail/archive/",
+    )
+    for bad, why in (
+        ('"/var/mail/a\nb/"', "file name contains a NUL or newline"),
+        ("/var/mail/a\0b/", "file name contains a NUL or newline"),
+        ("/", "a Maildir target must name its directory"),
+        ("/var/mail/./", "a Maildir target must name its directory"),
+    ):
+        with pytest.raises(ValueError, match=why):
+            parse_target(bad)
 
 
 def test_all_errors_reported_with_physical_line_numbers() -> None:

@@ -62,6 +62,16 @@ def test_file_statuses(err: int, expected: tuple[int, str]) -> None:
     assert status(file_result("/var/mail/x", {"ok": True})) == (250, "2.0.0")
 
 
+def test_maildir_file_statuses_use_postfixs_maildir_words() -> None:
+    # A file target ending in "/" is a Maildir: local(8)'s texts, the same statuses as a file.
+    reply = file_result("/var/mail/archive/", {"ok": True, "name": "1.M2P3Q4.mx"})
+    assert (status(reply), reply.text) == ((250, "2.0.0"), "delivered to maildir as 1.M2P3Q4.mx")
+    reply = file_result("/var/mail/archive/", {"errno": errno.ELOOP, "error": "why", "stage": "mkdir"})
+    assert (status(reply), reply.text) == ((550, "5.2.0"), "maildir delivery failed: /var/mail/archive/: why")
+    reply = file_result("/var/mail/archive/", {"errno": errno.ENOSPC, "error": "full", "stage": "write"})
+    assert status(reply) == (452, "4.2.2")
+
+
 def test_environment_is_postfixs_and_censored() -> None:
     env = _environment(
         "tickets+urgent@example.org",
