@@ -113,7 +113,7 @@ def test_an_out_rule_defers_the_first_attempt_then_the_message_is_captured(
         with smtplib.SMTP("127.0.0.1", daemon.port, timeout=60) as client:
             client.sendmail("a@example.org", ["r@slow.test"], b"Subject: slow\r\n\r\nslow\r\n")
         daemon.wait_for_log(
-            r"deferred qid=\S+ to=r@slow\.test status=deferred reason=\"451 4\.4\.1 Slow down\"", 60
+            r"deferred qid=\S+ to=r@slow\.test relay=\S+ status=deferred reason=\"451 4\.4\.1 Slow down\"", 60
         )
         (capture,) = _wait_captures(daemon, 1)  # the retry went through
         assert capture["rcpt_to"] == ["r@slow.test"]
