@@ -12,6 +12,7 @@ from __future__ import annotations
 import email
 import email.policy
 import os
+import re
 import smtplib
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -59,7 +60,9 @@ def test_a_users_mail_lands_in_the_home_maildir_as_the_user(
             send(daemon, "root@localhost", "to root")
             (delivered,) = poll(lambda: files(new) or None, 60, "the message in ~user/Maildir/new")
             (root_copy,) = poll(lambda: virtual(daemon, "root") or None, 60, "root's virtual Maildir")
-            assert f"maildir {user.pw_dir}/Maildir as {name} (uid {user.pw_uid}): 250" in daemon.log_text()
+            # smtpc logs the delivery just after the file lands: wait for the line itself.
+            line = f"maildir {user.pw_dir}/Maildir as {name} (uid {user.pw_uid}): 250"
+            daemon.wait_for_log(re.escape(line), 30)
             assert virtual(daemon, name) == []
             # root's mail is the worker's, in mail_directory, as before.
             assert root_copy.stat().st_uid != 0 and b"Subject: to root" in root_copy.read_bytes()
