@@ -35,6 +35,8 @@ declare -A NEEDED=(
     [knot-dnsutils]=/usr/bin/kdig
     [dovecot-lmtpd]=/usr/lib/dovecot/lmtp
     [openssl]=/usr/bin/openssl
+    # tests/unit/maps/test_cdb_file.py: our CDB files read by tinycdb's cdb, and its files by us.
+    [tinycdb]=/usr/bin/cdb
     # meta1 setup --sendmail compiles meta1-postdrop, the setgid pickup helper
     # (tests/e2e/test_sendmail_compat.py).
     [gcc]=/usr/bin/gcc

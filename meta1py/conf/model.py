@@ -168,7 +168,7 @@ class QmgrConfig(ProcessConfig):
         "max_hops",
         Integer(1, 1000),
         "100",
-        "Received: headers after which a message bounces as looping",
+        "Received: headers after which a message is refused (smtps) or bounced (pickup) as looping",
         "50",
     )
     orphan_sweep_interval: float = opt(

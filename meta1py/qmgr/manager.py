@@ -1357,6 +1357,20 @@ class QueueManager:
         )
         return writer, benv
 
+    async def bounce_new(self, qid: str, reply: SmtpReplyValue) -> None:
+        """Bounce every recipient of the message ``qid`` with ``reply`` before any is routed.
+
+        For pickup's hop limit (:mod:`meta1py.qmgr.pickup`): called right after the commit's
+        answer, with no checkpoint between, so the recipients are still waiting for their first
+        routing; any that are not (a race that cannot happen there) are left as they are.
+        """
+        msg = self.messages.get(qid)
+        if msg is None:
+            return
+        idxs = [r.idx for r in msg.pending() if r.idx not in msg.busy]
+        msg.busy.update(idxs)
+        await self._record(msg, [(i, "perm", reply, None, None) for i in idxs], session_failed=False)
+
     def _add(self, env: Envelope) -> None:
         self.messages[env.qid] = _Msg(env, {r.idx: r for r in env.recipients})
         self._schedule(env.qid, clock.now())

@@ -19,6 +19,11 @@ which start with a dot, are never taken):
 4. only then does it remove the pickup file. A crash between 3 and 4 queues the message twice
    (at least once: a duplicate, never a loss).
 
+A message whose header block already holds ``qmgr { max_hops }`` or more ``Received:`` lines
+is in a mail loop (an alias or ``.forward`` command that submits it again): it is committed as
+above and every recipient bounced at once with ``554 5.4.6`` before any delivery (as Postfix's
+cleanup does with ``hopcount_limit``). The sender gets the bounce; nothing is delivered.
+
 A file that is not a well-formed message is moved to ``queue_directory/corrupt`` with a warning
 that names it and says what is wrong; it is never retried and never stops the others. A message
 the queue cannot take now (a full disk: the commit answers 4xx) stays and is tried again at the
@@ -45,6 +50,7 @@ import trio
 from meta1py import clock
 from meta1py import log as mlog
 from meta1py.conf import Config
+from meta1py.message.hops import HeaderHead, count_hops
 from meta1py.message.received import pickup_received_header
 from meta1py.queue.content import ContentWriter
 from meta1py.queue.errors import QueueStorageError
@@ -59,8 +65,14 @@ from meta1py.queue.pickup import (
     pickup_directory,
     read_pickup_envelope,
 )
-from meta1py.rpc.messages import QueueEnvelopeCommitReply, QueueEnvelopeCommitRequest, QueueRecipientValue
+from meta1py.rpc.messages import (
+    QueueEnvelopeCommitReply,
+    QueueEnvelopeCommitRequest,
+    QueueRecipientValue,
+    SmtpReplyValue,
+)
 from meta1py.rpc.schema import RpcMessage
+from meta1py.smtp.status import PERM_ROUTING_LOOP
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +84,13 @@ _CONCURRENCY = 16
 Commit = Callable[[QueueEnvelopeCommitRequest], Awaitable[RpcMessage | None]]
 """qmgr's answer to a commit (``handle`` in :func:`meta1py.qmgr.service.serve`)."""
 
+BounceNew = Callable[[str, SmtpReplyValue], Awaitable[None]]
+"""Bounce every recipient of a message just committed, before it is routed
+(:meth:`meta1py.qmgr.manager.QueueManager.bounce_new`)."""
+
+#: The answer for a message in a loop (smtps's ``too_many_hops`` reply).
+LOOP_REPLY = SmtpReplyValue(code=554, enhanced=PERM_ROUTING_LOOP, text="Too many hops: mail forwarding loop")
+
 
 class _Corrupt(Exception):
     """The file is not a message: it goes to the corrupt directory."""
@@ -82,6 +101,7 @@ class _Taken:
     writer: ContentWriter
     envelope: PickupEnvelope
     uid: int
+    hops: int
 
 
 class Pickup:
@@ -90,9 +110,11 @@ class Pickup:
     Args:
         config: the configuration (queue directory, hostname, limits, interval).
         commit: qmgr's commit answer.
+        bounce_new: bounces a committed message in a loop (None: the queue is not open, and
+            every commit is refused anyway).
     """
 
-    def __init__(self, config: Config, commit: Commit) -> None:
+    def __init__(self, config: Config, commit: Commit, bounce_new: Callable[[], BounceNew | None]) -> None:
         self.queue_dir = Path(config.queue_directory)
         self.directory = pickup_directory(self.queue_dir)
         self.corrupt_dir = corrupt_directory(self.queue_dir)
@@ -102,6 +124,8 @@ class Pickup:
         self.max_recipients = max(s.max_recipients for s in config.smtps)
         self.max_file_bytes = max_file_bytes(self.max_content_bytes, self.max_recipients)
         self._commit = commit
+        self._bounce_new = bounce_new
+        self.max_hops = config.qmgr.max_hops
         self._unmovable: set[str] = set()
         self.queued = 0
         """Messages queued from the pickup directory (for tests and diagnostics)."""
@@ -215,6 +239,9 @@ class Pickup:
                 self.interval_s,
             )
             return
+        # No checkpoint between the commit's answer and the bounce: the message must not be
+        # routed first.
+        bounce = self._bounce_new() if taken.hops >= self.max_hops else None
         self.queued += 1
         mlog.maillog(
             "queued",
@@ -225,6 +252,14 @@ class Pickup:
             nrcpt=len(env.recipients),
             size=writer.size,
         )
+        if bounce is not None:
+            log.warning(
+                "%s: %d Received: headers, max_hops is %d: mail forwarding loop; bounced",
+                writer.qid,
+                taken.hops,
+                self.max_hops,
+            )
+            await bounce(writer.qid, LOOP_REPLY)
         try:
             await trio.to_thread.run_sync(os.unlink, self.directory / name)
         except FileNotFoundError:
@@ -275,7 +310,13 @@ class Pickup:
                         now=clock.now(),
                     )
                 )
-                envelope = copy_pickup_content(file, envelope, writer.write)
+                head = HeaderHead()
+
+                def sink(chunk: bytes) -> None:
+                    head.feed(chunk)
+                    writer.write(chunk)
+
+                envelope = copy_pickup_content(file, envelope, sink)
                 writer.close_unsynced()
             except PickupFormatError as exc:
                 writer.abort()
@@ -283,7 +324,7 @@ class Pickup:
             except BaseException:
                 writer.abort()
                 raise
-        return _Taken(writer, envelope, st.st_uid)
+        return _Taken(writer, envelope, st.st_uid, count_hops(head.head))
 
     def _move_aside(self, name: str, reason: str) -> None:
         try:

@@ -109,7 +109,7 @@ async def serve(cfg: Config, fds: WorkerFds, task_status: Any = trio.TASK_STATUS
         return (closed if manager is None else manager.handle)(msg)
 
     # Commits through the same answer as smtps's calls (4xx while the store is closed).
-    pickup = Pickup(cfg, handle)
+    pickup = Pickup(cfg, handle, lambda: None if manager is None else manager.bounce_new)
 
     # Test mode's control API (docs/testmode.md): only when mcp passed its socket.
     testapi: ControlApi | None = None

@@ -35,7 +35,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import re
 import time
 from dataclasses import dataclass, field
 
@@ -44,6 +43,7 @@ import trio
 from meta1py import log as mlog
 from meta1py.conf import Config, ListenSocket, SmtpsConfig
 from meta1py.crashpoints import crash_point
+from meta1py.message.hops import HEADER_SCAN_BYTES, count_hops
 from meta1py.metrics import SMTPS_REJECTED, SMTPS_TLS_SESSIONS, Counters
 from meta1py.queue.content import ContentWriter
 from meta1py.queue.errors import QueueStorageError
@@ -99,8 +99,6 @@ _READ_BYTES = 65536
 # commands waiting: a client that pipelines cheap commands with long replies (EHLO, HELP) and
 # never reads must not grow this buffer (RFC 2920 §3.1 allows flushing at any time).
 _OUT_MAX = 65536
-_HEADER_SCAN_BYTES = 65536
-_RECEIVED_RE = re.compile(rb"(?im)^received:")
 # RPC deadline: qmgr waits for a group commit (smar's is in stages.py).
 _COMMIT_TIMEOUT_S = 60.0
 # A command line still without its end after this many octets gets 421 4.7.0 (the core's default,
@@ -906,8 +904,8 @@ class Session:
         if not txn.header_done:
             txn.header_scan += data
             end = txn.header_scan.find(b"\r\n\r\n")
-            if end >= 0 or len(txn.header_scan) >= _HEADER_SCAN_BYTES:
-                head = bytes(txn.header_scan[: end if end >= 0 else _HEADER_SCAN_BYTES])
+            if end >= 0 or len(txn.header_scan) >= HEADER_SCAN_BYTES:
+                head = bytes(txn.header_scan[: end if end >= 0 else HEADER_SCAN_BYTES])
                 headers_ended = self._header_block_ended(txn, head)
         try:
             txn.writer.write(data)
@@ -922,7 +920,7 @@ class Session:
     def _header_block_ended(self, txn: _Transaction, head: bytes) -> bool:
         """The client's header block ``head`` is complete: count its Received: lines and keep it
         for the checks that read it. Returns True when there are end-of-headers checks to ask."""
-        txn.hops = len(_RECEIVED_RE.findall(head))
+        txn.hops = count_hops(head)
         txn.header_done = True
         txn.header_scan = bytearray()
         checks = self.ctx.checks

@@ -278,6 +278,27 @@ def test_a_corrupt_pickup_file_is_moved_aside_and_the_others_are_delivered(
     assert daemon.running()
 
 
+def test_a_message_in_a_loop_through_pickup_is_bounced_not_delivered(
+    make_daemon: Callable[..., Meta1Daemon],
+) -> None:
+    # An alias command that resubmits its message with sendmail while smtps is down: each round
+    # adds a Received: line. At max_hops the message goes back to its sender, 554 5.4.6.
+    daemon = started_once(make_daemon(sections={"qmgr": "max_hops = 3;"}))
+    looped = b"".join(b"Received: from userid 0 by localhost; round %d\n" % i for i in range(3))
+    text = looped + b"Subject: round and round\n\nagain\n"
+    sent = sendmail(daemon, "-f", "ops@localhost", "gus@localhost", stdin=text)
+    assert sent.returncode == 0, sent.stderr
+    sent = sendmail(daemon, "-f", "ops@localhost", "gus@localhost", stdin=b"Subject: once\n\nfine\n")
+    assert sent.returncode == 0, sent.stderr
+    daemon.start()
+    bounce = delivered(daemon, "ops", b"Status: 5.4.6")
+    assert b"Too many hops" in bounce and b"Subject: round and round" in bounce
+    daemon.wait_for_log(r"\S+: 3 Received: headers, max_hops is 3: mail forwarding loop; bounced")
+    # The other message was delivered; the looping one never was.
+    delivered(daemon, "gus", b"Subject: once")
+    assert [m for m in mailbox(daemon, "gus") if b"round and round" in m] == []
+
+
 def test_sendmail_without_pickup_says_why_and_exits_75(make_daemon: Callable[..., Meta1Daemon]) -> None:
     daemon = make_daemon()  # never started: no queue directory
     proc = sendmail(daemon, "-f", "a@localhost", "b@localhost", stdin=b"Subject: x\n\nbody\n")

@@ -26,7 +26,13 @@ from meta1py.queue.pickup import (
     encode_envelope,
     write_pickup_file,
 )
-from meta1py.rpc.messages import QueueEnvelopeCommitReply, QueueEnvelopeCommitRequest, SmtpReplyValue
+from meta1py.rpc.messages import (
+    QueueEnvelopeCommitReply,
+    QueueEnvelopeCommitRequest,
+    SmtpcDeliveryReply,
+    SmtpcDeliveryRequest,
+    SmtpReplyValue,
+)
 
 CONTENT = b"From: cron@example.test\r\nSubject: nightly\r\n\r\nall done\r\n"
 
@@ -73,7 +79,7 @@ async def test_good_files_are_queued_and_delivered_bad_ones_moved_aside(
         os.utime(pickup_dir / stale, (old, old))
         writing = plant(pickup_dir, b"meta1-pickup 1\n", name=TEMP_PREFIX + secrets.token_hex(16))
 
-        pickup = Pickup(h.manager.config, h.manager.handle)
+        pickup = Pickup(h.manager.config, h.manager.handle, lambda: h.manager.bounce_new)
         assert await pickup.scan() == 1
         [queued] = maillog("queued")
         m = re.match(
@@ -134,7 +140,7 @@ async def test_a_file_the_queue_cannot_take_now_stays_for_the_next_scan(
             assert isinstance(answer, QueueEnvelopeCommitReply)
             return answer
 
-        pickup = Pickup(h.manager.config, commit)
+        pickup = Pickup(h.manager.config, commit, lambda: h.manager.bounce_new)
         assert await pickup.scan() == 0
         assert (pickup_dir / name).is_file() and not maillog("queued")
         # The content file made for the refused attempt is gone: no orphan is left behind.
@@ -142,3 +148,46 @@ async def test_a_file_the_queue_cannot_take_now_stays_for_the_next_scan(
         full = False
         assert await pickup.scan() == 1
         assert not (pickup_dir / name).exists() and len(maillog("queued")) == 1
+
+
+def looping_file(directory: Path, hops: int) -> str:
+    """A pickup file whose message already passed ``hops`` relays (an alias command's resubmission)."""
+    line = b"Received: from relay%d.example.test by mx.example.test; x\r\n"
+    received = b"".join(line % i for i in range(hops))
+    content = received + CONTENT
+    env = PickupEnvelope("cron@example.test", (PickupRecipient("ops@remote.test"),), size=len(content))
+    return write_pickup_file(directory, [encode_envelope(env), content])
+
+
+async def test_a_message_in_a_loop_is_bounced_before_any_delivery(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, maillog: Callable[[str], list[str]]
+) -> None:
+    contents: dict[str, str] = {}
+    async with running_qmgr(tmp_path, monkeypatch, accept) as h:
+
+        async def keep(request: SmtpcDeliveryRequest) -> SmtpcDeliveryReply:
+            """Take each message as smtpc would read it (the content goes once it is delivered)."""
+            contents[request.qid] = content_of(h, request.qid)
+            return await accept(request)
+
+        h.smtpc.answer = keep
+        limit = h.manager.config.qmgr.max_hops
+        pickup_dir = h.queue_dir / "pickup"
+        pickup_dir.mkdir()
+        # One under the limit is delivered; at the limit it is bounced to its sender, 554 5.4.6.
+        looping_file(pickup_dir, limit - 1)
+        pickup = Pickup(h.manager.config, h.manager.handle, lambda: h.manager.bounce_new)
+        assert await pickup.scan() == 1
+        await until(lambda: len(h.smtpc.requests) == 1 and not h.manager.messages, "the delivery")
+        assert h.smtpc.requests[0].sender == "cron@example.test"
+
+        looping_file(pickup_dir, limit)
+        assert await pickup.scan() == 1
+        await until(lambda: len(h.smtpc.requests) == 2 and not h.manager.messages, "the bounce")
+        bounce = h.smtpc.requests[1]
+        assert bounce.sender == "" and [r.address for r in bounce.recipients] == ["cron@example.test"]
+        dsn = contents[bounce.qid]
+        assert "Status: 5.4.6" in dsn and "Too many hops" in dsn
+        (bounced,) = maillog("bounced")
+        assert "to=ops@remote.test" in bounced and "dsn=5.4.6" in bounced
+        assert list(pickup_dir.iterdir()) == []
