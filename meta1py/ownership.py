@@ -43,6 +43,10 @@ pickup files              submitter:     0644    the submitting user owns them (
                           meta1d                 uid into Received:); qmgr reads them as "other"
 queue/corrupt             qmgr:meta1     0700    pickup files that are not messages, for the
                                                  operator
+queue/public              qmgr:meta1     0711    mcp creates; qmgr binds showq in it; anyone
+                                                 may reach it, nobody else list or write it
+public/showq              qmgr:meta1     0666    qmgr binds it at start: the queue listing for
+                                                 users in authorized_mailq_users (SO_PEERCRED)
 queue/smar                smar:smar      0700    mcp creates; smar alone: its data directory
 queue/test (test mode)    qmgr:meta1     2770    qmgr writes the active scripts; smtps and smtpc
                                                  read them
@@ -77,6 +81,7 @@ from typing import TYPE_CHECKING, Literal
 from meta1py.contract import WORKER_NAMES, smar_data_directory, test_directory
 from meta1py.queue.ids import ALPHABET, is_seed_subdir
 from meta1py.queue.pickup import CORRUPT_DIRNAME, PICKUP_DIRNAME
+from meta1py.queue.showq import public_directory
 
 if TYPE_CHECKING:
     from meta1py.conf import Config
@@ -105,6 +110,8 @@ MAIL_DIR_MODE = 0o700
 #: wx: the submission group may create files and open them by name, not list the directory.
 PICKUP_DIR_MODE = 0o1730
 CORRUPT_DIR_MODE = 0o700
+#: queue/public: every local user may reach the sockets in it (qmgr's showq), none may list it.
+PUBLIC_DIR_MODE = 0o711
 SHARED_SOCKET_MODE = 0o660
 PRIVATE_SOCKET_MODE = 0o600
 
@@ -278,6 +285,7 @@ def expected_layout(cfg: Config, owners: Owners) -> list[Expected]:
     pickup_gid = owners.submission_gid if owners.submission_gid is not None else 0
     layout.append(Expected(queue / PICKUP_DIRNAME, "dir", qmgr, pickup_gid, PICKUP_DIR_MODE, True))
     layout.append(Expected(queue / CORRUPT_DIRNAME, "dir", qmgr, shared, CORRUPT_DIR_MODE, True))
+    layout.append(Expected(public_directory(queue), "dir", qmgr, shared, PUBLIC_DIR_MODE, True))
     layout.append(Expected(Path(cfg.run_directory), "dir", owners.uid("root"), shared, RUN_DIR_MODE, True))
     layout.append(Expected(Path(cfg.mail_directory), "dir", owners.uid("smtpc"), shared, MAIL_DIR_MODE, True))
     if cfg.test_mode.enable:

@@ -8,8 +8,10 @@ directly (``flush``, ``bounce`` and ``requeue`` need the running qmgr). A change
 `BATCH_MESSAGES` messages goes in batches, with a progress bar on a terminal (``-q``: none); its
 output is the same as one request's.
 
-Run it as root or as the queue's owner.  The ``--json`` output of ``list`` is documented in
-``docs/queue.md`` and is stable: one JSON object per message per line, like ``postqueue -j``.
+Run it as root or as the queue's owner. ``list`` works for every other user too: it asks the running
+qmgr over its showq socket (:mod:`meta1py.queue.showq`; ``authorized_mailq_users``). The
+``--json`` output of ``list`` is documented in ``docs/queue.md`` and is stable: one JSON object per
+message per line, like ``postqueue -j``.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from meta1py.queue.envelopes import (
 )
 from meta1py.queue.errors import QueueStorageError
 from meta1py.queue.ids import is_queue_id
-from meta1py.queue.pickup import is_pickup_name, pickup_directory
+from meta1py.queue.listing import envelope_json, format_list, json_lines, message_state, pickup_files
 
 EX_USAGE = 64
 EX_NOINPUT = 66
@@ -53,122 +55,12 @@ EX_CONFIG = 78
 EX_INTERRUPTED = 130  # 128 + SIGINT, as the shell reports a command Ctrl-C stopped
 
 
-def message_state(env: Envelope) -> str:
-    """``hold``, ``deferred`` (some recipient deferred) or ``active``."""
-    if env.hold:
-        return "hold"
-    if any(r.status == "deferred" for r in env.recipients):
-        return "deferred"
-    return "active"
-
-
-def envelope_json(env: Envelope) -> dict[str, Any]:
-    """The stable JSON form of one queued message (see docs/queue.md)."""
-    return {
-        "queue_id": env.qid,
-        "queue_name": message_state(env),
-        "arrival_time": int(env.arrival_time),
-        "message_size": env.size,
-        "sender": env.sender,
-        "kind": env.kind,
-        "recipients": [
-            {
-                "address": r.address,
-                "status": r.status,
-                "attempts": r.attempts,
-                "next_attempt": int(r.next_attempt) if r.status == "deferred" else None,
-                "delay_reason": r.last_reply if r.status == "deferred" else None,
-                "last_reply": r.last_reply,
-            }
-            for r in env.recipients
-        ],
-    }
-
-
 def _age(seconds: float) -> str:
     seconds = max(0, int(seconds))
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size:
             return f"{seconds // size}{unit}"
     return f"{seconds}s"
-
-
-def _arrival(when: float) -> str:
-    """Postfix's arrival time: the first 20 characters of asctime() ("Thu Mar  2 07:10:58 ")."""
-    return time.asctime(time.localtime(when))[:20]
-
-
-def format_list(envs: list[Envelope], now: float, pickup: list[PickupFile] | None = None) -> str:
-    """mailq text in Postfix's layout (postqueue -p), which tools that parse mailq expect.
-
-    One block per message: queue id with its mark (``*`` active, ``!`` hold, none deferred), size,
-    arrival time, sender (``MAILER-DAEMON`` for ``<>``); then each pending recipient, after its
-    last error in parentheses when it was deferred. Files still waiting in the pickup directory
-    come last, as Postfix shows its maildrop queue. ``now`` is unused (the arrival time is
-    absolute, as in Postfix); kept for the callers' sake.
-    """
-    pickup = pickup or []
-    if not envs and not pickup:
-        return "Mail queue is empty\n"
-    out = ["-Queue ID-  --Size-- ----Arrival Time---- -Sender/Recipient-------"]
-    total = 0
-    for env in envs:
-        if len(out) > 1:
-            out.append("")
-        mark = {"hold": "!", "active": "*", "deferred": " "}[message_state(env)]
-        sender = env.sender or "MAILER-DAEMON"
-        out.append(f"{env.qid:<10}{mark}{env.size:>8} {_arrival(env.arrival_time):20.20} {sender}")
-        reason = None
-        for r in env.recipients:
-            if r.is_final:
-                continue
-            if r.status == "deferred" and r.last_reply and r.last_reply != reason:
-                reason = r.last_reply
-                out.append(f"({reason[:300]})".rjust(78))
-            out.append(f"{'':41}{r.address}")
-        total += env.size
-    for entry in pickup:
-        if len(out) > 1:
-            out.append("")
-        out.append(
-            f"{entry.name:<10} {entry.size:>8} {_arrival(entry.mtime):20.20} "
-            f"(maildrop queue, sender UID {entry.uid})"
-        )
-        total += entry.size
-    count = len(envs) + len(pickup)
-    out.append("")
-    out.append(f"-- {total // 1024} Kbytes in {count} Request{'s' if count != 1 else ''}.")
-    return "\n".join(out) + "\n"
-
-
-@dataclass(frozen=True)
-class PickupFile:
-    """A file waiting in the pickup directory (mail ``meta1 sendmail`` wrote while smtps could not
-    take it; qmgr queues it at start and every ``pickup_interval``)."""
-
-    name: str
-    size: int
-    mtime: float
-    uid: int
-
-
-def pickup_files(cfg: Config) -> list[PickupFile]:
-    """The complete files in the pickup directory, oldest first; [] when it cannot be read."""
-    directory = pickup_directory(cfg.queue_directory)
-    found: list[PickupFile] = []
-    try:
-        entries = list(os.scandir(directory))
-    except OSError:
-        return []
-    for entry in entries:
-        if not is_pickup_name(entry.name):
-            continue
-        try:
-            st = entry.stat(follow_symlinks=False)
-        except OSError:
-            continue
-        found.append(PickupFile(entry.name, st.st_size, st.st_mtime, st.st_uid))
-    return sorted(found, key=lambda f: (f.mtime, f.name))
 
 
 def _store(cfg: Config) -> EnvelopeStore | None:
@@ -187,14 +79,63 @@ def _envelopes(cfg: Config, args: argparse.Namespace) -> list[Envelope]:
         return store.list_envelopes(state=state, domain=args.to, sender=args.sender)  # type: ignore[arg-type]
 
 
+def _reads_store(cfg: Config) -> bool:
+    """Whether this user reads the envelope store itself (root, the queue's owner) rather than
+    asking qmgr's showq (everyone else: :mod:`meta1py.queue.showq`)."""
+    if os.access(envelope_store_path(cfg.queue_directory), os.R_OK):
+        return True
+    # No store yet, or none readable: the queue's owner (and root) may still list the directory.
+    return os.access(cfg.queue_directory, os.R_OK | os.X_OK)
+
+
+def _list_through_showq(cfg: Config, args: argparse.Namespace) -> int:
+    """mailq for a user who may not read the queue: ask qmgr over its showq socket."""
+    import socket
+
+    from meta1py.queue.showq import ShowqError, decode_answer, showq_socket_path
+
+    if args.deferred or args.active or args.hold or args.to or args.sender:
+        print(
+            f"meta1 queue: list: cannot read the queue under {cfg.queue_directory}: the filters need"
+            " root or the queue's owner (other users get the whole queue from qmgr)",
+            file=sys.stderr,
+        )
+        return EX_NOPERM
+    path = showq_socket_path(cfg.queue_directory)
+    data = bytearray()
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(120)
+            sock.connect(str(path))
+            sock.sendall(b"json\n" if args.json else b"text\n")
+            sock.shutdown(socket.SHUT_WR)
+            while chunk := sock.recv(1 << 16):
+                data += chunk
+    except OSError as exc:
+        print(
+            f"meta1 queue: list: the mail system is down: cannot connect to {path}: "
+            f"{exc.strerror or exc} (root can read the queue while it is down)",
+            file=sys.stderr,
+        )
+        return EX_UNAVAILABLE
+    try:
+        listing = decode_answer(bytes(data))
+    except ShowqError as exc:
+        print(f"meta1 queue: list: qmgr's showq: {exc}", file=sys.stderr)
+        return {"denied": EX_NOPERM, "usage": EX_USAGE}.get(exc.kind, EX_TEMPFAIL)
+    sys.stdout.write(listing)
+    return 0
+
+
 def cmd_list(cfg: Config, args: argparse.Namespace) -> int:
+    if not _reads_store(cfg):
+        return _list_through_showq(cfg, args)
     envs = _envelopes(cfg, args)
     if args.json:
-        for env in envs:
-            print(json.dumps(envelope_json(env), sort_keys=True))
+        sys.stdout.write(json_lines(envs))
     else:
         filtered = args.deferred or args.active or args.hold or args.to or args.sender
-        pickup = [] if filtered else pickup_files(cfg)
+        pickup = [] if filtered else pickup_files(cfg.queue_directory)
         sys.stdout.write(format_list(envs, time.time(), pickup))
     return 0
 

@@ -1060,6 +1060,15 @@ class Config:
         " --sendmail creates it",
         "maildrop",
     )
+    authorized_mailq_users: tuple[str, ...] = opt(
+        "authorized_mailq_users",
+        ListOf(Word()),
+        ("anyone",),
+        "local users who may list the queue (mailq, sendmail -bp, meta1 queue list) through qmgr's"
+        " showq socket: user names, or anyone; root and the queue's owner always may (Postfix's"
+        " authorized_mailq_users)",
+        "{ alice, bob }",
+    )
     log_level: str = opt("log_level", LOG_LEVELS, "info", "log level of every process", "debug")
     log_format: str = opt(
         "log_format",

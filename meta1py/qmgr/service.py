@@ -16,6 +16,7 @@ from meta1py.metrics import Counters
 from meta1py.qmgr.exporter import serve_metrics
 from meta1py.qmgr.manager import QueueManager
 from meta1py.qmgr.pickup import Pickup
+from meta1py.qmgr.showq import serve_showq
 from meta1py.qmgr.stats import QueueStats
 from meta1py.qmgr.testapi import ControlApi
 from meta1py.qmgr.testserver import QmgrControl, serve_testapi, start_scripts
@@ -150,6 +151,7 @@ async def serve(cfg: Config, fds: WorkerFds, task_status: Any = trio.TASK_STATUS
                 await nursery.start(serve_unix, fds.rpc, handle)
             if fds.metrics is not None:
                 await nursery.start(serve_metrics, fds.metrics, stats.metrics_page)
+            await nursery.start(serve_showq, cfg)
             if testapi is not None and fds.testapi is not None:
                 await nursery.start(serve_testapi, fds.testapi, testapi)
             if manager is not None:

@@ -58,7 +58,7 @@ def test_a_fresh_layout_is_created_then_nothing_differs(tmp_path: Path) -> None:
     owners = Owners.unprivileged()
     assert any(p.found == "nothing" for p in inspect_layout(cfg, owners))
     changes = repair_layout(cfg, owners)
-    assert sum(c.startswith("created ") for c in changes) == 31 * 31 + 7
+    assert sum(c.startswith("created ") for c in changes) == 31 * 31 + 8
     assert inspect_layout(cfg, owners) == []
     assert repair_layout(cfg, owners) == []
     assert _mode(tmp_path / "queue") == 0o750
@@ -68,6 +68,7 @@ def test_a_fresh_layout_is_created_then_nothing_differs(tmp_path: Path) -> None:
     assert _mode(tmp_path / "queue" / "smar") == 0o700
     assert _mode(tmp_path / "queue" / "pickup") == 0o1730
     assert _mode(tmp_path / "queue" / "corrupt") == 0o700
+    assert _mode(tmp_path / "queue" / "public") == 0o711
 
 
 def test_wrong_modes_are_reported_then_repaired(tmp_path: Path) -> None:

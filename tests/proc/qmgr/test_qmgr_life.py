@@ -27,11 +27,11 @@ import trio
 import trio.testing
 
 import meta1py.qmgr.manager as manager_module
-from meta1py.cli.queue import format_list
 from meta1py.conf import parse_config
 from meta1py.qmgr.manager import QueueManager
 from meta1py.queue.content import ContentWriter, content_path
 from meta1py.queue.envelopes import Envelope, EnvelopeStore, envelope_store_path
+from meta1py.queue.listing import format_list
 from meta1py.rpc import RpcClient, open_channel_pair, serve_unix
 from meta1py.rpc.channel import RpcChannel
 from meta1py.rpc.messages import (

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import time
 
-from meta1py.cli.queue import PickupFile, build_parser, envelope_json, format_list, message_state
+from meta1py.cli.queue import build_parser
 from meta1py.queue.envelopes import Envelope, Recipient
+from meta1py.queue.listing import PickupFile, envelope_json, format_list, message_state
 
 QID = "3Q8W4K2XF7TB"
 
