@@ -398,8 +398,8 @@ def _alarm(_signum: int, _frame: object) -> None:
 
 
 def _append_file(path: str, message: int, time_limit_s: float) -> dict[str, Any]:
-    """Append the message to ``path`` under an exclusive ``flock``; on error the file is cut back
-    to its old size, so a reader never sees half a message."""
+    """Append the message to ``path`` under exclusive ``fcntl`` and ``flock`` locks; on error the
+    file is cut back to its old size, so a reader never sees half a message."""
     if path == "/dev/null":  # Postfix's special case: a successful delivery to nowhere
         return {"ok": True}
     stage = "open"
@@ -427,6 +427,10 @@ def _append_file(path: str, message: int, time_limit_s: float) -> dict[str, Any]
         signal.signal(signal.SIGALRM, _alarm)
         signal.alarm(max(1, int(time_limit_s)))
         try:
+            # Both kinds, as Debian's Postfix (mailbox_delivery_lock = fcntl, dotlock) and
+            # mail readers use them: a POSIX record lock (mutt, procmail, Dovecot's mbox) and a
+            # BSD lock (flock(1), Python's mailbox). On Linux they do not see each other.
+            fcntl.lockf(fd, fcntl.LOCK_EX)
             fcntl.flock(fd, fcntl.LOCK_EX)
         except _LockTimeout:
             return {"errno": errno.EAGAIN, "error": "timed out waiting for the file's lock", "stage": stage}
