@@ -180,11 +180,22 @@ def test_ctrl_c_stops_between_batches_and_says_how_far_it_got(
             cwd=daemon.dir,
             env=environment(),
         )
+        qmgr = daemon.worker_pid("qmgr")
+        stopped = False
         try:
-            poll(lambda: queued(daemon) < COUNT, 60, "the first batch to begin")
+            poll(lambda: queued(daemon) < COUNT, 60, "the first batch to be done")
+            # qmgr stands still while the Ctrl-C arrives: the command is then inside a batch or
+            # between two, never past the last one (a batch takes qmgr far longer than this).
+            os.kill(qmgr, signal.SIGSTOP)
+            stopped = True
+            assert queued(daemon) > 0, "every batch was done before qmgr was stopped"
             proc.send_signal(signal.SIGINT)
+            os.kill(qmgr, signal.SIGCONT)
+            stopped = False
             stdout, stderr = proc.communicate(timeout=60)
         finally:
+            if stopped:
+                os.kill(qmgr, signal.SIGCONT)
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
