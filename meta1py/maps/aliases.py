@@ -201,6 +201,32 @@ def base_local_part(local: str) -> str:
 # -- targets ---------------------------------------------------------------------------------------
 
 
+def _quoting(text: str) -> tuple[list[bool], list[int], bool]:
+    """Scan ``text`` for double quotes, in which a backslash escapes the next character.
+
+    Returns:
+        for each character, whether it is outside quotes (a quote mark itself is not); the
+        indices of the quote marks that open or close; whether a quote is left open.
+    """
+    outside: list[bool] = []
+    marks: list[int] = []
+    quoted = escaped = False
+    for i, ch in enumerate(text):
+        if escaped:
+            escaped = False
+            outside.append(False)
+        elif quoted and ch == "\\":
+            escaped = True
+            outside.append(False)
+        elif ch == '"':
+            quoted = not quoted
+            marks.append(i)
+            outside.append(False)
+        else:
+            outside.append(not quoted)
+    return outside, marks, quoted
+
+
 def split_targets(text: str) -> list[str]:
     """The targets of one line: split at commas outside double quotes, stripped, empty ones
     dropped. Inside quotes a backslash escapes the next character.
@@ -208,24 +234,11 @@ def split_targets(text: str) -> list[str]:
     Raises:
         ValueError: a quote is not closed.
     """
-    parts: list[str] = []
-    current: list[str] = []
-    quoted = escaped = False
-    for ch in text:
-        if escaped:
-            escaped = False
-        elif quoted and ch == "\\":
-            escaped = True
-        elif ch == '"':
-            quoted = not quoted
-        elif ch == "," and not quoted:
-            parts.append("".join(current))
-            current = []
-            continue
-        current.append(ch)
-    if quoted:
+    outside, _marks, unclosed = _quoting(text)
+    if unclosed:
         raise ValueError(f"unterminated quote in {text.strip()!r}")
-    parts.append("".join(current))
+    cuts = [i for i, ch in enumerate(text) if ch == "," and outside[i]]
+    parts = [text[a + 1 : b] for a, b in zip([-1, *cuts], [*cuts, len(text)], strict=True)]
     return [p.strip() for p in parts if p.strip()]
 
 
@@ -236,31 +249,13 @@ def _unquote(inner: str) -> str:
 
 def _whole_quoted(text: str) -> bool:
     """Whether ``text`` is one quoted string (``"..."``, nothing outside the quotes)."""
-    if len(text) < 2 or text[0] != '"' or text[-1] != '"':
-        return False
-    escaped = False
-    for ch in text[1:-1]:
-        if escaped:
-            escaped = False
-        elif ch == "\\":
-            escaped = True
-        elif ch == '"':
-            return False
-    return not escaped
+    _outside, marks, unclosed = _quoting(text)
+    return not unclosed and marks == [0, len(text) - 1] and len(text) >= 2
 
 
 def _space_outside_quotes(text: str) -> bool:
-    quoted = escaped = False
-    for ch in text:
-        if escaped:
-            escaped = False
-        elif quoted and ch == "\\":
-            escaped = True
-        elif ch == '"':
-            quoted = not quoted
-        elif ch.isspace() and not quoted:
-            return True
-    return False
+    outside, _marks, _unclosed = _quoting(text)
+    return any(ch.isspace() and out for ch, out in zip(text, outside, strict=True))
 
 
 _INCLUDE = ":include:"
