@@ -165,6 +165,10 @@ def test_a_few_messages_get_no_bar(make_daemon: Callable[..., Meta1Daemon]) -> N
         assert (run.returncode, run.stdout, run.terminal) == (0, "delete: 20 messages\n", "")
 
 
+def _sigint_default() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_stops_between_batches_and_says_how_far_it_got(
     make_daemon: Callable[..., Meta1Daemon],
 ) -> None:
@@ -179,6 +183,9 @@ def test_ctrl_c_stops_between_batches_and_says_how_far_it_got(
             text=True,
             cwd=daemon.dir,
             env=environment(),
+            # As an operator's shell gives it: a suite started in the background by a
+            # non-interactive shell (nohup ... &) inherits SIGINT ignored, and so would the command.
+            preexec_fn=_sigint_default,
         )
         qmgr = daemon.worker_pid("qmgr")
         stopped = False
