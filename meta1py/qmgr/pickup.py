@@ -72,7 +72,7 @@ from meta1py.rpc.messages import (
     SmtpReplyValue,
 )
 from meta1py.rpc.schema import RpcMessage
-from meta1py.smtp.status import PERM_ROUTING_LOOP
+from meta1py.smtp.replies import too_many_hops
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +88,9 @@ BounceNew = Callable[[str, SmtpReplyValue], Awaitable[None]]
 """Bounce every recipient of a message just committed, before it is routed
 (:meth:`meta1py.qmgr.manager.QueueManager.bounce_new`)."""
 
-#: The answer for a message in a loop (smtps's ``too_many_hops`` reply).
-LOOP_REPLY = SmtpReplyValue(code=554, enhanced=PERM_ROUTING_LOOP, text="Too many hops: mail forwarding loop")
+_LOOP = too_many_hops()
+#: The answer for a message in a loop: smtps's reply at the end of DATA.
+LOOP_REPLY = SmtpReplyValue(code=_LOOP.code, enhanced=_LOOP.enhanced or "", text=" ".join(_LOOP.lines))
 
 
 class _Corrupt(Exception):
