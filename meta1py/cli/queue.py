@@ -27,7 +27,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from meta1py.cli.progress import progress_bar
 from meta1py.conf import Config, ConfigErrors, config_file, load_config
@@ -43,7 +43,7 @@ from meta1py.queue.envelopes import (
 )
 from meta1py.queue.errors import QueueStorageError
 from meta1py.queue.ids import is_queue_id
-from meta1py.queue.listing import envelope_json, format_list, json_lines, message_state, pickup_files
+from meta1py.queue.listing import envelope_json, message_state, queue_listing
 
 EX_USAGE = 64
 EX_NOINPUT = 66
@@ -70,13 +70,10 @@ def _store(cfg: Config) -> EnvelopeStore | None:
     return EnvelopeStore(path, readonly=True)
 
 
-def _envelopes(cfg: Config, args: argparse.Namespace) -> list[Envelope]:
-    store = _store(cfg)
-    if store is None:
-        return []
+def _list_filters(args: argparse.Namespace) -> dict[str, Any]:
+    """``list``'s filters as :func:`~meta1py.queue.listing.queue_listing` takes them (None: off)."""
     state = "deferred" if args.deferred else "active" if args.active else "hold" if args.hold else None
-    with store:
-        return store.list_envelopes(state=state, domain=args.to, sender=args.sender)  # type: ignore[arg-type]
+    return {"state": state, "domain": args.to, "sender": args.sender}
 
 
 def _reads_store(cfg: Config) -> bool:
@@ -88,13 +85,13 @@ def _reads_store(cfg: Config) -> bool:
     return os.access(cfg.queue_directory, os.R_OK | os.X_OK)
 
 
-def _list_through_showq(cfg: Config, args: argparse.Namespace) -> int:
+def _list_through_showq(cfg: Config, form: Literal["text", "json"], filtered: bool) -> int:
     """mailq for a user who may not read the queue: ask qmgr over its showq socket."""
     import socket
 
     from meta1py.queue.showq import ShowqError, decode_answer, showq_socket_path
 
-    if args.deferred or args.active or args.hold or args.to or args.sender:
+    if filtered:
         print(
             f"meta1 queue: list: cannot read the queue under {cfg.queue_directory}: the filters need"
             " root or the queue's owner (other users get the whole queue from qmgr)",
@@ -107,7 +104,7 @@ def _list_through_showq(cfg: Config, args: argparse.Namespace) -> int:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(120)
             sock.connect(str(path))
-            sock.sendall(b"json\n" if args.json else b"text\n")
+            sock.sendall(form.encode() + b"\n")
             sock.shutdown(socket.SHUT_WR)
             while chunk := sock.recv(1 << 16):
                 data += chunk
@@ -128,15 +125,11 @@ def _list_through_showq(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_list(cfg: Config, args: argparse.Namespace) -> int:
+    form: Literal["text", "json"] = "json" if args.json else "text"
+    filters = _list_filters(args)
     if not _reads_store(cfg):
-        return _list_through_showq(cfg, args)
-    envs = _envelopes(cfg, args)
-    if args.json:
-        sys.stdout.write(json_lines(envs))
-    else:
-        filtered = args.deferred or args.active or args.hold or args.to or args.sender
-        pickup = [] if filtered else pickup_files(cfg.queue_directory)
-        sys.stdout.write(format_list(envs, time.time(), pickup))
+        return _list_through_showq(cfg, form, any(v is not None for v in filters.values()))
+    sys.stdout.write(queue_listing(cfg.queue_directory, form, **filters))
     return 0
 
 

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from meta1py.queue.envelopes import Envelope, EnvelopeStore, envelope_store_path
+from meta1py.queue.envelopes import Envelope, EnvelopeStore, MessageState, envelope_store_path
 from meta1py.queue.pickup import is_pickup_name, pickup_directory
 
 __all__ = [
@@ -143,9 +143,18 @@ def json_lines(envs: list[Envelope]) -> str:
     return "".join(json.dumps(envelope_json(env), sort_keys=True) + "\n" for env in envs)
 
 
-def queue_listing(queue_directory: str | os.PathLike[str], form: Literal["text", "json"]) -> str:
-    """The whole queue as ``mailq`` (``text``, pickup files included) or ``--json`` shows it,
-    read from the envelope store (read-only; empty when there is none yet). Blocking.
+def queue_listing(
+    queue_directory: str | os.PathLike[str],
+    form: Literal["text", "json"],
+    *,
+    state: MessageState | None = None,
+    domain: str | None = None,
+    sender: str | None = None,
+) -> str:
+    """The queue as ``mailq`` (``text``) or ``--json`` shows it, read from the envelope store
+    (read-only; empty when there is none yet), filtered as
+    :meth:`~meta1py.queue.envelopes.EnvelopeStore.list_envelopes` filters. The text of an
+    unfiltered listing ends with the files waiting in the pickup directory. Blocking.
 
     Raises:
         QueueStorageError: the store cannot be read.
@@ -154,7 +163,8 @@ def queue_listing(queue_directory: str | os.PathLike[str], form: Literal["text",
     envs: list[Envelope] = []
     if path.exists():
         with EnvelopeStore(path, readonly=True) as store:
-            envs = store.list_envelopes()
+            envs = store.list_envelopes(state=state, domain=domain, sender=sender)
     if form == "json":
         return json_lines(envs)
-    return format_list(envs, time.time(), pickup_files(queue_directory))
+    filtered = state is not None or domain is not None or sender is not None
+    return format_list(envs, time.time(), [] if filtered else pickup_files(queue_directory))
