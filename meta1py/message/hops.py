@@ -6,7 +6,7 @@ block; qmgr's pickup counts the header block of a locally submitted message, so 
 ``meta1 sendmail`` (an alias or ``.forward`` command that submits the message again) stops too.
 
 Pure: bytes in, a number out. :class:`HeaderHead` collects the header block from content that
-arrives in chunks.
+arrives in chunks (smtps's DATA, a pickup file).
 """
 
 from __future__ import annotations
@@ -29,33 +29,36 @@ def count_hops(head: bytes) -> int:
 class HeaderHead:
     """Collects the header block from content fed in chunks, up to :data:`HEADER_SCAN_BYTES`.
 
-    ``feed`` every chunk in order (it stops copying once the block has ended); ``head`` is the
-    block without the empty line that ends it (or its first HEADER_SCAN_BYTES octets).
+    ``feed`` every chunk in order until :attr:`done`. :attr:`head` is the block up to the empty
+    line that ends it, without the line end of its last header (or its first HEADER_SCAN_BYTES
+    octets, or what was fed when the content ended inside it); ``b""`` when the content starts
+    with the empty line (no header at all).
     """
 
-    __slots__ = ("_buf", "_done")
+    __slots__ = ("_buf", "done")
 
     def __init__(self) -> None:
         self._buf = bytearray()
-        self._done = False
+        self.done = False
 
-    def feed(self, chunk: bytes) -> None:
-        if self._done:
-            return
+    def feed(self, chunk: bytes) -> bool:
+        """Take the next chunk; True when the header block ended (or reached the limit) with it."""
+        if self.done:
+            return False
         start = max(0, len(self._buf) - 3)
         self._buf += chunk[: HEADER_SCAN_BYTES + 4 - len(self._buf)]
         if self._buf.startswith(b"\r\n"):
-            # No header at all: the content starts with the empty line.
             del self._buf[:]
-            self._done = True
-            return
+            self.done = True
+            return True
         end = self._buf.find(b"\r\n\r\n", start)
         if end >= 0:
-            del self._buf[end + 2 :]
-            self._done = True
+            del self._buf[end:]
+            self.done = True
         elif len(self._buf) >= HEADER_SCAN_BYTES:
             del self._buf[HEADER_SCAN_BYTES:]
-            self._done = True
+            self.done = True
+        return self.done
 
     @property
     def head(self) -> bytes:

@@ -43,7 +43,7 @@ import trio
 from meta1py import log as mlog
 from meta1py.conf import Config, ListenSocket, SmtpsConfig
 from meta1py.crashpoints import crash_point
-from meta1py.message.hops import HEADER_SCAN_BYTES, count_hops
+from meta1py.message.hops import HeaderHead, count_hops
 from meta1py.metrics import SMTPS_REJECTED, SMTPS_TLS_SESSIONS, Counters
 from meta1py.queue.content import ContentWriter
 from meta1py.queue.errors import QueueStorageError
@@ -148,7 +148,7 @@ class _Transaction:
     accepted_rcpts: list[str] = field(default_factory=list)
     writer: ContentWriter | None = None
     storage_error: QueueStorageError | None = None
-    header_scan: bytearray = field(default_factory=bytearray)
+    header_scan: HeaderHead = field(default_factory=HeaderHead)
     header_done: bool = False
     hops: int = 0
     #: A Discard or Quarantine decided for this transaction (taken into account at its end).
@@ -901,12 +901,8 @@ class Session:
         if txn is None or txn.writer is None:
             return False
         headers_ended = False
-        if not txn.header_done:
-            txn.header_scan += data
-            end = txn.header_scan.find(b"\r\n\r\n")
-            if end >= 0 or len(txn.header_scan) >= HEADER_SCAN_BYTES:
-                head = bytes(txn.header_scan[: end if end >= 0 else HEADER_SCAN_BYTES])
-                headers_ended = self._header_block_ended(txn, head)
+        if not txn.header_done and txn.header_scan.feed(data):
+            headers_ended = self._header_block_ended(txn, txn.header_scan.head)
         try:
             txn.writer.write(data)
         except QueueStorageError as exc:
@@ -922,7 +918,7 @@ class Session:
         for the checks that read it. Returns True when there are end-of-headers checks to ask."""
         txn.hops = count_hops(head)
         txn.header_done = True
-        txn.header_scan = bytearray()
+        txn.header_scan = HeaderHead()
         checks = self.ctx.checks
         if checks.eoh or checks.eom:
             txn.headers = head
@@ -955,7 +951,7 @@ class Session:
             return replies.no_valid_recipients()
         if txn.refusal is None and writer is not None and not txn.header_done:
             # The data ended inside the header block (no empty line): this is its end too.
-            if self._header_block_ended(txn, bytes(txn.header_scan)):
+            if self._header_block_ended(txn, txn.header_scan.head):
                 await self._end_of_headers(txn)
                 writer = txn.writer
         if txn.refusal is not None:
